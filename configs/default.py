@@ -1,0 +1,69 @@
+"""Default CMA-AE configuration: every field is documented here once.
+
+Dataset configs import this file and change a few fields. Train and evaluate with
+
+    python launch/train.py --config configs/default.py --workdir runs/default \
+        --config.data.root=/path/to/mvtec --config.data.category=wood
+    python launch/evaluate.py --config configs/default.py --workdir runs/default
+
+Any field can be overridden on the command line: `--config.train.stage1_steps=100`.
+"""
+
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.format = "mvtec"  # mvtec | dagm | folder | synthetic
+    c.data.root = ""  # dataset root (for synthetic: where the generated tree is written)
+    c.data.category = ""  # MVTec category, DAGM class ("Class7"), or synthetic texture family
+    c.data.image_size = 512  # images are resized to this square size; a multiple of 64
+    c.data.use_tfds = False  # read a prepared TFDS dataset (mvtec/dagm) instead of the folders
+    c.data.synthetic_num_train = 48  # synthetic: number of good training images generated
+    c.data.synthetic_num_test = 24  # synthetic: number of test images (half defective)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "cmam"  # cmam (full) | mam (MemAE) | cat (concat+dense) | ae (no memory)
+    c.model.memory_size = 500  # N, number of memory items
+    c.model.latent_dim = 512  # size of the latent code z (Table I: 512)
+    c.model.similarity = "cosine"  # cosine (paper) | dot (MemAE code)
+    c.model.shrink_threshold = -1.0  # hard-shrinkage lambda; < 0 means 1 / memory_size
+    c.model.gate = "softmax"  # FRM gate activation: softmax (paper) | sigmoid
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.w_rec = 50.0  # weight of the L1 reconstruction loss
+    c.loss.w_sparse = 0.01  # weight of the memory-addressing entropy loss
+
+    c.anomaly = ml_collections.ConfigDict()
+    c.anomaly.natural_source = "procedural"  # procedural | dir:PATH | tfds:NAME
+    c.anomaly.patch_size = 256  # side of the pasted natural-image patch (half the image side)
+    c.anomaly.bank_size = 64  # number of natural images kept in memory to crop from
+    c.anomaly.blur_sigma = 3.0  # Gaussian-blur sigma (pixels) of the resized normal region
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0  # seed for parameters, crops, anomalies and data splits
+    c.train.batch_size = 512  # global batch of 64x64 patches (divisible by the device count)
+    c.train.crops_per_image = 16  # patches cropped from each sampled image per step
+    c.train.stage1_steps = 2000  # stage 1: normal patches, target = input, all parameters
+    c.train.stage2_steps = 1000  # stage 2: GAAGA images, memory frozen
+    c.train.stage2_target = "clean"  # clean (repair the pasted anomaly) | input (paper eq. 12)
+    c.train.learning_rate = 2e-4  # Adam step size
+    c.train.b1 = 0.5  # Adam beta1
+    c.train.b2 = 0.999  # Adam beta2
+    c.train.log_every = 20  # steps between metric-log lines
+    c.train.checkpoint_every = 200  # steps between checkpoints
+    c.train.keep_checkpoints = 3  # number of checkpoints kept
+
+    c.score = ml_collections.ConfigDict()
+    c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline)
+    c.score.scales = (1, 2, 3)  # encoder layers used by MSFR
+    c.score.batch_images = 8  # images scored per device per call
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.val_fraction = 0.1  # share of train/good held out to calibrate the threshold
+    c.eval.threshold_quantile = 0.999  # threshold = this quantile of held-out normal pixel scores
+    c.eval.max_pictures = 40  # overlay pictures written by evaluate.py
+    return c
