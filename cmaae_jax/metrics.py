@@ -1,0 +1,284 @@
+"""Evaluation metrics (host side, numpy/scipy): pixel F1/AUROC/AP/AUPRO and image AUROC.
+
+All pixel metrics pool every pixel of every test image (SPEC section 2). The test set can be
+far larger than memory allows to sort at once, so the pixels are summarised by a streaming
+`PixelAccumulator` with bounded memory.
+
+Binning. A float32 score is mapped to an order-preserving uint32 key (its bit pattern, with the
+usual sign trick so negative scores sort correctly too). The accumulator keeps, per distinct key,
+the number of negative pixels, of positive pixels, and the sum over positive pixels of
+1 / (size of the pixel's defect region) -- the last gives the per-region overlap (PRO) of every
+threshold at once: PRO(t) = (1 / #regions) * sum over pixels >= t of 1 / |region|.
+While there are at most `max_bins` distinct scores, every bin is one exact float32 value and
+every metric is exact (ties included). Past that, the keys are coarsened by dropping low
+mantissa bits (one bit at a time) until the bins fit: a bin then spans a relative score range
+of 2**(shift - 23), i.e. a log-scale histogram whose resolution adapts to the data and needs
+no score range in advance. Curve points stay exact at the bins' lower edges (every pixel of a
+bin is >= its lower edge); only pixels sharing a bin count as tied. Memory: 28 bytes a bin
+(32 MB at the default 2**20 bins) plus temporaries of one group of at most `group_pixels`.
+
+`pixel_f1` at the deployable threshold is exact whatever the binning when that threshold is
+passed to the constructor (`thresholds=`): the accumulator then also counts TP/FP for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.ndimage
+import scipy.stats
+
+AUPRO_FPR_LIMIT = 0.3
+_SIGN = np.uint32(0x80000000)
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _score_keys(scores32: np.ndarray) -> np.ndarray:
+    """Order-preserving uint32 keys of float32 scores (-0.0 is folded onto +0.0)."""
+    bits = (scores32 + np.float32(0.0)).view(np.uint32)
+    return np.where(bits & _SIGN, ~bits, bits | _SIGN)
+
+
+def _key_values(keys: np.ndarray, shift: int) -> np.ndarray:
+    """Smallest float32 score in each bin `keys` (keys at coarsening `shift`), as float64."""
+    full = keys.astype(np.uint32) << np.uint32(shift)
+    bits = np.where(full & _SIGN, full ^ _SIGN, ~full)
+    values = bits.view(np.float32).astype(np.float64)
+    return np.where(np.isnan(values), -np.inf, values)
+
+
+def _safe_div(num: float, den: float) -> float:
+    return float(num) / float(den) if den else math.nan
+
+
+def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoid area under (x, y) (x non-decreasing) from x[0] to `limit`, interpolating there."""
+    end = int(np.searchsorted(x, limit, side="right"))
+    xs, ys = x[:end], y[:end]
+    area = float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) * 0.5))
+    if end < len(x) and xs[-1] < limit:
+        frac = (limit - xs[-1]) / (x[end] - xs[-1])
+        y_lim = ys[-1] + frac * (y[end] - ys[-1])
+        area += (limit - xs[-1]) * (ys[-1] + y_lim) * 0.5
+    return area
+
+
+def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of `scores` vs boolean `labels` (Mann-Whitney, ties 1/2); NaN if a class is absent."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = scipy.stats.rankdata(scores, method="average")
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+class PixelAccumulator:
+    """Streaming summary of (anomaly map, ground-truth mask) pairs; see the module docstring.
+
+    Args:
+      thresholds: score thresholds whose confusion counts are kept exactly (e.g. the one from
+        `threshold_from_normal`), so `result(t)` for them is exact at any binning.
+      max_bins: most distinct bins kept before coarsening (memory: 28 bytes a bin).
+      group_pixels: images are processed in groups of about this many pixels (bounds temporaries).
+    """
+
+    def __init__(self, thresholds=(), max_bins: int = 1 << 20, group_pixels: int = 1 << 22):
+        if max_bins < 16:
+            raise ValueError(f"max_bins must be >= 16, got {max_bins}")
+        self.max_bins = int(max_bins)
+        self.group_pixels = int(group_pixels)
+        self.shift = 0
+        self.keys = np.zeros(0, np.uint32)
+        self.neg = np.zeros(0, np.int64)
+        self.pos = np.zeros(0, np.int64)
+        self.pro = np.zeros(0, np.float64)
+        self.num_regions = 0
+        self.image_scores: list[float] = []
+        self.image_labels: list[bool] = []
+        self.exact_counts = {float(np.float32(t)): [0, 0] for t in thresholds}  # t -> [tp, fp]
+
+    @property
+    def bins_exact(self) -> bool:
+        """True while every bin holds a single float32 score (all metrics exact)."""
+        return self.shift == 0
+
+    def update(self, maps, masks) -> None:
+        """Add anomaly maps [N,H,W] (or [H,W]) and masks of the same shape (nonzero = defect)."""
+        maps = np.asarray(maps, dtype=np.float32)
+        masks = np.asarray(masks)
+        if maps.shape != masks.shape or maps.ndim not in (2, 3):
+            raise ValueError(f"maps {maps.shape} and masks {masks.shape}: need equal [N,H,W]")
+        if maps.ndim == 2:
+            maps, masks = maps[None], masks[None]
+        if np.isnan(maps).any():
+            raise ValueError("anomaly maps contain NaN")
+        step = max(1, self.group_pixels // max(1, maps[0].size))
+        for start in range(0, len(maps), step):
+            self._update_group(maps[start : start + step], masks[start : start + step] != 0)
+
+    def _update_group(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        weights = np.zeros(maps.shape, np.float64)
+        for i, mask in enumerate(masks):
+            regions, count = scipy.ndimage.label(mask, structure=_EIGHT_CONNECTED)
+            if count:
+                sizes = np.bincount(regions.ravel())
+                weights[i][mask] = 1.0 / sizes[regions[mask]]
+                self.num_regions += count
+        flat = maps.reshape(len(maps), -1)
+        self.image_scores.extend(flat.max(axis=1).tolist())
+        self.image_labels.extend(masks.reshape(len(masks), -1).any(axis=1).tolist())
+        for t, counts in self.exact_counts.items():
+            predicted = maps >= np.float32(t)
+            counts[0] += int(np.count_nonzero(predicted & masks))
+            counts[1] += int(np.count_nonzero(predicted & ~masks))
+
+        keys = _score_keys(maps) >> np.uint32(self.shift)
+        neg_keys, neg_counts = np.unique(keys[~masks], return_counts=True)
+        pos_keys, inverse, pos_counts = np.unique(
+            keys[masks], return_inverse=True, return_counts=True
+        )
+        pos_weights = np.bincount(inverse.ravel(), weights=weights[masks], minlength=len(pos_keys))
+        zeros_n, zeros_p = np.zeros(len(neg_keys)), np.zeros(len(pos_keys))
+        self._merge(
+            np.concatenate([self.keys, neg_keys, pos_keys]),
+            np.concatenate([self.neg, neg_counts, zeros_p.astype(np.int64)]),
+            np.concatenate([self.pos, zeros_n.astype(np.int64), pos_counts]),
+            np.concatenate([self.pro, zeros_n, pos_weights]),
+        )
+        while len(self.keys) > self.max_bins:
+            self.shift += 1
+            self._merge(self.keys >> np.uint32(1), self.neg, self.pos, self.pro)
+
+    def _merge(self, keys, neg, pos, pro) -> None:
+        self.keys, inverse = np.unique(keys, return_inverse=True)
+        size = len(self.keys)
+        self.neg = np.bincount(inverse, weights=neg, minlength=size).round().astype(np.int64)
+        self.pos = np.bincount(inverse, weights=pos, minlength=size).round().astype(np.int64)
+        self.pro = np.bincount(inverse, weights=pro, minlength=size)
+
+    def curves(self) -> dict:
+        """Cumulative counts at every bin's lower edge, thresholds in DESCENDING order.
+
+        Keys: `thresholds`, `tp`, `fp` (pixels >= threshold), `pro` (mean per-region overlap),
+        `num_pos`, `num_neg`, `num_regions`.
+        """
+        return {
+            "thresholds": _key_values(self.keys, self.shift)[::-1],
+            "tp": np.cumsum(self.pos[::-1]),
+            "fp": np.cumsum(self.neg[::-1]),
+            "pro": np.cumsum(self.pro[::-1]) / max(1, self.num_regions),
+            "num_pos": int(self.pos.sum()),
+            "num_neg": int(self.neg.sum()),
+            "num_regions": self.num_regions,
+        }
+
+    def pr_curve(self):
+        """(precision, recall, thresholds) like sklearn: thresholds ascending, and one more
+        precision/recall point (1, 0) at the end for "nothing predicted"."""
+        c = self.curves()
+        precision = c["tp"] / np.maximum(1, c["tp"] + c["fp"])
+        recall = c["tp"] / max(1, c["num_pos"])
+        return (
+            np.append(precision[::-1], 1.0),
+            np.append(recall[::-1], 0.0),
+            c["thresholds"][::-1].copy(),
+        )
+
+    def _counts_at(self, threshold: float, c: dict) -> tuple[int, int]:
+        t32 = float(np.float32(threshold))
+        if t32 in self.exact_counts:
+            tp, fp = self.exact_counts[t32]
+            return tp, fp
+        above = c["thresholds"] >= t32  # exact when bins_exact
+        last = int(np.count_nonzero(above))
+        return (int(c["tp"][last - 1]), int(c["fp"][last - 1])) if last else (0, 0)
+
+    def result(self, threshold: float | None = None) -> dict:
+        """All metrics as a dict of Python scalars (NaN where undefined, e.g. no defect pixel).
+
+        Keys: `threshold` (float32-rounded, NaN if None), `pixel_f1`, `precision`, `recall`
+        (pixels >= threshold; precision 0 when nothing is predicted), `pixel_f1_max`,
+        `pixel_f1_max_threshold`, `pixel_auroc`, `pixel_ap`, `pixel_aupro` (PRO integrated over
+        FPR in [0, 0.3], divided by 0.3), `image_auroc` (image score = max of the map),
+        `num_pixels`, `num_positive_pixels`, `num_regions`, `num_images`, `num_bins`,
+        `bins_exact`.
+        """
+        c = self.curves()
+        num_pos, num_neg = c["num_pos"], c["num_neg"]
+        tp, fp = c["tp"].astype(np.float64), c["fp"].astype(np.float64)
+        out = {"threshold": math.nan if threshold is None else float(np.float32(threshold))}
+        if threshold is None:
+            out.update(pixel_f1=math.nan, precision=math.nan, recall=math.nan)
+        else:
+            tp_t, fp_t = self._counts_at(threshold, c)
+            out["precision"] = tp_t / (tp_t + fp_t) if tp_t + fp_t else 0.0
+            out["recall"] = _safe_div(tp_t, num_pos)
+            out["pixel_f1"] = _safe_div(2 * tp_t, tp_t + fp_t + num_pos)
+        out.update(pixel_f1_max=math.nan, pixel_f1_max_threshold=math.nan)
+        out.update(pixel_auroc=math.nan, pixel_ap=math.nan, pixel_aupro=math.nan)
+        if num_pos:
+            f1 = 2.0 * tp / (tp + fp + num_pos)
+            best = int(np.argmax(f1))
+            out["pixel_f1_max"] = float(f1[best])
+            out["pixel_f1_max_threshold"] = float(c["thresholds"][best])
+            recall = tp / num_pos
+            out["pixel_ap"] = float(np.sum(np.diff(recall, prepend=0.0) * tp / (tp + fp)))
+        if num_pos and num_neg:
+            pos_d, neg_d = self.pos[::-1].astype(np.float64), self.neg[::-1].astype(np.float64)
+            wins = np.sum(neg_d * (tp - pos_d + 0.5 * pos_d))
+            out["pixel_auroc"] = float(wins / (float(num_pos) * float(num_neg)))
+        if self.num_regions and num_neg:
+            fpr = np.concatenate([[0.0], fp / num_neg])
+            pro = np.concatenate([[0.0], c["pro"]])
+            area = _area_up_to(fpr, pro, AUPRO_FPR_LIMIT)
+            out["pixel_aupro"] = float(area / AUPRO_FPR_LIMIT)
+        out["image_auroc"] = binary_auroc(self.image_scores, self.image_labels)
+        out.update(
+            num_pixels=num_pos + num_neg,
+            num_positive_pixels=num_pos,
+            num_regions=self.num_regions,
+            num_images=len(self.image_scores),
+            num_bins=len(self.keys),
+            bins_exact=self.bins_exact,
+        )
+        return out
+
+
+def evaluate_maps(maps, masks, threshold: float | None = None, max_bins: int = 1 << 20) -> dict:
+    """Metrics of anomaly maps [N,H,W] against masks [N,H,W]: `PixelAccumulator(...).result()`.
+
+    `threshold` is counted exactly; the images are processed in bounded groups.
+    """
+    acc = PixelAccumulator(thresholds=() if threshold is None else (threshold,), max_bins=max_bins)
+    acc.update(maps, masks)
+    return acc.result(threshold)
+
+
+def threshold_from_normal(
+    normal_maps, quantile: float = 0.999, max_pixels: int = 20_000_000, seed: int = 0
+) -> float:
+    """Label-free threshold: the `quantile` of the pooled pixel scores of NORMAL images only.
+
+    A pixel is flagged when its score >= the threshold. Above `max_pixels` pooled pixels the
+    quantile is taken on a uniform random subsample (with replacement) of `max_pixels` pixels,
+    drawn with `seed`, so the result is deterministic. Guard against degeneration (cf. anomalib's
+    adaptive threshold falling to the minimum): if the quantile is not above the smallest normal
+    score (e.g. all normal scores equal, or heavy ties at the bottom), the next float32 above it
+    is returned, so pixels at that score are not flagged.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    scores = np.asarray(normal_maps, dtype=np.float32).ravel()
+    if scores.size == 0 or np.isnan(scores).any():
+        raise ValueError("normal maps are empty or contain NaN")
+    if scores.size > max_pixels:
+        rng = np.random.default_rng(seed)
+        scores = scores[rng.integers(0, scores.size, size=max_pixels)]
+    value = np.float32(np.quantile(scores, quantile))
+    if value <= scores.min():
+        value = np.nextafter(value, np.float32(np.inf))
+    return float(value)

@@ -1,0 +1,346 @@
+"""Metrics against independent brute-force references (plain loops, no module helpers)."""
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+
+from cmaae_jax import metrics
+
+# ---------------------------------------------------------------- brute-force references
+
+
+def brute_regions(mask):
+    """8-connected components of a 2-D mask by flood fill: list of lists of (row, col)."""
+    h, w = mask.shape
+    seen = np.zeros((h, w), bool)
+    regions = []
+    for r0 in range(h):
+        for c0 in range(w):
+            if not mask[r0, c0] or seen[r0, c0]:
+                continue
+            stack, region = [(r0, c0)], []
+            seen[r0, c0] = True
+            while stack:
+                r, c = stack.pop()
+                region.append((r, c))
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        rr, cc = r + dr, c + dc
+                        if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
+                            seen[rr, cc] = True
+                            stack.append((rr, cc))
+            regions.append(region)
+    return regions
+
+
+def brute_confusion(maps, masks, t):
+    tp = fp = fn = 0
+    for s, m in zip(maps.ravel().tolist(), masks.ravel().tolist(), strict=True):
+        if s >= t and m:
+            tp += 1
+        elif s >= t:
+            fp += 1
+        elif m:
+            fn += 1
+    return tp, fp, fn
+
+
+def brute_f1(maps, masks, t):
+    tp, fp, fn = brute_confusion(maps, masks, t)
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def brute_f1_max(maps, masks):
+    return max(brute_f1(maps, masks, t) for t in set(maps.ravel().tolist()))
+
+
+def brute_auroc(scores, labels):
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = 0.0
+    for p in pos:
+        for n in neg:
+            wins += 1.0 if p > n else 0.5 if p == n else 0.0
+    return wins / (len(pos) * len(neg))
+
+
+def brute_ap(maps, masks):
+    num_pos = int(masks.sum())
+    ap, prev_recall = 0.0, 0.0
+    for t in sorted(set(maps.ravel().tolist()), reverse=True):
+        tp, fp, _ = brute_confusion(maps, masks, t)
+        recall = tp / num_pos
+        ap += (recall - prev_recall) * tp / (tp + fp)
+        prev_recall = recall
+    return ap
+
+
+def brute_aupro(maps, masks, region_lists, limit=0.3):
+    """region_lists[i]: regions (lists of (r, c)) of image i."""
+    num_neg = int((masks == 0).sum())
+    points = [(0.0, 0.0)]
+    for t in sorted(set(maps.ravel().tolist()), reverse=True):
+        overlaps = []
+        for i, regions in enumerate(region_lists):
+            for region in regions:
+                hit = sum(1 for r, c in region if maps[i, r, c] >= t)
+                overlaps.append(hit / len(region))
+        _, fp, _ = brute_confusion(maps, masks, t)
+        points.append((fp / num_neg, sum(overlaps) / len(overlaps)))
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:], strict=True):
+        if x0 >= limit:
+            break
+        if x1 > limit:
+            y_lim = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            area += (limit - x0) * (y0 + y_lim) / 2
+            break
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / limit
+
+
+def brute_all(maps, masks):
+    regions = [brute_regions(m) for m in masks]
+    labels = masks.ravel().tolist()
+    image_labels = [bool(m.any()) for m in masks]
+    image_scores = [float(m.max()) for m in maps]
+    both = 0 < sum(image_labels) < len(image_labels)
+    return {
+        "pixel_f1_max": brute_f1_max(maps, masks),
+        "pixel_auroc": brute_auroc(maps.ravel().tolist(), labels),
+        "pixel_ap": brute_ap(maps, masks),
+        "pixel_aupro": brute_aupro(maps, masks, regions),
+        "image_auroc": brute_auroc(image_scores, image_labels) if both else math.nan,
+        "num_regions": sum(len(r) for r in regions),
+    }
+
+
+def random_case(seed, n=5, size=16, decimals=2):
+    """Scores rounded to `decimals`; defects are random rectangles/blobs in some images."""
+    rng = np.random.default_rng(seed)
+    maps = np.round(rng.random((n, size, size)), decimals).astype(np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        if i % 3 == 2:
+            continue  # a good image
+        for _ in range(rng.integers(1, 4)):
+            r, c = rng.integers(0, size - 3, size=2)
+            h, w = rng.integers(1, 5, size=2)
+            masks[i, r : r + h, c : c + w] = 1
+        masks[i] &= rng.random((size, size)) > 0.15  # ragged shapes, diagonal contacts
+    maps = np.where(masks > 0, np.minimum(1.0, maps + 0.3), maps).astype(np.float32)
+    return np.round(maps, decimals).astype(np.float32), masks
+
+
+KEYS = ["pixel_f1_max", "pixel_auroc", "pixel_ap", "pixel_aupro", "image_auroc"]
+
+# ---------------------------------------------------------------------------- tests
+
+
+def hand_case():
+    maps = np.zeros((2, 4, 4), np.float32)
+    masks = np.zeros((2, 4, 4), np.uint8)
+    maps[0] = [[0.9, 0.8, 0.1, 0.0], [0.7, 0.2, 0.1, 0.0], [0.0, 0.0, 0.6, 0.0], [0, 0, 0, 0]]
+    masks[0] = [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    maps[1] = 0.1
+    maps[1, 0, 0], maps[1, 3, 3] = 0.4, 0.5
+    masks[1, 3, 2] = masks[1, 3, 3] = 1
+    return maps, masks
+
+
+def test_f1_by_hand():
+    maps, masks = hand_case()
+    # t = 0.5: image 0 predicts 0.9, 0.8, 0.7 (defect) and 0.6 (normal); image 1 predicts
+    # 0.5 (defect) and misses its 0.1 defect pixel: TP 4, FP 1, FN 1, P = R = 4/5, F1 = 8/10.
+    out = metrics.evaluate_maps(maps, masks, threshold=0.5)
+    assert out["pixel_f1"] == pytest.approx(0.8, abs=1e-12)
+    assert out["precision"] == pytest.approx(0.8, abs=1e-12)
+    assert out["recall"] == pytest.approx(0.8, abs=1e-12)
+    assert out["num_pixels"] == 32 and out["num_positive_pixels"] == 5
+    assert out["num_regions"] == 2 and out["num_images"] == 2 and out["bins_exact"]
+    ref = brute_all(maps, masks)
+    for key in KEYS[:4]:
+        assert out[key] == pytest.approx(ref[key], abs=1e-12), key
+    assert math.isnan(out["image_auroc"])  # both images are defective
+
+
+def test_f1_at_unregistered_threshold_is_exact_with_exact_bins():
+    maps, masks = hand_case()
+    acc = metrics.PixelAccumulator()
+    acc.update(maps, masks)
+    for t in [0.05, 0.1, 0.45, 0.5, 0.65, 0.95]:
+        assert acc.result(t)["pixel_f1"] == pytest.approx(brute_f1(maps, masks, t), abs=1e-12)
+
+
+def test_pro_hand_regions():
+    maps = np.zeros((2, 6, 6), np.float32)
+    masks = np.zeros((2, 6, 6), np.uint8)
+    masks[0, 0:2, 0:2] = 1  # region of 4
+    masks[0, 3:6, 3:6] = 1  # region of 9
+    masks[1, 1, 1] = masks[1, 2, 2] = 1  # diagonal contact: one region of 2 (8-connectivity)
+    maps[0, 0:2, 0:2] = 0.8
+    maps[0, 3:6, 3:6] = [[0.9, 0.5, 0.2], [0.5, 0.5, 0.2], [0.2, 0.2, 0.2]]
+    maps[1, 1, 1], maps[1, 2, 2] = 0.3, 0.6
+    maps[0, 2, 5] = maps[1, 5, 0] = 0.4
+    maps[1, 0, 0] = 0.2
+    regions = [
+        [
+            [(r, c) for r in range(2) for c in range(2)],
+            [(r, c) for r in range(3, 6) for c in range(3, 6)],
+        ],
+        [[(1, 1), (2, 2)]],
+    ]
+    out = metrics.evaluate_maps(maps, masks)
+    assert out["num_regions"] == 3
+    assert out["pixel_aupro"] == pytest.approx(brute_aupro(maps, masks, regions), abs=1e-12)
+
+
+def test_perfect_and_inverted_detector():
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[0, 2:5, 2:5] = 1
+    masks[1, 0, 0] = 1
+    perfect = masks.astype(np.float32) * 0.5 + 0.25
+    out = metrics.evaluate_maps(perfect, masks)
+    for key in KEYS:
+        assert out[key] == pytest.approx(1.0, abs=1e-12), key
+    inverted = metrics.evaluate_maps(1.0 - perfect, masks)
+    assert inverted["pixel_auroc"] == pytest.approx(0.0, abs=1e-12)
+    assert inverted["pixel_aupro"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_cases_match_brute_force(seed):
+    maps, masks = random_case(seed)
+    t = 0.62
+    out = metrics.evaluate_maps(maps, masks, threshold=t)
+    ref = brute_all(maps, masks)
+    assert out["bins_exact"]
+    assert out["num_regions"] == ref["num_regions"]
+    for key in KEYS:
+        assert out[key] == pytest.approx(ref[key], abs=1e-10), key
+    assert out["pixel_f1"] == pytest.approx(brute_f1(maps, masks, t), abs=1e-12)
+    best = metrics.evaluate_maps(maps, masks, threshold=out["pixel_f1_max_threshold"])
+    assert best["pixel_f1"] == pytest.approx(out["pixel_f1_max"], abs=1e-12)
+
+
+def test_auroc_ties_count_half():
+    maps = np.array([[[0.5, 0.5, 0.5, 0.2]]], np.float32)
+    masks = np.array([[[1, 0, 0, 0]]], np.uint8)
+    # pairs (pos 0.5, neg): 0.5 = 0.5 twice (1/2 each), 0.5 > 0.2 once: (0.5 + 0.5 + 1) / 3
+    assert metrics.evaluate_maps(maps, masks)["pixel_auroc"] == pytest.approx(2 / 3, abs=1e-12)
+    assert metrics.binary_auroc([0.5, 0.5, 0.5, 0.2], [1, 0, 0, 0]) == pytest.approx(2 / 3)
+
+
+def test_image_auroc():
+    rng = np.random.default_rng(3)
+    maps = np.round(rng.random((8, 4, 4)), 1).astype(np.float32)
+    masks = np.zeros((8, 4, 4), np.uint8)
+    masks[[1, 4, 6], 0, 0] = 1
+    scores = [float(m.max()) for m in maps]
+    labels = [bool(m.any()) for m in masks]
+    out = metrics.evaluate_maps(maps, masks)
+    assert out["image_auroc"] == pytest.approx(brute_auroc(scores, labels), abs=1e-12)
+
+
+def test_pr_curve_matches_brute_force():
+    maps, masks = random_case(4)
+    acc = metrics.PixelAccumulator()
+    acc.update(maps, masks)
+    precision, recall, thresholds = acc.pr_curve()
+    assert len(precision) == len(recall) == len(thresholds) + 1
+    assert np.all(np.diff(thresholds) > 0) and precision[-1] == 1.0 and recall[-1] == 0.0
+    np.testing.assert_array_equal(thresholds, np.unique(maps).astype(np.float64))
+    for p, r, t in zip(precision[:-1], recall[:-1], thresholds, strict=True):
+        tp, fp, fn = brute_confusion(maps, masks, t)
+        assert p == pytest.approx(tp / (tp + fp)) and r == pytest.approx(tp / (tp + fn))
+
+
+def test_chunked_updates_equal_one_update():
+    maps, masks = random_case(5, n=10)
+    whole = metrics.PixelAccumulator(thresholds=[0.5])
+    whole.update(maps, masks)
+    chunked = metrics.PixelAccumulator(thresholds=[0.5])
+    for i in range(10):
+        chunked.update(maps[i], masks[i])
+    small_groups = metrics.PixelAccumulator(thresholds=[0.5], group_pixels=300)
+    small_groups.update(maps, masks)
+    a = whole.result(0.5)
+    for other in (chunked.result(0.5), small_groups.result(0.5)):
+        assert a.keys() == other.keys()
+        for key, value in a.items():
+            assert value == pytest.approx(other[key], rel=1e-12, nan_ok=True), key
+
+
+def test_coarsened_bins_stay_bounded_and_close():
+    rng = np.random.default_rng(6)
+    maps = rng.gamma(2.0, 1.0, size=(6, 32, 32)).astype(np.float32)
+    masks = np.zeros(maps.shape, np.uint8)
+    masks[:4, 8:20, 10:22] = 1
+    maps = np.where(masks > 0, maps * 1.8, maps).astype(np.float32)
+    t = 3.3
+    acc = metrics.PixelAccumulator(thresholds=[t], max_bins=64, group_pixels=2048)
+    acc.update(maps, masks)
+    out = acc.result(t)
+    assert not out["bins_exact"] and out["num_bins"] <= 64
+    assert out["pixel_f1"] == pytest.approx(brute_f1(maps, masks, t), abs=1e-12)  # registered
+    exact = metrics.evaluate_maps(maps, masks)
+    assert exact["bins_exact"]
+    for key in ["pixel_auroc", "pixel_ap", "pixel_aupro", "pixel_f1_max"]:
+        assert out[key] == pytest.approx(exact[key], abs=0.02), key
+    # Curve points remain exact at the bins' lower edges.
+    precision, recall, thresholds = acc.pr_curve()
+    for p, r, edge in zip(precision[:-1], recall[:-1], thresholds, strict=True):
+        pred = maps >= edge
+        tp = int((pred & (masks > 0)).sum())
+        assert p == pytest.approx(tp / pred.sum()) and r == pytest.approx(tp / masks.sum())
+
+
+def test_score_keys_order_and_round_trip():
+    values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-40, 0.25, 7.0, np.inf], np.float32)
+    keys = metrics._score_keys(values)
+    assert np.all(np.diff(keys.astype(np.int64)[[0, 1, 2, 3, 5, 6, 7, 8]]) > 0)
+    assert keys[3] == keys[4]  # -0.0 and +0.0 tie
+    back = metrics._key_values(keys, 0)
+    np.testing.assert_array_equal(back, values.astype(np.float64))
+
+
+def test_threshold_from_normal_constant_maps_do_not_degenerate():
+    normal = np.full((3, 8, 8), 0.3, np.float32)
+    t = metrics.threshold_from_normal(normal, 0.999)
+    assert t > 0.3 and not np.any(normal >= t)
+    zeros_heavy = np.zeros((4, 32, 32), np.float32)
+    zeros_heavy[0, 0, :3] = [0.5, 0.7, 0.9]
+    t0 = metrics.threshold_from_normal(zeros_heavy, 0.99)
+    assert t0 > 0.0 and np.count_nonzero(zeros_heavy >= t0) == 3
+
+
+def test_threshold_from_normal_is_numpy_quantile():
+    rng = np.random.default_rng(7)
+    normal = rng.random((4, 16, 16)).astype(np.float32)
+    for q in [0.5, 0.99, 0.999]:
+        assert metrics.threshold_from_normal(normal, q) == float(np.quantile(normal, q))
+    sub = metrics.threshold_from_normal(normal, 0.9, max_pixels=500, seed=1)
+    assert sub == metrics.threshold_from_normal(normal, 0.9, max_pixels=500, seed=1)
+    assert sub == pytest.approx(np.quantile(normal, 0.9), abs=0.05)
+
+
+def test_threshold_from_normal_cannot_see_masks():
+    params = inspect.signature(metrics.threshold_from_normal).parameters
+    assert list(params) == ["normal_maps", "quantile", "max_pixels", "seed"]
+    assert not any("mask" in p or "label" in p for p in params)
+
+
+def test_invalid_inputs():
+    with pytest.raises(ValueError):
+        metrics.evaluate_maps(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError):
+        metrics.evaluate_maps(np.full((1, 2, 2), np.nan), np.zeros((1, 2, 2)))
+    with pytest.raises(ValueError):
+        metrics.threshold_from_normal(np.zeros((1, 2, 2)), 1.0)
+    out = metrics.evaluate_maps(np.ones((2, 4, 4)), np.zeros((2, 4, 4), np.uint8), threshold=0.5)
+    assert math.isnan(out["pixel_auroc"]) and math.isnan(out["pixel_aupro"])
+    assert math.isnan(out["image_auroc"]) and out["pixel_f1"] == 0.0  # 0 TP, 32 FP
+    none = metrics.evaluate_maps(np.ones((1, 2, 2)), np.zeros((1, 2, 2), np.uint8), threshold=2)
+    assert math.isnan(none["pixel_f1"]) and none["precision"] == 0.0  # 0 / 0
