@@ -1,0 +1,15 @@
+"""CMA-AE training loss: weighted L1 reconstruction + memory-addressing entropy (sparsity)."""
+
+import jax.numpy as jnp
+
+
+def reconstruction_l1(target, rec):
+    """mean |target - rec| over every element."""
+    return jnp.mean(jnp.abs(target - rec))
+
+
+def total(target, rec, entropy_B, w_rec, w_sparse):
+    """L = w_rec * mean|target - rec| + w_sparse * mean_b(entropy_b); returns (L, parts)."""
+    rec_loss = reconstruction_l1(target, rec)
+    sparse = jnp.mean(entropy_B)
+    return w_rec * rec_loss + w_sparse * sparse, {"l1": rec_loss, "entropy": sparse}

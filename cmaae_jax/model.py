@@ -1,0 +1,178 @@
+"""The CMA-AE network: encoder (Table I) -> memory -> feature repair -> decoder.
+
+image/patch [B,H,W,3] -> encoder -> z [B,D] -> memory (z_mem) -> repair (z_out) -> decoder
+-> reconstruction [B,64,64,3]. The encoder is fully convolutional up to layer 5, so
+`CMAAE.features` runs layers 1..3 on whole images for MSFR.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from cmaae_jax import layers, memory
+
+VARIANTS = ("cmam", "mam", "cat", "ae")
+PATCH = 64
+
+# (features, kernel, stride, padding, batch_norm, activation) per encoder layer (Table I).
+ENCODER = (
+    (32, 4, 2, 1, False, True),
+    (32, 3, 1, 1, True, True),
+    (64, 4, 2, 1, True, True),
+    (128, 4, 2, 1, True, True),
+    (256, 4, 2, 1, True, True),
+    (None, 4, 1, 0, False, False),  # latent_dim
+)
+# Decoder: transposed convs (features, kernel, stride, padding); all but the last BN + ReLU.
+DECODER = (
+    (256, 4, 1, 0),
+    (128, 4, 2, 1),
+    (64, 4, 2, 1),
+    (32, 4, 2, 1),
+    (32, 3, 1, 1),
+    (3, 4, 2, 1),
+)
+
+
+def default_impl():
+    """im2col/matmul convolutions on CPU (fast gradients there), native convs elsewhere."""
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+
+
+def _batch_norm(train, dtype, axis_name, name):
+    # PyTorch BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5. Statistics are
+    # averaged across devices under pmap when `axis_name` is set.
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        axis_name=axis_name if train else None,
+        name=name,
+    )
+
+
+class Encoder(nn.Module):
+    latent_dim: int = 512
+    impl: str = "matmul"
+    dtype: jnp.dtype = jnp.float32
+    axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
+
+    @nn.compact
+    def __call__(self, x_BxHxWx3, train: bool, num_layers: int = 6):
+        """Returns the list of the first `num_layers` layer outputs."""
+        feats, h = [], x_BxHxWx3
+        for i, (f, k, s, p, bn, act) in enumerate(ENCODER[:num_layers]):
+            h = layers.Conv(
+                f or self.latent_dim,
+                k,
+                s,
+                p,
+                use_bias=not bn,
+                impl=self.impl,
+                dtype=self.dtype,
+                name=f"conv{i + 1}",
+            )(h)
+            if bn:
+                h = _batch_norm(train, self.dtype, self.axis_name, f"bn{i + 1}")(h)
+            if act:
+                h = nn.leaky_relu(h, 0.2)
+            feats.append(h)
+        return feats
+
+
+class Decoder(nn.Module):
+    impl: str = "matmul"
+    dtype: jnp.dtype = jnp.float32
+    axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
+
+    @nn.compact
+    def __call__(self, z_BxD, train: bool):
+        h = z_BxD[:, None, None, :]
+        for i, (f, k, s, p) in enumerate(DECODER):
+            last = i == len(DECODER) - 1
+            h = layers.Conv(
+                f,
+                k,
+                s,
+                p,
+                use_bias=last,
+                transpose=True,
+                impl=self.impl,
+                dtype=self.dtype,
+                name=f"deconv{i + 1}",
+            )(h)
+            if last:
+                return jnp.tanh(h)
+            h = nn.relu(_batch_norm(train, self.dtype, self.axis_name, f"bn{i + 1}")(h))
+
+
+class CMAAE(nn.Module):
+    """CMA-AE and its ablation variants (SPEC section 1), one code path."""
+
+    variant: str = "cmam"
+    memory_size: int = 500
+    latent_dim: int = 512
+    similarity: str = "cosine"
+    shrink_threshold: float = -1.0
+    gate: str = "softmax"
+    impl: str = "matmul"
+    dtype: jnp.dtype = jnp.float32
+    axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
+
+    def setup(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"model.variant must be one of {VARIANTS}, got {self.variant!r}")
+        self.encoder = Encoder(self.latent_dim, self.impl, self.dtype, self.axis_name)
+        self.decoder = Decoder(self.impl, self.dtype, self.axis_name)
+        if self.variant != "ae":
+            self.memory = memory.Memory(self.memory_size, self.similarity, self.shrink_threshold)
+        if self.variant == "cmam":
+            self.repair = memory.FeatureRepair(self.gate)
+        elif self.variant == "cat":
+            self.fusion = nn.Dense(self.latent_dim)
+
+    def __call__(self, x_Bx64x64x3, train: bool = False):
+        """Returns (reconstruction [B,64,64,3] float32, aux dict with z, z_out, w_hat, entropy)."""
+        b = x_Bx64x64x3.shape[0]
+        chex.assert_shape(x_Bx64x64x3, (b, PATCH, PATCH, 3))
+        z_BxD = self.encoder(x_Bx64x64x3, train)[-1].reshape(b, -1).astype(jnp.float32)
+        chex.assert_shape(z_BxD, (b, self.latent_dim))
+        if self.variant == "ae":
+            z_out, w_hat, entropy_B = z_BxD, None, jnp.zeros((b,), jnp.float32)
+        else:
+            z_mem, w_hat, entropy_B = self.memory(z_BxD)
+            if self.variant == "mam":
+                z_out = z_mem
+            elif self.variant == "cat":
+                z_out = self.fusion(jnp.concatenate([z_BxD, z_mem], axis=-1))
+            else:
+                z_out = self.repair(z_BxD, z_mem)
+        rec = self.decoder(z_out, train).astype(jnp.float32)
+        chex.assert_shape(rec, (b, PATCH, PATCH, 3))
+        return rec, {"z": z_BxD, "z_out": z_out, "w_hat": w_hat, "entropy": entropy_B}
+
+    def features(self, x_BxHxWx3, num_layers: int = 3):
+        """Encoder layer 1..num_layers feature maps (eval mode), for MSFR on whole images."""
+        return self.encoder(x_BxHxWx3, False, num_layers)
+
+
+def from_config(config):
+    """Builds the model from `config.model`."""
+    m = config.model
+    return CMAAE(
+        variant=m.variant,
+        memory_size=m.memory_size,
+        latent_dim=m.latent_dim,
+        similarity=m.similarity,
+        shrink_threshold=m.shrink_threshold,
+        gate=m.gate,
+        impl=m.get("conv_impl", "auto") if m.get("conv_impl", "auto") != "auto" else default_impl(),
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
+def init(model, key):
+    """Initial variables {'params', 'batch_stats'} for 64x64 patches."""
+    return model.init(key, jnp.zeros((1, PATCH, PATCH, 3), jnp.float32), train=False)

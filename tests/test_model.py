@@ -1,0 +1,229 @@
+"""CMA-AE model: Table I shapes, memory addressing by hand, gate semantics, variants, jit."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmaae_jax import losses, memory, model
+
+# Table I, layer by layer: kernel [kh, kw, cin, cout] and whether a bias exists.
+ENCODER_SHAPES = {
+    "conv1": ((4, 4, 3, 32), True),
+    "conv2": ((3, 3, 32, 32), False),
+    "conv3": ((4, 4, 32, 64), False),
+    "conv4": ((4, 4, 64, 128), False),
+    "conv5": ((4, 4, 128, 256), False),
+    "conv6": ((4, 4, 256, 512), True),
+}
+DECODER_SHAPES = {
+    "deconv1": ((4, 4, 512, 256), False),
+    "deconv2": ((4, 4, 256, 128), False),
+    "deconv3": ((4, 4, 128, 64), False),
+    "deconv4": ((4, 4, 64, 32), False),
+    "deconv5": ((3, 3, 32, 32), False),
+    "deconv6": ((4, 4, 32, 3), True),
+}
+
+
+@pytest.fixture(scope="module")
+def cmam():
+    m = model.CMAAE(variant="cmam", memory_size=500)
+    return m, model.init(m, jax.random.key(0))
+
+
+def test_parameter_shapes_follow_table_one(cmam):
+    _, variables = cmam
+    params = variables["params"]
+    for part, table in (("encoder", ENCODER_SHAPES), ("decoder", DECODER_SHAPES)):
+        for name, (shape, has_bias) in table.items():
+            assert params[part][name]["kernel"].shape == shape, name
+            assert ("bias" in params[part][name]) == has_bias, name
+    assert set(params["encoder"]) == set(ENCODER_SHAPES) | {"bn2", "bn3", "bn4", "bn5"}
+    assert set(params["decoder"]) == set(DECODER_SHAPES) | {f"bn{i}" for i in range(1, 6)}
+    assert params["memory"]["items"].shape == (500, 512)
+    bound = 1 / np.sqrt(512)
+    assert np.abs(params["memory"]["items"]).max() <= bound
+    for gate in ("forget", "input", "candidate"):
+        assert params["repair"][gate]["kernel"].shape == (1024, 512)
+        assert params["repair"][gate]["bias"].shape == (512,)
+
+
+def test_patch_and_image_shapes(cmam):
+    m, variables = cmam
+    x = jnp.zeros((3, 64, 64, 3))
+    rec, aux = m.apply(variables, x)
+    chex.assert_shape(rec, (3, 64, 64, 3))
+    chex.assert_shape(aux["z"], (3, 512))
+    feats = m.apply(variables, jnp.zeros((1, 512, 512, 3)), method=model.CMAAE.features)
+    assert [f.shape for f in feats] == [(1, 256, 256, 32), (1, 256, 256, 32), (1, 128, 128, 64)]
+
+
+def _numpy_address(z, mem, lam):
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    mn = mem / np.linalg.norm(mem, axis=1, keepdims=True)
+    cos = zn @ mn.T
+    w = np.exp(cos) / np.exp(cos).sum(1, keepdims=True)
+    w_hat = np.where(w > lam, w, 0.0)  # relu(w-l)*w/|w-l| is w above lambda and 0 below
+    w_hat = w_hat / w_hat.sum(1, keepdims=True)
+    ent = -(w_hat * np.log(w_hat + 1e-12)).sum(1)
+    return w_hat @ mem, w_hat, ent
+
+
+def test_memory_addressing_by_hand():
+    mem = np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]], np.float32)
+    z = np.array([[2.0, 0, 0, 0]], np.float32)
+    # cos(z, m) = (1, 0, 1/sqrt2); softmax -> e^1, e^0, e^0.7071 over their sum
+    e = np.exp([1.0, 0.0, 1 / np.sqrt(2)])
+    w = e / e.sum()  # e = (2.71828, 1, 2.02811), sum 5.74639
+    z_mem, w_hat, ent = memory.address(jnp.asarray(z), jnp.asarray(mem))
+    np.testing.assert_allclose(w, [0.47304, 0.17402, 0.35294], atol=1e-5)  # by hand
+    expected_w_hat = np.array([w[0], 0.0, w[2]]) / (w[0] + w[2])  # 0.174 < 1/3 is shrunk
+    np.testing.assert_allclose(w_hat[0], expected_w_hat, atol=1e-6)
+    np.testing.assert_allclose(float(jnp.sum(w_hat)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(z_mem[0], expected_w_hat @ mem, atol=1e-6)
+    p = expected_w_hat[[0, 2]]
+    np.testing.assert_allclose(ent[0], -(p * np.log(p)).sum(), atol=1e-6)
+
+
+def test_memory_addressing_matches_numpy_on_random_memory():
+    rng = np.random.default_rng(0)
+    mem = rng.normal(size=(7, 5)).astype(np.float32)
+    z = rng.normal(size=(4, 5)).astype(np.float32)
+    want = _numpy_address(z, mem, 1 / 7)
+    got = memory.address(jnp.asarray(z), jnp.asarray(mem))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, atol=1e-5)
+    # an explicit threshold and the dot similarity
+    zs = z * 3
+    logits = zs @ mem.T
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    w_hat = np.where(w > 0.05, w, 0)
+    w_hat /= w_hat.sum(1, keepdims=True)
+    _, got_w, _ = memory.address(jnp.asarray(zs), jnp.asarray(mem), "dot", 0.05)
+    np.testing.assert_allclose(got_w, w_hat, atol=1e-5)
+
+
+def _grads(z, mem):
+    def f(z, mem):
+        z_mem, _, ent = memory.address(z, mem)
+        return jnp.sum(z_mem**2) + jnp.sum(ent)
+
+    return jax.grad(f, argnums=(0, 1))(z, mem)
+
+
+def test_gradients_finite_when_all_but_one_shrunk_and_at_zero_z():
+    mem = jnp.array([[5.0, 0, 0], [-5.0, 0, 0], [0, -5.0, 0], [0, 0, -5.0]])
+    z = jnp.array([[10.0, 0, 0]])  # dot: one weight ~1, the others far below 1/4
+    z_mem, w_hat, _ = memory.address(z, mem, "dot")
+    assert int(jnp.sum(w_hat > 0)) == 1
+    for g in jax.grad(lambda z, m: jnp.sum(memory.address(z, m, "dot")[0] ** 2), (0, 1))(z, mem):
+        assert np.isfinite(np.asarray(g)).all()
+    for g in _grads(jnp.zeros((2, 3)), mem):  # z = 0: cosine similarity is 0 everywhere
+        assert np.isfinite(np.asarray(g)).all()
+
+
+def test_fuse_with_open_forget_and_closed_input_returns_z():
+    z = jnp.arange(6.0).reshape(2, 3)
+    assert np.array_equal(memory.fuse(z, jnp.ones_like(z), jnp.zeros_like(z), z * 7), z)
+    # The module itself with sigmoid gates saturated: f -> 1, i -> 0.
+    frm = memory.FeatureRepair(gate="sigmoid")
+    params = frm.init(jax.random.key(0), z, z)["params"]
+    params = jax.tree.map(jnp.zeros_like, params)
+    params["forget"]["bias"] = jnp.full((3,), 50.0)
+    params["input"]["bias"] = jnp.full((3,), -50.0)
+    np.testing.assert_allclose(frm.apply({"params": params}, z, -z), z, atol=1e-6)
+
+
+def test_softmax_gate_is_a_distribution_over_features():
+    frm = memory.FeatureRepair(gate="softmax")
+    z = jnp.ones((2, 4))
+    params = frm.init(jax.random.key(0), z, z)["params"]
+    params = jax.tree.map(jnp.zeros_like, params)  # gates uniform 1/4, candidate tanh(0) = 0
+    np.testing.assert_allclose(frm.apply({"params": params}, z * 8, z), z * 2, atol=1e-6)
+
+
+def _capture(variant):
+    m = model.CMAAE(variant=variant, memory_size=10)
+    variables = model.init(m, jax.random.key(1))
+    x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3), minval=-1, maxval=1)
+    (_, aux), state = m.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    return m, variables, x, aux, state["intermediates"]
+
+
+def test_variants_route_as_specified():
+    _, variables, x, aux, inter = _capture("mam")
+    z_mem = inter["memory"]["__call__"][0][0]
+    np.testing.assert_allclose(aux["z_out"], z_mem)
+    _, variables, x, aux, inter = _capture("ae")
+    assert "memory" not in variables["params"]
+    np.testing.assert_allclose(aux["z_out"], aux["z"])
+    assert float(jnp.sum(aux["entropy"])) == 0.0
+    _, variables, x, aux, inter = _capture("cat")
+    z_mem = inter["memory"]["__call__"][0][0]
+    dense = variables["params"]["fusion"]
+    cat = np.concatenate([aux["z"], z_mem], axis=1)
+    np.testing.assert_allclose(aux["z_out"], cat @ dense["kernel"] + dense["bias"], atol=1e-4)
+    _, variables, x, aux, inter = _capture("cmam")
+    z_mem = np.asarray(inter["memory"]["__call__"][0][0])
+    p = variables["params"]["repair"]
+    c = np.concatenate([aux["z"], z_mem], axis=1)
+    sm = lambda a: (
+        np.exp(a - a.max(1, keepdims=True))
+        / np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True)
+    )
+    f = sm(c @ p["forget"]["kernel"] + p["forget"]["bias"])
+    i = sm(c @ p["input"]["kernel"] + p["input"]["bias"])
+    cand = np.tanh(c @ p["candidate"]["kernel"] + p["candidate"]["bias"])
+    np.testing.assert_allclose(aux["z_out"], f * np.asarray(aux["z"]) + i * cand, atol=1e-5)
+
+
+def test_unknown_variant_and_gate_are_rejected():
+    with pytest.raises(ValueError, match="model.variant"):
+        model.init(model.CMAAE(variant="lstm"), jax.random.key(0))
+    with pytest.raises(ValueError, match="model.gate"):
+        model.init(model.CMAAE(gate="relu", memory_size=4), jax.random.key(0))
+
+
+@pytest.mark.parametrize("variant", model.VARIANTS)
+def test_jit_and_eager_agree_and_outputs_finite(variant):
+    m = model.CMAAE(variant=variant, memory_size=16)
+    variables = model.init(m, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(3), (2, 64, 64, 3), minval=-1, maxval=1)
+
+    def fwd(variables, x):
+        (rec, aux), _ = m.apply(variables, x, train=True, mutable=["batch_stats"])
+        return rec, aux["entropy"]
+
+    eager = fwd(variables, x)
+    jitted = jax.jit(fwd)(variables, x)
+    for a, b in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert np.isfinite(np.asarray(a)).all()
+    assert np.abs(np.asarray(eager[0])).max() <= 1.0  # tanh output
+
+
+def test_loss_is_weighted_l1_plus_mean_entropy():
+    t = jnp.array([[1.0, -1.0], [0.5, 0.0]])
+    r = jnp.array([[0.0, -1.0], [0.0, 1.0]])
+    loss, parts = losses.total(t, r, jnp.array([0.2, 0.4]), 50.0, 0.01)
+    # |diff| = 1, 0, 0.5, 1 -> mean 0.625; entropy mean 0.3
+    np.testing.assert_allclose(parts["l1"], 0.625)
+    np.testing.assert_allclose(loss, 50 * 0.625 + 0.01 * 0.3, rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
+    x = jax.random.uniform(jax.random.key(4), (2, 64, 64, 3), minval=-1, maxval=1)
+    m32 = model.CMAAE(memory_size=16)
+    variables = model.init(m32, jax.random.key(0))
+    m16 = model.CMAAE(memory_size=16, dtype=jnp.bfloat16)
+    assert jax.tree.all(
+        jax.tree.map(lambda p: p.dtype == jnp.float32, model.init(m16, jax.random.key(0)))
+    )
+    r32, _ = m32.apply(variables, x)
+    r16, _ = m16.apply(variables, x)
+    assert r16.dtype == jnp.float32
+    # stated tolerance of the mixed-precision option on a random-weight model
+    assert float(jnp.max(jnp.abs(r32 - r16))) < 0.05
