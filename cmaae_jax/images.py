@@ -1,0 +1,210 @@
+"""Robust image and mask loading.
+
+Every image is returned as uint8 RGB of shape [S, S, 3]: grayscale inputs are repeated to three
+channels, alpha is dropped, 16-bit inputs are scaled to 8 bits, and the result is resized with
+PIL's bilinear filter. Masks are binarised to {0, 1} and resized with nearest neighbour so that
+they stay binary. Anything PIL cannot read (corrupt, truncated, empty, not an image, declared too
+large) raises `ImageError` with the file name and the problem in its message.
+"""
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Side files of image folders that are skipped without a warning (DAGM ships Labels.txt).
+_QUIETLY_SKIPPED = ("labels.txt", "thumbs.db", "desktop.ini")
+# Refuse images whose header declares more pixels than this, before decoding anything.
+MAX_PIXELS = 100_000_000
+# The model sees 64x64 patches: an image must hold at least one.
+MIN_SIDE = 64
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageError(ValueError):
+    """An image or mask file that cannot be used; the message names the file and the problem."""
+
+
+def list_image_files(folder):
+    """Sorted image files of `folder`; hidden files skipped, non-images skipped with a warning."""
+    found, skipped = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or os.path.isdir(path):
+            continue
+        if name.lower().endswith(IMAGE_EXTENSIONS):
+            found.append(path)
+        elif name.lower() not in _QUIETLY_SKIPPED:
+            skipped.append(name)
+    if skipped:
+        warnings.warn(
+            f"{folder}: skipped {len(skipped)} file(s) that are not {'/'.join(IMAGE_EXTENSIONS)} "
+            f"images: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
+            stacklevel=2,
+        )
+    return found
+
+
+def _open(path):
+    """Opens `path` lazily (header only) and checks its declared size; returns the PIL image."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused, declared size is too large ({e})") from e
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files.
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise ImageError(
+            f"{path}: refused, header declares {w}x{h} = {w * h / 1e6:.0f} megapixels "
+            f"(more than {MAX_PIXELS / 1e6:.0f}; possible decompression bomb)"
+        )
+    return img
+
+
+def _decode(path, img):
+    """Decodes the pixel data of an opened image; truncated or corrupt data fails here."""
+    try:
+        img.load()
+    except Exception as e:
+        raise ImageError(f"{path}: cannot decode image data ({type(e).__name__}: {e})") from e
+
+
+def original_size(path):
+    """Returns the (height, width) of the image at `path`, reading only its header."""
+    with _open(path) as img:
+        w, h = img.size
+    return h, w
+
+
+def _to_uint8_gray_or_rgb(path, img):
+    """Converts a decoded PIL image to an 8-bit 'L' or 'RGB' PIL image."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode in _SIXTEEN_BIT_MODES:
+        # 16-bit data (PNG I;16, or I from some readers): 0..65535 maps onto 0..255.
+        a = np.asarray(img).astype(np.float64)
+        a = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L")
+    if mode == "F":
+        # Floating point data: values in [0, 1] are scaled, anything else is clipped to 0..255.
+        a = np.asarray(img).astype(np.float64)
+        if a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.round(np.nan_to_num(a)), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L")
+    if mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if mode in ("P", "PA"):
+        return img.convert("RGBA").convert("RGB")
+    try:
+        return img.convert("RGB")  # RGBA, RGBa, CMYK, YCbCr, ...
+    except Exception as e:
+        raise ImageError(f"{path}: unsupported image mode {mode!r} ({e})") from e
+
+
+def _read_8bit(path):
+    """Opens, checks and decodes `path`; returns an 8-bit 'L' or 'RGB' PIL image."""
+    with _open(path) as img:
+        w, h = img.size
+        if w < MIN_SIDE or h < MIN_SIDE:
+            raise ImageError(
+                f"{path}: image is {w}x{h}, smaller than the {MIN_SIDE}x{MIN_SIDE} patch"
+            )
+        _decode(path, img)
+        return _to_uint8_gray_or_rgb(path, img)
+
+
+def load_image(path, image_size):
+    """Loads an image as uint8 [image_size, image_size, 3].
+
+    Args:
+      path: file path of a PNG, JPEG, BMP, TIFF, ... image.
+      image_size: side S of the square output.
+
+    Returns:
+      np.ndarray uint8 [S, S, 3]; grayscale images repeated to three channels.
+
+    Raises:
+      ImageError: the file is missing, empty, corrupt, truncated, declares more than
+        `MAX_PIXELS` pixels, or is smaller than 64x64.
+    """
+    img = _read_8bit(path)
+    img = img.resize((image_size, image_size), Image.BILINEAR)
+    a = np.asarray(img, dtype=np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+def _mask_values(path, img):
+    """Returns a 2-D uint8 array of mask intensities (max over channels for colour masks)."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "F":
+        return np.asarray(_to_uint8_gray_or_rgb(path, img))
+    if mode in ("1", "L", "LA", "La"):
+        return np.asarray(img.convert("L"))
+    rgb = np.asarray(_to_uint8_gray_or_rgb(path, img))
+    return rgb.max(axis=2) if rgb.ndim == 3 else rgb
+
+
+def load_mask(path, image_size, expected_hw=None):
+    """Loads a defect mask as uint8 [image_size, image_size] with values in {0, 1}.
+
+    A mask whose largest value is 1 is read as a 0/1 mask (defect where > 0); any other mask is
+    read as a 0/255 mask (defect where > 127). Colour masks use the largest channel. The mask is
+    binarised first, then resized with nearest neighbour.
+
+    Args:
+      path: file path of the mask image.
+      image_size: side S of the square output.
+      expected_hw: optional (height, width) of the image the mask belongs to; a mask of another
+        size is an error.
+
+    Raises:
+      ImageError: unreadable mask, or a mask whose size differs from `expected_hw`.
+    """
+    with _open(path) as img:
+        w, h = img.size
+        if expected_hw is not None and (h, w) != tuple(expected_hw):
+            eh, ew = expected_hw
+            raise ImageError(f"{path}: mask is {w}x{h} (width x height) but its image is {ew}x{eh}")
+        _decode(path, img)
+        values = _mask_values(path, img)
+    binary = (values > 0) if values.max(initial=0) <= 1 else (values > 127)
+    small = Image.fromarray(binary.astype(np.uint8), mode="L")
+    small = small.resize((image_size, image_size), Image.NEAREST)
+    return np.asarray(small, dtype=np.uint8).copy()
+
+
+def load_pair(image_path, mask_path, image_size):
+    """Loads an image and its mask (all zeros when `mask_path` is None) of the same size.
+
+    Returns:
+      (uint8 [S, S, 3] image, uint8 [S, S] mask in {0, 1}).
+    """
+    image = load_image(image_path, image_size)
+    if mask_path is None:
+        return image, np.zeros((image_size, image_size), np.uint8)
+    (h, w), (mask_h, mask_w) = original_size(image_path), original_size(mask_path)
+    if (mask_h, mask_w) != (h, w):
+        raise ImageError(
+            f"{mask_path}: mask is {mask_w}x{mask_h} (width x height) but its image "
+            f"{os.fspath(image_path)} is {w}x{h}"
+        )
+    return image, load_mask(mask_path, image_size, expected_hw=(h, w))
+
+
+def to_float(images_uint8):
+    """Maps uint8 images (numpy or jax) to float32 in [-1, 1]: x / 127.5 - 1."""
+    return images_uint8.astype(np.float32) / 127.5 - 1.0

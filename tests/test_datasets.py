@@ -1,0 +1,318 @@
+"""Tests of cmaae_jax.datasets on generated MVTec, DAGM and folder trees, and on magnetic tile."""
+
+import collections
+import importlib.util
+import os
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmaae_jax import datasets, images
+
+S = 64
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+
+
+def default_config():
+    """configs/default.py's get_config(), imported by path (configs/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("default_config", _DEFAULT_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _png(path, value, hw=(80, 96)):
+    """Writes a constant grayscale PNG (value identifies the image after resizing)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full(hw, value, np.uint8)).save(path)
+    return str(path)
+
+
+def _mask(path, hw=(80, 96), rows=(0, 40)):
+    """Writes a 0/255 mask whose rows[0]:rows[1] are defective."""
+    m = np.zeros(hw, np.uint8)
+    m[rows[0] : rows[1]] = 255
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(m).save(path)
+    return str(path)
+
+
+def _mvtec(base, num_train=5):
+    """<base>/{train/good/00i.png, test/good/t0.png, test/crack/c{0,1}.png, ground_truth/...}."""
+    for i in range(num_train):
+        _png(f"{base}/train/good/{i:03d}.png", 10 + i)
+    _png(f"{base}/test/good/t0.png", 100)
+    for i in range(2):
+        _png(f"{base}/test/crack/c{i}.png", 150 + i)
+        _mask(f"{base}/ground_truth/crack/c{i}_mask.png")
+    return base
+
+
+def _expected_crack_mask():
+    rows = np.floor((np.arange(S) + 0.5) * 80 / S).astype(int)
+    return np.repeat((rows < 40)[:, None], S, axis=1).astype(np.uint8)
+
+
+def test_mvtec_layout(tmp_path):
+    _mvtec(tmp_path / "wood")
+    splits = datasets.load_mvtec(tmp_path, "wood", S, 0.2, seed=0)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    assert (train.num_images, val.num_images, test.num_images) == (4, 1, 3)
+    assert sorted(train.paths + val.paths) == [
+        str(tmp_path / f"wood/train/good/{i:03d}.png") for i in range(5)
+    ]
+    assert train.paths == sorted(train.paths)
+    for split in (train, val):
+        assert split.images.shape == (split.num_images, S, S, 3)
+        assert split.images.dtype == np.uint8 and split.masks.max() == 0
+        assert (split.labels == 0).all() and set(split.defect_types) == {"good"}
+        for image, path in zip(split.images, split.paths, strict=True):
+            assert (image == 10 + int(os.path.basename(path)[:3])).all()
+    assert test.defect_types == ["crack", "crack", "good"]
+    assert test.labels.dtype == np.int32 and test.labels.tolist() == [1, 1, 0]
+    assert [int(v) for v in test.images[:, 0, 0, 0]] == [150, 151, 100]
+    np.testing.assert_array_equal(test.masks[0], _expected_crack_mask())
+    np.testing.assert_array_equal(test.masks[1], _expected_crack_mask())
+    assert test.masks[2].max() == 0 and test.has_masks
+
+
+def test_val_split_seeded(tmp_path):
+    _mvtec(tmp_path / "c", num_train=10)
+    val_paths = lambda seed: tuple(datasets.load_mvtec(tmp_path, "c", S, 0.3, seed)["val"].paths)
+    vals = [val_paths(seed) for seed in range(5)]
+    assert all(len(v) == 3 for v in vals)
+    assert vals[0] == val_paths(0)
+    assert len(set(vals)) > 1
+    none = datasets.load_mvtec(tmp_path, "c", S, 0.0, seed=0)
+    assert none["val"].num_images == 0 and none["val"].images.shape == (0, S, S, 3)
+    assert datasets.load_mvtec(tmp_path, "c", S, 0.01, seed=0)["val"].num_images == 1
+    with pytest.raises(datasets.DatasetError, match="val_fraction"):
+        datasets.load_mvtec(tmp_path, "c", S, 1.0, seed=0)
+
+
+def test_split_train_val_small():
+    assert datasets.split_train_val([1], 0.5, 0) == ([1], [])
+    assert datasets.split_train_val([], 0.5, 0) == ([], [])
+    train, val = datasets.split_train_val([1, 2], 0.9, 0)
+    assert len(train) == 1 and len(val) == 1
+
+
+def test_mvtec_category_empty_reads_root(tmp_path):
+    _mvtec(tmp_path)
+    assert datasets.load_mvtec(tmp_path, "", S, 0.2, 0)["test"].num_images == 3
+
+
+def test_mvtec_skips_non_images_and_hidden(tmp_path):
+    _mvtec(tmp_path / "c")
+    (tmp_path / "c/train/good/readme.md").write_text("hi")
+    (tmp_path / "c/train/good/.DS_Store").write_bytes(b"\0")
+    _png(tmp_path / "c/test/crack/.hidden.png", 1)
+    with pytest.warns(UserWarning, match="readme.md"):
+        splits = datasets.load_mvtec(tmp_path, "c", S, 0.2, 0)
+    assert splits["train"].num_images + splits["val"].num_images == 5
+    assert splits["test"].num_images == 3
+
+
+def test_mvtec_extensions_case_insensitive(tmp_path):
+    base = tmp_path / "c"
+    _png(base / "train/good/a.PNG", 1)
+    Image.fromarray(np.full((64, 64), 2, np.uint8)).save(base / "train/good/b.Bmp")
+    _png(base / "test/crack/x.png", 3)
+    _mask(base / "ground_truth/crack/x_mask.PNG")
+    splits = datasets.load_mvtec(tmp_path, "c", S, 0.0, 0)
+    assert [os.path.basename(p) for p in splits["train"].paths] == ["a.PNG", "b.Bmp"]
+
+
+@pytest.mark.parametrize(
+    "breakage,match",
+    [
+        (lambda b: None, "dataset root .*nothere"),
+        (lambda b: None, "category folder .*missing.*available|categories under"),
+        (lambda b: os.rename(b / "train", b / "training"), "training folder .*train/good"),
+        (lambda b: [os.remove(p) for p in (b / "train/good").iterdir()], "holds no images"),
+        (lambda b: os.remove(b / "test/crack/c1.png"), "mask .*c1_mask.png has no image"),
+        (lambda b: os.remove(b / "ground_truth/crack/c0_mask.png"), "c0.png has no mask"),
+        (lambda b: _mask(b / "ground_truth/crack/c0_mask.png", (81, 96)), "96x81.*96x80"),
+        (lambda b: _mask(b / "ground_truth/scratch/s_mask.png"), "s_mask.png has no image"),
+        (lambda b: (b / "test/crack/c0.png").write_bytes(b"junk"), "c0.png"),
+        (lambda b: _png(b / "train/good/tiny.png", 1, (32, 32)), "tiny.png.*smaller"),
+    ],
+)
+def test_mvtec_errors(tmp_path, breakage, match):
+    base = _mvtec(tmp_path / "wood")
+    breakage(base)
+    root, category = tmp_path, "wood"
+    if "nothere" in match:
+        root = tmp_path / "nothere"
+    if "missing" in match:
+        category = "missing"
+    with pytest.raises(datasets.DatasetError, match=match):
+        datasets.load_mvtec(root, category, S, 0.2, 0)
+
+
+def _dagm(root, name="Class7"):
+    for part, labelled in (("Train", {"0003"}), ("Test", {"0002"})):
+        for i in range(1, 5 if part == "Train" else 4):
+            stem = f"{i:04d}"
+            _png(f"{root}/{name}/{part}/{stem}.PNG", i, (64, 64))
+            if stem in labelled:
+                _mask(f"{root}/{name}/{part}/Label/{stem}_label.PNG", (64, 64), (10, 20))
+        with open(f"{root}/{name}/{part}/Label/Labels.txt", "w") as f:
+            f.write("header\n")
+    return root
+
+
+@pytest.mark.parametrize("category", ["Class7", "7", 7, "class7"])
+def test_dagm_layout(tmp_path, category):
+    _dagm(tmp_path)
+    splits = datasets.load_dagm(tmp_path, category, S, 0.0, 0)
+    train, test = splits["train"], splits["test"]
+    assert [os.path.basename(p) for p in train.paths] == ["0001.PNG", "0002.PNG", "0004.PNG"]
+    assert [os.path.basename(p) for p in test.paths] == ["0001.PNG", "0002.PNG", "0003.PNG"]
+    assert test.labels.tolist() == [0, 1, 0]
+    assert test.defect_types == ["good", "defective", "good"]
+    expected = np.zeros((S, S), np.uint8)
+    expected[10:20] = 1
+    np.testing.assert_array_equal(test.masks[1], expected)
+    assert test.masks[0].max() == 0 and test.masks[2].max() == 0
+
+
+def test_dagm_errors(tmp_path):
+    _dagm(tmp_path)
+    with pytest.raises(datasets.DatasetError, match="not a DAGM class"):
+        datasets.load_dagm(tmp_path, "wood", S, 0.0, 0)
+    with pytest.raises(datasets.DatasetError, match="Class8"):
+        datasets.load_dagm(tmp_path, 8, S, 0.0, 0)
+    os.remove(tmp_path / "Class7/Test/0002.PNG")
+    with pytest.raises(datasets.DatasetError, match="0002_label.PNG has no image"):
+        datasets.load_dagm(tmp_path, 7, S, 0.0, 0)
+
+
+def test_folder_layout(tmp_path):
+    for i in range(4):
+        _png(tmp_path / f"good/g{i}.png", i)
+    _png(tmp_path / "defective/d0.png", 200)
+    _png(tmp_path / "defective/d1.png", 201)
+    splits = datasets.load_folder(tmp_path, S, 0.25, 0)
+    assert splits["train"].num_images == 3 and splits["val"].num_images == 1
+    test = splits["test"]
+    assert not test.has_masks and test.masks.max() == 0 and test.labels.tolist() == [1, 1]
+    _mask(tmp_path / "masks/d0_mask.png")
+    _mask(tmp_path / "masks/d1.png")
+    _png(tmp_path / "test_good/tg.png", 50)
+    test = datasets.load_folder(tmp_path, S, 0.25, 0)["test"]
+    assert test.has_masks and test.labels.tolist() == [0, 1, 1]
+    assert [int(v) for v in test.images[:, 0, 0, 0]] == [50, 200, 201]
+    np.testing.assert_array_equal(test.masks[1], _expected_crack_mask())
+    np.testing.assert_array_equal(test.masks[2], _expected_crack_mask())
+    os.remove(tmp_path / "masks/d1.png")
+    with pytest.raises(datasets.DatasetError, match="d1.png has no mask"):
+        datasets.load_folder(tmp_path, S, 0.25, 0)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(datasets.DatasetError, match="good-image folder"):
+        datasets.load_folder(tmp_path, S, 0.1, 0)
+    (tmp_path / "good").mkdir()
+    with pytest.raises(datasets.DatasetError, match="holds no images"):
+        datasets.load_folder(tmp_path, S, 0.1, 0)
+
+
+def _config(**data):
+    config = default_config()
+    config.data.image_size = S
+    config.eval.val_fraction = 0.2
+    for key, value in data.items():
+        setattr(config.data, key, value)
+    return config
+
+
+def test_load_splits_dispatch(tmp_path):
+    _mvtec(tmp_path / "wood")
+    splits = datasets.load_splits(_config(format="mvtec", root=str(tmp_path), category="wood"))
+    assert set(splits) == {"train", "val", "test"} and splits["test"].num_images == 3
+    _dagm(tmp_path / "dagm")
+    config = _config(format="dagm", root=str(tmp_path / "dagm"), category="Class7")
+    assert datasets.load_splits(config)["test"].num_images == 3
+    with pytest.raises(datasets.DatasetError, match="data.format"):
+        datasets.load_splits(_config(format="kolektor", root=str(tmp_path)))
+    with pytest.raises(datasets.DatasetError, match="data.root"):
+        datasets.load_splits(_config(format="mvtec", root=""))
+    with pytest.raises(datasets.DatasetError, match="use_tfds"):
+        datasets.load_splits(_config(format="folder", root=str(tmp_path), use_tfds=True))
+
+
+def test_load_splits_synthetic(tmp_path, monkeypatch):
+    synthetic = pytest.importorskip("cmaae_jax.synthetic")
+    category = synthetic.FAMILIES[0]
+    config = _config(format="synthetic", root=str(tmp_path), category=category)
+    config.data.synthetic_num_train, config.data.synthetic_num_test = 5, 4
+    splits = datasets.load_splits(config)
+    assert splits["train"].num_images + splits["val"].num_images == 5
+    assert splits["test"].num_images == 4 and splits["test"].labels.sum() == 2
+    monkeypatch.setattr(synthetic, "write_mvtec_tree", lambda *a, **k: pytest.fail("rewritten"))
+    assert datasets.load_splits(config)["test"].num_images == 4
+
+
+# Real data: magnetic tile, 666 good training images and 678 test images.
+MAGNETIC_TEST = {"good": 286, "blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
+MT_SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def magnetic(magnetic_tile_root):
+    return datasets.load_mvtec(magnetic_tile_root, "", MT_SIZE, 0.1, seed=0)
+
+
+def test_magnetic_tile_counts(magnetic):
+    train, val, test = magnetic["train"], magnetic["val"], magnetic["test"]
+    assert train.num_images + val.num_images == 666
+    assert val.num_images == 67 and not set(train.paths) & set(val.paths)
+    assert collections.Counter(test.defect_types) == MAGNETIC_TEST
+    assert (test.labels == np.array([t != "good" for t in test.defect_types])).all()
+    for split in (train, val, test):
+        assert split.images.shape == (split.num_images, MT_SIZE, MT_SIZE, 3)
+        assert split.images.dtype == np.uint8 and split.masks.dtype == np.uint8
+        assert set(np.unique(split.masks)) <= {0, 1}
+        assert split.images.max() > 150 and split.images.min() < 20
+        floats = images.to_float(split.images[:4])
+        assert floats.min() >= -1.0 and floats.max() <= 1.0
+    assert train.masks.max() == 0 and val.masks.max() == 0
+    assert test.masks[test.labels == 0].max() == 0
+    assert (test.masks[test.labels == 1].sum(axis=(1, 2)) > 0).sum() >= 392 - 4 - 10
+
+
+def test_magnetic_tile_masks_match_images(magnetic_tile_root):
+    count = 0
+    for defect in MAGNETIC_TEST:
+        if defect == "good":
+            continue
+        folder = magnetic_tile_root / "test" / defect
+        for path in sorted(folder.iterdir()):
+            mask = magnetic_tile_root / "ground_truth" / defect / f"{path.stem}_mask.png"
+            with Image.open(path) as a, Image.open(mask) as b:
+                assert a.size == b.size, (path, mask)
+            count += 1
+    assert count == 392
+
+
+def test_magnetic_tile_masks_aligned(magnetic, magnetic_tile_root):
+    test = magnetic["test"]
+    checked = set()
+    for i, (path, defect) in enumerate(zip(test.paths, test.defect_types, strict=True)):
+        if defect == "good" or defect in checked:
+            continue
+        checked.add(defect)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        raw = np.asarray(
+            Image.open(magnetic_tile_root / "ground_truth" / defect / f"{stem}_mask.png")
+        )
+        h, w = raw.shape
+        rows = np.floor((np.arange(MT_SIZE) + 0.5) * h / MT_SIZE).astype(int)
+        cols = np.floor((np.arange(MT_SIZE) + 0.5) * w / MT_SIZE).astype(int)
+        np.testing.assert_array_equal(test.masks[i], (raw[rows][:, cols] > 127).astype(np.uint8))
+        gray = Image.open(path).resize((MT_SIZE, MT_SIZE), Image.BILINEAR)
+        np.testing.assert_array_equal(test.images[i, :, :, 1], np.asarray(gray))
+    assert len(checked) == 5
