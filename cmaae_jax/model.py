@@ -168,7 +168,7 @@ def from_config(config):
         similarity=m.similarity,
         shrink_threshold=m.shrink_threshold,
         gate=m.gate,
-        impl=m.get("conv_impl", "auto") if m.get("conv_impl", "auto") != "auto" else default_impl(),
+        impl=default_impl() if m.conv_impl == "auto" else m.conv_impl,
         dtype=jnp.dtype(m.dtype),
     )
 

@@ -21,6 +21,7 @@ def get_config():
     c.data.category = ""  # MVTec category, DAGM class ("Class7"), or synthetic texture family
     c.data.image_size = 512  # images are resized to this square size; a multiple of 64
     c.data.use_tfds = False  # read a prepared TFDS dataset (mvtec/dagm) instead of the folders
+    c.data.tfds_data_dir = ""  # where TFDS keeps prepared datasets ("" = its default folder)
     c.data.synthetic_num_train = 48  # synthetic: number of good training images generated
     c.data.synthetic_num_test = 24  # synthetic: number of test images (half defective)
 
@@ -32,6 +33,7 @@ def get_config():
     c.model.shrink_threshold = -1.0  # hard-shrinkage lambda; < 0 means 1 / memory_size
     c.model.gate = "softmax"  # FRM gate activation: softmax (paper) | sigmoid
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    c.model.conv_impl = "auto"  # auto (matmul on CPU, xla elsewhere) | matmul (im2col) | xla
 
     c.loss = ml_collections.ConfigDict()
     c.loss.w_rec = 50.0  # weight of the L1 reconstruction loss

@@ -1,0 +1,39 @@
+"""Shared set-up of the launch scripts: import path, multi-host initialisation, user errors."""
+
+import contextlib
+import os
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so that configs can `from configs import default`
+
+
+def maybe_initialize_distributed(coordinator: str, num_processes: int, process_id: int):
+    """`jax.distributed.initialize` for a multi-process launch (flags or JAX_* env)."""
+    import jax  # noqa: PLC0415
+
+    if coordinator or num_processes > 1:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Bad input (config, data, checkpoint) ends with one clear line and exit code 2."""
+    from cmaae_jax import checkpoint, configlib, datasets, images  # noqa: PLC0415
+
+    try:
+        yield
+    except (
+        configlib.ConfigError,
+        datasets.DatasetError,
+        images.ImageError,
+        checkpoint.CheckpointError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
