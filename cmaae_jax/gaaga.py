@@ -1,0 +1,296 @@
+"""GAAGA, the general artificial anomaly generation algorithm (paper eq. 1), on device.
+
+    I_an = paste(I_p, crop(I_nt), blur(resize(crop(I_p))))
+
+`synthesize` is pure JAX with static shapes, to run inside the jitted / pmapped training step.
+For every image of the batch, with its own random numbers, it
+  (a) crops a `patch_size` square from a random natural image of the bank,
+  (b) crops a random region (each side between patch_size / 4 and patch_size) of the same normal
+      image, resizes it to `patch_size` (bilinear) and Gaussian-blurs it,
+  (c) pastes both, each through a random blob-shaped mask (ellipse to rounded rectangle, rotated,
+      wobbly edge), at random places of the image, in random order.
+The returned mask is exactly the set of pixels whose value changed. `natural_bank` loads the
+natural images (`anomaly.natural_source`) once, on the host.
+"""
+
+import concurrent.futures
+import importlib.util
+import math
+import pathlib
+import socket
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmaae_jax import synthetic
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _bank_from_dir(path, image_size, count, seed):
+    from cmaae_jax import images  # lazy: written separately, keeps imports light
+
+    root = pathlib.Path(path)
+    if not root.is_dir():
+        raise ValueError(f"anomaly.natural_source: folder {path!r} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    candidates = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES] or files
+    out = []
+    for i in np.random.default_rng(seed).permutation(len(candidates)):
+        try:
+            out.append(images.load_image(candidates[i], image_size))
+        except images.ImageError as e:
+            warnings.warn(f"natural images: skipping unreadable {candidates[i]}: {e}", stacklevel=3)
+        if len(out) == count:
+            break
+    if not out:
+        raise ValueError(f"anomaly.natural_source: no readable image under {path!r}")
+    return np.stack(out)
+
+
+def _network_available(host="storage.googleapis.com", port=443, timeout=3.0):
+    """True when a TCP connection to `host` opens within `timeout` seconds (DNS included)."""
+
+    def connect():
+        socket.create_connection((host, port), timeout=timeout).close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(connect).result(timeout=timeout) is None
+    except Exception:  # any failure means: no usable network
+        return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _bank_from_tfds(name, image_size, count, seed, data_dir):
+    where = f"anomaly.natural_source: tfds dataset {name!r}"
+    hint = "use anomaly.natural_source='dir:PATH' (a folder of images) or 'procedural'"
+    try:
+        import tensorflow_datasets as tfds
+        from PIL import Image
+
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+        prepared = builder.is_prepared()
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0]  # the not-found message lists all
+        raise ValueError(f"{where} is unavailable ({type(e).__name__}: {reason}); {hint}") from e
+    if not prepared:
+        if not _network_available():
+            raise ValueError(
+                f"{where} is not prepared locally and could not be downloaded (no network); {hint}"
+            )
+        try:
+            builder.download_and_prepare()
+        except Exception as e:
+            no_tf = importlib.util.find_spec("tensorflow") is None
+            note = " (TensorFlow, which some datasets need, is not installed)" if no_tf else ""
+            raise ValueError(
+                f"{where} could not be downloaded and prepared{note} "
+                f"({type(e).__name__}: {e}); {hint}"
+            ) from e
+    source = builder.as_data_source(split="train")
+    out = []
+    for i in np.random.default_rng(seed).permutation(len(source))[:count]:
+        example = source[int(i)]
+        if not isinstance(example, dict) or "image" not in example:
+            raise ValueError(f"{where} has no 'image' feature")
+        image = np.asarray(example["image"], np.uint8)
+        image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
+        out.append(np.asarray(image.resize((image_size, image_size), Image.Resampling.BILINEAR)))
+    if not out:
+        raise ValueError(f"{where} has no images in its train split")
+    return np.stack(out)
+
+
+def natural_bank(source, image_size, count, seed, data_dir=None):
+    """Returns up to `count` natural images for GAAGA, uint8 [K, image_size, image_size, 3].
+
+    `source` (config `anomaly.natural_source`): "procedural" (generated), "dir:PATH" (every image
+    under PATH, recursively; unreadable files are skipped with a warning) or "tfds:NAME" (the
+    train split of a TFDS dataset; `data_dir` is its TFDS data dir). When more than `count`
+    images exist a seeded random subset is used; fewer give a smaller bank.
+    """
+    if source == "procedural":
+        return synthetic.natural_images(count, image_size, seed)
+    if source.startswith("dir:"):
+        return _bank_from_dir(source[4:], image_size, count, seed)
+    if source.startswith("tfds:"):
+        return _bank_from_tfds(source[5:], image_size, count, seed, data_dir)
+    raise ValueError(
+        f"anomaly.natural_source must be 'procedural', 'dir:PATH' or 'tfds:NAME', got {source!r}"
+    )
+
+
+def _gaussian_matrix(size, sigma):
+    """[size, size] row-normalised truncated Gaussian blur (static, numpy)."""
+    if sigma <= 0:
+        return np.eye(size, dtype=np.float32)
+    i = np.arange(size)
+    d = i[:, None] - i[None, :]
+    g = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= math.ceil(3 * sigma))
+    return (g / g.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _interp_matrix(size, start, length):
+    """[size, size] bilinear weights that stretch input rows [start, start + length) to `size`."""
+    u = start + (jnp.arange(size) + 0.5) * length / size - 0.5
+    u = jnp.clip(u, 0.0, size - 1.0)
+    return jnp.maximum(0.0, 1.0 - jnp.abs(u[:, None] - jnp.arange(size)[None, :]))
+
+
+# Each helper takes its random numbers as a vector `u` of uniforms in [0, 1): `synthesize` draws
+# them for the whole batch in one call, which keeps the compiled program small.
+NATURAL_U, BLUR_U, SHAPE_U = 3, 4, 10
+
+
+def _randint(u, high):
+    """An integer in [0, high) from a uniform u in [0, 1)."""
+    return jnp.minimum(jnp.floor(u * high), high - 1).astype(jnp.int32)
+
+
+def natural_patch(u, bank, patch_size):
+    """A `patch_size` square crop of a bank image, float32 in [-1, 1]; u: [NATURAL_U]."""
+    count, height, width, channels = bank.shape
+    y, x = _randint(u[1], height - patch_size + 1), _randint(u[2], width - patch_size + 1)
+    start = (_randint(u[0], count), y, x, 0)
+    patch = jax.lax.dynamic_slice(bank, start, (1, patch_size, patch_size, channels))[0]
+    if bank.dtype == jnp.uint8:
+        return patch.astype(jnp.float32) / 127.5 - 1.0
+    return patch.astype(jnp.float32)
+
+
+def blurred_patch(u, image, patch_size, blur_sigma):
+    """Crops a region of `image` [S, S, C], resizes it to `patch_size`, blurs it; u: [BLUR_U].
+
+    Each side of the region is uniform in [patch_size / 4, patch_size]. A static patch_size window
+    that holds the region is sliced out, then one matrix per axis does both the bilinear stretch
+    and the (static) Gaussian blur, so every shape is static.
+    """
+    size, p = image.shape[0], patch_size
+    h, w = p / 4 + u[0] * 0.75 * p, p / 4 + u[1] * 0.75 * p
+    ry, rx = u[2] * (size - h), u[3] * (size - w)
+    wy = jnp.minimum(jnp.floor(ry), size - p).astype(jnp.int32)
+    wx = jnp.minimum(jnp.floor(rx), size - p).astype(jnp.int32)
+    window = jax.lax.dynamic_slice(image, (wy, wx, 0), (p, p, image.shape[-1]))
+    blur = jnp.asarray(_gaussian_matrix(p, blur_sigma))
+    my = jnp.matmul(blur, _interp_matrix(p, ry - wy, h), precision=_HIGHEST)
+    mx = jnp.matmul(blur, _interp_matrix(p, rx - wx, w), precision=_HIGHEST)
+    out = jnp.einsum("ij,jkc->ikc", my, window, precision=_HIGHEST)
+    return jnp.einsum("lk,ikc->ilc", mx, out, precision=_HIGHEST)
+
+
+def shape_mask(u, patch_size):
+    """A random blob in a `patch_size` square, u: [SHAPE_U]: a rotated super-ellipse (exponent
+    1.5, pointed, to 8, a rounded rectangle; half-axes 0.4 to 1 of half the side) with a wobbly
+    edge."""
+    half = patch_size / 2
+    a, b = (0.4 + 0.6 * u[0]) * half, (0.4 + 0.6 * u[1]) * half
+    n, theta = 1.5 + 6.5 * u[2], u[3] * jnp.pi
+    c = jnp.arange(patch_size) + 0.5 - half
+    y, x = c[:, None], c[None, :]
+    cu, su = jnp.cos(theta), jnp.sin(theta)
+    u_, v_ = x * cu + y * su, -x * su + y * cu
+    rho = (jnp.abs(u_ / a) ** n + jnp.abs(v_ / b) ** n) ** (1.0 / n)
+    # Edge wobble sum_k amp_k cos(k phi + phase_k), k = 2..4, with cos/sin(k phi) built from
+    # cos/sin(phi) by angle addition (cheaper than arctan2 and cos on CPU).
+    r = jnp.sqrt(u_ * u_ + v_ * v_) + 1e-6
+    c1, s1 = u_ / r, v_ / r
+    c2, s2 = c1 * c1 - s1 * s1, 2.0 * s1 * c1
+    c3, s3 = c2 * c1 - s2 * s1, s2 * c1 + c2 * s1
+    c4, s4 = c2 * c2 - s2 * s2, 2.0 * s2 * c2
+    amp, phase = 0.08 * u[4:7], 2 * jnp.pi * u[7:10]
+    ca, sa = amp * jnp.cos(phase), amp * jnp.sin(phase)
+    wobble = ca[0] * c2 - sa[0] * s2 + ca[1] * c3 - sa[1] * s3 + ca[2] * c4 - sa[2] * s4
+    return rho <= 1.0 + wobble
+
+
+def _patches_one(u, image, bank, patch_size, blur_sigma):
+    """The natural and blurred patches of one image, their shape masks, places and order."""
+    u = jnp.split(u, np.cumsum([NATURAL_U, BLUR_U, SHAPE_U, SHAPE_U, 4]))
+    patches = (
+        natural_patch(u[0], bank, patch_size).astype(image.dtype),
+        blurred_patch(u[1], image, patch_size, blur_sigma).astype(image.dtype),
+    )
+    masks = (shape_mask(u[2], patch_size), shape_mask(u[3], patch_size))
+    places = _randint(u[4], image.shape[0] - patch_size + 1).reshape(2, 2)
+    return patches, masks, places, u[5][0] < 0.5
+
+
+def _paste_all(normal, patches, masks, places, blur_first):
+    """Pastes the (natural, blurred) patches [B, P, P, C] through masks [B, P, P] at places
+    [B, 2, (y, x)], in the order blur_first [B] sets (the second may cover part of the first).
+
+    A loop over the batch keeps every update an in-place slice update (under vmap they become
+    scatters over whole images). The changed-pixel mask compares final and original images on
+    the two windows only (overlapping windows agree)."""
+    batch, size, _, channels = normal.shape
+    p = patches[0].shape[1]
+
+    def window(array, b, j):
+        return (b, places[b, j, 0], places[b, j, 1], 0)[: array.ndim]
+
+    def paste(b, out):
+        for step in range(2):
+            j = jnp.where(blur_first[b], 1 - step, step)  # 0: natural, 1: blurred
+            patch = jnp.where(j == 0, patches[0][b], patches[1][b])
+            mask = jnp.where(j == 0, masks[0][b], masks[1][b])
+            start = window(out, b, j)
+            region = jax.lax.dynamic_slice(out, start, (1, p, p, channels))
+            region = jnp.where(mask[None, ..., None], patch[None], region)
+            out = jax.lax.dynamic_update_slice(out, region, start)
+        return out
+
+    def changed(b, mask_and_out):
+        mask, out = mask_and_out
+        for j in range(2):
+            new = jax.lax.dynamic_slice(out, window(out, b, j), (1, p, p, channels))
+            old = jax.lax.dynamic_slice(normal, window(normal, b, j), (1, p, p, channels))
+            mask = jax.lax.dynamic_update_slice(mask, jnp.any(new != old, -1), window(mask, b, j))
+        return mask, out
+
+    out = jax.lax.fori_loop(0, batch, paste, normal)
+    mask = jnp.zeros((batch, size, size), bool)
+    mask, _ = jax.lax.fori_loop(0, batch, changed, (mask, out))
+    return out, mask
+
+
+def synthesize(key, normal, bank, patch_size, blur_sigma):
+    """GAAGA on a batch: returns (anomalous [B,S,S,C], clean [B,S,S,C], mask [B,S,S] bool).
+
+    `normal`: float images in [-1, 1], [B, S, S, C]. `bank`: natural images [K, H, W, C], float
+    in [-1, 1] or uint8 (converted per crop, which keeps the bank four times smaller on device).
+    `patch_size` and `blur_sigma` are static. Each image draws its own random numbers.
+    `clean` is `normal` itself; `mask` is exactly where `anomalous` differs from it.
+    """
+    _, size, width, channels = normal.shape
+    if size != width or not 0 < patch_size <= min(size, bank.shape[1], bank.shape[2]):
+        raise ValueError(
+            f"GAAGA needs square images and patch_size <= image and bank sides; got images "
+            f"{normal.shape}, bank {bank.shape}, patch_size {patch_size}"
+        )
+    if bank.shape[-1] != channels:
+        raise ValueError(f"bank has {bank.shape[-1]} channels, images have {channels}")
+    u = jax.random.uniform(key, (normal.shape[0], NATURAL_U + BLUR_U + 2 * SHAPE_U + 5))
+    one = lambda u, img: _patches_one(u, img, bank, patch_size, blur_sigma)
+    anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal))
+    return anomalous, normal, mask
+
+
+def benchmark(image_size=512, batch=32, steps=5, patch_size=None, blur_sigma=3.0, bank_size=8):
+    """Images per second of jitted `synthesize` on random data (after a warm-up call)."""
+    patch_size = patch_size or image_size // 2
+    rng = np.random.default_rng(0)
+    normal = jnp.asarray(rng.uniform(-1, 1, (batch, image_size, image_size, 3)), jnp.float32)
+    bank = jnp.asarray(rng.integers(0, 256, (bank_size, image_size, image_size, 3), np.uint8))
+    key = jax.random.PRNGKey(0)
+    fn = jax.jit(lambda k: synthesize(k, normal, bank, patch_size, blur_sigma)[0])
+    jax.block_until_ready(fn(key))
+    start = time.perf_counter()
+    for i in range(steps):
+        jax.block_until_ready(fn(jax.random.fold_in(key, i)))
+    return batch * steps / (time.perf_counter() - start)

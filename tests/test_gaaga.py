@@ -1,0 +1,244 @@
+"""Tests of GAAGA (anomaly synthesis on device) and of the natural-image bank."""
+
+import functools
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmaae_jax import gaaga, synthetic
+
+SIZE, PATCH, SIGMA, BATCH = 128, 64, 2.0, 4
+
+synthesize = jax.jit(gaaga.synthesize, static_argnames=("patch_size", "blur_sigma"))
+run = functools.partial(synthesize, patch_size=PATCH, blur_sigma=SIGMA)
+
+
+def _to_float(images):
+    return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+
+
+@pytest.fixture(scope="module")
+def normal():
+    return _to_float(np.stack([synthetic.texture("wood", SIZE, s) for s in range(BATCH)]))
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return _to_float(synthetic.natural_images(3, SIZE, seed=0))
+
+
+def _check_mask_contract(anomalous, clean, mask, normal):
+    anomalous, clean, mask, normal = map(np.asarray, (anomalous, clean, mask, normal))
+    assert anomalous.shape == normal.shape and anomalous.dtype == np.float32
+    assert mask.shape == normal.shape[:3] and mask.dtype == bool
+    np.testing.assert_array_equal(clean, normal)  # the target is the untouched input
+    np.testing.assert_array_equal(np.any(anomalous != normal, axis=-1), mask)
+    np.testing.assert_array_equal(anomalous[~mask], normal[~mask])
+    assert mask.reshape(len(mask), -1).any(1).all()  # every image got an anomaly
+
+
+def test_mask_is_exactly_the_changed_pixels(normal, bank):
+    anomalous, clean, mask = run(jax.random.PRNGKey(0), normal, bank)
+    _check_mask_contract(anomalous, clean, mask, normal)
+    cover = np.asarray(mask).mean((1, 2))
+    assert (cover > 0.01).all() and (cover < 0.5).all()
+    assert np.abs(np.asarray(anomalous)).max() <= 1.0 + 1e-6
+
+
+def test_deterministic_per_key_and_different_across_keys(normal, bank):
+    a = run(jax.random.PRNGKey(1), normal, bank)
+    b = run(jax.random.PRNGKey(1), normal, bank)
+    c = run(jax.random.PRNGKey(2), normal, bank)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[2], c[2])
+    # Within a batch, images get independent anomalies: same input, different masks.
+    same = jnp.broadcast_to(normal[:1], normal.shape)
+    masks = np.asarray(run(jax.random.PRNGKey(3), same, bank)[2])
+    assert not np.array_equal(masks[0], masks[1])
+
+
+def test_uint8_bank(normal):
+    bank_u8 = synthetic.natural_images(2, SIZE, seed=4)
+    out = run(jax.random.PRNGKey(5), normal, jnp.asarray(bank_u8))
+    _check_mask_contract(*out, normal)
+    u = jax.random.uniform(jax.random.PRNGKey(6), (gaaga.NATURAL_U,))
+    patch = gaaga.natural_patch(u, jnp.asarray(bank_u8), PATCH)
+    assert patch.dtype == jnp.float32 and float(patch.min()) >= -1 and float(patch.max()) <= 1
+
+
+def test_vmap_and_pmap_give_different_anomalies(normal, bank):
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    batched = jax.vmap(lambda k: run(k, normal, bank))(keys)
+    for i in range(3):
+        _check_mask_contract(batched[0][i], batched[1][i], batched[2][i], normal)
+    assert not np.array_equal(batched[2][0], batched[2][1])
+
+    n = 4
+    if jax.local_device_count() < n:
+        pytest.skip("needs 4 devices (tests/conftest.py sets 4 virtual CPU devices)")
+
+    def per_device(key, images):
+        key = jax.random.fold_in(key, jax.lax.axis_index("d"))
+        return gaaga.synthesize(key, images, bank, PATCH, SIGMA)
+
+    replicated = jnp.broadcast_to(normal, (n,) + normal.shape)
+    out = jax.pmap(per_device, axis_name="d", in_axes=(None, 0))(jax.random.PRNGKey(8), replicated)
+    masks = np.asarray(out[2])
+    for d in range(n):
+        _check_mask_contract(out[0][d], out[1][d], masks[d], normal)
+        for e in range(d):
+            assert not np.array_equal(masks[d], masks[e])
+
+
+def test_pasted_natural_patch_is_a_crop_of_a_bank_image():
+    # With a flat normal image the blurred patch changes nothing, so every changed pixel comes
+    # from the natural patch; random bank values make each pixel's location unique.
+    flat = jnp.zeros((BATCH, SIZE, SIZE, 3))
+    bank = np.asarray(jax.random.uniform(jax.random.PRNGKey(9), (3, SIZE, SIZE, 3), minval=-1))
+    anomalous, _, mask = map(np.asarray, run(jax.random.PRNGKey(10), flat, jnp.asarray(bank)))
+    for b in range(BATCH):
+        ys, xs = np.nonzero(mask[b])
+        assert len(ys) > 0
+        assert ys.max() - ys.min() < PATCH and xs.max() - xs.min() < PATCH
+        hits = np.argwhere(np.all(bank == anomalous[b, ys[0], xs[0]], axis=-1))
+        assert len(hits) == 1
+        k, dy, dx = hits[0][0], hits[0][1] - ys[0], hits[0][2] - xs[0]
+        np.testing.assert_array_equal(anomalous[b, ys, xs], bank[k, ys + dy, xs + dx])
+        # The crop lies inside the bank image at most PATCH away from where the mask starts.
+        assert 0 <= ys.min() + dy and ys.max() + dy < SIZE
+        assert 0 <= xs.min() + dx and xs.max() + dx < SIZE
+
+
+def _high_frequency_energy(image):
+    image = np.asarray(image, np.float64)
+    return np.mean(np.diff(image, axis=0) ** 2) + np.mean(np.diff(image, axis=1) ** 2)
+
+
+def test_blurred_patch_is_smoother_than_its_source():
+    image = jax.random.uniform(jax.random.PRNGKey(11), (SIZE, SIZE, 3), minval=-1)
+    source_energy = _high_frequency_energy(image)
+    for i in range(4):
+        u = jax.random.uniform(jax.random.PRNGKey(i), (gaaga.BLUR_U,))
+        patch = np.asarray(gaaga.blurred_patch(u, image, PATCH, SIGMA))
+        assert patch.shape == (PATCH, PATCH, 3)
+        assert _high_frequency_energy(patch) < 0.05 * source_energy
+        # A blend of image pixels: stays within their range and keeps the mean level.
+        assert patch.min() >= float(image.min()) - 1e-5 and patch.max() <= float(image.max()) + 1e-5
+        assert abs(patch.mean() - float(image.mean())) < 0.1
+    # Without blur, the stretched crop of a smooth ramp is still a ramp (resize is bilinear).
+    ramp = jnp.broadcast_to(jnp.linspace(-1, 1, SIZE)[:, None, None], (SIZE, SIZE, 3))
+    u = jax.random.uniform(jax.random.PRNGKey(12), (gaaga.BLUR_U,))
+    stretched = np.asarray(gaaga.blurred_patch(u, ramp, PATCH, 0.0))
+    rows = stretched[:, 0, 0]
+    assert (np.diff(rows) >= -1e-6).all() and np.allclose(stretched, stretched[:, :1])
+
+
+def test_shape_masks_vary():
+    u = jax.random.uniform(jax.random.PRNGKey(13), (6, gaaga.SHAPE_U))
+    masks = list(np.asarray(jax.vmap(lambda v: gaaga.shape_mask(v, PATCH))(u)))
+    cover = [m.mean() for m in masks]
+    assert min(cover) > 0.05 and max(cover) < 0.99
+    assert len({m.tobytes() for m in masks}) == 6
+
+
+def test_bad_shapes_are_errors(normal, bank):
+    with pytest.raises(ValueError, match="patch_size"):
+        gaaga.synthesize(jax.random.PRNGKey(0), normal, bank, SIZE + 64, SIGMA)
+    with pytest.raises(ValueError, match="channels"):
+        gaaga.synthesize(jax.random.PRNGKey(0), normal, bank[..., :1], PATCH, SIGMA)
+
+
+# ----------------------------------------------------------------------------- natural_bank
+
+
+def test_procedural_bank():
+    a = gaaga.natural_bank("procedural", 64, 3, seed=1)
+    assert a.shape == (3, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, gaaga.natural_bank("procedural", 64, 3, seed=1))
+
+
+def test_dir_bank_reads_recursively_samples_and_skips_bad_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    pictures = synthetic.natural_images(5, 80, seed=3)
+    for i, picture in enumerate(pictures):
+        folder = tmp_path / "sub" if i % 2 else tmp_path
+        Image.fromarray(picture).save(folder / f"img{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with pytest.warns(UserWarning, match="broken.png"):
+        everything = gaaga.natural_bank(f"dir:{tmp_path}", 64, 10, seed=0)
+    assert everything.shape == (5, 64, 64, 3) and everything.dtype == np.uint8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the broken file may or may not be among the sampled
+        some = gaaga.natural_bank(f"dir:{tmp_path}", 64, 3, seed=0)
+        again = gaaga.natural_bank(f"dir:{tmp_path}", 64, 3, seed=0)
+    assert some.shape == (3, 64, 64, 3)
+    np.testing.assert_array_equal(some, again)
+
+
+def test_bank_errors(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match="nowhere"):
+        gaaga.natural_bank(f"dir:{missing}", 64, 4, seed=0)
+    with pytest.raises(ValueError, match="no readable image"):
+        gaaga.natural_bank(f"dir:{tmp_path}", 64, 4, seed=0)
+    (tmp_path / "bad.png").write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no readable image"):
+        gaaga.natural_bank(f"dir:{tmp_path}", 64, 4, seed=0)
+    with pytest.raises(ValueError, match="anomaly.natural_source"):
+        gaaga.natural_bank("imagenet", 64, 4, seed=0)
+
+
+def test_tfds_offline_fails_fast_and_clearly(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(gaaga, "_network_available", lambda *a, **k: False)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="'dtd'.*no network.*dir:PATH"):
+        gaaga.natural_bank("tfds:dtd", 64, 4, seed=0, data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 20
+    with pytest.raises(ValueError, match="no_such_dataset_xyz"):
+        gaaga.natural_bank("tfds:no_such_dataset_xyz", 64, 4, seed=0, data_dir=str(tmp_path))
+
+
+def test_network_probe_is_bounded():
+    start = time.perf_counter()
+    assert gaaga._network_available("unreachable.invalid", 443, timeout=1.0) is False
+    assert time.perf_counter() - start < 5
+
+
+def test_tfds_bank_reads_a_prepared_dataset(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class TinyGaagaImages(tfds.core.GeneratorBasedBuilder):
+        """Five random images stored as zlib tensors (no TensorFlow needed)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            image = tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="zlib")
+            features = tfds.features.FeaturesDict({"image": image})
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            rng = np.random.default_rng(0)
+            for i in range(5):
+                yield i, {"image": rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)}
+
+    monkeypatch.setattr(gaaga, "_network_available", lambda *a, **k: True)
+    bank = gaaga.natural_bank("tfds:tiny_gaaga_images", 32, 3, seed=0, data_dir=str(tmp_path))
+    assert bank.shape == (3, 32, 32, 3) and bank.dtype == np.uint8
+    again = gaaga.natural_bank("tfds:tiny_gaaga_images", 32, 3, seed=0, data_dir=str(tmp_path))
+    np.testing.assert_array_equal(bank, again)
+
+
+def test_benchmark_runs():
+    assert gaaga.benchmark(image_size=64, batch=2, steps=1) > 0

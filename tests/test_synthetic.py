@@ -1,0 +1,134 @@
+"""Tests of the procedural textures, defects, MVTec tree and natural-like pictures."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmaae_jax import synthetic
+
+SIZE = 128
+
+
+@pytest.mark.parametrize("family", synthetic.FAMILIES)
+def test_texture_is_deterministic_from_the_seed(family):
+    a = synthetic.texture(family, SIZE, np.random.default_rng(3))
+    b = synthetic.texture(family, SIZE, np.random.default_rng(3))
+    c = synthetic.texture(family, SIZE, np.random.default_rng(4))
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+    assert a.std() > 3  # a texture, not a flat colour
+
+
+def test_samples_of_a_family_are_closer_to_each_other_than_to_other_families():
+    means = {
+        f: np.stack([synthetic.texture(f, 64, s).reshape(-1, 3).mean(0) for s in range(4)])
+        for f in synthetic.FAMILIES
+    }
+    for f in synthetic.FAMILIES:
+        spread = np.abs(means[f] - means[f].mean(0)).max()
+        for g in synthetic.FAMILIES:
+            if g != f:
+                assert np.abs(means[g].mean(0) - means[f].mean(0)).max() > 2 * spread
+
+
+@pytest.mark.parametrize("family", synthetic.FAMILIES)
+@pytest.mark.parametrize("kind", synthetic.DEFECT_KINDS)
+def test_defect_mask_is_exactly_the_changed_pixels(family, kind):
+    seed = 11
+    rng = np.random.default_rng(seed)
+    img = synthetic.texture(family, SIZE, rng)
+    original = img.copy()
+    defective, mask = synthetic.add_defect(img, kind, rng)
+    np.testing.assert_array_equal(img, original)  # the input is not modified
+    # The clean texture, regenerated independently from the same seed.
+    clean = synthetic.texture(family, SIZE, np.random.default_rng(seed))
+    diff = np.abs(defective.astype(np.int32) - clean.astype(np.int32)).max(-1)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(diff > 0, mask == 1)  # outside: bit-identical
+    assert (diff[mask == 1] > synthetic.MASK_TOLERANCE).all()
+    assert diff[mask == 1].mean() > 30  # clearly visible
+    assert synthetic.MIN_COVERAGE <= mask.mean() <= synthetic.MAX_COVERAGE
+
+
+def test_unknown_family_and_kind_are_errors():
+    with pytest.raises(ValueError, match="family"):
+        synthetic.texture("marble", SIZE, 0)
+    with pytest.raises(ValueError, match="defect kind"):
+        synthetic.add_defect(synthetic.texture("wood", SIZE, 0), "dent", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="category"):
+        synthetic.write_mvtec_tree("/nonexistent", "marble", 1, 1, 0, SIZE)
+
+
+def _read(path):
+    return np.asarray(Image.open(path))
+
+
+def test_write_mvtec_tree_layout_counts_and_masks(tmp_path):
+    root = synthetic.write_mvtec_tree(tmp_path, "tile", 5, 7, seed=2, image_size=SIZE)
+    assert root == tmp_path / "tile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tile"]  # no temporary left
+    train = sorted((root / "train" / "good").iterdir())
+    assert [p.name for p in train] == [f"{i:03d}.png" for i in range(5)]
+    assert len(list((root / "test" / "good").glob("*.png"))) == 4
+    kinds = sorted(p.name for p in (root / "test").iterdir() if p.name != "good")
+    assert kinds == sorted(synthetic.DEFECT_KINDS[:3])  # 3 defective images, kinds in turn
+    for i, kind in enumerate(synthetic.DEFECT_KINDS[:3]):
+        image = _read(root / "test" / kind / "000.png")
+        mask = _read(root / "ground_truth" / kind / "000_mask.png")
+        assert image.shape == (SIZE, SIZE, 3) and mask.shape == (SIZE, SIZE)
+        assert set(np.unique(mask)) == {0, 255}
+        clean = synthetic.texture("tile", SIZE, synthetic._sample_rng(2, "tile", "test", i))
+        changed = np.any(image != clean, axis=-1)
+        np.testing.assert_array_equal(changed, mask == 255)
+    good = _read(root / "train" / "good" / "003.png")
+    np.testing.assert_array_equal(
+        good, synthetic.texture("tile", SIZE, synthetic._sample_rng(2, "tile", "train", 3))
+    )
+
+
+def test_write_mvtec_tree_is_deterministic_and_not_rewritten(tmp_path, monkeypatch):
+    a = synthetic.write_mvtec_tree(tmp_path / "a", "wood", 2, 2, seed=0, image_size=64)
+    b = synthetic.write_mvtec_tree(tmp_path / "b", "wood", 2, 2, seed=0, image_size=64)
+    c = synthetic.write_mvtec_tree(tmp_path / "c", "wood", 2, 2, seed=1, image_size=64)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.png"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("an existing tree must not be rewritten")
+
+    monkeypatch.setattr(synthetic, "_write_tree", fail)
+    assert synthetic.write_mvtec_tree(tmp_path / "a", "wood", 9, 9, seed=5, image_size=64) == a
+
+
+def test_write_mvtec_tree_is_atomic(tmp_path, monkeypatch):
+    calls = []
+    save = synthetic._save_png
+
+    def flaky_save(path, array):
+        calls.append(path)
+        if len(calls) == 6:
+            raise OSError("disk full (injected)")
+        save(path, array)
+
+    monkeypatch.setattr(synthetic, "_save_png", flaky_save)
+    with pytest.raises(OSError, match="injected"):
+        synthetic.write_mvtec_tree(tmp_path, "carpet", 4, 4, seed=0, image_size=64)
+    assert list(tmp_path.iterdir()) == []  # neither a partial tree nor a temporary folder
+    monkeypatch.setattr(synthetic, "_save_png", save)
+    root = synthetic.write_mvtec_tree(tmp_path, "carpet", 4, 4, seed=0, image_size=64)
+    assert len(list(root.rglob("*.png"))) == 4 + 4 + 2
+
+
+def test_natural_images_are_deterministic_and_colourful():
+    a = synthetic.natural_images(3, 96, seed=1)
+    b = synthetic.natural_images(3, 96, seed=1)
+    c = synthetic.natural_images(3, 96, seed=2)
+    assert a.shape == (3, 96, 96, 3) and a.dtype == np.uint8
+    assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
+    assert not np.array_equal(a[0], a[1])
+    saturation = (a.max(-1).astype(int) - a.min(-1)).mean()
+    assert saturation > 30  # colourful, unlike the textures
+    assert np.abs(np.diff(a.astype(float), axis=2)).mean() > 3  # some fine detail
