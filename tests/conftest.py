@@ -6,6 +6,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiled programs are reused across tests (and runs): the same tiny training step is built by
+# several tests, and compiling it dominates their time on a 2-core CPU.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/cmaae_jax_test_cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib  # noqa: E402
 
@@ -20,3 +25,33 @@ def magnetic_tile_root():
     if not MAGNETIC_TILE.is_dir():
         pytest.skip(f"real data not found at {MAGNETIC_TILE}")
     return MAGNETIC_TILE
+
+
+def tiny_config(root, **overrides):
+    """A seconds-scale training config on procedural 64x64 textures (4 virtual devices)."""
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from configs import default
+
+    c = default.get_config()
+    c.data.format = "synthetic"
+    c.data.root = str(root)
+    c.data.category = "noise"
+    c.data.image_size = 64
+    c.data.synthetic_num_train = 16
+    c.data.synthetic_num_test = 8
+    c.model.memory_size = 16
+    c.anomaly.patch_size = 32
+    c.anomaly.bank_size = 4
+    c.train.batch_size = 16
+    c.train.crops_per_image = 2
+    c.train.stage1_steps = 4
+    c.train.stage2_steps = 4
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+    c.eval.val_fraction = 0.25
+    for k, v in overrides.items():
+        section, field = k.split("__")
+        c[section][field] = v
+    return c
