@@ -234,28 +234,23 @@ def _paste_all(normal, patches, masks, places, blur_first):
     def window(array, b, j):
         return (b, places[b, j, 0], places[b, j, 1], 0)[: array.ndim]
 
-    def paste(b, out):
+    def paste(b, out_and_mask):
+        out, mask = out_and_mask
         for step in range(2):
             j = jnp.where(blur_first[b], 1 - step, step)  # 0: natural, 1: blurred
             patch = jnp.where(j == 0, patches[0][b], patches[1][b])
-            mask = jnp.where(j == 0, masks[0][b], masks[1][b])
-            start = window(out, b, j)
-            region = jax.lax.dynamic_slice(out, start, (1, p, p, channels))
-            region = jnp.where(mask[None, ..., None], patch[None], region)
-            out = jax.lax.dynamic_update_slice(out, region, start)
-        return out
-
-    def changed(b, mask_and_out):
-        mask, out = mask_and_out
-        for j in range(2):
+            shape = jnp.where(j == 0, masks[0][b], masks[1][b])
+            region = jax.lax.dynamic_slice(out, window(out, b, j), (1, p, p, channels))
+            region = jnp.where(shape[None, ..., None], patch[None], region)
+            out = jax.lax.dynamic_update_slice(out, region, window(out, b, j))
+        for j in range(2):  # image b is final now
             new = jax.lax.dynamic_slice(out, window(out, b, j), (1, p, p, channels))
             old = jax.lax.dynamic_slice(normal, window(normal, b, j), (1, p, p, channels))
             mask = jax.lax.dynamic_update_slice(mask, jnp.any(new != old, -1), window(mask, b, j))
-        return mask, out
+        return out, mask
 
-    out = jax.lax.fori_loop(0, batch, paste, normal)
     mask = jnp.zeros((batch, size, size), bool)
-    mask, _ = jax.lax.fori_loop(0, batch, changed, (mask, out))
+    out, mask = jax.lax.fori_loop(0, batch, paste, (normal, mask))
     return out, mask
 
 
