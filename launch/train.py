@@ -1,13 +1,14 @@
 """Trains CMA-AE (both stages, resuming from the workdir) and evaluates it.
 
     python launch/train.py --config configs/demo.py --workdir runs/demo
-    python launch/train.py --config configs/wood.py --workdir runs/wood --config.train.stage1_steps=100
+    python launch/train.py --config configs/wood.py --workdir runs/wood \
+        --config.train.stage1_steps=100
 
 Multi-host: run one process per host with --coordinator=host:port --num_processes=N
 --process_id=i (or the JAX_COORDINATOR_ADDRESS environment of your cluster).
 """
 
-import _common  # noqa: F401  (import path)
+import _common
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -28,7 +29,9 @@ def main(argv):
     with _common.user_errors():
         if _EVAL.value:
             metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-            print({k: metrics[k] for k in ("pixel_f1", "pixel_f1_max", "pixel_auroc") if k in metrics})
+            print(
+                {k: metrics[k] for k in ("pixel_f1", "pixel_f1_max", "pixel_auroc") if k in metrics}
+            )
         else:
             train.train(_CONFIG.value, _WORKDIR.value)
 

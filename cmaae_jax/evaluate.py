@@ -1,0 +1,83 @@
+"""Checkpoint-based evaluation: label-free threshold, pooled pixel metrics, pictures.
+
+The threshold is the `eval.threshold_quantile` quantile of the anomaly scores of held-out
+normal training images (`eval.val_fraction` of train/good): no defect label is used to pick
+it, so `pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from cmaae_jax import configlib, datasets, inference, metrics, pictures
+
+REQUIRED_KEYS = (
+    "pixel_f1",
+    "pixel_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_aupro",
+    "image_auroc",
+)
+
+
+def calibrate(scorer, val_split, quantile: float) -> float:
+    if val_split.num_images == 0:
+        raise datasets.DatasetError(
+            "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
+        )
+    return metrics.threshold_from_normal(scorer(val_split.images), quantile)
+
+
+def evaluate(config, workdir, step: int | None = None) -> dict:
+    """Restores a checkpoint, scores the test split, writes `<workdir>/eval/metrics.json`."""
+    configlib.validate(config)
+    t0 = time.perf_counter()
+    ckpt_step, variables = inference.restore_variables(config, workdir, step)
+    splits = datasets.load_splits(config)
+    scorer = inference.Scorer(config, variables)
+    threshold = calibrate(scorer, splits["val"], config.eval.threshold_quantile)
+    test = splits["test"]
+    out = pathlib.Path(workdir) / "eval"
+    (out / "pictures").mkdir(parents=True, exist_ok=True)
+    acc = metrics.PixelAccumulator(thresholds=(threshold,))
+    written = 0
+    for lo, maps in scorer.batches(test.images):
+        acc.update(maps, test.masks[lo : lo + len(maps)])
+        for j, amap in enumerate(maps):
+            i = lo + j
+            if test.labels[i] == 1 and written < config.eval.max_pictures:
+                name = f"{test.defect_types[i]}_{pathlib.Path(test.paths[i]).stem}.png"
+                pictures.save_overlay(
+                    out / "pictures" / name,
+                    test.images[i],
+                    test.masks[i],
+                    amap,
+                    threshold,
+                    title=f"max {amap.max():.3g} / thr {threshold:.3g}",
+                )
+                written += 1
+    result = acc.result(threshold)
+    precision, recall, _ = acc.pr_curve()
+    pictures.save_pr_curve(
+        out / "pr_curve.png", precision, recall, (result["precision"], result["recall"])
+    )
+    result.update(
+        threshold=float(threshold),
+        num_images=int(test.num_images),
+        num_defective=int(np.sum(test.labels)),
+        checkpoint_step=int(ckpt_step),
+        method=config.score.method,
+        scales=list(config.score.scales),
+        threshold_rule=f"quantile {config.eval.threshold_quantile} of held-out normal pixel scores",
+        eval_seconds=time.perf_counter() - t0,
+        devices=jax.local_device_count(),
+    )
+    if jax.process_index() == 0:
+        (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    logging.info("eval at step %d: %s", ckpt_step, {k: result[k] for k in REQUIRED_KEYS})
+    return result

@@ -1,0 +1,76 @@
+"""Restoring a trained model and mapping batches of images to anomaly maps."""
+
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from cmaae_jax import checkpoint, images, model, scoring, train
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    """The resolved config that training saved next to its checkpoints."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise checkpoint.CheckpointError(
+            f"{path} not found: is {workdir} a training workdir (launch/train.py --workdir)?"
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_variables(config, workdir, step: int | None = None):
+    """(checkpoint step, {'params', 'batch_stats'}) of the newest (or given) checkpoint."""
+    net = model.from_config(config)
+    mgr = checkpoint.manager(workdir, async_save=False)
+    try:
+        found = train.restore_state(config, net, mgr, step)
+    finally:
+        mgr.close()
+    if found is None:
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}: train first with "
+            f"launch/train.py --workdir {workdir}"
+        )
+    s, state, _ = found
+    return s, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+class Scorer:
+    """Maps uint8 images [N,S,S,3] to anomaly maps [N,S,S] in fixed-size device batches.
+
+    Every call is padded to the same batch shape, so the map function compiles once.
+    """
+
+    def __init__(self, config, variables):
+        self.net = model.from_config(config)
+        self.devices = jax.local_device_count()
+        self.chunk = config.score.batch_images * self.devices
+        pmapped = self.devices > 1
+        self.fn = scoring.make_map_fn(
+            self.net, config.score.method, tuple(config.score.scales), pmapped
+        )
+        self.variables = scoring.replicate(variables) if pmapped else variables
+
+    def __call__(self, images_NxSxSx3_u8) -> np.ndarray:
+        out = []
+        for lo in range(0, len(images_NxSxSx3_u8), self.chunk):
+            chunk = images_NxSxSx3_u8[lo : lo + self.chunk]
+            padded, n = scoring.pad_batch(
+                np.asarray(images.to_float(chunk), np.float32), self.chunk
+            )
+            maps = scoring.apply_sharded(
+                self.fn, self.variables, padded, self.devices if self.devices > 1 else None
+            )
+            out.append(np.asarray(maps[:n]))
+        return (
+            np.concatenate(out)
+            if out
+            else np.zeros((0,) + images_NxSxSx3_u8.shape[1:3], np.float32)
+        )
+
+    def batches(self, images_NxSxSx3_u8):
+        """Yields (start index, maps) chunk by chunk (bounded memory on large test sets)."""
+        for lo in range(0, len(images_NxSxSx3_u8), self.chunk):
+            yield lo, self(images_NxSxSx3_u8[lo : lo + self.chunk])

@@ -1,0 +1,104 @@
+"""Anomaly maps, masks and scores for new, unlabelled images.
+
+For each readable input image `<stem>`: `<stem>_map.npy` (float32 map at the image's original
+size), `<stem>_map.png` (heat map), `<stem>_mask.png` (0/255 binary mask at the threshold);
+plus `scores.csv` / `scores.json` (image score = max of the map, and the decision). Unreadable
+inputs are skipped, reported and listed in `scores.json`.
+"""
+
+import csv
+import glob
+import json
+import pathlib
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from cmaae_jax import images, inference, pictures
+
+
+class PredictError(ValueError):
+    """Nothing to predict on, or no threshold known."""
+
+
+def list_inputs(spec: str) -> list[pathlib.Path]:
+    """Files of a folder (recursively, image extensions) or of a glob pattern, sorted."""
+    path = pathlib.Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(pathlib.Path(p) for p in glob.glob(spec, recursive=True))
+        files = [p for p in files if p.is_file()]
+    if not files:
+        raise PredictError(f"no input files found at {spec!r} (a folder, a file or a glob)")
+    return files
+
+
+def find_threshold(workdir, threshold: float | None) -> float:
+    if threshold is not None:
+        return float(threshold)
+    path = pathlib.Path(workdir) / "eval" / "metrics.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["threshold"])
+    raise PredictError(
+        f"no threshold: {path} does not exist; run launch/evaluate.py first or pass --threshold"
+    )
+
+
+def predict(workdir, inputs: str, output, threshold: float | None = None, step=None) -> dict:
+    """Writes maps, masks and scores for every readable input; returns the summary dict."""
+    config = inference.load_config(workdir)
+    threshold = find_threshold(workdir, threshold)
+    files = list_inputs(inputs)
+    size = config.data.image_size
+    loaded, skipped = [], []
+    for f in files:
+        try:
+            loaded.append((f, images.load_image(f, size), images.original_size(f)))
+        except images.ImageError as e:
+            logging.warning("skipped: %s", e)
+            skipped.append({"path": str(f), "reason": str(e)})
+    out = pathlib.Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if loaded:
+        ckpt_step, variables = inference.restore_variables(config, workdir, step)
+        scorer = inference.Scorer(config, variables)
+        batch = np.stack([x for _, x, _ in loaded])
+        for lo, maps in scorer.batches(batch):
+            for j, amap in enumerate(maps):
+                f, _, (h, w) = loaded[lo + j]
+                rows.append(_write_one(out, f, amap, (h, w), threshold))
+    summary = {
+        "threshold": threshold,
+        "num_inputs": len(files),
+        "num_scored": len(rows),
+        "images": rows,
+        "skipped": skipped,
+    }
+    (out / "scores.json").write_text(json.dumps(summary, indent=2))
+    with (out / "scores.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "score", "defective", "defect_fraction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return summary
+
+
+def _write_one(out, path, map_SxS, hw, threshold) -> dict:
+    h, w = hw
+    full = np.asarray(Image.fromarray(map_SxS.astype(np.float32)).resize((w, h), Image.BILINEAR))
+    stem = path.stem
+    np.save(out / f"{stem}_map.npy", full)
+    Image.fromarray(pictures.heat(full, threshold)).save(out / f"{stem}_map.png")
+    mask = full >= threshold
+    Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
+    score = float(map_SxS.max())
+    return {
+        "path": str(path),
+        "score": score,
+        "defective": bool(score >= threshold),
+        "defect_fraction": float(mask.mean()),
+    }

@@ -1,0 +1,29 @@
+"""Evaluates a trained CMA-AE checkpoint: metrics.json, overlays and a PR curve under eval/.
+
+python launch/evaluate.py --config configs/demo.py --workdir runs/demo [--step N]
+"""
+
+import json
+
+import _common
+from absl import app, flags
+from ml_collections import config_flags
+
+from cmaae_jax import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    with _common.user_errors():
+        result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value, _STEP.value)
+    keys = evaluate.REQUIRED_KEYS + ("threshold", "checkpoint_step", "num_images")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,44 @@
+"""Anomaly maps, binary masks and scores for unlabelled images, with a trained workdir.
+
+    python launch/predict.py --workdir runs/demo --input 'photos/*.png' --output runs/demo/pred
+
+The threshold is the one calibrated by launch/evaluate.py (eval/metrics.json), or --threshold.
+"""
+
+import sys
+
+import _common
+from absl import app, flags
+
+from cmaae_jax import predict
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, config.json).")
+_INPUT = flags.DEFINE_string("input", None, "A folder, an image file or a glob pattern.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Override the calibrated threshold.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+flags.mark_flags_as_required(["workdir", "input", "output"])
+
+
+def main(argv):
+    del argv
+    with _common.user_errors():
+        try:
+            summary = predict.predict(
+                _WORKDIR.value, _INPUT.value, _OUTPUT.value, _THRESHOLD.value, _STEP.value
+            )
+        except predict.PredictError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    for s in summary["skipped"]:
+        print(f"skipped {s['reason']}", file=sys.stderr)
+    flagged = sum(r["defective"] for r in summary["images"])
+    print(
+        f"scored {summary['num_scored']} of {summary['num_inputs']} images "
+        f"({flagged} defective at threshold {summary['threshold']:.4g}); "
+        f"skipped {len(summary['skipped'])}; results in {_OUTPUT.value}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
