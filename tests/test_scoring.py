@@ -1,0 +1,163 @@
+"""Anomaly maps: reconstruction by grid patches, MSFR (eq. 14) against numpy, pmap vs jit."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmaae_jax import model, scoring
+
+H = W = 128
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = model.CMAAE(memory_size=16, impl="xla")
+    # A jitted init with the rbg generator compiles in seconds; threefry takes ~10x longer.
+    variables = jax.jit(lambda key: model.init(m, key))(jax.random.key(0, impl="unsafe_rbg"))
+    return m, variables, _images(2, seed=1)
+
+
+# Jitted entry points (eager flax dispatches op by op, which is slow on CPU).
+_reconstruct = jax.jit(scoring.reconstruct, static_argnums=0)
+_msfr = jax.jit(scoring.msfr_map, static_argnums=(0, 4))
+_anomaly_maps = jax.jit(scoring.anomaly_maps, static_argnums=(0, 3, 4))
+_features = jax.jit(functools.partial(model.CMAAE.apply, method="features"), static_argnums=(0, 3))
+
+
+def _images(n, seed):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.uniform(-1, 1, size=(n, H, W, 3)).astype(np.float32))
+
+
+def _torch_bilinear(x_Bxhxw, out_h, out_w):
+    """numpy port of PyTorch's upsample_bilinear2d (align_corners=False), loop by loop."""
+
+    def taps(out_size, in_size):
+        scale = in_size / out_size
+        result = []
+        for o in range(out_size):
+            src = max((o + 0.5) * scale - 0.5, 0.0)
+            i0 = int(src)
+            step = 1 if i0 < in_size - 1 else 0
+            lam1 = src - i0
+            result.append((i0, i0 + step, 1.0 - lam1, lam1))
+        return result
+
+    x = np.asarray(x_Bxhxw, np.float64)
+    out = np.zeros((x.shape[0], out_h, out_w))
+    for oy, (y0, y1, wy0, wy1) in enumerate(taps(out_h, x.shape[1])):
+        for ox, (x0, x1, wx0, wx1) in enumerate(taps(out_w, x.shape[2])):
+            out[:, oy, ox] = wy0 * (wx0 * x[:, y0, x0] + wx1 * x[:, y0, x1]) + wy1 * (
+                wx0 * x[:, y1, x0] + wx1 * x[:, y1, x1]
+            )
+    return out
+
+
+@pytest.mark.parametrize(
+    "in_hw,out_hw", [((8, 8), (16, 16)), ((8, 4), (32, 16)), ((5, 7), (13, 16)), ((16, 9), (5, 7))]
+)
+def test_resize_matches_torch_align_corners_false(in_hw, out_hw):
+    x = np.random.default_rng(0).normal(size=(2, *in_hw)).astype(np.float32)
+    got = scoring.resize_bilinear(jnp.asarray(x), *out_hw)
+    np.testing.assert_allclose(got, _torch_bilinear(x, *out_hw), atol=1e-5)
+
+
+def test_reconstruction_is_the_model_on_each_grid_patch(setup):
+    m, variables, images = setup
+    rec = _reconstruct(m, variables, images)
+    assert rec.shape == images.shape
+    one, _ = jax.jit(m.apply)(variables, images[1:2, 64:128, 0:64])
+    np.testing.assert_allclose(rec[1, 64:128, 0:64], one[0], atol=1e-5)
+
+
+def test_msfr_is_zero_when_reconstruction_equals_input(setup):
+    m, variables, images = setup
+    amap = _msfr(m, variables, images, images, (1, 2, 3))
+    assert amap.shape == (2, H, W)
+    np.testing.assert_allclose(amap, 0.0, atol=1e-10)
+
+
+def test_local_perturbation_gives_a_local_maximum(setup):
+    m, variables, images = setup
+    rec = images.at[1, 70:76, 30:36].add(1.5)
+    amap = np.asarray(_msfr(m, variables, images, rec, (1, 2, 3)))
+    np.testing.assert_allclose(amap[0], 0.0, atol=1e-10)
+    y, x = np.unravel_index(np.argmax(amap[1]), amap[1].shape)
+    assert 70 - 4 <= y < 76 + 4 and 30 - 4 <= x < 36 + 4, (y, x)
+    # Far from the perturbation (beyond every receptive field) nothing changes.
+    assert amap[1, :50].max() == 0.0 and amap[1, :, 60:].max() == 0.0
+
+
+def test_msfr_scales_and_weights_match_numpy(setup):
+    m, variables, images = setup
+    rec = _reconstruct(m, variables, images)
+    feats = _features(m, variables, images, 3)
+    feats_rec = _features(m, variables, rec, 3)
+    singles = {}
+    for s in (1, 2, 3):
+        f, g = np.asarray(feats[s - 1], np.float64), np.asarray(feats_rec[s - 1], np.float64)
+        want = _torch_bilinear(np.mean((f - g) ** 2, axis=-1), H, W)
+        singles[s] = np.asarray(_msfr(m, variables, images, rec, (s,)))
+        np.testing.assert_allclose(singles[s], want, rtol=1e-4, atol=1e-7 * want.max())
+        assert want.max() > 0
+    full = _msfr(m, variables, images, rec, (1, 2, 3))
+    want = (16 * singles[1] + 64 * singles[2] + 196 * singles[3]) / 276
+    np.testing.assert_allclose(full, want, rtol=1e-5, atol=1e-7 * want.max())
+    two = _msfr(m, variables, images, rec, (3, 1))
+    np.testing.assert_allclose(two, (16 * singles[1] + 196 * singles[3]) / 212, rtol=1e-5)
+    assert scoring.RF_AREAS == {1: 16, 2: 64, 3: 196}
+
+
+def test_anomaly_maps_methods(setup):
+    m, variables, images = setup
+    amap, rec = _anomaly_maps(m, variables, images, "pixel", (1, 2, 3))
+    np.testing.assert_allclose(rec, _reconstruct(m, variables, images), atol=1e-6)
+    want = np.mean(np.abs(np.asarray(images) - np.asarray(rec)), axis=-1)
+    np.testing.assert_allclose(amap, want, atol=1e-6)
+    np.testing.assert_allclose(scoring.make_map_fn(m, "pixel")(variables, images), want, atol=1e-6)
+    amap = scoring.make_map_fn(m, "msfr", (2,))(variables, images)
+    np.testing.assert_allclose(amap, _msfr(m, variables, images, rec, (2,)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scales", [(), (0,), (4,), (1, 1)])
+def test_bad_scales_and_method_are_rejected(setup, scales):
+    m, variables, images = setup
+    with pytest.raises(ValueError, match="score.scales"):
+        scoring.make_map_fn(m, "msfr", scales)
+    with pytest.raises(ValueError, match="score.method"):
+        scoring.anomaly_maps(m, variables, images, method="ssim")
+
+
+def test_sharding_helpers():
+    x = np.arange(6 * 2).reshape(6, 2)
+    padded, b = scoring.pad_batch(x, 4)
+    assert b == 6 and padded.shape == (8, 2) and not padded[6:].any()
+    np.testing.assert_array_equal(scoring.unshard(scoring.shard(padded, 4))[:b], x)
+    with pytest.raises(ValueError, match="pad it first"):
+        scoring.shard(x, 4)
+
+
+def test_pmapped_map_fn_equals_jitted_on_a_ragged_batch(setup):
+    m, variables, _ = setup
+    d = jax.local_device_count()
+    assert d == 4  # tests/conftest.py
+    images = _images(6, seed=2)
+    single = scoring.make_map_fn(m, "msfr")
+    want = scoring.apply_sharded(single, variables, images)
+    multi = scoring.make_map_fn(m, "msfr", pmapped=True)
+    got = scoring.apply_sharded(multi, scoring.replicate(variables), images, num_devices=d)
+    assert got.shape == (6, H, W)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * float(jnp.max(want)))
+
+
+def test_map_fn_uses_native_convs_unless_told_to_keep_the_models(setup):
+    # Numerical equality of the two implementations is tests/test_layers.py's business.
+    _, variables, images = setup
+    m = model.CMAAE(memory_size=16, impl="matmul")
+    kept = str(jax.make_jaxpr(scoring.make_map_fn(m, "msfr", impl=None))(variables, images))
+    native = str(jax.make_jaxpr(scoring.make_map_fn(m, "msfr"))(variables, images))
+    assert "conv_general_dilated" not in kept
+    assert "conv_general_dilated" in native
