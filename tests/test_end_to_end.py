@@ -1,0 +1,118 @@
+"""End to end through the launch scripts: train -> evaluate -> predict on procedural textures."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmaae_jax import evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args, check=True):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _overrides(data):
+    return [
+        f"--config.data.root={data}",
+        "--config.data.image_size=128",
+        "--config.data.synthetic_num_train=24",
+        "--config.data.synthetic_num_test=12",
+        "--config.model.memory_size=32",
+        "--config.anomaly.patch_size=64",
+        "--config.anomaly.bank_size=4",
+        "--config.train.batch_size=32",
+        "--config.train.crops_per_image=8",
+        "--config.train.stage1_steps=40",
+        "--config.train.stage2_steps=10",
+        "--config.train.checkpoint_every=25",
+        "--config.eval.val_fraction=0.25",
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    work = tmp / "work"
+    args = ["--config", "configs/demo.py", f"--workdir={work}", *_overrides(tmp / "data")]
+    _run("launch/train.py", "--noevaluate", *args)
+    return tmp, work, args
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict(trained):
+    tmp, work, args = trained
+    steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [25, 40, 50]  # every 25 steps and at the end of each stage
+    proc = _run("launch/evaluate.py", *args)
+    m = json.loads((work / "eval" / "metrics.json").read_text())
+    for key in evaluate.REQUIRED_KEYS + ("threshold", "num_images", "checkpoint_step"):
+        assert key in m, key
+    assert m["checkpoint_step"] == 50 and m["num_images"] == 12
+    assert json.loads(proc.stdout)["pixel_auroc"] == m["pixel_auroc"]
+    # Better than chance: random maps give AUROC 0.5 and F1 about the defect fraction (< 0.05).
+    assert m["pixel_auroc"] > 0.7 and m["image_auroc"] > 0.6
+    assert m["pixel_f1_max"] > 0.1
+    pics = list((work / "eval" / "pictures").glob("*.png"))
+    assert len(pics) == 6 and (work / "eval" / "pr_curve.png").exists()
+
+    inputs = tmp / "inputs"
+    inputs.mkdir()
+    good = sorted((tmp / "data" / "wood" / "test" / "good").glob("*.png"))[:2]
+    for p in good:
+        shutil.copy(p, inputs / p.name)
+    Image.fromarray(np.full((300, 200), 90, np.uint8)).save(inputs / "odd_size.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp / "pred"
+    proc = _run("launch/predict.py", f"--workdir={work}", f"--input={inputs}", f"--output={out}")
+    assert "scored 3 of 4" in proc.stdout and "broken.png" in proc.stderr
+    summary = json.loads((out / "scores.json").read_text())
+    assert summary["threshold"] == m["threshold"]
+    assert [pathlib.Path(s["path"]).name for s in summary["skipped"]] == ["broken.png"]
+    odd = np.load(out / "odd_size_map.npy")
+    assert odd.shape == (300, 200)  # back at the original size
+    mask = np.asarray(Image.open(out / "odd_size_mask.png"))
+    np.testing.assert_array_equal(mask > 0, odd >= summary["threshold"])
+    row = next(r for r in summary["images"] if r["path"].endswith("odd_size.png"))
+    assert row["defective"] == (row["score"] >= summary["threshold"])
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_clear_line(trained, tmp_path):
+    tmp, work, args = trained
+    proc = _run(
+        "launch/evaluate.py",
+        *args[:1],
+        "configs/demo.py",
+        f"--workdir={tmp_path}",
+        *args[3:],
+        check=False,
+    )
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    other = [a for a in args if "memory_size" not in a] + ["--config.model.memory_size=8"]
+    proc = _run("launch/evaluate.py", *other, check=False)
+    assert proc.returncode == 2 and "another model" in proc.stderr
+    proc = _run(
+        "launch/predict.py",
+        f"--workdir={work}",
+        f"--input={tmp_path}/none*.png",
+        f"--output={tmp_path}/o",
+        check=False,
+    )
+    assert proc.returncode == 2 and "no input files" in proc.stderr
