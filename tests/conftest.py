@@ -13,9 +13,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # `import configs`
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 MAGNETIC_TILE = SHARED / "datasets" / "magnetic_tile"
 
@@ -29,9 +31,6 @@ def magnetic_tile_root():
 
 def tiny_config(root, **overrides):
     """A seconds-scale training config on procedural 64x64 textures (4 virtual devices)."""
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from configs import default
 
     c = default.get_config()

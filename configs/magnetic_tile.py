@@ -1,0 +1,26 @@
+"""Magnetic-tile defects (real data, MVTec layout) in ../shared/datasets/magnetic_tile.
+
+    python launch/train.py --config configs/magnetic_tile.py --workdir runs/magnetic_tile
+
+Images have varied sizes (about 100-630 x 220-400 px) and are resized to data.image_size.
+See RESULTS.md for what this config measured.
+"""
+
+import pathlib
+
+from configs import default
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
+
+
+def get_config():
+    c = default.get_config()
+    c.data.format = "mvtec"
+    c.data.root = str(SHARED)  # the dataset folder itself is the category folder
+    c.data.category = ""
+    c.data.image_size = 256  # the images are at most ~630 px on their long side
+    c.anomaly.patch_size = 128  # half the image side, as the paper's 256 at 512
+    c.train.batch_size = 256
+    c.train.stage1_steps = 1500
+    c.train.stage2_steps = 750
+    return c

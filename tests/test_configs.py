@@ -1,0 +1,29 @@
+"""Every shipped config loads, validates and sets what its dataset needs."""
+
+import importlib
+
+import pytest
+
+from cmaae_jax import configlib
+
+
+@pytest.mark.parametrize("name", ["default", "demo", "wood", "carpet", "magnetic_tile"])
+def test_config_validates(name):
+    c = importlib.import_module(f"configs.{name}").get_config()
+    configlib.validate(c)
+    assert c.data.image_size % 64 == 0
+
+
+def test_dagm_config_takes_the_class():
+    from configs import dagm
+
+    assert dagm.get_config("7").data.category == "Class7"
+    assert dagm.get_config().data.format == "dagm"
+
+
+def test_dataset_configs_change_only_a_few_fields():
+    from configs import default, wood
+
+    d, w = default.get_config().to_dict(), wood.get_config().to_dict()
+    changed = [(s, k) for s in d for k in d[s] if d[s][k] != w[s][k]]
+    assert sorted(changed) == [("data", "category"), ("data", "root")]
