@@ -1,0 +1,182 @@
+"""Ablation study (the paper's Table IV): trains and evaluates CMA-AE variants, resumably.
+
+    python launch/study.py --config configs/study.py --workdir_root runs/study
+    python launch/study.py --config configs/study.py --variants full,ae_pixel --seeds 0,1,2
+    python launch/study.py --config configs/magnetic_tile.py --workdir_root runs/study_full
+
+Each variant is a set of config overrides of the base config. Variants marked "eval of" are
+scored from another variant's checkpoints (symlinked, not retrained) with other score fields.
+A run whose `eval/metrics.json` exists is skipped, so an interrupted study resumes where it
+stopped. Results (per run, and mean +- std over seeds) go to `<workdir_root>/results.json`
+and a markdown table is printed.
+"""
+
+import copy
+import json
+import pathlib
+import time
+
+import _common
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(_common.ROOT / "configs" / "study.py"), "Base config.", lock_config=True
+)
+_ROOT = flags.DEFINE_string("workdir_root", "runs/study", "One workdir per variant and seed.")
+_VARIANTS = flags.DEFINE_list("variants", [], "Variants to run (default: all).")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Training seeds.")
+_PICTURES = flags.DEFINE_list(
+    "picture_variants", ["full", "ae_pixel"], "Variants that get per-defect-type overlays."
+)
+_PER_TYPE = flags.DEFINE_integer("pictures_per_type", 2, "Overlays per defect type.")
+
+# name -> (description, overrides, variant whose checkpoints are evaluated or None)
+VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
+    "full": ("CMA-AE: CMAM (softmax gates) + MSFR + two stages", {}, None),
+    "pixel": ("full model, pixel residual in place of MSFR", {"score.method": "pixel"}, "full"),
+    "ae": ("plain auto-encoder (no memory), MSFR", {"model.variant": "ae"}, None),
+    "ae_pixel": ("plain auto-encoder, pixel residual", {"score.method": "pixel"}, "ae"),
+    "sigmoid": ("sigmoid gates in place of softmax", {"model.gate": "sigmoid"}, None),
+    "one_stage": ("stage 1 only, same total steps", {"one_stage": True}, None),
+    "mam": ("MAM (MemAE memory) in place of CMAM", {"model.variant": "mam"}, None),
+    "cat": ("concatenation + dense in place of the gates", {"model.variant": "cat"}, None),
+}
+KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
+
+
+def variant_config(base, name: str, seed: int):
+    config = copy.deepcopy(base)
+    _, overrides, _ = VARIANTS[name]
+    with config.unlocked():
+        config.train.seed = seed
+        for key, value in overrides.items():
+            if key == "one_stage":
+                config.train.stage1_steps += config.train.stage2_steps
+                config.train.stage2_steps = 0
+                continue
+            section, field = key.split(".")
+            config[section][field] = value
+    return config
+
+
+def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
+    from cmaae_jax import evaluate, train  # noqa: PLC0415
+
+    workdir = root / name / f"seed{seed}"
+    record_path = workdir / "study.json"
+    if (workdir / "eval" / "metrics.json").exists() and record_path.exists():
+        return json.loads(record_path.read_text())
+    config = variant_config(base, name, seed)
+    source = VARIANTS[name][2]
+    train_s = 0.0
+    if source is None:
+        t0 = time.perf_counter()
+        train.train(config, str(workdir))
+        train_s = time.perf_counter() - t0
+    else:
+        src = run_one(base, root, source, seed)
+        workdir.mkdir(parents=True, exist_ok=True)
+        link = workdir / "checkpoints"
+        if not link.exists():
+            link.symlink_to((root / source / f"seed{seed}" / "checkpoints").absolute())
+        train_s = src["train_seconds"]
+    result = evaluate.evaluate(config, str(workdir))
+    record = {
+        "variant": name,
+        "seed": seed,
+        "train_seconds": train_s,
+        "trained_by": source or name,
+        "steps": [config.train.stage1_steps, config.train.stage2_steps],
+        **{k: result[k] for k in (*KEYS, "pixel_ap", "eval_seconds", "threshold")},
+    }
+    record_path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type: int):
+    """Overlays of the first `per_type` images of every defect type, in `<run>/study_pictures`."""
+    from cmaae_jax import datasets, evaluate, inference, pictures  # noqa: PLC0415
+
+    workdir = root / name / f"seed{seed}"
+    out = workdir / "study_pictures"
+    if out.exists():
+        return
+    config = variant_config(base, name, seed)
+    _, variables = inference.restore_variables(config, str(workdir))
+    splits = datasets.load_splits(config)
+    scorer = inference.Scorer(config, variables)
+    threshold = evaluate.calibrate(scorer, splits["val"], config.eval.threshold_quantile)
+    test = splits["test"]
+    chosen = {}
+    for i, kind in enumerate(test.defect_types):
+        if test.labels[i] == 1 and len(chosen.setdefault(kind, [])) < per_type:
+            chosen[kind].append(i)
+    idx = [i for ids in chosen.values() for i in ids]
+    maps = scorer(test.images[idx])
+    for i, amap in zip(idx, maps, strict=True):
+        stem = pathlib.Path(test.paths[i]).stem
+        pictures.save_overlay(
+            out / f"{test.defect_types[i]}_{stem}.png",
+            test.images[i],
+            test.masks[i],
+            amap,
+            threshold,
+            title=f"{name}: max {amap.max():.3g} / thr {threshold:.3g}",
+        )
+
+
+def summarize(records: list[dict]) -> dict:
+    by_variant = {}
+    for r in records:
+        by_variant.setdefault(r["variant"], []).append(r)
+    summary = {}
+    for name in [v for v in VARIANTS if v in by_variant]:
+        rs = by_variant[name]
+        cols = {k: [r[k] for r in rs] for k in (*KEYS, "train_seconds")}
+        summary[name] = {
+            "seeds": [r["seed"] for r in rs],
+            **{k: [float(np.mean(v)), float(np.std(v))] for k, v in cols.items()},
+        }
+    return summary
+
+
+def table(summary: dict) -> str:
+    head = ["variant", "seeds", *KEYS, "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in summary.items():
+        n = len(s["seeds"])
+        cells = [f"{name}", str(n)]
+        for k in KEYS:
+            m, sd = s[k]
+            cells.append(f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}")
+        cells.append(f"{s['train_seconds'][0]:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    base = _CONFIG.value
+    root = pathlib.Path(_ROOT.value)
+    names = _VARIANTS.value or list(VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise app.UsageError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    seeds = [int(s) for s in _SEEDS.value]
+    with _common.user_errors():
+        for seed in seeds:
+            for name in names:
+                record = run_one(base, root, name, seed)
+                print(json.dumps({k: record[k] for k in ("variant", "seed", *KEYS)}), flush=True)
+                if name in _PICTURES.value:
+                    save_type_pictures(base, root, name, seed, _PER_TYPE.value)
+    records = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/study.json"))]
+    summary = summarize(records)
+    (root / "results.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=2))
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
