@@ -20,10 +20,10 @@ def get_config():
     c.model.memory_size = 100
     c.anomaly.patch_size = 128  # half the image side, as 256 at 512
     c.anomaly.bank_size = 32
-    c.train.batch_size = 128
+    c.train.batch_size = 64
     c.train.crops_per_image = 16
-    c.train.stage1_steps = 600
-    c.train.stage2_steps = 300
+    c.train.stage1_steps = 400
+    c.train.stage2_steps = 200
     c.train.log_every = 20
     c.train.checkpoint_every = 100
     c.eval.val_fraction = 0.15
