@@ -31,12 +31,12 @@ METHODS = ("msfr", "pixel")
 
 
 def _check_scales(scales) -> tuple[int, ...]:
-    scales = tuple(int(s) for s in scales)
+    scales = tuple(scales)
     if not scales or len(set(scales)) != len(scales) or not set(scales) <= set(RF_AREAS):
         raise ValueError(
             f"score.scales must be distinct encoder layers among {tuple(RF_AREAS)}, got {scales}"
         )
-    return scales
+    return tuple(int(s) for s in scales)
 
 
 def _check_method(method: str):
@@ -124,7 +124,7 @@ def make_map_fn(model, method="msfr", scales=(1, 2, 3), pmapped: bool = False, i
     """
     _check_method(method)
     scales = _check_scales(scales)
-    if impl is not None and impl != model.impl:
+    if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)
 
     def map_fn(variables, images_BxHxWx3):

@@ -122,7 +122,7 @@ def test_anomaly_maps_methods(setup):
     np.testing.assert_allclose(amap, _msfr(m, variables, images, rec, (2,)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("scales", [(), (0,), (4,), (1, 1)])
+@pytest.mark.parametrize("scales", [(), (0,), (4,), (1, 1), (1.5,)])
 def test_bad_scales_and_method_are_rejected(setup, scales):
     m, variables, images = setup
     with pytest.raises(ValueError, match="score.scales"):
