@@ -48,7 +48,9 @@ KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
 
 def variant_config(base, name: str, seed: int):
     config = copy.deepcopy(base)
-    _, overrides, _ = VARIANTS[name]
+    _, overrides, source = VARIANTS[name]
+    if source is not None:  # scored from another variant's checkpoints: build that model
+        overrides = {**VARIANTS[source][1], **overrides}
     with config.unlocked():
         config.train.seed = seed
         for key, value in overrides.items():
