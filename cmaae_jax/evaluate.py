@@ -45,7 +45,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     out = pathlib.Path(workdir) / "eval"
     (out / "pictures").mkdir(parents=True, exist_ok=True)
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
-    written = 0
+    primary = jax.process_index() == 0  # every process scores; only the primary writes
+    written = 0 if primary else config.eval.max_pictures
     for lo, maps in scorer.batches(test.images):
         acc.update(maps, test.masks[lo : lo + len(maps)])
         for j, amap in enumerate(maps):
@@ -77,7 +78,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
     )
-    if jax.process_index() == 0:
+    if primary:
         (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     logging.info("eval at step %d: %s", ckpt_step, {k: result[k] for k in REQUIRED_KEYS})
     return result
