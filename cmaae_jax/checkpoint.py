@@ -3,13 +3,19 @@
 A checkpoint holds two items: `state` (step, params, batch statistics, optimizer state, as
 host arrays: independent of the device count) and `meta` (JSON: stage, seed, config digest).
 Orbax writes each step into a temporary directory and renames it when complete, so a killed
-process never leaves a half-written step that `all_steps()` would list. A newest checkpoint
-that cannot be read (truncated, corrupted by hand) is reported and the previous one is used.
+process never leaves a half-written step that `all_steps()` would list. `meta` also holds a
+SHA-256 of the state's bytes, checked on restore: orbax stores raw array bytes without checksums,
+so flipped or overwritten bytes would otherwise restore silently. A newest checkpoint that
+cannot be read or fails its checksum (truncated, corrupted) is reported and the previous one is
+used; when checkpoints exist but none is usable, restore refuses instead of starting over.
 """
 
+import hashlib
 import pathlib
+import shutil
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -18,12 +24,18 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not match the model of the config."""
 
 
-def manager(workdir, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
-    """A CheckpointManager under `<workdir>/checkpoints`; only process 0 writes."""
-    if jax.process_count() > 1:
-        mp = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
-    else:
-        mp = ocp.options.MultiprocessingOptions()
+def manager(
+    workdir, keep: int = 3, async_save: bool = True, cleanup_tmp: bool = False
+) -> ocp.CheckpointManager:
+    """A CheckpointManager under `<workdir>/checkpoints`; only process 0 writes.
+
+    Every process calls it (orbax synchronises them with barriers); the state is host numpy
+    arrays, which orbax writes from the primary process alone. The workdir must be a folder
+    all processes see (shared storage), as orbax requires for multi-host checkpoints.
+    `cleanup_tmp` deletes the unfinished `*.orbax-checkpoint-tmp*` folders a killed writer left
+    (only the training process should ask for it: a reader must not delete a live save).
+    """
+    mp = ocp.options.MultiprocessingOptions(primary_host=0)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=True,
@@ -31,11 +43,26 @@ def manager(workdir, keep: int = 3, async_save: bool = True) -> ocp.CheckpointMa
         multiprocessing_options=mp,
     )
     path = pathlib.Path(workdir).absolute() / "checkpoints"
+    if cleanup_tmp and jax.process_index() == 0:
+        for tmp in sorted(path.glob("*.orbax-checkpoint-tmp*")):
+            logging.warning("removing %s, left unfinished by an interrupted save", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
     return ocp.CheckpointManager(path, options=options)
+
+
+def state_digest(state) -> str:
+    """SHA-256 of the dtype, shape and bytes of every leaf of `state`, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, meta: dict, force: bool = False):
     """Starts an (asynchronous) save of host-side `state` and JSON `meta` at `step`."""
+    meta = {**meta, "state_sha256": state_digest(state)}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return mgr.save(step, args=args, force=force)
 
@@ -48,7 +75,8 @@ def restore(mgr: ocp.CheckpointManager, abstract_state_fn, step: int | None = No
     """Restores (step, state, meta) from `step`, or from the newest readable checkpoint.
 
     `abstract_state_fn(meta)` returns the tree of `jax.ShapeDtypeStruct` to restore into (its
-    structure may depend on the stage recorded in `meta`). Returns None when there is none.
+    structure may depend on the stage recorded in `meta`). Returns None when there is none;
+    raises CheckpointError when there are checkpoints but none can be used.
     """
     steps = sorted(mgr.all_steps(), reverse=True)
     if step is not None:
@@ -82,7 +110,23 @@ def restore(mgr: ocp.CheckpointManager, abstract_state_fn, step: int | None = No
                 "checkpoint %d in %s is unreadable (%s); trying an older one", s, mgr.directory, e
             )
             continue
+        want, got = meta.get("state_sha256"), state_digest(state)
+        if want is not None and got != want:
+            logging.warning(
+                "checkpoint %d in %s is corrupt (SHA-256 of its arrays %s..., expected %s...); "
+                "trying an older one",
+                s,
+                mgr.directory,
+                got[:12],
+                want[:12],
+            )
+            continue
         return s, state, meta
     if step is not None:
         raise CheckpointError(f"checkpoint {step} in {mgr.directory} could not be read")
+    if steps:
+        raise CheckpointError(
+            f"none of the checkpoints {steps} in {mgr.directory} can be read (see the warnings "
+            f"above); move that folder away to train from scratch"
+        )
     return None
