@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 
 from cmaae_jax import (
@@ -115,7 +116,11 @@ def make_train_step(config, net, stage: int, tx):
 
 
 class Sampler:
-    """Host-side choice of the training images of each step, seeded by (seed, step, process)."""
+    """Host-side choice of the training images of each step, seeded by (seed, step).
+
+    Every process draws the same global batch and keeps the rows of its own devices, so a run
+    on P processes sees the images a one-process run on as many devices sees.
+    """
 
     def __init__(self, images_NxSxSx3, images_per_step: int, seed: int):
         self.images = images_NxSxSx3
@@ -124,9 +129,10 @@ class Sampler:
         self.seed = seed
 
     def batch(self, step: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, step, jax.process_index()])
-        idx = rng.integers(0, len(self.images), self.local_devices * self.per_device)
-        b = self.images[np.sort(idx)]
+        rng = np.random.default_rng([self.seed, step])
+        idx = np.sort(rng.integers(0, len(self.images), jax.device_count() * self.per_device))
+        n = self.local_devices * self.per_device
+        b = self.images[idx[jax.process_index() * n : (jax.process_index() + 1) * n]]
         return b.reshape(self.local_devices, self.per_device, *b.shape[1:])
 
 
@@ -201,7 +207,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     splits = datasets.load_splits(config)
     images_per_step = t.batch_size // t.crops_per_image
     sampler = Sampler(splits["train"].images, images_per_step, t.seed)
-    mgr = checkpoint.manager(workdir, t.keep_checkpoints)
+    mgr = checkpoint.manager(workdir, t.keep_checkpoints, cleanup_tmp=primary)
     found = restore_state(config, net, mgr)
     if found is None:
         start, state, meta = 0, init_state(config, net), {}
@@ -223,6 +229,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             bank = replicate(images.to_float(natural_bank(config)))
         bank_arg = bank if stage == 2 else replicate(jnp.zeros((1, 1, 1, 3)))
         rstate = replicate(state)
+        if jax.process_count() > 1:
+            # Every process compiles (the call below reuses it) before the first collective:
+            # one that loads the step from the compilation cache (only process 0 writes it)
+            # would otherwise wait for one still compiling in gloo's 30 s set-up, and fail.
+            first = max(start, lo)
+            key = replicate(jax.random.fold_in(base_key, first))
+            step_fn.lower(rstate, sampler.batch(first), bank_arg, key).compile()
+            ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{stage}_{first}")
         for step in range(max(start, lo), hi):
             key = replicate(jax.random.fold_in(base_key, step))
             rstate, metrics = step_fn(rstate, sampler.batch(step), bank_arg, key)
