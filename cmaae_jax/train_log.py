@@ -40,8 +40,11 @@ def read(path) -> list[dict]:
     """Records of a metrics log; a resumed run's repeated steps keep their last record."""
     by_step = {}
     for line in pathlib.Path(path).read_text().splitlines():
-        if line.strip():
+        try:
             r = json.loads(line)
+        except ValueError:
+            continue  # blank, or torn by a killed writer or a full disk
+        if isinstance(r, dict) and "step" in r:
             by_step[r["step"]] = r
     return [by_step[s] for s in sorted(by_step)]
 
