@@ -1,0 +1,169 @@
+"""A trained model as a self-contained artifact: the image-to-anomaly-map function, serialized.
+
+`save` traces the whole map path (grid patches -> CMA-AE in eval mode -> stitched reconstruction
+-> MSFR or pixel map) for a fixed batch of `image_size` images, with the trained variables baked
+in as constants, and writes it with `jax.export` (StableHLO plus calling convention) next to a
+JSON sidecar: threshold, image size, method, input layout and scaling, a SHA-256 of the artifact.
+
+`load` needs only jax and numpy (this file imports nothing else at module level; copy it next
+to the two files to run a model where the training code is not installed):
+
+    mapper = load("cmaae.jaxexport")
+    maps = mapper(images_NxSxSx3_uint8)   # float32 [N, S, S]
+    masks, scores = mapper.masks(maps), mapper.scores(maps)
+"""
+
+import hashlib
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = "cmaae_jax.export/1"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+SCALING = "uint8 RGB x -> x / 127.5 - 1 (float32 in [-1, 1]); grayscale repeated to 3 channels"
+
+
+class ExportError(ValueError):
+    """An artifact that cannot be written, found, verified or fed."""
+
+
+def sidecar_path(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def export_map_fn(config, variables, batch: int, platforms=None):
+    """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S]."""
+    from cmaae_jax import model, scoring  # noqa: PLC0415 - the loader must not need them
+
+    net = model.from_config(config)
+    method, scales = config.score.method, tuple(config.score.scales)
+    variables = jax.tree.map(jnp.asarray, variables)
+    size = config.data.image_size
+
+    def image_to_map(images_BxSxSx3):
+        return scoring.anomaly_maps(net, variables, images_BxSxSx3, method, scales)[0]
+
+    spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
+
+
+def save(path, config, variables, threshold: float, batch: int = 1, platforms=None, **extra):
+    """Writes the artifact at `path` and its sidecar `<path>.json`; returns the sidecar dict."""
+    if batch < 1:
+        raise ExportError(f"batch={batch}: must be at least 1")
+    unknown = set(platforms or ()) - set(PLATFORMS)
+    if unknown:
+        raise ExportError(f"platforms {sorted(unknown)} unknown; choose among {PLATFORMS}")
+    exported = export_map_fn(config, variables, batch, platforms)
+    blob = bytes(exported.serialize())
+    size = config.data.image_size
+    meta = {
+        "format": FORMAT,
+        "artifact": pathlib.Path(path).name,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "threshold": float(threshold),
+        "image_size": size,
+        "batch": batch,
+        "method": config.score.method,
+        "scales": list(config.score.scales),
+        "platforms": list(exported.platforms),
+        "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
+        "input_scaling": SCALING,
+        "output": {"shape": [batch, size, size], "dtype": "float32"},
+        "decision": "pixel defective where map >= threshold; image score = max of its map",
+        "model": {k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
+        "jax_version": jax.__version__,
+        **extra,
+    }
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)  # a reader never sees half an artifact
+    sidecar_path(path).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+class ExportedMapper:
+    """Runs a loaded artifact on any number of images, in batches of its fixed size."""
+
+    def __init__(self, exported, meta: dict):
+        self.meta = meta
+        self.threshold = meta["threshold"]
+        self.image_size = meta["image_size"]
+        self.batch = meta["batch"]
+        self._fn = jax.jit(exported.call)
+
+    def prepare(self, images) -> np.ndarray:
+        """uint8 [0, 255] or float [-1, 1] images, [N,S,S,3], [N,S,S,1], [N,S,S] or one image,
+        -> float32 [N, S, S, 3] in [-1, 1]."""
+        x = np.asarray(images)
+        s = self.image_size
+        if x.ndim in (2, 3) and x.shape[:2] == (s, s):
+            x = x[None]  # one image
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[1:3] != (s, s) or x.shape[3] not in (1, 3):
+            raise ExportError(
+                f"images of shape {x.shape}: this model takes [N, {s}, {s}, 3] (or 1 channel); "
+                f"resize them to {s}x{s} first"
+            )
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 127.5 - 1.0
+        elif np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+        else:
+            raise ExportError(f"images of dtype {x.dtype}: expected uint8 or float in [-1, 1]")
+        return np.repeat(x, 3, axis=3) if x.shape[3] == 1 else x
+
+    def __call__(self, images) -> np.ndarray:
+        """Anomaly maps float32 [N, S, S]."""
+        x = self.prepare(images)
+        n, b = len(x), self.batch
+        out = []
+        for lo in range(0, n, b):
+            chunk = x[lo : lo + b]
+            if len(chunk) < b:
+                pad = np.zeros((b - len(chunk),) + chunk.shape[1:], np.float32)
+                chunk = np.concatenate([chunk, pad])
+            out.append(np.asarray(self._fn(chunk))[: min(b, n - lo)])
+        return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size))
+
+    def masks(self, maps) -> np.ndarray:
+        return np.asarray(maps) >= self.threshold
+
+    def scores(self, maps) -> np.ndarray:
+        return np.asarray(maps).reshape(len(maps), -1).max(axis=1)
+
+
+def load(path) -> ExportedMapper:
+    """Loads and verifies an artifact written by `save` (needs only jax and numpy)."""
+    path = pathlib.Path(path)
+    side = sidecar_path(path)
+    for p in (path, side):
+        if not p.is_file():
+            raise ExportError(f"{p} not found (an export is the artifact and its .json sidecar)")
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError as e:
+        raise ExportError(f"{side} is not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise ExportError(f"{side}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise ExportError(f"{path} is corrupt or truncated: its SHA-256 does not match {side}")
+    try:
+        exported = jax.export.deserialize(bytearray(blob))
+    except Exception as e:  # noqa: BLE001 - a foreign or newer serialization format
+        raise ExportError(f"{path} cannot be deserialized by jax {jax.__version__}: {e}") from e
+    backend = jax.default_backend()
+    if not set({"gpu": ("cuda", "rocm")}.get(backend, (backend,))) & set(exported.platforms):
+        raise ExportError(
+            f"{path} was exported for {list(exported.platforms)}, this machine runs {backend}; "
+            f"export again with --platforms including {backend}"
+        )
+    return ExportedMapper(exported, meta)

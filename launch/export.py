@@ -1,0 +1,60 @@
+"""Exports a trained workdir's image-to-anomaly-map function as a jax.export artifact.
+
+    python launch/export.py --workdir runs/demo --output runs/demo/export/cmaae.jaxexport
+
+Writes the serialized StableHLO (variables baked in) and `<output>.json` (threshold, image size,
+input layout and scaling). Run it anywhere jax runs, without this package:
+
+    from export import load          # cmaae_jax/export.py, copied: needs jax and numpy only
+    maps = load("cmaae.jaxexport")(images_uint8)
+
+The threshold comes from eval/metrics.json (launch/evaluate.py) or --threshold.
+"""
+
+import sys
+
+import _common
+from absl import app, flags
+
+from cmaae_jax import export, inference, predict
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, config.json).")
+_OUTPUT = flags.DEFINE_string("output", None, "Artifact path (default <workdir>/export/...).")
+_BATCH = flags.DEFINE_integer("batch", 1, "Images per call of the exported function.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Override the calibrated threshold.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_PLATFORMS = flags.DEFINE_list("platforms", None, "cpu, cuda, rocm, tpu (default: this one).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    del argv
+    output = _OUTPUT.value or f"{_WORKDIR.value}/export/cmaae.jaxexport"
+    with _common.user_errors():
+        try:
+            config = inference.load_config(_WORKDIR.value)
+            threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)
+            if _BATCH.value < 1:
+                raise export.ExportError(f"--batch={_BATCH.value}: must be at least 1")
+            step, variables = inference.restore_variables(config, _WORKDIR.value, _STEP.value)
+            meta = export.save(
+                output,
+                config,
+                variables,
+                threshold,
+                _BATCH.value,
+                _PLATFORMS.value,
+                checkpoint_step=step,
+            )
+        except (predict.PredictError, export.ExportError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    print(
+        f"exported checkpoint {step} ({meta['method']}, {meta['image_size']}px, batch "
+        f"{meta['batch']}, threshold {meta['threshold']:.4g}, {'/'.join(meta['platforms'])}) "
+        f"to {output} and {export.sidecar_path(output)}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""jax.export artifacts: same maps as the library, a loader without the model code, checks."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from cmaae_jax import checkpoint, export, images, inference, model, scoring, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+
+
+def _library_maps(config, variables, images_u8):
+    net = model.from_config(config)
+    fn = scoring.make_map_fn(net, config.score.method, tuple(config.score.scales))
+    return np.asarray(fn(variables, images.to_float(images_u8)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A training workdir (config.json, one checkpoint) without training: initial weights."""
+    root = tmp_path_factory.mktemp("export")
+    config = tiny_config(root / "data", model__latent_dim=16)
+    (root / "config.json").write_text(config.to_json_best_effort(indent=2))
+    state = train.init_state(config, model.from_config(config))
+    mgr = checkpoint.manager(root, async_save=False)
+    meta = {"stage": 1, "seed": 0, "model_digest": train.config_digest(config)}
+    checkpoint.save(mgr, 1, state.replace(step=state.step + 1), meta)
+    mgr.wait_until_finished()
+    mgr.close()
+    return root
+
+
+@pytest.mark.parametrize("method", ["msfr", "pixel"])
+def test_exported_function_gives_the_library_maps(workdir, tmp_path, method):
+    config = inference.load_config(workdir)
+    config.score.method = method
+    _, variables = inference.restore_variables(config, workdir)
+    path = tmp_path / "m.jaxexport"
+    meta = export.save(path, config, variables, threshold=0.05, batch=2, checkpoint_step=1)
+    side = json.loads(export.sidecar_path(path).read_text())
+    assert side == meta and side["threshold"] == 0.05 and side["method"] == method
+    assert side["input"]["shape"] == [2, 64, 64, 3] and side["platforms"] == ["cpu"]
+
+    mapper = export.load(path)
+    x = _images(3)  # 3 images through a batch-2 function: chunked and padded
+    maps = mapper(x)
+    want = _library_maps(config, variables, x)
+    assert maps.shape == (3, 64, 64) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(mapper.masks(maps), maps >= 0.05)
+    np.testing.assert_allclose(mapper.scores(maps), want.max(axis=(1, 2)), rtol=1e-5)
+    # float input in [-1, 1], a single image, a grayscale batch: the same contract.
+    np.testing.assert_allclose(mapper(images.to_float(x)), maps, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mapper(x[0]), maps[:1], rtol=1e-6, atol=1e-7)
+    gray = x[..., 0]
+    np.testing.assert_allclose(
+        mapper(gray), _library_maps(config, variables, np.repeat(gray[..., None], 3, -1)), 1e-5
+    )
+
+
+_STANDALONE = textwrap.dedent(
+    """
+    import importlib.util, sys
+    import numpy as np
+    # The training code is not there: importing any of it fails.
+    for name in ("flax", "optax", "orbax", "chex", "ml_collections", "PIL", "cmaae_jax"):
+        sys.modules[name] = None
+    spec = importlib.util.spec_from_file_location("standalone_export", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mapper = mod.load(sys.argv[2])
+    maps = mapper(np.load(sys.argv[3]))
+    np.save(sys.argv[4], maps)
+    print("threshold", mapper.threshold, "masks", int(mapper.masks(maps).sum()))
+    """
+)
+
+
+def test_cli_export_then_run_without_the_model_code(workdir, tmp_path):
+    out = tmp_path / "art" / "cmaae.jaxexport"
+    cmd = [sys.executable, str(ROOT / "launch" / "export.py"), f"--workdir={workdir}"]
+    cmd += [f"--output={out}", "--batch=2", "--threshold=0.02"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exported checkpoint 1" in r.stdout and out.is_file()
+
+    x = _images(5, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "run.py").write_text(_STANDALONE)
+    args = [str(ROOT / "cmaae_jax" / "export.py"), str(out), str(tmp_path / "x.npy")]
+    args.append(str(tmp_path / "maps.npy"))
+    r = subprocess.run(
+        [sys.executable, str(tmp_path / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=""),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "threshold 0.02" in r.stdout
+    config = inference.load_config(workdir)
+    _, variables = inference.restore_variables(config, workdir)
+    want = _library_maps(config, variables, x)
+    np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_damaged_or_misused_artifact_is_a_clear_error(workdir, tmp_path):
+    config = inference.load_config(workdir)
+    _, variables = inference.restore_variables(config, workdir)
+    path = tmp_path / "m.jaxexport"
+    export.save(path, config, variables, threshold=0.1, batch=1)
+    mapper = export.load(path)
+    with pytest.raises(export.ExportError, match=r"\[N, 64, 64, 3\].*resize them to 64x64"):
+        mapper(np.zeros((2, 128, 128, 3), np.uint8))
+    with pytest.raises(export.ExportError, match="dtype int64"):
+        mapper(np.zeros((1, 64, 64, 3), np.int64))
+    with pytest.raises(export.ExportError, match="platforms"):
+        export.save(tmp_path / "x", config, variables, 0.1, platforms=["tpu9"])
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(export.ExportError, match="corrupt or truncated"):
+        export.load(path)
+    export.sidecar_path(path).unlink()
+    with pytest.raises(export.ExportError, match="sidecar"):
+        export.load(path)
