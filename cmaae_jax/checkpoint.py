@@ -60,8 +60,24 @@ def state_digest(state) -> str:
     return h.hexdigest()
 
 
+def wait(mgr: ocp.CheckpointManager):
+    """Waits for the pending save; its failure (disk full, no permission) is a CheckpointError."""
+    try:
+        mgr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax re-raises the background thread's error
+        first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"saving a checkpoint in {mgr.directory} failed ({first}); is the disk full? Free "
+            f"space and run the same command again: it resumes from the last complete one"
+        ) from e
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state, meta: dict, force: bool = False):
-    """Starts an (asynchronous) save of host-side `state` and JSON `meta` at `step`."""
+    """Starts an (asynchronous) save of host-side `state` and JSON `meta` at `step`.
+
+    The previous save is waited for first, so that its failure stops training at once.
+    """
+    wait(mgr)
     meta = {**meta, "state_sha256": state_digest(state)}
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     return mgr.save(step, args=args, force=force)

@@ -256,6 +256,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 meta = {"stage": stage, "seed": t.seed, "model_digest": config_digest(config)}
                 checkpoint.save(mgr, done, host, meta)
         state = unreplicate_to_host(rstate)
-    mgr.wait_until_finished()
+    checkpoint.wait(mgr)
     log.close()
     return state
