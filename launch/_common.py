@@ -1,6 +1,7 @@
 """Shared set-up of the launch scripts: import path, multi-host initialisation, user errors."""
 
 import contextlib
+import errno
 import os
 import pathlib
 import sys
@@ -36,4 +37,9 @@ def user_errors():
         FloatingPointError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: disk full: {e}", file=sys.stderr)
         sys.exit(2)
