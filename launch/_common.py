@@ -21,6 +21,27 @@ def maybe_initialize_distributed(coordinator: str, num_processes: int, process_i
         jax.distributed.initialize()
 
 
+def parse_flags(argv):
+    """absl's flag parsing (`app.run(main, flags_parser=...)`); a config file that does not
+    load, or a --config override that names no field, is one line and exit 2 (ml_collections
+    raises a traceback for both)."""
+    from absl import app, flags  # noqa: PLC0415
+
+    try:
+        args = app.parse_flags_with_usage(argv)
+        if "config" in flags.FLAGS:
+            flags.FLAGS["config"].value.keys()  # a file that failed to load raises here
+    except (AttributeError, KeyError) as e:
+        cause = e.args[0] if e.args else e
+        cause = cause.args[0] if isinstance(cause, KeyError) and cause.args else cause
+        print(f"error: unknown config field in a --config override: {cause}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
 @contextlib.contextmanager
 def user_errors():
     """Bad input (config, data, checkpoint) ends with one clear line and exit code 2."""
