@@ -1,7 +1,8 @@
 """Anomaly maps, masks and scores for new, unlabelled images.
 
 For each readable input image `<stem>`: `<stem>_map.npy` (float32 map at the image's original
-size), `<stem>_map.png` (heat map), `<stem>_mask.png` (0/255 binary mask at the threshold);
+size), `<stem>_map.png` (heat map), `<stem>_mask.png` (0/255 binary mask at the threshold;
+a stem met again, e.g. a/x.png and b/x.png, gets `-2`, `-3`, ... and `output` says which);
 plus `scores.csv` / `scores.json` (image score = max of the map, and the decision). Unreadable
 inputs are skipped, reported and listed in `scores.json`.
 """
@@ -16,6 +17,8 @@ from absl import logging
 from PIL import Image
 
 from cmaae_jax import images, inference, pictures
+
+CSV_FIELDS = ["path", "output", "score", "defective", "defect_fraction"]
 
 
 class PredictError(ValueError):
@@ -42,7 +45,13 @@ def find_threshold(workdir, threshold: float | None) -> float:
         return float(threshold)
     path = pathlib.Path(workdir) / "eval" / "metrics.json"
     if path.is_file():
-        return float(json.loads(path.read_text())["threshold"])
+        try:
+            return float(json.loads(path.read_text())["threshold"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise PredictError(
+                f"{path} holds no readable threshold ({type(e).__name__}: {e}); run "
+                f"launch/evaluate.py again or pass --threshold"
+            ) from e
     raise PredictError(
         f"no threshold: {path} does not exist; run launch/evaluate.py first or pass --threshold"
     )
@@ -68,10 +77,11 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
         ckpt_step, variables = inference.restore_variables(config, workdir, step)
         scorer = inference.Scorer(config, variables)
         batch = np.stack([x for _, x, _ in loaded])
+        names = _output_names([f for f, _, _ in loaded])
         for lo, maps in scorer.batches(batch):
             for j, amap in enumerate(maps):
                 f, _, (h, w) = loaded[lo + j]
-                rows.append(_write_one(out, f, amap, (h, w), threshold))
+                rows.append(_write_one(out, f, amap, (h, w), threshold, names[lo + j]))
     summary = {
         "threshold": threshold,
         "num_inputs": len(files),
@@ -81,16 +91,28 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
     }
     (out / "scores.json").write_text(json.dumps(summary, indent=2))
     with (out / "scores.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "score", "defective", "defect_fraction"])
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     return summary
 
 
-def _write_one(out, path, map_SxS, hw, threshold) -> dict:
+def _output_names(paths) -> list[str]:
+    """Output stems: each file's stem, with -2, -3, ... where a stem was already taken."""
+    used, names = set(), []
+    for p in paths:
+        name, n = p.stem, 1
+        while name in used:
+            n += 1
+            name = f"{p.stem}-{n}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _write_one(out, path, map_SxS, hw, threshold, stem) -> dict:
     h, w = hw
     full = np.asarray(Image.fromarray(map_SxS.astype(np.float32)).resize((w, h), Image.BILINEAR))
-    stem = path.stem
     np.save(out / f"{stem}_map.npy", full)
     Image.fromarray(pictures.heat(full, threshold)).save(out / f"{stem}_map.png")
     mask = full >= threshold
@@ -98,6 +120,7 @@ def _write_one(out, path, map_SxS, hw, threshold) -> dict:
     score = float(map_SxS.max())
     return {
         "path": str(path),
+        "output": stem,
         "score": score,
         "defective": bool(score >= threshold),
         "defect_fraction": float(mask.mean()),
