@@ -193,6 +193,9 @@ def test_train_cli_rejects_bad_config_and_bad_data_with_one_line(tmp_path):
         "model.memory_size": ["--config.model.memory_size=0"],
         "data.image_size": ["--config.data.image_size=100"],
         "model.variant": ["--config.model.variant=lstm"],
+        "unknown config field in a --config override: 'stage1_step'": [
+            "--config.train.stage1_step=5"
+        ],
         "dataset root": ["--config.data.format=folder", f"--config.data.root={tmp_path}/nope"],
         "data/good/": ["--config.data.format=folder", f"--config.data.root={data}"],
     }
@@ -200,8 +203,8 @@ def test_train_cli_rejects_bad_config_and_bad_data_with_one_line(tmp_path):
     for (what, _), (code, _, err) in zip(cases.items(), _finish(procs), strict=True):
         assert code == 2, (what, err[-2000:])
         assert "Traceback" not in err and "Compiling" not in err, (what, err[-2000:])
-        last = err.strip().splitlines()[-1]
-        assert last.startswith("error: ") and what in last, (what, last)
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and what in lines[0], (what, err[-2000:])
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -225,9 +228,14 @@ def test_predict_skips_each_bad_input_with_its_reason(tmp_path):
     expected = _bad_folder(inputs)
     (inputs / "sub").mkdir()
     (inputs / "sub" / "other.bmp").write_bytes((inputs / "good.png").read_bytes())
+    (inputs / "sub" / "good.png").write_bytes((inputs / "good.png").read_bytes())  # same stem
     (inputs / ".hidden.png").write_bytes(b"")
     (inputs / "dir.png").mkdir()
     os.mkfifo(inputs / "fifo.png")  # reading it would block forever
+    torn = tmp_path / "torn"  # a workdir whose eval/metrics.json was cut short
+    (torn / "eval").mkdir(parents=True)
+    (torn / "config.json").write_text((workdir / "config.json").read_text())
+    (torn / "eval" / "metrics.json").write_text('{"threshold": 0.')
     out = tmp_path / "out"
     bare = ["launch/predict.py", f"--workdir={workdir}"]
     predict = [*bare, "--threshold=0.01"]
@@ -236,21 +244,29 @@ def test_predict_skips_each_bad_input_with_its_reason(tmp_path):
         _run([*predict, f"--input={tmp_path}/none/*.png", f"--output={out}2"]),
         _run([*predict, f"--workdir={tmp_path}", f"--input={inputs}", f"--output={out}3"]),
         _run([*bare, f"--input={inputs}", f"--output={out}4"]),
+        _run(["launch/predict.py", f"--workdir={torn}", f"--input={inputs}", f"--output={out}5"]),
     ]
     (code, stdout, err), *errors = _finish(procs)
     assert code == 0 and "Traceback" not in err, err[-3000:]
     summary = json.loads((out / "scores.json").read_text())
-    scored = sorted(pathlib.Path(r["path"]).name for r in summary["images"])
-    assert scored == ["good.png", "other.bmp", "png_named.jpg"]
+    scored = {
+        str(pathlib.Path(r["path"]).relative_to(inputs)): r["output"] for r in summary["images"]
+    }
+    assert scored == {
+        "good.png": "good",
+        "png_named.jpg": "png_named",
+        "sub/good.png": "good-2",
+        "sub/other.bmp": "other",
+    }
     skipped = {pathlib.Path(s["path"]).name: s["reason"] for s in summary["skipped"]}
     assert skipped.keys() == set(expected) | {"notes.txt"}
     for name, why in expected.items():
         assert why in skipped[name], (name, skipped[name])
         assert f"skipped {inputs / name}" in err
-    for stem in ("good", "other", "png_named"):
+    for stem in scored.values():
         assert (out / f"{stem}_map.npy").is_file() and (out / f"{stem}_mask.png").is_file()
-    assert "scored 3 of 10 images" in stdout
-    messages = ["no input files found", "a training workdir", "no threshold"]
+    assert "scored 4 of 11 images" in stdout
+    messages = ["no input files found", "a training workdir", "no threshold", "no readable thr"]
     for (code, _, err), message in zip(errors, messages, strict=True):
         assert code == 2 and "Traceback" not in err, err[-2000:]
         assert err.strip().splitlines()[-1].startswith("error: ") and message in err, err[-500:]
