@@ -118,3 +118,47 @@ def test_module_init_matches_pytorch_default_bounds():
     params = tconv.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))["params"]
     assert set(params) == {"kernel"}
     assert np.abs(params["kernel"]).max() <= 1 / np.sqrt(7 * 4 * 4)
+
+
+@pytest.mark.parametrize(
+    "shape,k,s,p,cout",
+    [
+        ((2, 8, 8, 3), 4, 2, 1, 5),
+        ((2, 7, 9, 4), 4, 2, 1, 3),  # odd padded sides: an extra zero row / column
+        ((2, 6, 10, 4), 3, 1, 1, 3),
+        ((3, 4, 4, 2), 4, 1, 0, 3),
+    ],
+)
+def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
+    kx, kw, kg = jax.random.split(jax.random.key(4), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (k, k, shape[-1], cout))
+    conv = lambda w: layers.conv2d(x, w, s, p, impl="xla")
+    out, vjp = jax.vjp(conv, w)
+    g = jax.random.normal(kg, out.shape)
+    np.testing.assert_allclose(
+        layers.conv_weight_grad(x, g, k, s, p), vjp(g)[0], rtol=1e-5, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("hw", [8, 16])  # 16: outputs >= 8x8 take the row-shift weight gradient
+def test_fast_conv_forward_and_gradients_equal_lax_at_training_sizes(hw):
+    kx, kw, kg = jax.random.split(jax.random.key(5), 3)
+    x = jax.random.normal(kx, (2, hw, hw, 6))
+    w = jax.random.normal(kw, (4, 4, 6, 8))
+    g = jax.random.normal(kg, (2, hw // 2, hw // 2, 8))
+    loss = lambda impl: lambda x, w: jnp.sum(layers.conv2d(x, w, 2, 1, impl=impl) * g)
+    fast = jax.value_and_grad(loss("matmul"), argnums=(0, 1))(x, w)
+    ref = jax.value_and_grad(loss("xla"), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(fast[0], ref[0], rtol=1e-5, atol=1e-3)
+    for a, b in zip(fast[1], ref[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+    # the transposed conv, whose weight gradient is the same sum with x and g exchanged
+    xt = jax.random.normal(kx, (2, hw // 2, hw // 2, 8))
+    wt = jax.random.normal(kw, (4, 4, 8, 6))
+    gt = jax.random.normal(kg, (2, hw, hw, 6))
+    loss_t = lambda f: lambda x, w: jnp.sum(f(x, w, 2, 1) * gt)
+    fast = jax.grad(loss_t(layers.conv_transpose2d), argnums=(0, 1))(xt, wt)
+    ref = jax.grad(loss_t(_lax_reference), argnums=(0, 1))(xt, wt)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)

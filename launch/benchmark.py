@@ -1,0 +1,224 @@
+"""Speed of the library's training step and MSFR inference, comparable to the PyTorch reference.
+
+    python launch/benchmark.py                       # batch 512, as bench/torch_reference.py
+    python launch/benchmark.py --batch 64 --steps 3 --warmup 1 --image-size 256
+    python launch/benchmark.py --dtype bfloat16 --json out.json   # mixed precision
+
+Like `../shared/bench/torch_reference.py` it uses the Table I architecture, a memory of 500
+items, Adam(2e-4, 0.5, 0.999), one fixed batch of 64x64 patches made before timing, and MSFR
+maps of 512x512 images. It times the library's own code: the pmapped training step of
+`train.make_train_step` (stage 1, `crops_per_image=1` on 64x64 images, so the batch of
+patches is exactly the batch of images) and the jitted image-to-map function of
+`scoring.make_map_fn`; every timing is taken after warm-up and `block_until_ready`.
+Prints one JSON object (also written to `--json`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import _common  # noqa: F401  (import path)
+
+
+def cpu_seconds():
+    """(system-wide busy CPU s from /proc/stat, this process's CPU s); as the reference."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    own_s = own.ru_utime + own.ru_stime
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(t) for t in fh.readline().split()[1:9]]
+    except OSError:
+        return None, own_s
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), own_s
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn, n, stats=None):
+    """Wall seconds of n calls of `fn` (each one blocks on its result).
+
+    If `stats` is a dict, it receives this process's CPU seconds and minor page faults per
+    call (lists): CPU time is less sensitive than wall time to other processes on the cores.
+    """
+    out = []
+    for _ in range(n):
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        if stats is not None:
+            cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+            stats.setdefault("cpu_s", []).append(cpu)
+            stats.setdefault("faults", []).append(r1.ru_minflt - r0.ru_minflt)
+    return out
+
+
+def bench_train(args, jax, np):
+    from cmaae_jax import model, train
+    from configs import default
+
+    config = default.get_config()
+    config.data.image_size = 64
+    config.train.crops_per_image = 1
+    config.train.batch_size = args.batch
+    config.model.memory_size = args.memory
+    config.model.dtype = args.dtype
+    config.model.conv_impl = args.conv_impl
+    d = jax.local_device_count()
+    if args.batch % d:
+        raise SystemExit(f"--batch {args.batch} must be a multiple of the {d} local devices")
+    net = model.from_config(config)
+    state = train.init_state(config, net)
+    tx = train.make_optimizer(config, state.params, 1)
+    step_fn = train.make_train_step(config, net, 1, tx)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (d, args.batch // d, 64, 64, 3), dtype=np.uint8)
+    images = jax.pmap(lambda x: x)(images)  # on device once, sharded as the step wants
+    bank = train.replicate(jax.numpy.zeros((1, 1, 1, 3)))
+    key = train.replicate(jax.random.key(0))
+    # Replicated exactly as the step's outputs are, so the second call does not recompile
+    # (`flax.jax_utils.replicate` places it on another, equal mesh, which jit keys apart).
+    rstate = jax.pmap(lambda s: s, axis_name=train.AXIS)(train.replicate(state))
+    holder = {"state": rstate}
+
+    def one_step():
+        holder["state"], metrics = step_fn(holder["state"], images, bank, key)
+        jax.block_until_ready((holder["state"], metrics))
+        return metrics
+
+    t0 = time.perf_counter()
+    metrics = one_step()  # compiles
+    first = time.perf_counter() - t0
+    warm = timed(one_step, args.warmup)
+    stats = {}
+    steps = timed(one_step, args.steps, stats)
+    loss = float(np.asarray(holder["state"].step)[0]), float(np.asarray(metrics["loss"])[0])
+    if not np.isfinite(loss[1]):
+        raise SystemExit(f"training loss is not finite: {loss[1]}")
+    median = statistics.median(steps)
+    host = train.unreplicate_to_host(holder["state"])
+    variables = {"params": host.params, "batch_stats": host.batch_stats}
+    return (
+        net,
+        variables,
+        {
+            "train_first_step_s": first,
+            "compile_s": max(first - median, 0.0),
+            "train_steps_per_s": args.steps / sum(steps),
+            "train_patches_per_s": args.steps * args.batch / sum(steps),
+            "train_step_s_median": median,
+            "train_step_s_all": [round(t, 4) for t in steps],
+            "train_warmup_s_all": [round(t, 4) for t in warm],
+            "train_step_cpu_s_median": statistics.median(stats["cpu_s"]),
+            "train_step_page_faults_median": statistics.median(stats["faults"]),
+            "train_peak_rss_mb": peak_rss_mb(),
+        },
+    )
+
+
+def bench_infer(args, jax, np, net, variables):
+    from cmaae_jax import scoring
+
+    s = args.image_size
+    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3))
+    rng = np.random.default_rng(1)
+    out = {}
+    for label, b in (("", 1), ("_batched", args.infer_batch)):
+        if label and b <= 1:
+            continue
+        imgs = jax.numpy.asarray(rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32))
+        t0 = time.perf_counter()
+        amap = jax.block_until_ready(map_fn(variables, imgs))
+        first = time.perf_counter() - t0
+        if amap.shape != (b, s, s) or not bool(jax.numpy.isfinite(amap).all()):
+            raise SystemExit(f"MSFR map has shape {amap.shape} or non-finite values")
+        t = timed(
+            lambda imgs=imgs: jax.block_until_ready(map_fn(variables, imgs)), args.infer_images
+        )
+        ms = [1000.0 * x / b for x in t]
+        out[f"infer{label}_batch"] = b
+        out[f"infer{label}_ms_per_image_median"] = statistics.median(ms)
+        out[f"infer{label}_ms_all"] = [round(x, 1) for x in ms]
+        out[f"infer{label}_compile_s"] = first
+    return out
+
+
+def bench_gaaga(args):
+    from cmaae_jax import gaaga
+
+    if args.gaaga_batch <= 0:
+        return {}
+    ips = gaaga.benchmark(args.image_size, args.gaaga_batch, args.gaaga_steps)
+    return {"gaaga_images_per_s": ips, "gaaga_batch": args.gaaga_batch}
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=512, help="global training batch (patches)")
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps after the compiling one")
+    ap.add_argument("--memory", type=int, default=500, help="memory items N")
+    ap.add_argument("--image-size", type=int, default=512, help="MSFR / GAAGA image side")
+    ap.add_argument("--infer-images", type=int, default=4, help="timed MSFR calls")
+    ap.add_argument("--infer-batch", type=int, default=4, help="images per batched MSFR call")
+    ap.add_argument("--gaaga-batch", type=int, default=8, help="GAAGA images per call (0: skip)")
+    ap.add_argument("--gaaga-steps", type=int, default=3, help="timed GAAGA calls")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--conv-impl", default="auto", choices=("auto", "matmul", "xla"))
+    ap.add_argument("--skip-infer", action="store_true", help="training only")
+    ap.add_argument("--json", default=None, help="also write the JSON object here")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    busy0, own0 = cpu_seconds()
+    import jax
+    import numpy as np
+
+    t_import = time.perf_counter()
+    net, variables, result = bench_train(args, jax, np)
+    if not args.skip_infer:
+        result.update(bench_infer(args, jax, np, net, variables))
+    result.update(bench_gaaga(args))
+    busy1, own1 = cpu_seconds()
+    dev = jax.devices()[0]
+    head = {
+        "framework": "jax",
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "device_kind": dev.device_kind,
+        "platform": dev.platform,
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "batch": args.batch,
+        "memory_size": args.memory,
+        "image_size": args.image_size,
+        "dtype": args.dtype,
+        "conv_impl": args.conv_impl,
+        "train_steps": args.steps,
+        "warmup_steps": args.warmup,
+        "infer_images": args.infer_images,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    result = {**head, **result}
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["wall_s"] = time.perf_counter() - t_import
+    if busy0 is not None:
+        result["other_processes_cpu_s"] = round((busy1 - busy0) - (own1 - own0), 2)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,60 @@
+"""launch/benchmark.py at a tiny size: one JSON object with the documented keys, sane values."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
+
+KEYS = (
+    "train_patches_per_s",
+    "train_step_s_median",
+    "train_step_cpu_s_median",
+    "infer_ms_per_image_median",
+    "peak_rss_mb",
+    "compile_s",
+    "device_kind",
+    "device_count",
+    "gaaga_images_per_s",
+)
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    sys.path.insert(0, str(LAUNCH))
+    try:
+        import benchmark  # noqa: PLC0415 - launch/ is not a package
+    finally:
+        sys.path.remove(str(LAUNCH))
+    return benchmark
+
+
+def test_benchmark_json_has_the_keys_and_sane_values(benchmark, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = "--batch 8 --steps 1 --warmup 1 --image-size 128 --infer-images 1 --infer-batch 2"
+    argv += f" --gaaga-batch 2 --gaaga-steps 1 --memory 16 --json {out}"
+    result = benchmark.main(argv.split())
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) == json.loads(json.dumps(result))
+    for key in KEYS:
+        assert key in result, key
+    assert result["batch"] == 8 and result["image_size"] == 128
+    assert result["device_count"] >= 1 and isinstance(result["device_kind"], str)
+    assert 0 < result["train_step_s_median"] < 600
+    assert result["train_patches_per_s"] > 0
+    assert 0 <= result["compile_s"] < 600
+    assert 0 < result["infer_ms_per_image_median"] < 600_000
+    assert result["infer_batched_batch"] == 2
+    assert result["gaaga_images_per_s"] > 0
+    assert result["peak_rss_mb"] >= result["train_peak_rss_mb"] > 0
+
+
+def test_benchmark_rejects_a_batch_that_does_not_split_over_devices(benchmark):
+    import jax  # noqa: PLC0415
+
+    if jax.local_device_count() == 1:
+        pytest.skip("needs several devices")
+    with pytest.raises(SystemExit, match="multiple of"):
+        benchmark.main(["--batch", str(jax.local_device_count() + 1), "--skip-infer"])
