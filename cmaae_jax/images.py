@@ -52,7 +52,8 @@ def _open(path):
     """Opens `path` lazily (header only) and checks its declared size; returns the PIL image."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ImageError(f"{path}: file not found")
+        what = "not a regular file" if os.path.exists(path) else "file not found"
+        raise ImageError(f"{path}: {what}")
     if os.path.getsize(path) == 0:
         raise ImageError(f"{path}: file is empty (0 bytes)")
     try:
