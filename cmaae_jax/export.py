@@ -161,9 +161,10 @@ def load(path) -> ExportedMapper:
     except Exception as e:  # noqa: BLE001 - a foreign or newer serialization format
         raise ExportError(f"{path} cannot be deserialized by jax {jax.__version__}: {e}") from e
     backend = jax.default_backend()
-    if not set({"gpu": ("cuda", "rocm")}.get(backend, (backend,))) & set(exported.platforms):
+    names = {"gpu": ("cuda", "rocm")}.get(backend, (backend,))
+    if not set(names) & set(exported.platforms):
         raise ExportError(
-            f"{path} was exported for {list(exported.platforms)}, this machine runs {backend}; "
-            f"export again with --platforms including {backend}"
+            f"{path} was exported for {list(exported.platforms)}, this machine runs "
+            f"{'/'.join(names)}; export again with --platforms including {names[0]}"
         )
     return ExportedMapper(exported, meta)
