@@ -137,7 +137,15 @@ class Sampler:
 
 
 def replicate(tree):
-    return flax.jax_utils.replicate(tree)
+    """Copies `tree` onto every local device, in the layout the pmapped step returns.
+
+    `flax.jax_utils.replicate` places arrays on an equal but differently keyed device mesh, so
+    feeding its output and then the step's own output would compile the step twice.
+    """
+    return _same_layout(flax.jax_utils.replicate(tree))
+
+
+_same_layout = jax.pmap(lambda x: x, axis_name=AXIS)
 
 
 def unreplicate_to_host(tree):

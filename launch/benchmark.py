@@ -83,9 +83,7 @@ def bench_train(args, jax, np):
     images = jax.pmap(lambda x: x)(images)  # on device once, sharded as the step wants
     bank = train.replicate(jax.numpy.zeros((1, 1, 1, 3)))
     key = train.replicate(jax.random.key(0))
-    # Replicated exactly as the step's outputs are, so the second call does not recompile
-    # (`flax.jax_utils.replicate` places it on another, equal mesh, which jit keys apart).
-    rstate = jax.pmap(lambda s: s, axis_name=train.AXIS)(train.replicate(state))
+    rstate = train.replicate(state)  # in the step's own layout: the second call reuses it
     holder = {"state": rstate}
 
     def one_step():
