@@ -3,7 +3,9 @@
     python launch/train.py --config configs/demo.py --workdir runs/demo
 
 Generates the texture tree under runs/demo_data, trains both stages and evaluates, in under
-10 minutes on a 2-core CPU. Metrics land in runs/demo/eval/metrics.json.
+10 minutes on a 2-core CPU. Metrics land in runs/demo/eval/metrics.json. Measured (2 cores,
+quiet): 4 min 47 s in all; pixel F1 0.564 (label-free threshold), best F1 0.696, pixel AUROC
+0.995, image AUROC 0.933.
 """
 
 from configs import default
