@@ -234,7 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         tx = make_optimizer(config, state.params, stage)
         step_fn = make_train_step(config, net, stage, tx)
         if stage == 2 and bank is None:
-            bank = replicate(images.to_float(natural_bank(config)))
+            bank = replicate(natural_bank(config))  # uint8: 4x less device memory than float
         bank_arg = bank if stage == 2 else replicate(jnp.zeros((1, 1, 1, 3)))
         rstate = replicate(state)
         if jax.process_count() > 1:
