@@ -3,6 +3,7 @@
 The threshold is the `eval.threshold_quantile` quantile of the anomaly scores of held-out
 normal training images (`eval.val_fraction` of train/good): no defect label is used to pick
 it, so `pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
+`per_type` repeats the metrics for each defect type (its images and all normal test images).
 """
 
 import json
@@ -45,10 +46,14 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     out = pathlib.Path(workdir) / "eval"
     (out / "pictures").mkdir(parents=True, exist_ok=True)
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
+    defective = [t for t, label in zip(test.defect_types, test.labels, strict=True) if label]
+    per_type = metrics.PerTypeAccumulator(defective, thresholds=(threshold,))
     primary = jax.process_index() == 0  # every process scores; only the primary writes
     written = 0 if primary else config.eval.max_pictures
     for lo, maps in scorer.batches(test.images):
-        acc.update(maps, test.masks[lo : lo + len(maps)])
+        hi = lo + len(maps)
+        acc.update(maps, test.masks[lo:hi])
+        per_type.update(maps, test.masks[lo:hi], test.defect_types[lo:hi], test.labels[lo:hi])
         for j, amap in enumerate(maps):
             i = lo + j
             if test.labels[i] == 1 and written < config.eval.max_pictures:
@@ -77,6 +82,10 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         threshold_rule=f"quantile {config.eval.threshold_quantile} of held-out normal pixel scores",
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
+        per_type={
+            name: {k: r[k] for k in (*REQUIRED_KEYS, "num_images", "num_positive_pixels")}
+            for name, r in per_type.result(threshold).items()
+        },
     )
     if primary:
         (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))

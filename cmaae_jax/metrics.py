@@ -282,3 +282,34 @@ def threshold_from_normal(
     if value <= scores.min():
         value = np.nextafter(value, np.float32(np.inf))
     return float(value)
+
+
+class PerTypeAccumulator:
+    """Per-defect-type metrics: one `PixelAccumulator` per defect type, fed that type's images
+    and every normal image (label 0), as MVTec-style per-category tables do within a dataset.
+
+    Pooled pixel metrics weigh a defect type by its pixel count, so types with large defects
+    (e.g. magnetic tile's `uneven`, 24% of their pixels) dominate them; this keeps small-defect
+    types visible.
+    """
+
+    def __init__(self, defect_types, thresholds=(), max_bins: int = 1 << 18):
+        """`defect_types`: the names of the defective types (repeats are fine)."""
+        self.accs = {
+            t: PixelAccumulator(thresholds=thresholds, max_bins=max_bins)
+            for t in sorted(set(defect_types))
+        }
+
+    def update(self, maps, masks, defect_types, labels) -> None:
+        """Maps and masks [N,H,W]; `defect_types` N names; `labels` N (0 normal, 1 defective)."""
+        defect_types, labels = np.asarray(defect_types), np.asarray(labels)
+        if not len(defect_types) == len(labels) == len(maps):
+            raise ValueError("maps, defect_types and labels need the same length")
+        for name, acc in self.accs.items():
+            keep = (labels == 0) | (defect_types == name)
+            if keep.any():
+                acc.update(np.asarray(maps)[keep], np.asarray(masks)[keep])
+
+    def result(self, threshold: float | None = None) -> dict:
+        """{type: PixelAccumulator.result(threshold) of that type's images + normal images}."""
+        return {name: acc.result(threshold) for name, acc in self.accs.items()}

@@ -8,7 +8,7 @@ Each variant is a set of config overrides of the base config. Variants marked "e
 scored from another variant's checkpoints (symlinked, not retrained) with other score fields.
 A run whose `eval/metrics.json` exists is skipped, so an interrupted study resumes where it
 stopped. Results (per run, and mean +- std over seeds) go to `<workdir_root>/results.json`
-and a markdown table is printed.
+and markdown tables are printed: pooled metrics, then each metric per defect type.
 """
 
 import copy
@@ -92,6 +92,7 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
         "trained_by": source or name,
         "steps": [config.train.stage1_steps, config.train.stage2_steps],
         **{k: result[k] for k in (*KEYS, "pixel_ap", "eval_seconds", "threshold")},
+        "per_type": {t: {k: r[k] for k in KEYS} for t, r in result.get("per_type", {}).items()},
     }
     record_path.write_text(json.dumps(record, indent=2))
     return record
@@ -158,6 +159,20 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def type_table(records: list[dict], key: str = "pixel_auroc") -> str:
+    """Markdown table of `key` per variant (rows, mean over seeds) and defect type (columns)."""
+    types = sorted({t for r in records for t in r.get("per_type", {})})
+    if not types:
+        return ""
+    lines = ["| variant | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 1)]
+    for name in VARIANTS:
+        rs = [r for r in records if r["variant"] == name and r.get("per_type")]
+        if rs:
+            vals = [np.mean([r["per_type"][t][key] for r in rs]) for t in types]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     base = _CONFIG.value
@@ -178,6 +193,9 @@ def main(argv):
     summary = summarize(records)
     (root / "results.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=2))
     print(table(summary))
+    for key in ("pixel_auroc", "pixel_f1_max", "pixel_aupro", "image_auroc"):
+        if per_type := type_table(records, key):
+            print(f"\n{key} per defect type (its images and every normal test image)\n{per_type}")
 
 
 if __name__ == "__main__":

@@ -344,3 +344,24 @@ def test_invalid_inputs():
     assert math.isnan(out["image_auroc"]) and out["pixel_f1"] == 0.0  # 0 TP, 32 FP
     none = metrics.evaluate_maps(np.ones((1, 2, 2)), np.zeros((1, 2, 2), np.uint8), threshold=2)
     assert math.isnan(none["pixel_f1"]) and none["precision"] == 0.0  # 0 / 0
+
+
+def test_per_type_metrics_use_that_type_and_every_normal_image():
+    maps, masks = random_case(4, n=7, size=10)
+    labels = masks.reshape(len(masks), -1).any(1).astype(int)
+    names = ["a" if i % 2 else "b" for i in range(len(labels))]
+    names = [n if y else "good" for n, y in zip(names, labels, strict=True)]
+    acc = metrics.PerTypeAccumulator([n for n in names if n != "good"], thresholds=(0.5,))
+    for lo in (0, 3):  # two streamed batches
+        hi = 7 if lo else 3
+        acc.update(maps[lo:hi], masks[lo:hi], names[lo:hi], labels[lo:hi])
+    out = acc.result(0.5)
+    assert sorted(out) == ["a", "b"]
+    for name in ("a", "b"):
+        keep = [i for i, n in enumerate(names) if n in (name, "good")]
+        want = brute_all(maps[keep], masks[keep])
+        for key in ("pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc"):
+            assert out[name][key] == pytest.approx(want[key], abs=1e-9), (name, key)
+        tp, fp, fn = brute_confusion(maps[keep], masks[keep], 0.5)
+        assert out[name]["pixel_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+        assert out[name]["num_images"] == len(keep)

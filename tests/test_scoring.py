@@ -153,12 +153,12 @@ def test_pmapped_map_fn_equals_jitted_on_a_ragged_batch(setup):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * float(jnp.max(want)))
 
 
-def test_map_fn_uses_native_convs_unless_told_to_keep_the_models(setup):
+def test_map_fn_keeps_the_models_convs_unless_told_otherwise(setup):
     # Numerical equality of the two implementations is tests/test_layers.py's business.
     _, variables, images = setup
     m = model.CMAAE(memory_size=16, impl="matmul")
-    kept = str(jax.make_jaxpr(scoring.make_map_fn(m, "msfr", impl=None))(variables, images))
-    native = str(jax.make_jaxpr(scoring.make_map_fn(m, "msfr"))(variables, images))
+    kept = str(jax.make_jaxpr(scoring.make_map_fn(m, "msfr"))(variables, images))
+    native = str(jax.make_jaxpr(scoring.make_map_fn(m, "msfr", impl="xla"))(variables, images))
     # The CPU ("matmul") layers carry custom VJPs; the native ones are plain lax convolutions.
     assert "custom_vjp" in kept
     assert "custom_vjp" not in native and "conv_general_dilated" in native
