@@ -60,6 +60,49 @@ def timed(fn, n, stats=None):
     return out
 
 
+def conv_macs(image_side: int, encoder_layers: int | None = None, latent_dim: int = 512):
+    """Multiply-accumulates of the convolutions (Table I) for one square input, by layer walk.
+
+    Counts useful MACs only (a transposed conv: input pixels x cin x cout x k^2); the memory,
+    the gates and BatchNorm (< 2% of the total) are left out. `encoder_layers` None: the
+    whole network on a 64x64 patch (encoder + decoder); otherwise the first that many encoder
+    layers on an `image_side` image (MSFR features).
+    """
+    from cmaae_jax import model
+
+    macs, side, cin = 0, image_side, 3
+    for f, k, stride, pad, _, _ in model.ENCODER[: encoder_layers or len(model.ENCODER)]:
+        cout = f or latent_dim
+        side = (side + 2 * pad - k) // stride + 1
+        macs += side * side * cout * k * k * cin
+        cin = cout
+    if encoder_layers is None:
+        for cout, k, stride, pad in model.DECODER:
+            macs += side * side * cin * cout * k * k
+            side = (side - 1) * stride - 2 * pad + k
+            cin = cout
+    return macs
+
+
+def model_gflop(args):
+    """Useful GFLOP (2 x MACs) of one training step and of one MSFR map (what both codes do)."""
+    patch = 2 * conv_macs(64)
+    # training: forward, input gradient and weight gradient each cost one forward's MACs
+    train = 3 * patch * args.batch
+    s = args.image_size
+    msfr = patch * (s // 64) ** 2 + 2 * 2 * conv_macs(s, encoder_layers=3)
+    return {"train_step_gflop": train / 1e9, "msfr_gflop_per_image": msfr / 1e9}
+
+
+def matmul_gflops(jax, np, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate (median of `repeats` n x n x n products), GFLOP/s."""
+    a = jax.numpy.ones((n, n), jax.numpy.float32)
+    dot = jax.jit(jax.numpy.dot)
+    jax.block_until_ready(dot(a, a))
+    t = timed(lambda: jax.block_until_ready(dot(a, a)), repeats)
+    return 2.0 * n**3 / statistics.median(t) / 1e9
+
+
 def bench_train(args, jax, np):
     from cmaae_jax import model, train
     from configs import default
@@ -186,6 +229,12 @@ def main(argv=None):
     if not args.skip_infer:
         result.update(bench_infer(args, jax, np, net, variables))
     result.update(bench_gaaga(args))
+    result.update(model_gflop(args))
+    result["matmul_f32_gflops"] = matmul_gflops(jax, np)
+    result["train_gflops"] = result["train_step_gflop"] / result["train_step_s_median"]
+    if "infer_ms_per_image_median" in result:
+        ms = result["infer_ms_per_image_median"]
+        result["msfr_gflops"] = result["msfr_gflop_per_image"] / (ms / 1000.0)
     busy1, own1 = cpu_seconds()
     dev = jax.devices()[0]
     head = {

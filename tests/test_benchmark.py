@@ -18,6 +18,11 @@ KEYS = (
     "device_kind",
     "device_count",
     "gaaga_images_per_s",
+    "train_step_gflop",
+    "msfr_gflop_per_image",
+    "matmul_f32_gflops",
+    "train_gflops",
+    "msfr_gflops",
 )
 
 
@@ -58,3 +63,28 @@ def test_benchmark_rejects_a_batch_that_does_not_split_over_devices(benchmark):
         pytest.skip("needs several devices")
     with pytest.raises(SystemExit, match="multiple of"):
         benchmark.main(["--batch", str(jax.local_device_count() + 1), "--skip-infer"])
+
+
+def test_conv_macs_by_hand(benchmark):
+    # Table I on a 64x64 patch, MACs = output pixels x cout x k*k x cin, layer by layer:
+    encoder = (
+        32 * 32 * 32 * 16 * 3  # conv1 4x4 s2: 64 -> 32
+        + 32 * 32 * 32 * 9 * 32  # conv2 3x3 s1
+        + 16 * 16 * 64 * 16 * 32  # conv3: 32 -> 16
+        + 8 * 8 * 128 * 16 * 64  # conv4: 16 -> 8
+        + 4 * 4 * 256 * 16 * 128  # conv5: 8 -> 4
+        + 1 * 1 * 512 * 16 * 256  # conv6 4x4 valid: 4 -> 1
+    )
+    # transposed convs, MACs = input pixels x cin x cout x k*k:
+    decoder = (
+        1 * 512 * 256 * 16  # 1 -> 4
+        + 16 * 256 * 128 * 16  # 4 -> 8
+        + 64 * 128 * 64 * 16  # 8 -> 16
+        + 256 * 64 * 32 * 16  # 16 -> 32
+        + 1024 * 32 * 32 * 9  # 3x3 stride 1 at 32x32
+        + 1024 * 32 * 3 * 16  # 32 -> 64
+    )
+    assert benchmark.conv_macs(64) == encoder + decoder == 2 * 38_273_024
+    # MSFR features: encoder layers 1-3 on a 512x512 image.
+    feats = 256 * 256 * 32 * 48 + 256 * 256 * 32 * 288 + 128 * 128 * 64 * 512
+    assert benchmark.conv_macs(512, encoder_layers=3) == feats
