@@ -1,0 +1,54 @@
+"""Non-learned baselines: hand-computed maps, and perfect detection of planted dark spots."""
+
+import numpy as np
+import pytest
+
+from cmaae_jax import baselines, datasets
+
+
+def _split(images, masks, kinds):
+    labels = np.array([k != "good" for k in kinds], np.int32)
+    return datasets.Split(images, masks, labels, [f"{i}.png" for i in range(len(kinds))], kinds)
+
+
+def test_mean_image_by_hand():
+    train = np.stack([np.full((2, 2, 3), 100, np.uint8), np.full((2, 2, 3), 200, np.uint8)])
+    img = np.full((1, 2, 2, 3), 51, np.uint8)
+    img[0, 0, 1] = (0, 255, 255)  # grey 170
+    got = baselines.mean_image(img, train)
+    want = np.abs(np.array([[[51, 170], [51, 51]]]) - 150) / 255.0
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_local_contrast_of_a_flat_image_is_zero_and_peaks_at_a_spot():
+    img = np.full((1, 16, 16, 3), 120, np.uint8)
+    assert np.abs(baselines.local_contrast(img, 2.0)).max() == pytest.approx(0.0, abs=1e-6)
+    img[0, 5, 9] = 20
+    m = baselines.local_contrast(img, 2.0)[0]
+    assert np.unravel_index(np.argmax(m), m.shape) == (5, 9)
+    assert m[5, 9] < 100 / 255.0  # the blur keeps part of the spot in its own neighbourhood
+
+
+def test_evaluate_finds_planted_spots_and_reports_per_type():
+    rng = np.random.default_rng(0)
+    n, s = 12, 32
+    kinds = ["good"] * 6 + ["spot"] * 3 + ["line"] * 3
+    imgs = (120 + rng.integers(-3, 4, (n, s, s, 1))).repeat(3, -1).astype(np.uint8)
+    masks = np.zeros((n, s, s), np.uint8)
+    for i in range(6, 9):
+        imgs[i, 10:13, 10:13], masks[i, 10:13, 10:13] = 30, 1
+    for i in range(9, 12):
+        imgs[i, 20, 4:28], masks[i, 20, 4:28] = 30, 1
+    normal = (120 + rng.integers(-3, 4, (8, s, s, 1))).repeat(3, -1).astype(np.uint8)
+    zeros = np.zeros((8, s, s), np.uint8)
+    splits = {
+        "train": _split(normal, zeros, ["good"] * 8),
+        "val": _split(normal[:4], zeros[:4], ["good"] * 4),
+        "test": _split(imgs, masks, kinds),
+    }
+    r = baselines.evaluate(splits, "local_contrast", sigma=2.0, quantile=0.99)
+    assert r["pixel_auroc"] > 0.99 and r["image_auroc"] == 1.0
+    assert sorted(r["per_type"]) == ["line", "spot"]
+    assert all(t["num_images"] == 9 for t in r["per_type"].values())  # 3 defective + 6 good
+    with pytest.raises(ValueError, match="baseline method"):
+        baselines.evaluate(splits, "nope")
