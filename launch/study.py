@@ -68,9 +68,14 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
 
     workdir = root / name / f"seed{seed}"
     record_path = workdir / "study.json"
-    if (workdir / "eval" / "metrics.json").exists() and record_path.exists():
-        return json.loads(record_path.read_text())
     config = variant_config(base, name, seed)
+    if (workdir / "eval" / "metrics.json").exists() and record_path.exists():
+        record = json.loads(record_path.read_text())
+        if "per_type" not in record:  # a record from before per-type metrics: score again
+            result = evaluate.evaluate(config, str(workdir))
+            record["per_type"] = {t: {k: r[k] for k in KEYS} for t, r in result["per_type"].items()}
+            record_path.write_text(json.dumps(record, indent=2))
+        return record
     source = VARIANTS[name][2]
     train_s = 0.0
     if source is None:

@@ -1,0 +1,44 @@
+"""launch/study.py's pure parts: variant overrides and the per-defect-type table."""
+
+import pathlib
+import sys
+
+import pytest
+
+LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
+
+
+@pytest.fixture(scope="module")
+def study():
+    sys.path.insert(0, str(LAUNCH))
+    try:
+        import study  # noqa: PLC0415 - launch/ is not a package
+    finally:
+        sys.path.remove(str(LAUNCH))
+    return study
+
+
+def test_variant_config_overrides(study):
+    from configs import study as study_config  # noqa: PLC0415
+
+    base = study_config.get_config()
+    one = study.variant_config(base, "one_stage", 3)
+    assert one.train.seed == 3 and one.train.stage2_steps == 0
+    assert one.train.stage1_steps == base.train.stage1_steps + base.train.stage2_steps
+    pix = study.variant_config(base, "ae_pixel", 0)  # scored from the ae checkpoints
+    assert (pix.model.variant, pix.score.method) == ("ae", "pixel")
+    assert base.model.variant == "cmam" and base.train.seed != 3  # base untouched
+
+
+def test_type_table_means_over_seeds(study):
+    def rec(variant, seed, blow, crack):
+        keys = dict.fromkeys(study.KEYS, 0.0)
+        per = {"blowhole": {**keys, "pixel_auroc": blow}, "crack": {**keys, "pixel_auroc": crack}}
+        return {"variant": variant, "seed": seed, "per_type": per}
+
+    records = [rec("ae", 0, 0.5, 0.7), rec("full", 0, 0.8, 0.6), rec("full", 1, 0.9, 0.4)]
+    lines = study.type_table(records).splitlines()
+    assert lines[0] == "| variant | blowhole | crack |"
+    assert lines[2] == "| full | 0.850 | 0.500 |"  # VARIANTS order: full before ae
+    assert lines[3] == "| ae | 0.500 | 0.700 |"
+    assert study.type_table([{"variant": "full", "seed": 0}]) == ""
