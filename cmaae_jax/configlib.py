@@ -94,6 +94,8 @@ def validate(config, num_devices: int | None = None):
         "procedural, dir:PATH or tfds:NAME",
     )
     _check(s.method in ("msfr", "pixel"), "score.method", s.method, "msfr or pixel")
+    normalize = s.get("normalize", "none")
+    _check(normalize in ("none", "median"), "score.normalize", normalize, "none or median")
     scales = tuple(s.scales)
     _check(
         len(scales) > 0 and all(x in (1, 2, 3) for x in scales),

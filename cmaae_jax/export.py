@@ -41,11 +41,12 @@ def export_map_fn(config, variables, batch: int, platforms=None):
 
     net = model.from_config(config)
     method, scales = config.score.method, tuple(config.score.scales)
+    normalize = config.score.get("normalize", "none")
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
 
     def image_to_map(images_BxSxSx3):
-        return scoring.anomaly_maps(net, variables, images_BxSxSx3, method, scales)[0]
+        return scoring.anomaly_maps(net, variables, images_BxSxSx3, method, scales, normalize)[0]
 
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
@@ -70,6 +71,7 @@ def save(path, config, variables, threshold: float, batch: int = 1, platforms=No
         "batch": batch,
         "method": config.score.method,
         "scales": list(config.score.scales),
+        "normalize": config.score.get("normalize", "none"),
         "platforms": list(exported.platforms),
         "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
         "input_scaling": SCALING,

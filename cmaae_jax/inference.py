@@ -49,7 +49,11 @@ class Scorer:
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
         self.fn = scoring.make_map_fn(
-            self.net, config.score.method, tuple(config.score.scales), pmapped
+            self.net,
+            config.score.method,
+            tuple(config.score.scales),
+            pmapped,
+            normalize=config.score.get("normalize", "none"),
         )
         self.variables = scoring.replicate(variables) if pmapped else variables
 

@@ -62,6 +62,7 @@ def get_config():
     c.score = ml_collections.ConfigDict()
     c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline)
     c.score.scales = (1, 2, 3)  # encoder layers used by MSFR
+    c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
     c.score.batch_images = 8  # images scored per device per call
 
     c.eval = ml_collections.ConfigDict()

@@ -120,6 +120,14 @@ def test_anomaly_maps_methods(setup):
     np.testing.assert_allclose(scoring.make_map_fn(m, "pixel")(variables, images), want, atol=1e-6)
     amap = scoring.make_map_fn(m, "msfr", (2,))(variables, images)
     np.testing.assert_allclose(amap, _msfr(m, variables, images, rec, (2,)), rtol=1e-5)
+    # median normalisation: each image's map over its own median (numpy's, per image)
+    normed = scoring.make_map_fn(m, "pixel", normalize="median")(variables, images)
+    np.testing.assert_allclose(
+        normed, want / np.median(want, axis=(1, 2), keepdims=True), rtol=1e-5
+    )
+    assert not np.allclose(normed, want)
+    with pytest.raises(ValueError, match="score.normalize"):
+        scoring.make_map_fn(m, "pixel", normalize="mean")
 
 
 @pytest.mark.parametrize("scales", [(), (0,), (4,), (1, 1), (1.5,)])

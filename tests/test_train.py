@@ -95,6 +95,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("data__image_size", 100),
         ("model__variant", "lstm"),
         ("score__scales", (4,)),
+        ("score__normalize", "mean"),
         ("eval__val_fraction", 1.5),
     ],
 )
