@@ -124,8 +124,15 @@ def _conv_fwd(x, kernel, stride, padding):
 
 def _conv_bwd(stride, padding, res, g):
     x, kernel = res
-    _, x_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)
-    (dx,) = x_vjp(g)
+    _, h, w, _ = x.shape
+    if (kernel.shape[0], stride, padding) == (4, 2, 1) and h % 2 == 0 and w % 2 == 0:
+        # The input gradient of a stride-2 conv is the transposed conv of g with the kernel's
+        # cin/cout exchanged; sub-pixel, it is four small stride-1 convs instead of XLA's conv
+        # over a zero-dilated g.
+        dx = _subpixel_k4s2p1(g, _swap_io(kernel))
+    else:
+        _, x_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)
+        (dx,) = x_vjp(g)
     dw = _weight_grad(x, g, kernel.shape[0], stride, padding)
     return dx, dw.astype(kernel.dtype)
 

@@ -42,6 +42,12 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "one_stage": ("stage 1 only, same total steps", {"one_stage": True}, None),
     "mam": ("MAM (MemAE memory) in place of CMAM", {"model.variant": "mam"}, None),
     "cat": ("concatenation + dense in place of the gates", {"model.variant": "cat"}, None),
+    "full_median": ("full model, each map over its median", {"score.normalize": "median"}, "full"),
+    "ae_pixel_median": (
+        "plain auto-encoder, pixel residual, each map over its median",
+        {"score.method": "pixel", "score.normalize": "median"},
+        "ae",
+    ),
 }
 KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
 
