@@ -11,6 +11,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that configs can `from configs import default`
 
 
+def set_cpu_devices(n: int):
+    """Splits the CPU into `n` virtual JAX devices (0: JAX's default, one device).
+
+    The training step is pmapped, so each virtual device runs its share of the batch; the
+    shares run concurrently and keep both cores busy where one program leaves one idle
+    (BENCHMARKS.md). Must run before any JAX computation; other backends are unaffected.
+    """
+    if n < 0:
+        print(f"error: --cpu_devices={n}: must be >= 0", file=sys.stderr)
+        sys.exit(2)
+    if n:
+        import jax  # noqa: PLC0415
+
+        jax.config.update("jax_num_cpu_devices", n)
+
+
 def maybe_initialize_distributed(coordinator: str, num_processes: int, process_id: int):
     """`jax.distributed.initialize` for a multi-process launch (flags or JAX_* env)."""
     import jax  # noqa: PLC0415

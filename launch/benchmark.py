@@ -213,6 +213,7 @@ def parse(argv):
     ap.add_argument("--gaaga-steps", type=int, default=3, help="timed GAAGA calls")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--conv-impl", default="auto", choices=("auto", "matmul", "xla"))
+    ap.add_argument("--cpu-devices", type=int, default=0, help="virtual CPU devices (0: one)")
     ap.add_argument("--skip-infer", action="store_true", help="training only")
     ap.add_argument("--json", default=None, help="also write the JSON object here")
     return ap.parse_args(argv)
@@ -221,6 +222,7 @@ def parse(argv):
 def main(argv=None):
     args = parse(argv)
     busy0, own0 = cpu_seconds()
+    _common.set_cpu_devices(args.cpu_devices)
     import jax
     import numpy as np
 

@@ -31,6 +31,7 @@ _PICTURES = flags.DEFINE_list(
     "picture_variants", ["full", "ae_pixel"], "Variants that get per-defect-type overlays."
 )
 _PER_TYPE = flags.DEFINE_integer("pictures_per_type", 2, "Overlays per defect type.")
+_CPU = flags.DEFINE_integer("cpu_devices", 0, "Virtual CPU devices (0: JAX's default).")
 
 # name -> (description, overrides, variant whose checkpoints are evaluated or None)
 VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
@@ -186,6 +187,7 @@ def type_table(records: list[dict], key: str = "pixel_auroc") -> str:
 
 def main(argv):
     del argv
+    _common.set_cpu_devices(_CPU.value)
     base = _CONFIG.value
     root = pathlib.Path(_ROOT.value)
     names = _VARIANTS.value or list(VARIANTS)

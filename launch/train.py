@@ -20,11 +20,13 @@ _EVAL = flags.DEFINE_bool("evaluate", True, "Evaluate after training.")
 _COORD = flags.DEFINE_string("coordinator", "", "Multi-host: coordinator address host:port.")
 _NPROC = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 _PID = flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
+_CPU = flags.DEFINE_integer("cpu_devices", 0, "Virtual CPU devices (0: JAX's default).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     del argv
+    _common.set_cpu_devices(_CPU.value)
     _common.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     with _common.user_errors():
         if _EVAL.value:

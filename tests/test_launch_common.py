@@ -1,0 +1,34 @@
+"""launch/_common.py: virtual CPU devices, set in a fresh process (before JAX starts)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _python(code):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # not the tests' 4 devices
+    return subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, 'launch'); import _common; {code}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cpu_devices_splits_the_cpu():
+    proc = _python("_common.set_cpu_devices(3); import jax; print(jax.local_device_count())")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "3"
+    proc = _python("_common.set_cpu_devices(0); import jax; print(jax.local_device_count())")
+    assert proc.stdout.split()[-1] == "1"
+
+
+def test_negative_cpu_devices_is_one_clear_line():
+    proc = _python("_common.set_cpu_devices(-1)")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --cpu_devices=-1: must be >= 0"
