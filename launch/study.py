@@ -43,6 +43,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "one_stage": ("stage 1 only, same total steps", {"one_stage": True}, None),
     "mam": ("MAM (MemAE memory) in place of CMAM", {"model.variant": "mam"}, None),
     "cat": ("concatenation + dense in place of the gates", {"model.variant": "cat"}, None),
+    "dot": (
+        "dot-product addressing (MemAE's code) in place of cosine",
+        {"model.similarity": "dot"},
+        None,
+    ),
     "full_median": ("full model, each map over its median", {"score.normalize": "median"}, "full"),
     "ae_pixel_median": (
         "plain auto-encoder, pixel residual, each map over its median",
