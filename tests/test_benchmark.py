@@ -1,12 +1,9 @@
 """launch/benchmark.py at a tiny size: one JSON object with the documented keys, sane values."""
 
 import json
-import pathlib
-import sys
 
+import conftest
 import pytest
-
-LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
 
 KEYS = (
     "train_patches_per_s",
@@ -28,12 +25,7 @@ KEYS = (
 
 @pytest.fixture(scope="module")
 def benchmark():
-    sys.path.insert(0, str(LAUNCH))
-    try:
-        import benchmark  # noqa: PLC0415 - launch/ is not a package
-    finally:
-        sys.path.remove(str(LAUNCH))
-    return benchmark
+    return conftest.launch_module("benchmark")
 
 
 def test_benchmark_json_has_the_keys_and_sane_values(benchmark, tmp_path, capsys):

@@ -1,21 +1,12 @@
 """launch/study.py's pure parts: variant overrides and the per-defect-type table."""
 
-import pathlib
-import sys
-
+import conftest
 import pytest
-
-LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
 
 
 @pytest.fixture(scope="module")
 def study():
-    sys.path.insert(0, str(LAUNCH))
-    try:
-        import study  # noqa: PLC0415 - launch/ is not a package
-    finally:
-        sys.path.remove(str(LAUNCH))
-    return study
+    return conftest.launch_module("study")
 
 
 def test_variant_config_overrides(study):
