@@ -9,7 +9,9 @@ items, Adam(2e-4, 0.5, 0.999), one fixed batch of 64x64 patches made before timi
 maps of 512x512 images. It times the library's own code: the pmapped training step of
 `train.make_train_step` (stage 1, `crops_per_image=1` on 64x64 images, so the batch of
 patches is exactly the batch of images) and the jitted image-to-map function of
-`scoring.make_map_fn`; every timing is taken after warm-up and `block_until_ready`.
+`scoring.make_map_fn`; every timing is taken after warm-up and `block_until_ready`. On a
+CPU the step runs on `--cpu-devices` virtual devices, by default the same number
+`launch/train.py` uses (`local_device_count` in the output).
 Prints one JSON object (also written to `--json`).
 """
 
@@ -214,7 +216,9 @@ def parse(argv):
     ap.add_argument("--gaaga-steps", type=int, default=3, help="timed GAAGA calls")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--conv-impl", default="auto", choices=("auto", "matmul", "xla"))
-    ap.add_argument("--cpu-devices", type=int, default=0, help="virtual CPU devices (0: one)")
+    ap.add_argument(
+        "--cpu-devices", type=int, default=-1, help="virtual CPU devices (0: one; -1: auto)"
+    )
     ap.add_argument("--skip-infer", action="store_true", help="training only")
     ap.add_argument("--json", default=None, help="also write the JSON object here")
     return ap.parse_args(argv)

@@ -31,7 +31,9 @@ _PICTURES = flags.DEFINE_list(
     "picture_variants", ["full", "ae_pixel"], "Variants that get per-defect-type overlays."
 )
 _PER_TYPE = flags.DEFINE_integer("pictures_per_type", 2, "Overlays per defect type.")
-_CPU = flags.DEFINE_integer("cpu_devices", 0, "Virtual CPU devices (0: JAX's default).")
+_CPU = flags.DEFINE_integer(
+    "cpu_devices", -1, "Virtual CPU devices (0: one, JAX's default; -1: auto, see _common)."
+)
 
 # name -> (description, overrides, variant whose checkpoints are evaluated or None)
 VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
