@@ -65,7 +65,8 @@ def validate(config, num_devices: int | None = None):
             "train.batch_size",
             t.batch_size,
             f"gives {images} images per step (batch_size / crops_per_image), which does not "
-            f"divide over {num_devices} devices",
+            f"divide over {num_devices} devices (on a CPU, launch/train.py --cpu_devices=N "
+            f"sets their number; 0 for one)",
         )
     _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
     _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b1/b2", (t.b1, t.b2), "must be in [0, 1)")
