@@ -45,8 +45,7 @@ def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999) -
     threshold = metrics.threshold_from_normal(maps(method, val.images, train, sigma), quantile)
     test_maps = maps(method, test.images, train, sigma)
     result = metrics.evaluate_maps(test_maps, test.masks, threshold)
-    defective = [t for t, label in zip(test.defect_types, test.labels, strict=True) if label]
-    per_type = metrics.PerTypeAccumulator(defective, thresholds=(threshold,))
+    per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     per_type.update(test_maps, test.masks, test.defect_types, test.labels)
     result["per_type"] = per_type.result(threshold)
     return result

@@ -46,8 +46,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     out = pathlib.Path(workdir) / "eval"
     (out / "pictures").mkdir(parents=True, exist_ok=True)
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
-    defective = [t for t, label in zip(test.defect_types, test.labels, strict=True) if label]
-    per_type = metrics.PerTypeAccumulator(defective, thresholds=(threshold,))
+    per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     primary = jax.process_index() == 0  # every process scores; only the primary writes
     written = 0 if primary else config.eval.max_pictures
     for lo, maps in scorer.batches(test.images):

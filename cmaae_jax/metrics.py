@@ -293,22 +293,23 @@ class PerTypeAccumulator:
     types visible.
     """
 
-    def __init__(self, defect_types, thresholds=(), max_bins: int = 1 << 18):
-        """`defect_types`: the names of the defective types (repeats are fine)."""
+    def __init__(self, defect_types, labels, thresholds=(), max_bins: int = 1 << 18):
+        """One accumulator per type name that a defective image (label 1) carries."""
+        names = {t for t, label in zip(defect_types, labels, strict=True) if label}
         self.accs = {
-            t: PixelAccumulator(thresholds=thresholds, max_bins=max_bins)
-            for t in sorted(set(defect_types))
+            t: PixelAccumulator(thresholds=thresholds, max_bins=max_bins) for t in sorted(names)
         }
 
     def update(self, maps, masks, defect_types, labels) -> None:
         """Maps and masks [N,H,W]; `defect_types` N names; `labels` N (0 normal, 1 defective)."""
+        maps, masks = np.asarray(maps), np.asarray(masks)
         defect_types, labels = np.asarray(defect_types), np.asarray(labels)
         if not len(defect_types) == len(labels) == len(maps):
             raise ValueError("maps, defect_types and labels need the same length")
         for name, acc in self.accs.items():
             keep = (labels == 0) | (defect_types == name)
             if keep.any():
-                acc.update(np.asarray(maps)[keep], np.asarray(masks)[keep])
+                acc.update(maps[keep], masks[keep])
 
     def result(self, threshold: float | None = None) -> dict:
         """{type: PixelAccumulator.result(threshold) of that type's images + normal images}."""

@@ -40,7 +40,7 @@ def _check_scales(scales) -> tuple[int, ...]:
     return tuple(int(s) for s in scales)
 
 
-def _check_method(method: str, normalize: str = "none"):
+def _check_score_options(method: str, normalize: str = "none"):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
     if normalize not in NORMALIZE:
@@ -116,7 +116,7 @@ def anomaly_maps(
     model, variables, images_BxHxWx3: Array, method="msfr", scales=(1, 2, 3), normalize="none"
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3])."""
-    _check_method(method, normalize)
+    _check_score_options(method, normalize)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
     rec = reconstruct(model, variables, images_BxHxWx3)
     if method == "pixel":
@@ -146,7 +146,7 @@ def make_map_fn(
         312 ms, measured side by side).
       normalize: `none` or `median` (see `normalize_maps`).
     """
-    _check_method(method, normalize)
+    _check_score_options(method, normalize)
     scales = _check_scales(scales)
     if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)

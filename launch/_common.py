@@ -36,6 +36,15 @@ def set_cpu_devices(n: int):
         jax.config.update("jax_num_cpu_devices", n)
 
 
+def define_cpu_devices_flag():
+    """The absl flag `--cpu_devices` of the training entry points (see `set_cpu_devices`)."""
+    from absl import flags  # noqa: PLC0415
+
+    return flags.DEFINE_integer(
+        "cpu_devices", -1, "Virtual CPU devices (0: one, JAX's default; -1: auto, see _common)."
+    )
+
+
 def maybe_initialize_distributed(coordinator: str, num_processes: int, process_id: int):
     """`jax.distributed.initialize` for a multi-process launch (flags or JAX_* env)."""
     import jax  # noqa: PLC0415

@@ -31,9 +31,7 @@ _PICTURES = flags.DEFINE_list(
     "picture_variants", ["full", "ae_pixel"], "Variants that get per-defect-type overlays."
 )
 _PER_TYPE = flags.DEFINE_integer("pictures_per_type", 2, "Overlays per defect type.")
-_CPU = flags.DEFINE_integer(
-    "cpu_devices", -1, "Virtual CPU devices (0: one, JAX's default; -1: auto, see _common)."
-)
+_CPU = _common.define_cpu_devices_flag()
 
 # name -> (description, overrides, variant whose checkpoints are evaluated or None)
 VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
@@ -77,6 +75,10 @@ def variant_config(base, name: str, seed: int):
     return config
 
 
+def _per_type(result: dict) -> dict:
+    return {t: {k: r[k] for k in KEYS} for t, r in result["per_type"].items()}
+
+
 def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
     from cmaae_jax import evaluate, train  # noqa: PLC0415
 
@@ -87,7 +89,7 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
         record = json.loads(record_path.read_text())
         if "per_type" not in record:  # a record from before per-type metrics: score again
             result = evaluate.evaluate(config, str(workdir))
-            record["per_type"] = {t: {k: r[k] for k in KEYS} for t, r in result["per_type"].items()}
+            record["per_type"] = _per_type(result)
             record_path.write_text(json.dumps(record, indent=2))
         return record
     source = VARIANTS[name][2]
@@ -111,7 +113,7 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
         "trained_by": source or name,
         "steps": [config.train.stage1_steps, config.train.stage2_steps],
         **{k: result[k] for k in (*KEYS, "pixel_ap", "eval_seconds", "threshold")},
-        "per_type": {t: {k: r[k] for k in KEYS} for t, r in result.get("per_type", {}).items()},
+        "per_type": _per_type(result),
     }
     record_path.write_text(json.dumps(record, indent=2))
     return record

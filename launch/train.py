@@ -20,9 +20,7 @@ _EVAL = flags.DEFINE_bool("evaluate", True, "Evaluate after training.")
 _COORD = flags.DEFINE_string("coordinator", "", "Multi-host: coordinator address host:port.")
 _NPROC = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
 _PID = flags.DEFINE_integer("process_id", 0, "Multi-host: index of this process.")
-_CPU = flags.DEFINE_integer(
-    "cpu_devices", -1, "Virtual CPU devices (0: one, JAX's default; -1: auto, see _common)."
-)
+_CPU = _common.define_cpu_devices_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 

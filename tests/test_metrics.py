@@ -351,7 +351,7 @@ def test_per_type_metrics_use_that_type_and_every_normal_image():
     labels = masks.reshape(len(masks), -1).any(1).astype(int)
     names = ["a" if i % 2 else "b" for i in range(len(labels))]
     names = [n if y else "good" for n, y in zip(names, labels, strict=True)]
-    acc = metrics.PerTypeAccumulator([n for n in names if n != "good"], thresholds=(0.5,))
+    acc = metrics.PerTypeAccumulator(names, labels, thresholds=(0.5,))
     for lo in (0, 3):  # two streamed batches
         hi = 7 if lo else 3
         acc.update(maps[lo:hi], masks[lo:hi], names[lo:hi], labels[lo:hi])
