@@ -12,7 +12,7 @@ Both work on the grey level (mean over RGB) in [0, 1].
 import numpy as np
 import scipy.ndimage
 
-from cmaae_jax import metrics
+from cmaae_jax import calibration, metrics
 
 METHODS = ("local_contrast", "mean_image")
 
@@ -42,7 +42,7 @@ def maps(method: str, images, train_images, sigma: float) -> np.ndarray:
 def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999) -> dict:
     """Pooled and per-defect-type metrics of one baseline on `datasets.load_splits` output."""
     train, val, test = splits["train"].images, splits["val"], splits["test"]
-    threshold = metrics.threshold_from_normal(maps(method, val.images, train, sigma), quantile)
+    threshold = calibration.threshold_from_normal(maps(method, val.images, train, sigma), quantile)
     test_maps = maps(method, test.images, train, sigma)
     result = metrics.evaluate_maps(test_maps, test.masks, threshold)
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))

@@ -11,7 +11,6 @@ used; when checkpoints exist but none is usable, restore refuses instead of star
 """
 
 import hashlib
-import pathlib
 import shutil
 
 import jax
@@ -19,8 +18,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from cmaae_jax import errors
+from cmaae_jax import workdir as workdir_lib
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(errors.UserError, RuntimeError):
     """No usable checkpoint, or one that does not match the model of the config."""
 
 
@@ -42,7 +44,7 @@ def manager(
         enable_async_checkpointing=async_save,
         multiprocessing_options=mp,
     )
-    path = pathlib.Path(workdir).absolute() / "checkpoints"
+    path = workdir_lib.checkpoints_dir(workdir).absolute()
     if cleanup_tmp and jax.process_index() == 0:
         for tmp in sorted(path.glob("*.orbax-checkpoint-tmp*")):
             logging.warning("removing %s, left unfinished by an interrupted save", tmp)
@@ -64,7 +66,7 @@ def wait(mgr: ocp.CheckpointManager):
     """Waits for the pending save; its failure (disk full, no permission) is a CheckpointError."""
     try:
         mgr.wait_until_finished()
-    except Exception as e:  # noqa: BLE001 - orbax re-raises the background thread's error
+    except Exception as e:  # orbax re-raises the background thread's error
         first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"saving a checkpoint in {mgr.directory} failed ({first}); is the disk full? Free "
@@ -87,6 +89,38 @@ def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
     return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+def _skip(mgr, step: int, why):
+    logging.warning(
+        "checkpoint %d in %s is unreadable (%s); trying an older one", step, mgr.directory, why
+    )
+
+
+def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
+    """(state, meta) of checkpoint `step`, or None (with a warning) when it cannot be used."""
+    try:
+        meta = read_meta(mgr, step)
+        abstract = abstract_state_fn(meta)
+    except Exception as e:  # any unreadable checkpoint is skipped, loudly
+        return _skip(mgr, step, e)
+    try:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        state = mgr.restore(step, args=args)["state"]
+    except ValueError as e:
+        if "shape" in str(e).lower() or "structure" in str(e).lower():
+            raise CheckpointError(
+                f"checkpoint {step} in {mgr.directory} does not match the model of this config "
+                f"(another variant, memory size or latent size?): {e}"
+            ) from e
+        return _skip(mgr, step, e)
+    except Exception as e:
+        return _skip(mgr, step, e)
+    want, got = meta.get("state_sha256"), state_digest(state)
+    if want is not None and got != want:
+        why = f"corrupt: SHA-256 of its arrays {got[:12]}..., expected {want[:12]}..."
+        return _skip(mgr, step, why)
+    return state, meta
+
+
 def restore(mgr: ocp.CheckpointManager, abstract_state_fn, step: int | None = None):
     """Restores (step, state, meta) from `step`, or from the newest readable checkpoint.
 
@@ -100,44 +134,9 @@ def restore(mgr: ocp.CheckpointManager, abstract_state_fn, step: int | None = No
             raise CheckpointError(f"no checkpoint for step {step} in {mgr.directory}; have {steps}")
         steps = [step]
     for s in steps:
-        try:
-            meta = read_meta(mgr, s)
-            abstract = abstract_state_fn(meta)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, loudly
-            logging.warning(
-                "checkpoint %d in %s is unreadable (%s); trying an older one", s, mgr.directory, e
-            )
-            continue
-        try:
-            args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            state = mgr.restore(s, args=args)["state"]
-        except ValueError as e:
-            if "shape" in str(e).lower() or "structure" in str(e).lower():
-                raise CheckpointError(
-                    f"checkpoint {s} in {mgr.directory} does not match the model of this config "
-                    f"(another variant, memory size or latent size?): {e}"
-                ) from e
-            logging.warning(
-                "checkpoint %d in %s is unreadable (%s); trying an older one", s, mgr.directory, e
-            )
-            continue
-        except Exception as e:  # noqa: BLE001
-            logging.warning(
-                "checkpoint %d in %s is unreadable (%s); trying an older one", s, mgr.directory, e
-            )
-            continue
-        want, got = meta.get("state_sha256"), state_digest(state)
-        if want is not None and got != want:
-            logging.warning(
-                "checkpoint %d in %s is corrupt (SHA-256 of its arrays %s..., expected %s...); "
-                "trying an older one",
-                s,
-                mgr.directory,
-                got[:12],
-                want[:12],
-            )
-            continue
-        return s, state, meta
+        found = _read(mgr, s, abstract_state_fn)
+        if found is not None:
+            return s, *found
     if step is not None:
         raise CheckpointError(f"checkpoint {step} in {mgr.directory} could not be read")
     if steps:

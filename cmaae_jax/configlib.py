@@ -1,11 +1,12 @@
-"""Config validation: impossible values are rejected before anything is compiled."""
+"""Config validation: impossible values are rejected before anything is compiled.
 
-from cmaae_jax import model
+Each option list is imported from the module that owns the option; this module only checks.
+"""
 
-FORMATS = ("mvtec", "dagm", "folder", "synthetic")
+from cmaae_jax import datasets, errors, losses, memory, model, natural_images, scoring
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
     """A config field has an impossible value; the message names the field."""
 
 
@@ -14,44 +15,42 @@ def _check(ok, field, value, why):
         raise ConfigError(f"config field {field}={value!r}: {why}")
 
 
-def validate(config, num_devices: int | None = None):
-    """Raises ConfigError naming the first impossible field."""
-    d, m, t, a, s, e = (
-        config.data,
-        config.model,
-        config.train,
-        config.anomaly,
-        config.score,
-        config.eval,
-    )
-    _check(d.format in FORMATS, "data.format", d.format, f"must be one of {FORMATS}")
+def _one_of(value, options, field):
+    _check(value in options, field, value, f"must be one of {options}")
+
+
+def _at_least(value, low, field):
+    _check(value >= low, field, value, f"must be >= {low}")
+
+
+def _validate_data(d):
+    _one_of(d.format, datasets.FORMATS, "data.format")
     _check(
         isinstance(d.image_size, int) and d.image_size >= 64 and d.image_size % 64 == 0,
         "data.image_size",
         d.image_size,
         "must be a positive multiple of 64 (the patch size)",
     )
-    _check(
-        m.variant in model.VARIANTS, "model.variant", m.variant, f"must be one of {model.VARIANTS}"
-    )
-    _check(m.memory_size >= 1, "model.memory_size", m.memory_size, "must be at least 1")
-    _check(m.latent_dim >= 1, "model.latent_dim", m.latent_dim, "must be at least 1")
-    _check(m.similarity in ("cosine", "dot"), "model.similarity", m.similarity, "cosine or dot")
-    _check(m.gate in ("softmax", "sigmoid"), "model.gate", m.gate, "softmax or sigmoid")
+
+
+def _validate_model(m, loss):
+    _one_of(m.variant, model.VARIANTS, "model.variant")
+    _at_least(m.memory_size, 1, "model.memory_size")
+    _at_least(m.latent_dim, 1, "model.latent_dim")
+    _one_of(m.similarity, memory.SIMILARITIES, "model.similarity")
+    _one_of(m.gate, memory.GATES, "model.gate")
     _check(m.shrink_threshold < 1, "model.shrink_threshold", m.shrink_threshold, "must be < 1")
-    _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype, "float32 or bfloat16")
-    _check(
-        m.conv_impl in ("auto", "matmul", "xla"),
-        "model.conv_impl",
-        m.conv_impl,
-        "auto, matmul or xla",
-    )
-    _check(config.loss.w_rec >= 0, "loss.w_rec", config.loss.w_rec, "must be >= 0")
-    _check(config.loss.w_sparse >= 0, "loss.w_sparse", config.loss.w_sparse, "must be >= 0")
-    _check(t.stage1_steps >= 0, "train.stage1_steps", t.stage1_steps, "must be >= 0")
-    _check(t.stage2_steps >= 0, "train.stage2_steps", t.stage2_steps, "must be >= 0")
-    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
-    _check(t.crops_per_image >= 1, "train.crops_per_image", t.crops_per_image, "must be >= 1")
+    _one_of(m.dtype, model.DTYPES, "model.dtype")
+    _one_of(m.conv_impl, model.CONV_IMPLS, "model.conv_impl")
+    _at_least(loss.w_rec, 0, "loss.w_rec")
+    _at_least(loss.w_sparse, 0, "loss.w_sparse")
+
+
+def _validate_train(t, num_devices):
+    _at_least(t.stage1_steps, 0, "train.stage1_steps")
+    _at_least(t.stage2_steps, 0, "train.stage2_steps")
+    _at_least(t.batch_size, 1, "train.batch_size")
+    _at_least(t.crops_per_image, 1, "train.crops_per_image")
     _check(
         t.batch_size % t.crops_per_image == 0,
         "train.batch_size",
@@ -70,42 +69,51 @@ def validate(config, num_devices: int | None = None):
         )
     _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
     _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b1/b2", (t.b1, t.b2), "must be in [0, 1)")
+    _one_of(t.stage2_target, losses.STAGE2_TARGETS, "train.stage2_target")
+    _at_least(t.checkpoint_every, 1, "train.checkpoint_every")
+    _at_least(t.keep_checkpoints, 1, "train.keep_checkpoints")
+    _at_least(t.log_every, 1, "train.log_every")
+
+
+def _validate_anomaly(a, image_size):
     _check(
-        t.stage2_target in ("clean", "input"),
-        "train.stage2_target",
-        t.stage2_target,
-        "clean or input",
-    )
-    _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "must be >= 1")
-    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
-    _check(t.log_every >= 1, "train.log_every", t.log_every, "must be >= 1")
-    _check(
-        0 < a.patch_size <= d.image_size,
+        0 < a.patch_size <= image_size,
         "anomaly.patch_size",
         a.patch_size,
-        f"must be in (0, data.image_size={d.image_size}]",
+        f"must be in (0, data.image_size={image_size}]",
     )
-    _check(a.bank_size >= 1, "anomaly.bank_size", a.bank_size, "must be >= 1")
+    _at_least(a.bank_size, 1, "anomaly.bank_size")
     _check(a.blur_sigma > 0, "anomaly.blur_sigma", a.blur_sigma, "must be > 0")
     src = a.natural_source
     _check(
-        src == "procedural" or src.startswith("dir:") or src.startswith("tfds:"),
+        natural_images.is_source(src),
         "anomaly.natural_source",
         src,
-        "procedural, dir:PATH or tfds:NAME",
+        natural_images.SOURCES_HELP,
     )
-    _check(s.method in ("msfr", "pixel"), "score.method", s.method, "msfr or pixel")
-    normalize = s.get("normalize", "none")
-    _check(normalize in ("none", "median"), "score.normalize", normalize, "none or median")
+
+
+def _validate_score_eval(s, e):
+    _one_of(s.method, scoring.METHODS, "score.method")
+    _one_of(s.get("normalize", "none"), scoring.NORMALIZE, "score.normalize")
     scales = tuple(s.scales)
     _check(
-        len(scales) > 0 and all(x in (1, 2, 3) for x in scales),
+        len(scales) > 0 and all(x in scoring.RF_AREAS for x in scales),
         "score.scales",
         scales,
-        "a non-empty subset of (1, 2, 3)",
+        f"a non-empty subset of {tuple(scoring.RF_AREAS)}",
     )
     _check(0 <= e.val_fraction < 1, "eval.val_fraction", e.val_fraction, "must be in [0, 1)")
     _check(
         0 < e.threshold_quantile < 1, "eval.threshold_quantile", e.threshold_quantile, "in (0, 1)"
     )
+
+
+def validate(config, num_devices: int | None = None):
+    """Raises ConfigError naming the first impossible field; returns `config`."""
+    _validate_data(config.data)
+    _validate_model(config.model, config.loss)
+    _validate_train(config.train, num_devices)
+    _validate_anomaly(config.anomaly, config.data.image_size)
+    _validate_score_eval(config.score, config.eval)
     return config

@@ -14,16 +14,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from cmaae_jax import configlib, datasets, inference, metrics, pictures
-
-REQUIRED_KEYS = (
-    "pixel_f1",
-    "pixel_f1_max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_aupro",
-    "image_auroc",
-)
+from cmaae_jax import calibration, configlib, datasets, inference, metrics, pictures
+from cmaae_jax import workdir as workdir_lib
 
 
 def calibrate(scorer, val_split, quantile: float) -> float:
@@ -31,7 +23,7 @@ def calibrate(scorer, val_split, quantile: float) -> float:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
-    return metrics.threshold_from_normal(scorer(val_split.images), quantile)
+    return calibration.threshold_from_normal(scorer(val_split.images), quantile)
 
 
 def evaluate(config, workdir, step: int | None = None) -> dict:
@@ -43,8 +35,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     scorer = inference.Scorer(config, variables)
     threshold = calibrate(scorer, splits["val"], config.eval.threshold_quantile)
     test = splits["test"]
-    out = pathlib.Path(workdir) / "eval"
-    (out / "pictures").mkdir(parents=True, exist_ok=True)
+    out = workdir_lib.eval_dir(workdir)
+    (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     primary = jax.process_index() == 0  # every process scores; only the primary writes
@@ -58,7 +50,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
             if test.labels[i] == 1 and written < config.eval.max_pictures:
                 name = f"{test.defect_types[i]}_{pathlib.Path(test.paths[i]).stem}.png"
                 pictures.save_overlay(
-                    out / "pictures" / name,
+                    out / workdir_lib.PICTURES / name,
                     test.images[i],
                     test.masks[i],
                     amap,
@@ -69,7 +61,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
     pictures.save_pr_curve(
-        out / "pr_curve.png", precision, recall, (result["precision"], result["recall"])
+        out / workdir_lib.PR_CURVE, precision, recall, (result["precision"], result["recall"])
     )
     result.update(
         threshold=float(threshold),
@@ -82,11 +74,13 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
         per_type={
-            name: {k: r[k] for k in (*REQUIRED_KEYS, "num_images", "num_positive_pixels")}
+            name: {k: r[k] for k in (*metrics.HEADLINE_KEYS, "num_images", "num_positive_pixels")}
             for name, r in per_type.result(threshold).items()
         },
     )
     if primary:
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
-    logging.info("eval at step %d: %s", ckpt_step, {k: result[k] for k in REQUIRED_KEYS})
+        workdir_lib.eval_metrics_path(workdir).write_text(
+            json.dumps(result, indent=2, sort_keys=True)
+        )
+    logging.info("eval at step %d: %s", ckpt_step, {k: result[k] for k in metrics.HEADLINE_KEYS})
     return result

@@ -26,7 +26,15 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 SCALING = "uint8 RGB x -> x / 127.5 - 1 (float32 in [-1, 1]); grayscale repeated to 3 channels"
 
 
-class ExportError(ValueError):
+try:  # a user error of this package; the copied loader runs without the package
+    from cmaae_jax.errors import UserError
+
+    _ERROR_BASES = (UserError, ValueError)
+except ImportError:  # pragma: no cover
+    _ERROR_BASES = (ValueError,)
+
+
+class ExportError(*_ERROR_BASES):
     """An artifact that cannot be written, found, verified or fed."""
 
 
@@ -37,7 +45,7 @@ def sidecar_path(path) -> pathlib.Path:
 
 def export_map_fn(config, variables, batch: int, platforms=None):
     """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S]."""
-    from cmaae_jax import model, scoring  # noqa: PLC0415 - the loader must not need them
+    from cmaae_jax import model, scoring  # the loader must not need them
 
     net = model.from_config(config)
     method, scales = config.score.method, tuple(config.score.scales)
@@ -160,7 +168,7 @@ def load(path) -> ExportedMapper:
         raise ExportError(f"{path} is corrupt or truncated: its SHA-256 does not match {side}")
     try:
         exported = jax.export.deserialize(bytearray(blob))
-    except Exception as e:  # noqa: BLE001 - a foreign or newer serialization format
+    except Exception as e:  # a foreign or newer serialization format
         raise ExportError(f"{path} cannot be deserialized by jax {jax.__version__}: {e}") from e
     backend = jax.default_backend()
     names = {"gpu": ("cuda", "rocm")}.get(backend, (backend,))

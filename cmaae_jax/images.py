@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from cmaae_jax import errors
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Side files of image folders that are skipped without a warning (DAGM ships Labels.txt).
 _QUIETLY_SKIPPED = ("labels.txt", "thumbs.db", "desktop.ini")
@@ -24,7 +26,7 @@ MIN_SIDE = 64
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class ImageError(ValueError):
+class ImageError(errors.UserError, ValueError):
     """An image or mask file that cannot be used; the message names the file and the problem."""
 
 

@@ -1,23 +1,11 @@
 """Restoring a trained model and mapping batches of images to anomaly maps."""
 
-import json
-import pathlib
-
 import jax
-import ml_collections
 import numpy as np
 
-from cmaae_jax import checkpoint, images, model, scoring, train
-
-
-def load_config(workdir) -> ml_collections.ConfigDict:
-    """The resolved config that training saved next to its checkpoints."""
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise checkpoint.CheckpointError(
-            f"{path} not found: is {workdir} a training workdir (launch/train.py --workdir)?"
-        )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+from cmaae_jax import checkpoint, images, model, scoring
+from cmaae_jax import state as state_lib
+from cmaae_jax import workdir as workdir_lib
 
 
 def restore_variables(config, workdir, step: int | None = None):
@@ -25,12 +13,12 @@ def restore_variables(config, workdir, step: int | None = None):
     net = model.from_config(config)
     mgr = checkpoint.manager(workdir, async_save=False)
     try:
-        found = train.restore_state(config, net, mgr, step)
+        found = state_lib.restore_state(config, net, mgr, step)
     finally:
         mgr.close()
     if found is None:
         raise checkpoint.CheckpointError(
-            f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}: train first with "
+            f"no checkpoint in {workdir_lib.checkpoints_dir(workdir)}: train first with "
             f"launch/train.py --workdir {workdir}"
         )
     s, state, _ = found

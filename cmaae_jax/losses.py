@@ -2,6 +2,10 @@
 
 import jax.numpy as jnp
 
+# What stage 2 reconstructs (train.stage2_target): the clean image the anomaly was pasted into
+# (learning to repair; the default) or the anomalous input itself (the paper's eq. 12 as printed).
+STAGE2_TARGETS = ("clean", "input")
+
 
 def reconstruction_l1(target, rec):
     """mean |target - rec| over every element."""

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 EPS_SHRINK = 1e-12  # hard-shrinkage / log epsilon of eqs. 4-5
+SIMILARITIES = ("cosine", "dot")  # cosine: the paper (eq. 2); dot: the MemAE code
+GATES = ("softmax", "sigmoid")  # FRM gate activation: softmax (paper, Table I) | sigmoid
 EPS_NORM = 1e-8  # cosine-similarity norm floor (as torch.nn.functional.normalize)
 
 

@@ -30,6 +30,17 @@ import scipy.ndimage
 import scipy.stats
 
 AUPRO_FPR_LIMIT = 0.3
+# The metrics every evaluation reports (metrics.json, per defect type, study records).
+HEADLINE_KEYS = (
+    "pixel_f1",
+    "pixel_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_aupro",
+    "image_auroc",
+)
+# The columns of the result tables (study, baselines): the headline keys but pixel_ap.
+TABLE_KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
 _SIGN = np.uint32(0x80000000)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -256,32 +267,6 @@ def evaluate_maps(maps, masks, threshold: float | None = None, max_bins: int = 1
     acc = PixelAccumulator(thresholds=() if threshold is None else (threshold,), max_bins=max_bins)
     acc.update(maps, masks)
     return acc.result(threshold)
-
-
-def threshold_from_normal(
-    normal_maps, quantile: float = 0.999, max_pixels: int = 20_000_000, seed: int = 0
-) -> float:
-    """Label-free threshold: the `quantile` of the pooled pixel scores of NORMAL images only.
-
-    A pixel is flagged when its score >= the threshold. Above `max_pixels` pooled pixels the
-    quantile is taken on a uniform random subsample (with replacement) of `max_pixels` pixels,
-    drawn with `seed`, so the result is deterministic. Guard against degeneration (cf. anomalib's
-    adaptive threshold falling to the minimum): if the quantile is not above the smallest normal
-    score (e.g. all normal scores equal, or heavy ties at the bottom), the next float32 above it
-    is returned, so pixels at that score are not flagged.
-    """
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    scores = np.asarray(normal_maps, dtype=np.float32).ravel()
-    if scores.size == 0 or np.isnan(scores).any():
-        raise ValueError("normal maps are empty or contain NaN")
-    if scores.size > max_pixels:
-        rng = np.random.default_rng(seed)
-        scores = scores[rng.integers(0, scores.size, size=max_pixels)]
-    value = np.float32(np.quantile(scores, quantile))
-    if value <= scores.min():
-        value = np.nextafter(value, np.float32(np.inf))
-    return float(value)
 
 
 class PerTypeAccumulator:

@@ -15,6 +15,8 @@ from flax import linen as nn
 from cmaae_jax import layers, memory
 
 VARIANTS = ("cmam", "mam", "cat", "ae")
+DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
+CONV_IMPLS = ("auto", "matmul", "xla")  # see `default_impl` and layers.py
 PATCH = 64
 
 # (features, kernel, stride, padding, batch_norm, activation) per encoder layer (Table I).

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 def heat(map_HxW, threshold) -> np.ndarray:
     """RGB heat map, scaled so that the threshold sits in the middle of the colour range."""
-    from matplotlib import colormaps  # noqa: PLC0415
+    from matplotlib import colormaps
 
     scale = max(2.0 * float(threshold), 1e-12)
     rgba = colormaps["jet"](np.clip(map_HxW / scale, 0.0, 1.0))
@@ -48,10 +48,10 @@ def save_overlay(path, image_u8, mask_u8, map_HxW, threshold, title=""):
 
 
 def save_pr_curve(path, precision, recall, f1_point=None):
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot(recall, precision, lw=1.5)

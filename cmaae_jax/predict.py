@@ -16,12 +16,13 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cmaae_jax import images, inference, pictures
+from cmaae_jax import errors, images, inference, pictures
+from cmaae_jax import workdir as workdir_lib
 
 CSV_FIELDS = ["path", "output", "score", "defective", "defect_fraction"]
 
 
-class PredictError(ValueError):
+class PredictError(errors.UserError, ValueError):
     """Nothing to predict on, or no threshold known."""
 
 
@@ -43,7 +44,7 @@ def list_inputs(spec: str) -> list[pathlib.Path]:
 def find_threshold(workdir, threshold: float | None) -> float:
     if threshold is not None:
         return float(threshold)
-    path = pathlib.Path(workdir) / "eval" / "metrics.json"
+    path = workdir_lib.eval_metrics_path(workdir)
     if path.is_file():
         try:
             return float(json.loads(path.read_text())["threshold"])
@@ -59,7 +60,7 @@ def find_threshold(workdir, threshold: float | None) -> float:
 
 def predict(workdir, inputs: str, output, threshold: float | None = None, step=None) -> dict:
     """Writes maps, masks and scores for every readable input; returns the summary dict."""
-    config = inference.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     threshold = find_threshold(workdir, threshold)
     files = list_inputs(inputs)
     size = config.data.image_size

@@ -1,8 +1,9 @@
 """TFDS builders for MVTec AD and DAGM 2007 that work without TensorFlow.
 
-Neither dataset can be downloaded automatically: the builders read a manually downloaded tree
-(the `manual_dir`) with the plain readers of `cmaae_jax.datasets`, and store resized uint8
-arrays (`tfds.features.Tensor(..., encoding='zlib')`) in ArrayRecord files, read back with
+Owns the TFDS path of `data.use_tfds`: the builders `MvtecAd` and `Dagm2007`, their configs
+and `load_tfds`. Neither dataset can be downloaded automatically: the builders read a manually
+downloaded tree (the `manual_dir`) with the listers of `cmaae_jax.layouts`, and store resized
+uint8 arrays (`tfds.features.Tensor(..., encoding='zlib')`) in ArrayRecord files, read back with
 `builder.as_data_source()`. `tfds.features.Image` is not used: it needs TensorFlow to encode.
 
     splits = load_tfds("mvtec", "/data/mvtec_ad", "wood", 512, 0.1, seed=0, data_dir=None)
@@ -23,8 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from cmaae_jax import datasets
 from cmaae_jax import images as images_lib
+from cmaae_jax import layouts
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
@@ -64,7 +65,7 @@ def _features(size):
 def _examples(entries, size):
     """Yields (key, example) for `entries`, decoding a chunk at a time in threads."""
     load = lambda e: images_lib.load_pair(e.path, e.mask_path, size)
-    with concurrent.futures.ThreadPoolExecutor(datasets.NUM_WORKERS) as pool:
+    with concurrent.futures.ThreadPoolExecutor(layouts.NUM_WORKERS) as pool:
         for start in range(0, len(entries), _CHUNK):
             chunk = entries[start : start + _CHUNK]
             decoded = zip(chunk, pool.map(load, chunk), strict=True)
@@ -110,7 +111,7 @@ class MvtecAd(tfds.core.GeneratorBasedBuilder):
         return _info(self, "https://www.mvtec.com/company/research/datasets/mvtec-ad")
 
     def _split_generators(self, dl_manager):
-        return _split_generators(self, datasets.list_mvtec, dl_manager.manual_dir)
+        return _split_generators(self, layouts.list_mvtec, dl_manager.manual_dir)
 
     def _generate_examples(self, entries, image_size):
         yield from _examples(entries, image_size)
@@ -133,7 +134,7 @@ class Dagm2007(tfds.core.GeneratorBasedBuilder):
         return _info(self, _DAGM_HOMEPAGE)
 
     def _split_generators(self, dl_manager):
-        return _split_generators(self, datasets.list_dagm, dl_manager.manual_dir)
+        return _split_generators(self, layouts.list_dagm, dl_manager.manual_dir)
 
     def _generate_examples(self, entries, image_size):
         yield from _examples(entries, image_size)
@@ -142,7 +143,7 @@ class Dagm2007(tfds.core.GeneratorBasedBuilder):
 def builder_config(fmt, root, category, image_size):
     """The config name (a predefined one) or a custom AnomalyConfig for this data."""
     if fmt == "dagm":
-        category = datasets.dagm_class_name(category)
+        category = layouts.dagm_class_name(category)
         name = category.lower()
     elif category:
         name = re.sub(r"[^\w.+-]", "_", category)
@@ -160,7 +161,7 @@ def builder_config(fmt, root, category, image_size):
 def make_builder(fmt, root, category, image_size, data_dir=None):
     """Returns the (not yet prepared) TFDS builder for this data."""
     if fmt not in ("mvtec", "dagm"):
-        raise datasets.DatasetError(f"no TFDS builder for data.format={fmt!r}; use mvtec|dagm")
+        raise layouts.DatasetError(f"no TFDS builder for data.format={fmt!r}; use mvtec|dagm")
     builder_cls = Dagm2007 if fmt == "dagm" else MvtecAd
     config = builder_config(fmt, root, category, image_size)
     return builder_cls(config=config, data_dir=data_dir, file_format="array_record")
@@ -168,12 +169,12 @@ def make_builder(fmt, root, category, image_size, data_dir=None):
 
 def _to_split(source, image_size):
     """Reads a whole ArrayRecord data source into a Split, in the original listing order."""
-    with concurrent.futures.ThreadPoolExecutor(datasets.NUM_WORKERS) as pool:
+    with concurrent.futures.ThreadPoolExecutor(layouts.NUM_WORKERS) as pool:
         records = list(pool.map(source.__getitem__, range(len(source))))  # zlib frees the GIL
     records.sort(key=lambda r: r["index"])
     n = len(records)
     text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
-    return datasets.Split(
+    return layouts.Split(
         images=np.stack([r["image"] for r in records]).reshape(n, image_size, image_size, 3),
         masks=np.stack([r["mask"] for r in records]).reshape(n, image_size, image_size),
         labels=np.array([r["label"] for r in records], np.int32),
@@ -183,7 +184,7 @@ def _to_split(source, image_size):
 
 
 def _take(split, idx):
-    return datasets.Split(
+    return layouts.Split(
         images=split.images[idx],
         masks=split.masks[idx],
         labels=split.labels[idx],
@@ -206,16 +207,16 @@ def load_tfds(fmt, root, category, image_size, val_fraction, seed, data_dir=None
     """
     builder = make_builder(fmt, root, category, image_size, data_dir)
     if not builder.is_prepared():
-        lister = datasets.list_dagm if fmt == "dagm" else datasets.list_mvtec
+        lister = layouts.list_dagm if fmt == "dagm" else layouts.list_mvtec
         lister(root, category)  # a clear DatasetError for a missing or malformed tree
         manual_dir = os.path.abspath(os.fspath(root))
         config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         try:
             builder.download_and_prepare(download_config=config)
         except images_lib.ImageError as e:
-            raise datasets.DatasetError(str(e)) from e
+            raise layouts.DatasetError(str(e)) from e
     sources = builder.as_data_source()
     train = _to_split(sources["train"], image_size)
     test = _to_split(sources["test"], image_size)
-    train_idx, val_idx = datasets.split_train_val(list(range(train.num_images)), val_fraction, seed)
+    train_idx, val_idx = layouts.split_train_val(list(range(train.num_images)), val_fraction, seed)
     return {"train": _take(train, train_idx), "val": _take(train, val_idx), "test": test}

@@ -9,9 +9,6 @@ Every random choice is a function of (seed, step, device): a resumed run draws e
 the uninterrupted run drew, so it ends with the same parameters.
 """
 
-import ctypes
-import hashlib
-import json
 import pathlib
 
 import flax
@@ -31,60 +28,14 @@ from cmaae_jax import (
     images,
     losses,
     model,
+    natural_images,
     patches,
     train_log,
 )
+from cmaae_jax import state as state_lib
+from cmaae_jax import workdir as workdir_lib
 
 AXIS = "batch"
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: dict
-    batch_stats: dict
-    opt_state: optax.OptState
-
-
-def stage_of(step: int, config) -> int:
-    return 1 if step < config.train.stage1_steps else 2
-
-
-def make_optimizer(config, params, stage: int) -> optax.GradientTransformation:
-    """Adam on everything (stage 1) or on everything but the memory (stage 2)."""
-    t = config.train
-    adam = optax.adam(t.learning_rate, b1=t.b1, b2=t.b2)
-    if stage == 1:
-        return adam
-    labels = {
-        k: jax.tree.map(lambda _, k=k: "frozen" if k == "memory" else "train", v)
-        for k, v in params.items()
-    }
-    return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
-
-
-def release_freed_host_memory():
-    """Hands memory that compilation freed back to the OS (glibc `malloc_trim`), so that the
-    step's buffers do not come on top of it in the peak; a no-op without glibc. Measured on
-    CPU after compiling the training step: about 250 MB less resident memory."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def init_state(config, net) -> TrainState:
-    variables = model.init(net, jax.random.key(config.train.seed))
-    params = variables["params"]
-    tx = make_optimizer(config, params, 1)
-    state = TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
-    release_freed_host_memory()
-    return state
-
-
-def to_stage2(config, state: TrainState) -> TrainState:
-    tx = make_optimizer(config, state.params, 2)
-    return state.replace(opt_state=tx.init(state.params))
 
 
 def make_train_step(config, net, stage: int, tx):
@@ -122,7 +73,7 @@ def make_train_step(config, net, stage: int, tx):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = jax.lax.pmean({"loss": loss, **parts}, AXIS)
-        new = TrainState(state.step + 1, params, batch_stats, opt_state)
+        new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state)
         return new, metrics
 
     return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
@@ -165,56 +116,84 @@ def unreplicate_to_host(tree):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
 
 
-def config_digest(config) -> str:
-    """Digest of the fields that shape the model; a resume with another model is refused."""
-    m = config.model
-    key = json.dumps([m.variant, m.memory_size, m.latent_dim])
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-
-def abstract_state(config, net, stage: int):
-    def build():
-        s = init_state(config, net)
-        return to_stage2(config, s) if stage == 2 else s
-
-    return jax.eval_shape(build)
-
-
-def restore_state(config, net, mgr, step=None):
-    """(step, host TrainState) from the newest readable checkpoint in `mgr`, or None."""
-
-    def abstract_fn(meta):
-        return abstract_state(config, net, int(meta["stage"]))
-
-    found = checkpoint.restore(mgr, abstract_fn, step)
+def _start(config, workdir: pathlib.Path, net, mgr):
+    """(first step, host state, stage the state is in) from the newest checkpoint or init."""
+    found = state_lib.restore_state(config, net, mgr)
     if found is None:
-        return None
-    s, state, meta = found
-    if meta.get("model_digest") not in (None, config_digest(config)):
-        raise checkpoint.CheckpointError(
-            f"checkpoint {s} in {mgr.directory} was written for another model "
-            f"(variant/memory_size/latent_dim differ from this config)"
+        return 0, state_lib.init_state(config, net), 1
+    start, state, meta = found
+    logging.info("resuming from checkpoint %d (stage %d) in %s", start, meta["stage"], workdir)
+    return start, state, int(meta["stage"])
+
+
+def _compile_everywhere(step_fn, rstate, sampler, bank_arg, base_key, first: int, stage: int):
+    """Every process compiles (the call below reuses it) before the first collective: one
+    that loads the step from the compilation cache (only process 0 writes it) would otherwise
+    wait for one still compiling in gloo's 30 s set-up, and fail."""
+    key = replicate(jax.random.fold_in(base_key, first))
+    step_fn.lower(rstate, sampler.batch(first), bank_arg, key).compile()
+    ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{stage}_{first}")
+
+
+def _check_finite(values: dict, done: int, stage: int, workdir, mgr):
+    if not np.isfinite(values["loss"]):
+        mgr.wait_until_finished()
+        raise FloatingPointError(
+            f"loss became {values['loss']} at step {done} (stage {stage}); training "
+            f"stopped, the last good checkpoint in {workdir_lib.checkpoints_dir(workdir)} is "
+            f"kept (lower train.learning_rate or check the data)"
         )
-    return s, state, meta
 
 
-def natural_bank(config) -> np.ndarray:
-    a = config.anomaly
-    return gaaga.natural_bank(
-        a.natural_source, config.data.image_size, a.bank_size, config.train.seed
-    )
+class _Run:
+    """What the stages of one training run share: config, model, data, checkpoints, log."""
+
+    def __init__(self, config, workdir: pathlib.Path, net, sampler, mgr, log):
+        self.config, self.workdir, self.net = config, workdir, net
+        self.sampler, self.mgr, self.log = sampler, mgr, log
+        self.base_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
+        self.bank = None
+
+    def bank_arg(self, stage: int):
+        if stage == 1:
+            return replicate(jnp.zeros((1, 1, 1, 3)))
+        if self.bank is None:  # uint8: 4x less device memory than float
+            self.bank = replicate(natural_images.bank_for_config(self.config))
+        return self.bank
+
+    def stage(self, state, stage: int, first: int, hi: int):
+        """Runs steps [first, hi) of `stage` from host `state`; returns the host state."""
+        t = self.config.train
+        tx = state_lib.make_optimizer(self.config, state.params, stage)
+        step_fn = make_train_step(self.config, self.net, stage, tx)
+        bank_arg = self.bank_arg(stage)
+        rstate = replicate(state)
+        if jax.process_count() > 1:
+            _compile_everywhere(
+                step_fn, rstate, self.sampler, bank_arg, self.base_key, first, stage
+            )
+        for step in range(first, hi):
+            key = replicate(jax.random.fold_in(self.base_key, step))
+            rstate, metrics = step_fn(rstate, self.sampler.batch(step), bank_arg, key)
+            if step == first:
+                state_lib.release_freed_host_memory()  # the step has been compiled
+            done = step + 1
+            if done % t.log_every == 0 or done == hi:
+                values = {k: float(v[0]) for k, v in metrics.items()}
+                _check_finite(values, done, stage, self.workdir, self.mgr)
+                self.log.write(done, stage, values)
+            if done % t.checkpoint_every == 0 or done == hi:
+                meta = {
+                    "stage": stage,
+                    "seed": t.seed,
+                    "model_digest": state_lib.config_digest(self.config),
+                }
+                checkpoint.save(self.mgr, done, unreplicate_to_host(rstate), meta)
+        return unreplicate_to_host(rstate)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-    """Trains both stages (resuming from `workdir`), then evaluates; returns the eval metrics."""
-    train(config, workdir)
-    from cmaae_jax import evaluate  # noqa: PLC0415 - evaluation pulls in plotting
-
-    return evaluate.evaluate(config, workdir)
-
-
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Runs (or resumes) the two training stages; returns the final replicated-free state."""
+def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+    """Runs (or resumes) the two training stages; returns the final host state."""
     configlib.validate(config, jax.device_count())
     workdir = pathlib.Path(workdir)
     t = config.train
@@ -223,62 +202,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
+        workdir_lib.save_config(workdir, config)
     splits = datasets.load_splits(config)
-    images_per_step = t.batch_size // t.crops_per_image
-    sampler = Sampler(splits["train"].images, images_per_step, t.seed)
+    sampler = Sampler(splits["train"].images, t.batch_size // t.crops_per_image, t.seed)
     mgr = checkpoint.manager(workdir, t.keep_checkpoints, cleanup_tmp=primary)
-    found = restore_state(config, net, mgr)
-    if found is None:
-        start, state, meta = 0, init_state(config, net), {}
-    else:
-        start, state, meta = found
-        logging.info("resuming from checkpoint %d (stage %d) in %s", start, meta["stage"], workdir)
-    stage_in_state = int(meta.get("stage", 1))
-    base_key = jax.random.fold_in(jax.random.key(t.seed), 1)
+    start, state, stage_in_state = _start(config, workdir, net, mgr)
     log = train_log.TrainLog(workdir, primary, start, total, t.batch_size)
-    bank = None
+    run = _Run(config, workdir, net, sampler, mgr, log)
     for stage, (lo, hi) in ((1, (0, t.stage1_steps)), (2, (t.stage1_steps, total))):
         if start >= hi:
             continue
         if stage == 2 and stage_in_state == 1:
-            state, stage_in_state = to_stage2(config, state), 2
-        tx = make_optimizer(config, state.params, stage)
-        step_fn = make_train_step(config, net, stage, tx)
-        if stage == 2 and bank is None:
-            bank = replicate(natural_bank(config))  # uint8: 4x less device memory than float
-        bank_arg = bank if stage == 2 else replicate(jnp.zeros((1, 1, 1, 3)))
-        rstate = replicate(state)
-        if jax.process_count() > 1:
-            # Every process compiles (the call below reuses it) before the first collective:
-            # one that loads the step from the compilation cache (only process 0 writes it)
-            # would otherwise wait for one still compiling in gloo's 30 s set-up, and fail.
-            first = max(start, lo)
-            key = replicate(jax.random.fold_in(base_key, first))
-            step_fn.lower(rstate, sampler.batch(first), bank_arg, key).compile()
-            ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{stage}_{first}")
-        for step in range(max(start, lo), hi):
-            key = replicate(jax.random.fold_in(base_key, step))
-            rstate, metrics = step_fn(rstate, sampler.batch(step), bank_arg, key)
-            if step == max(start, lo):
-                release_freed_host_memory()  # the step has been compiled
-            done = step + 1
-            if done % t.log_every == 0 or done == hi:
-                values = {k: float(v[0]) for k, v in metrics.items()}
-                if not np.isfinite(values["loss"]):
-                    mgr.wait_until_finished()
-                    raise FloatingPointError(
-                        f"loss became {values['loss']} at step {done} (stage {stage}); training "
-                        f"stopped, the last good checkpoint in {workdir / 'checkpoints'} is kept "
-                        f"(lower train.learning_rate or check the data)"
-                    )
-                log.write(done, stage, values)
-            if done % t.checkpoint_every == 0 or done == hi:
-                host = unreplicate_to_host(rstate)
-                meta = {"stage": stage, "seed": t.seed, "model_digest": config_digest(config)}
-                checkpoint.save(mgr, done, host, meta)
-        state = unreplicate_to_host(rstate)
+            state, stage_in_state = state_lib.to_stage2(config, state), 2
+        state = run.stage(state, stage, max(start, lo), hi)
     checkpoint.wait(mgr)
     log.close()
     return state

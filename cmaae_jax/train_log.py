@@ -6,12 +6,14 @@ import time
 
 import tqdm
 
+from cmaae_jax import workdir as workdir_lib
+
 
 class TrainLog:
     """Writes `<workdir>/metrics.jsonl` and `loss.png` (primary process only) and a bar."""
 
     def __init__(self, workdir, primary: bool, start: int, total: int, batch_size: int):
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path = pathlib.Path(workdir) / workdir_lib.TRAIN_LOG
         self.primary = primary
         self.batch_size = batch_size
         self.last_step, self.last_time = start, time.perf_counter()
@@ -33,7 +35,7 @@ class TrainLog:
     def close(self):
         self.bar.close()
         if self.primary and self.path.exists():
-            plot_losses(self.path, self.path.with_name("loss.png"))
+            plot_losses(self.path, self.path.with_name(workdir_lib.LOSS_PLOT))
 
 
 def read(path) -> list[dict]:
@@ -50,10 +52,10 @@ def read(path) -> list[dict]:
 
 
 def plot_losses(log_path, out_path):
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     records = read(log_path)
     fig, ax = plt.subplots(figsize=(6, 3.5))

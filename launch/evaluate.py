@@ -9,7 +9,7 @@ import _common
 from absl import app, flags
 from ml_collections import config_flags
 
-from cmaae_jax import evaluate
+from cmaae_jax import evaluate, metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.")
@@ -21,7 +21,7 @@ def main(argv):
     del argv
     with _common.user_errors():
         result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value, _STEP.value)
-    keys = evaluate.REQUIRED_KEYS + ("threshold", "checkpoint_step", "num_images")
+    keys = metrics.HEADLINE_KEYS + ("threshold", "checkpoint_step", "num_images")
     print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 

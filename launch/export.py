@@ -11,12 +11,11 @@ input layout and scaling). Run it anywhere jax runs, without this package:
 The threshold comes from eval/metrics.json (launch/evaluate.py) or --threshold.
 """
 
-import sys
-
 import _common
 from absl import app, flags
 
 from cmaae_jax import export, inference, predict
+from cmaae_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, config.json).")
 _OUTPUT = flags.DEFINE_string("output", None, "Artifact path (default <workdir>/export/...).")
@@ -31,24 +30,15 @@ def main(argv):
     del argv
     output = _OUTPUT.value or f"{_WORKDIR.value}/export/cmaae.jaxexport"
     with _common.user_errors():
-        try:
-            config = inference.load_config(_WORKDIR.value)
-            threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)
-            if _BATCH.value < 1:
-                raise export.ExportError(f"--batch={_BATCH.value}: must be at least 1")
-            step, variables = inference.restore_variables(config, _WORKDIR.value, _STEP.value)
-            meta = export.save(
-                output,
-                config,
-                variables,
-                threshold,
-                _BATCH.value,
-                _PLATFORMS.value,
-                checkpoint_step=step,
-            )
-        except (predict.PredictError, export.ExportError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        config = workdir_lib.load_config(_WORKDIR.value)
+        threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)
+        if _BATCH.value < 1:
+            raise export.ExportError(f"--batch={_BATCH.value}: must be at least 1")
+        step, variables = inference.restore_variables(config, _WORKDIR.value, _STEP.value)
+        meta = export.save(
+            output, config, variables, threshold, _BATCH.value, _PLATFORMS.value,
+            checkpoint_step=step,
+        )  # fmt: skip
     print(
         f"exported checkpoint {step} ({meta['method']}, {meta['image_size']}px, batch "
         f"{meta['batch']}, threshold {meta['threshold']:.4g}, {'/'.join(meta['platforms'])}) "

@@ -23,13 +23,9 @@ flags.mark_flags_as_required(["workdir", "input", "output"])
 def main(argv):
     del argv
     with _common.user_errors():
-        try:
-            summary = predict.predict(
-                _WORKDIR.value, _INPUT.value, _OUTPUT.value, _THRESHOLD.value, _STEP.value
-            )
-        except predict.PredictError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+        summary = predict.predict(
+            _WORKDIR.value, _INPUT.value, _OUTPUT.value, _THRESHOLD.value, _STEP.value
+        )
     for s in summary["skipped"]:
         print(f"skipped {s['reason']}", file=sys.stderr)
     flagged = sum(r["defective"] for r in summary["images"])

@@ -4,22 +4,15 @@
     python launch/study.py --config configs/study.py --variants full,ae_pixel --seeds 0,1,2
     python launch/study.py --config configs/magnetic_tile.py --workdir_root runs/study_full
 
-Each variant is a set of config overrides of the base config. Variants marked "eval of" are
-scored from another variant's checkpoints (symlinked, not retrained) with other score fields.
-A run whose `eval/metrics.json` exists is skipped, so an interrupted study resumes where it
-stopped. Results (per run, and mean +- std over seeds) go to `<workdir_root>/results.json`
-and markdown tables are printed: pooled metrics, then each metric per defect type.
+The logic (variants, resumable runs, tables) is `cmaae_jax/study.py`; an interrupted study
+continues where it stopped when the same command is run again.
 """
 
-import copy
-import json
-import pathlib
-import time
-
 import _common
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from cmaae_jax import study
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_common.ROOT / "configs" / "study.py"), "Base config.", lock_config=True
@@ -33,192 +26,21 @@ _PICTURES = flags.DEFINE_list(
 _PER_TYPE = flags.DEFINE_integer("pictures_per_type", 2, "Overlays per defect type.")
 _CPU = _common.define_cpu_devices_flag()
 
-# name -> (description, overrides, variant whose checkpoints are evaluated or None)
-VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
-    "full": ("CMA-AE: CMAM (softmax gates) + MSFR + two stages", {}, None),
-    "pixel": ("full model, pixel residual in place of MSFR", {"score.method": "pixel"}, "full"),
-    "ae": ("plain auto-encoder (no memory), MSFR", {"model.variant": "ae"}, None),
-    "ae_pixel": ("plain auto-encoder, pixel residual", {"score.method": "pixel"}, "ae"),
-    "sigmoid": ("sigmoid gates in place of softmax", {"model.gate": "sigmoid"}, None),
-    "one_stage": ("stage 1 only, same total steps", {"one_stage": True}, None),
-    "mam": ("MAM (MemAE memory) in place of CMAM", {"model.variant": "mam"}, None),
-    "cat": ("concatenation + dense in place of the gates", {"model.variant": "cat"}, None),
-    "dot": (
-        "dot-product addressing (MemAE's code) in place of cosine",
-        {"model.similarity": "dot"},
-        None,
-    ),
-    "full_median": ("full model, each map over its median", {"score.normalize": "median"}, "full"),
-    "ae_pixel_median": (
-        "plain auto-encoder, pixel residual, each map over its median",
-        {"score.method": "pixel", "score.normalize": "median"},
-        "ae",
-    ),
-}
-KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
-
-
-def variant_config(base, name: str, seed: int):
-    config = copy.deepcopy(base)
-    _, overrides, source = VARIANTS[name]
-    if source is not None:  # scored from another variant's checkpoints: build that model
-        overrides = {**VARIANTS[source][1], **overrides}
-    with config.unlocked():
-        config.train.seed = seed
-        for key, value in overrides.items():
-            if key == "one_stage":
-                config.train.stage1_steps += config.train.stage2_steps
-                config.train.stage2_steps = 0
-                continue
-            section, field = key.split(".")
-            config[section][field] = value
-    return config
-
-
-def _per_type(result: dict) -> dict:
-    return {t: {k: r[k] for k in KEYS} for t, r in result["per_type"].items()}
-
-
-def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
-    from cmaae_jax import evaluate, train  # noqa: PLC0415
-
-    workdir = root / name / f"seed{seed}"
-    record_path = workdir / "study.json"
-    config = variant_config(base, name, seed)
-    if (workdir / "eval" / "metrics.json").exists() and record_path.exists():
-        record = json.loads(record_path.read_text())
-        if "per_type" not in record:  # a record from before per-type metrics: score again
-            result = evaluate.evaluate(config, str(workdir))
-            record["per_type"] = _per_type(result)
-            record_path.write_text(json.dumps(record, indent=2))
-        return record
-    source = VARIANTS[name][2]
-    train_s = 0.0
-    if source is None:
-        t0 = time.perf_counter()
-        train.train(config, str(workdir))
-        train_s = time.perf_counter() - t0
-    else:
-        src = run_one(base, root, source, seed)
-        workdir.mkdir(parents=True, exist_ok=True)
-        link = workdir / "checkpoints"
-        if not link.exists():
-            link.symlink_to((root / source / f"seed{seed}" / "checkpoints").absolute())
-        train_s = src["train_seconds"]
-    result = evaluate.evaluate(config, str(workdir))
-    record = {
-        "variant": name,
-        "seed": seed,
-        "train_seconds": train_s,
-        "trained_by": source or name,
-        "steps": [config.train.stage1_steps, config.train.stage2_steps],
-        **{k: result[k] for k in (*KEYS, "pixel_ap", "eval_seconds", "threshold")},
-        "per_type": _per_type(result),
-    }
-    record_path.write_text(json.dumps(record, indent=2))
-    return record
-
-
-def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type: int):
-    """Overlays of the first `per_type` images of every defect type, in `<run>/study_pictures`."""
-    from cmaae_jax import datasets, evaluate, inference, pictures  # noqa: PLC0415
-
-    workdir = root / name / f"seed{seed}"
-    out = workdir / "study_pictures"
-    if out.exists():
-        return
-    config = variant_config(base, name, seed)
-    _, variables = inference.restore_variables(config, str(workdir))
-    splits = datasets.load_splits(config)
-    scorer = inference.Scorer(config, variables)
-    threshold = evaluate.calibrate(scorer, splits["val"], config.eval.threshold_quantile)
-    test = splits["test"]
-    chosen = {}
-    for i, kind in enumerate(test.defect_types):
-        if test.labels[i] == 1 and len(chosen.setdefault(kind, [])) < per_type:
-            chosen[kind].append(i)
-    idx = [i for ids in chosen.values() for i in ids]
-    maps = scorer(test.images[idx])
-    for i, amap in zip(idx, maps, strict=True):
-        stem = pathlib.Path(test.paths[i]).stem
-        pictures.save_overlay(
-            out / f"{test.defect_types[i]}_{stem}.png",
-            test.images[i],
-            test.masks[i],
-            amap,
-            threshold,
-            title=f"{name}: max {amap.max():.3g} / thr {threshold:.3g}",
-        )
-
-
-def summarize(records: list[dict]) -> dict:
-    by_variant = {}
-    for r in records:
-        by_variant.setdefault(r["variant"], []).append(r)
-    summary = {}
-    for name in [v for v in VARIANTS if v in by_variant]:
-        rs = by_variant[name]
-        cols = {k: [r[k] for r in rs] for k in (*KEYS, "train_seconds")}
-        summary[name] = {
-            "seeds": [r["seed"] for r in rs],
-            **{k: [float(np.mean(v)), float(np.std(v))] for k, v in cols.items()},
-        }
-    return summary
-
-
-def table(summary: dict) -> str:
-    head = ["variant", "seeds", *KEYS, "train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, s in summary.items():
-        n = len(s["seeds"])
-        cells = [f"{name}", str(n)]
-        for k in KEYS:
-            m, sd = s[k]
-            cells.append(f"{m:.3f} ± {sd:.3f}" if n > 1 else f"{m:.3f}")
-        cells.append(f"{s['train_seconds'][0]:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def type_table(records: list[dict], key: str = "pixel_auroc") -> str:
-    """Markdown table of `key` per variant (rows, mean over seeds) and defect type (columns)."""
-    types = sorted({t for r in records for t in r.get("per_type", {})})
-    if not types:
-        return ""
-    lines = ["| variant | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 1)]
-    for name in VARIANTS:
-        rs = [r for r in records if r["variant"] == name and r.get("per_type")]
-        if rs:
-            vals = [np.mean([r["per_type"][t][key] for r in rs]) for t in types]
-            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return "\n".join(lines)
-
 
 def main(argv):
     del argv
     _common.set_cpu_devices(_CPU.value)
-    base = _CONFIG.value
-    root = pathlib.Path(_ROOT.value)
-    names = _VARIANTS.value or list(VARIANTS)
-    unknown = sorted(set(names) - set(VARIANTS))
+    names = _VARIANTS.value or list(study.VARIANTS)
+    unknown = sorted(set(names) - set(study.VARIANTS))
     if unknown:
-        raise app.UsageError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        raise app.UsageError(f"unknown variants {unknown}; choose from {list(study.VARIANTS)}")
     seeds = [int(s) for s in _SEEDS.value]
     with _common.user_errors():
-        for seed in seeds:
-            for name in names:
-                record = run_one(base, root, name, seed)
-                print(json.dumps({k: record[k] for k in ("variant", "seed", *KEYS)}), flush=True)
-                if name in _PICTURES.value:
-                    save_type_pictures(base, root, name, seed, _PER_TYPE.value)
-    records = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/study.json"))]
-    summary = summarize(records)
-    (root / "results.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=2))
-    print(table(summary))
-    for key in ("pixel_auroc", "pixel_f1_max", "pixel_aupro", "image_auroc"):
-        if per_type := type_table(records, key):
-            print(f"\n{key} per defect type (its images and every normal test image)\n{per_type}")
+        records = study.run(
+            _CONFIG.value, _ROOT.value, names, seeds, _PICTURES.value, _PER_TYPE.value
+        )
+    print(study.report(records))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_common.parse_flags)

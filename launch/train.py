@@ -12,7 +12,7 @@ import _common
 from absl import app, flags
 from ml_collections import config_flags
 
-from cmaae_jax import train
+from cmaae_jax import devices, evaluate, metrics, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and eval.")
@@ -27,15 +27,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     _common.set_cpu_devices(_CPU.value)
-    _common.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    devices.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     with _common.user_errors():
+        train.train(_CONFIG.value, _WORKDIR.value)
         if _EVAL.value:
-            metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-            print(
-                {k: metrics[k] for k in ("pixel_f1", "pixel_f1_max", "pixel_auroc") if k in metrics}
-            )
-        else:
-            train.train(_CONFIG.value, _WORKDIR.value)
+            result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value)
+            print({k: result[k] for k in metrics.HEADLINE_KEYS[:3]})
 
 
 if __name__ == "__main__":

@@ -29,18 +29,6 @@ def magnetic_tile_root():
     return MAGNETIC_TILE
 
 
-def launch_module(name: str):
-    """Imports `launch/<name>.py` (launch/ is not a package) and returns the module."""
-    import importlib  # noqa: PLC0415
-
-    launch = str(pathlib.Path(__file__).resolve().parents[1] / "launch")
-    sys.path.insert(0, launch)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(launch)
-
-
 def tiny_config(root, **overrides):
     """A seconds-scale training config on procedural 64x64 textures (4 virtual devices)."""
     from configs import default

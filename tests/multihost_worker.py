@@ -14,7 +14,6 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "launch"))
 sys.path.insert(0, str(ROOT))
 
 
@@ -28,16 +27,16 @@ def main():
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
-    import _common  # noqa: PLC0415  (after sys.path)
+    from cmaae_jax import devices  #  (after sys.path)
 
     coordinator = f"localhost:{args.port}" if args.num_processes > 1 else ""
-    _common.maybe_initialize_distributed(coordinator, args.num_processes, args.process_id)
+    devices.maybe_initialize_distributed(coordinator, args.num_processes, args.process_id)
 
-    import jax  # noqa: PLC0415
-    import ml_collections  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    import jax
+    import ml_collections
+    import numpy as np
 
-    from cmaae_jax import train  # noqa: PLC0415
+    from cmaae_jax import train
 
     config = ml_collections.ConfigDict(json.loads(pathlib.Path(args.config).read_text()))
     state = train.train(config, args.workdir)

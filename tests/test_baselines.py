@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from cmaae_jax import baselines, datasets
+from cmaae_jax import baselines, layouts
 
 
 def _split(images, masks, kinds):
     labels = np.array([k != "good" for k in kinds], np.int32)
-    return datasets.Split(images, masks, labels, [f"{i}.png" for i in range(len(kinds))], kinds)
+    return layouts.Split(images, masks, labels, [f"{i}.png" for i in range(len(kinds))], kinds)
 
 
 def test_mean_image_by_hand():

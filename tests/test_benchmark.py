@@ -1,9 +1,11 @@
-"""launch/benchmark.py at a tiny size: one JSON object with the documented keys, sane values."""
+"""cmaae_jax/benchmark.py at a tiny size: one JSON object with the documented keys, sane values."""
 
 import json
 
-import conftest
 import pytest
+
+from cmaae_jax import benchmark
+from configs import default
 
 KEYS = (
     "train_patches_per_s",
@@ -23,18 +25,13 @@ KEYS = (
 )
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    return conftest.launch_module("benchmark")
-
-
-def test_benchmark_json_has_the_keys_and_sane_values(benchmark, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    argv = "--batch 8 --steps 1 --warmup 1 --image-size 128 --infer-images 1 --infer-batch 2"
-    argv += f" --gaaga-batch 2 --gaaga-steps 1 --memory 16 --json {out}"
-    result = benchmark.main(argv.split())
-    printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(out.read_text()) == json.loads(json.dumps(result))
+def test_benchmark_json_has_the_keys_and_sane_values():
+    options = benchmark.Options(
+        batch=8, steps=1, warmup=1, image_size=128, infer_images=1, infer_batch=2,
+        gaaga_batch=2, gaaga_steps=1, memory=16,
+    )  # fmt: skip
+    result = benchmark.run(options, default.get_config())
+    assert json.loads(json.dumps(result)) == result  # one JSON object
     for key in KEYS:
         assert key in result, key
     assert result["batch"] == 8 and result["image_size"] == 128
@@ -48,16 +45,17 @@ def test_benchmark_json_has_the_keys_and_sane_values(benchmark, tmp_path, capsys
     assert result["peak_rss_mb"] >= result["train_peak_rss_mb"] > 0
 
 
-def test_benchmark_rejects_a_batch_that_does_not_split_over_devices(benchmark):
-    import jax  # noqa: PLC0415
+def test_benchmark_rejects_a_batch_that_does_not_split_over_devices():
+    import jax
 
     if jax.local_device_count() == 1:
         pytest.skip("needs several devices")
     with pytest.raises(SystemExit, match="multiple of"):
-        benchmark.main(["--batch", str(jax.local_device_count() + 1), "--skip-infer"])
+        options = benchmark.Options(batch=jax.local_device_count() + 1, skip_infer=True)
+        benchmark.run(options, default.get_config())
 
 
-def test_conv_macs_by_hand(benchmark):
+def test_conv_macs_by_hand():
     # Table I on a 64x64 patch, MACs = output pixels x cout x k*k x cin, layer by layer:
     encoder = (
         32 * 32 * 32 * 16 * 3  # conv1 4x4 s2: 64 -> 32

@@ -1,5 +1,6 @@
 """Tests of cmaae_jax.datasets on generated MVTec, DAGM and folder trees, and on magnetic tile."""
 
+import ast
 import collections
 import importlib.util
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmaae_jax import datasets, images
+from cmaae_jax import datasets, errors, images, layouts
 
 S = 64
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -88,15 +89,39 @@ def test_val_split_seeded(tmp_path):
     none = datasets.load_mvtec(tmp_path, "c", S, 0.0, seed=0)
     assert none["val"].num_images == 0 and none["val"].images.shape == (0, S, S, 3)
     assert datasets.load_mvtec(tmp_path, "c", S, 0.01, seed=0)["val"].num_images == 1
-    with pytest.raises(datasets.DatasetError, match="val_fraction"):
+    with pytest.raises(layouts.DatasetError, match="val_fraction"):
         datasets.load_mvtec(tmp_path, "c", S, 1.0, seed=0)
 
 
 def test_split_train_val_small():
-    assert datasets.split_train_val([1], 0.5, 0) == ([1], [])
-    assert datasets.split_train_val([], 0.5, 0) == ([], [])
-    train, val = datasets.split_train_val([1, 2], 0.9, 0)
+    assert layouts.split_train_val([1], 0.5, 0) == ([1], [])
+    assert layouts.split_train_val([], 0.5, 0) == ([], [])
+    train, val = layouts.split_train_val([1, 2], 0.9, 0)
     assert len(train) == 1 and len(val) == 1
+
+
+def test_errors_are_user_errors_and_value_errors():
+    for error in (layouts.DatasetError, images.ImageError):
+        assert issubclass(error, errors.UserError) and issubclass(error, ValueError)
+    assert datasets.DatasetError is layouts.DatasetError  # evaluate and launch catch it there
+
+
+def test_layouts_depend_on_neither_reader():
+    """images <- layouts <- {datasets, tfds_builders}: no import cycle between the two readers."""
+    package = pathlib.Path(layouts.__file__).parent
+
+    def imported(name):
+        names = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return names
+
+    assert not imported("layouts") & {"cmaae_jax.datasets", "cmaae_jax.tfds_builders"}
+    assert "cmaae_jax.datasets" not in imported("tfds_builders")
+    assert "cmaae_jax.layouts" in imported("tfds_builders")
 
 
 def test_mvtec_category_empty_reads_root(tmp_path):
@@ -148,7 +173,7 @@ def test_mvtec_errors(tmp_path, breakage, match):
         root = tmp_path / "nothere"
     if "missing" in match:
         category = "missing"
-    with pytest.raises(datasets.DatasetError, match=match):
+    with pytest.raises(layouts.DatasetError, match=match):
         datasets.load_mvtec(root, category, S, 0.2, 0)
 
 
@@ -181,12 +206,12 @@ def test_dagm_layout(tmp_path, category):
 
 def test_dagm_errors(tmp_path):
     _dagm(tmp_path)
-    with pytest.raises(datasets.DatasetError, match="not a DAGM class"):
+    with pytest.raises(layouts.DatasetError, match="not a DAGM class"):
         datasets.load_dagm(tmp_path, "wood", S, 0.0, 0)
-    with pytest.raises(datasets.DatasetError, match="Class8"):
+    with pytest.raises(layouts.DatasetError, match="Class8"):
         datasets.load_dagm(tmp_path, 8, S, 0.0, 0)
     os.remove(tmp_path / "Class7/Test/0002.PNG")
-    with pytest.raises(datasets.DatasetError, match="0002_label.PNG has no image"):
+    with pytest.raises(layouts.DatasetError, match="0002_label.PNG has no image"):
         datasets.load_dagm(tmp_path, 7, S, 0.0, 0)
 
 
@@ -208,15 +233,15 @@ def test_folder_layout(tmp_path):
     np.testing.assert_array_equal(test.masks[1], _expected_crack_mask())
     np.testing.assert_array_equal(test.masks[2], _expected_crack_mask())
     os.remove(tmp_path / "masks/d1.png")
-    with pytest.raises(datasets.DatasetError, match="d1.png has no mask"):
+    with pytest.raises(layouts.DatasetError, match="d1.png has no mask"):
         datasets.load_folder(tmp_path, S, 0.25, 0)
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(datasets.DatasetError, match="good-image folder"):
+    with pytest.raises(layouts.DatasetError, match="good-image folder"):
         datasets.load_folder(tmp_path, S, 0.1, 0)
     (tmp_path / "good").mkdir()
-    with pytest.raises(datasets.DatasetError, match="holds no images"):
+    with pytest.raises(layouts.DatasetError, match="holds no images"):
         datasets.load_folder(tmp_path, S, 0.1, 0)
 
 
@@ -236,11 +261,11 @@ def test_load_splits_dispatch(tmp_path):
     _dagm(tmp_path / "dagm")
     config = _config(format="dagm", root=str(tmp_path / "dagm"), category="Class7")
     assert datasets.load_splits(config)["test"].num_images == 3
-    with pytest.raises(datasets.DatasetError, match="data.format"):
+    with pytest.raises(layouts.DatasetError, match="data.format"):
         datasets.load_splits(_config(format="kolektor", root=str(tmp_path)))
-    with pytest.raises(datasets.DatasetError, match="data.root"):
+    with pytest.raises(layouts.DatasetError, match="data.root"):
         datasets.load_splits(_config(format="mvtec", root=""))
-    with pytest.raises(datasets.DatasetError, match="use_tfds"):
+    with pytest.raises(layouts.DatasetError, match="use_tfds"):
         datasets.load_splits(_config(format="folder", root=str(tmp_path), use_tfds=True))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmaae_jax import evaluate
+from cmaae_jax import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_train_evaluate_predict(trained):
     assert steps == [25, 40, 50]  # every 25 steps and at the end of each stage
     proc = _run("launch/evaluate.py", *args)
     m = json.loads((work / "eval" / "metrics.json").read_text())
-    for key in evaluate.REQUIRED_KEYS + ("threshold", "num_images", "checkpoint_step"):
+    for key in metrics.HEADLINE_KEYS + ("threshold", "num_images", "checkpoint_step"):
         assert key in m, key
     assert m["checkpoint_step"] == 50 and m["num_images"] == 12
     assert json.loads(proc.stdout)["pixel_auroc"] == m["pixel_auroc"]

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import checkpoint, export, images, inference, model, scoring, train
+from cmaae_jax import checkpoint, export, images, inference, model, scoring
+from cmaae_jax import state as state_lib
+from cmaae_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,9 +34,9 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     config = tiny_config(root / "data", model__latent_dim=16)
     (root / "config.json").write_text(config.to_json_best_effort(indent=2))
-    state = train.init_state(config, model.from_config(config))
+    state = state_lib.init_state(config, model.from_config(config))
     mgr = checkpoint.manager(root, async_save=False)
-    meta = {"stage": 1, "seed": 0, "model_digest": train.config_digest(config)}
+    meta = {"stage": 1, "seed": 0, "model_digest": state_lib.config_digest(config)}
     checkpoint.save(mgr, 1, state.replace(step=state.step + 1), meta)
     mgr.wait_until_finished()
     mgr.close()
@@ -43,7 +45,7 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["msfr", "pixel"])
 def test_exported_function_gives_the_library_maps(workdir, tmp_path, method):
-    config = inference.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     config.score.method = method
     _, variables = inference.restore_variables(config, workdir)
     path = tmp_path / "m.jaxexport"
@@ -110,14 +112,14 @@ def test_cli_export_then_run_without_the_model_code(workdir, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "threshold 0.02" in r.stdout
-    config = inference.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     _, variables = inference.restore_variables(config, workdir)
     want = _library_maps(config, variables, x)
     np.testing.assert_allclose(np.load(tmp_path / "maps.npy"), want, rtol=1e-5, atol=1e-7)
 
 
 def test_a_damaged_or_misused_artifact_is_a_clear_error(workdir, tmp_path):
-    config = inference.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     _, variables = inference.restore_variables(config, workdir)
     path = tmp_path / "m.jaxexport"
     export.save(path, config, variables, threshold=0.1, batch=1)

@@ -26,7 +26,8 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from cmaae_jax import checkpoint, datasets, images, model, train
+from cmaae_jax import checkpoint, datasets, images, layouts, model
+from cmaae_jax import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,9 +153,9 @@ def test_each_bad_file_has_its_own_message(tmp_path):
 def test_dataset_with_a_bad_file_names_it(tmp_path):
     root = tmp_path / "data"
     _bad_folder(root / "good")
-    with pytest.raises(datasets.DatasetError, match=r"good/\w+\.(png|jpg): "):
+    with pytest.raises(layouts.DatasetError, match=r"good/\w+\.(png|jpg): "):
         datasets.load_folder(root, 64, 0.0, 0)
-    with pytest.raises(datasets.DatasetError, match="not found; expected the layout"):
+    with pytest.raises(layouts.DatasetError, match="not found; expected the layout"):
         datasets.load_folder(tmp_path / "elsewhere", 64, 0.0, 0)
 
 
@@ -214,8 +215,9 @@ def _workdir(root):
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(config.to_json_best_effort(indent=2))
     mgr = checkpoint.manager(root, async_save=False)
-    meta = {"stage": 1, "seed": 0, "model_digest": train.config_digest(config)}
-    checkpoint.save(mgr, 1, train.init_state(config, model.from_config(config)), meta, force=True)
+    meta = {"stage": 1, "seed": 0, "model_digest": state_lib.config_digest(config)}
+    state = state_lib.init_state(config, model.from_config(config))
+    checkpoint.save(mgr, 1, state, meta, force=True)
     mgr.wait_until_finished()
     mgr.close()
     return root

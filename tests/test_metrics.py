@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cmaae_jax import metrics
+from cmaae_jax import calibration, metrics
 
 # ---------------------------------------------------------------- brute-force references
 
@@ -308,11 +308,11 @@ def test_score_keys_order_and_round_trip():
 
 def test_threshold_from_normal_constant_maps_do_not_degenerate():
     normal = np.full((3, 8, 8), 0.3, np.float32)
-    t = metrics.threshold_from_normal(normal, 0.999)
+    t = calibration.threshold_from_normal(normal, 0.999)
     assert t > 0.3 and not np.any(normal >= t)
     zeros_heavy = np.zeros((4, 32, 32), np.float32)
     zeros_heavy[0, 0, :3] = [0.5, 0.7, 0.9]
-    t0 = metrics.threshold_from_normal(zeros_heavy, 0.99)
+    t0 = calibration.threshold_from_normal(zeros_heavy, 0.99)
     assert t0 > 0.0 and np.count_nonzero(zeros_heavy >= t0) == 3
 
 
@@ -320,14 +320,14 @@ def test_threshold_from_normal_is_numpy_quantile():
     rng = np.random.default_rng(7)
     normal = rng.random((4, 16, 16)).astype(np.float32)
     for q in [0.5, 0.99, 0.999]:
-        assert metrics.threshold_from_normal(normal, q) == float(np.quantile(normal, q))
-    sub = metrics.threshold_from_normal(normal, 0.9, max_pixels=500, seed=1)
-    assert sub == metrics.threshold_from_normal(normal, 0.9, max_pixels=500, seed=1)
+        assert calibration.threshold_from_normal(normal, q) == float(np.quantile(normal, q))
+    sub = calibration.threshold_from_normal(normal, 0.9, max_pixels=500, seed=1)
+    assert sub == calibration.threshold_from_normal(normal, 0.9, max_pixels=500, seed=1)
     assert sub == pytest.approx(np.quantile(normal, 0.9), abs=0.05)
 
 
 def test_threshold_from_normal_cannot_see_masks():
-    params = inspect.signature(metrics.threshold_from_normal).parameters
+    params = inspect.signature(calibration.threshold_from_normal).parameters
     assert list(params) == ["normal_maps", "quantile", "max_pixels", "seed"]
     assert not any("mask" in p or "label" in p for p in params)
 
@@ -338,7 +338,7 @@ def test_invalid_inputs():
     with pytest.raises(ValueError):
         metrics.evaluate_maps(np.full((1, 2, 2), np.nan), np.zeros((1, 2, 2)))
     with pytest.raises(ValueError):
-        metrics.threshold_from_normal(np.zeros((1, 2, 2)), 1.0)
+        calibration.threshold_from_normal(np.zeros((1, 2, 2)), 1.0)
     out = metrics.evaluate_maps(np.ones((2, 4, 4)), np.zeros((2, 4, 4), np.uint8), threshold=0.5)
     assert math.isnan(out["pixel_auroc"]) and math.isnan(out["pixel_aupro"])
     assert math.isnan(out["image_auroc"]) and out["pixel_f1"] == 0.0  # 0 TP, 32 FP

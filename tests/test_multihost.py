@@ -19,6 +19,7 @@ import pytest
 from conftest import tiny_config
 
 from cmaae_jax import checkpoint, datasets, model, train, train_log
+from cmaae_jax import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -104,7 +105,7 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path):
     multi_loss = [r["loss"] for r in train_log.read(workdir / "metrics.jsonl")]
     single_loss = [r["loss"] for r in train_log.read(tmp_path / "single" / "metrics.jsonl")]
     np.testing.assert_allclose(multi_loss, single_loss, rtol=1e-3)
-    init = train.init_state(config, model.from_config(config)).params
+    init = state_lib.init_state(config, model.from_config(config)).params
     num = den = 0.0
     for path, v in jax.tree_util.tree_leaves_with_path(single.params):
         k, v0 = jax.tree_util.keystr(path), np.asarray(_get(init, path))
@@ -123,7 +124,7 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path):
     assert "step/s" in texts[0] and "step/s" not in texts[1]
     mgr = checkpoint.manager(workdir, async_save=False)
     try:
-        step, state, _ = train.restore_state(config, model.from_config(config), mgr)
+        step, state, _ = state_lib.restore_state(config, model.from_config(config), mgr)
     finally:
         mgr.close()
     assert step == STEPS

@@ -25,6 +25,7 @@ import pytest
 from conftest import tiny_config
 
 from cmaae_jax import checkpoint, model, train, train_log
+from cmaae_jax import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TMP = ".orbax-checkpoint-tmp"
@@ -51,7 +52,7 @@ def _assert_same(a, b):
 def _restore(config, workdir, step=None):
     mgr = checkpoint.manager(workdir, async_save=False)
     try:
-        return train.restore_state(config, model.from_config(config), mgr, step)
+        return state_lib.restore_state(config, model.from_config(config), mgr, step)
     finally:
         mgr.close()
 
@@ -99,7 +100,7 @@ def _check_every_listed_step_restores(config, workdir):
         steps = mgr.all_steps()
         net = model.from_config(config)
         for s in steps:
-            assert train.restore_state(config, net, mgr, s)[0] == s
+            assert state_lib.restore_state(config, net, mgr, s)[0] == s
     finally:
         mgr.close()
     return sorted(steps)

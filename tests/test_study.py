@@ -1,16 +1,10 @@
-"""launch/study.py's pure parts: variant overrides and the per-defect-type table."""
+"""The study's pure parts: variant overrides and the per-defect-type table."""
 
-import conftest
-import pytest
-
-
-@pytest.fixture(scope="module")
-def study():
-    return conftest.launch_module("study")
+from cmaae_jax import study
 
 
-def test_variant_config_overrides(study):
-    from configs import study as study_config  # noqa: PLC0415
+def test_variant_config_overrides():
+    from configs import study as study_config
 
     base = study_config.get_config()
     one = study.variant_config(base, "one_stage", 3)
@@ -21,7 +15,7 @@ def test_variant_config_overrides(study):
     assert base.model.variant == "cmam" and base.train.seed != 3  # base untouched
 
 
-def test_type_table_means_over_seeds(study):
+def test_type_table_means_over_seeds():
     def rec(variant, seed, blow, crack):
         keys = dict.fromkeys(study.KEYS, 0.0)
         per = {"blowhole": {**keys, "pixel_auroc": blow}, "crack": {**keys, "pixel_auroc": crack}}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmaae_jax import datasets, tfds_builders
+from cmaae_jax import datasets, layouts, tfds_builders
 
 S = 64
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -128,11 +128,11 @@ def test_builder_configs():
 
 def test_errors(tmp_path):
     data_dir = str(tmp_path / "tfds")
-    with pytest.raises(datasets.DatasetError, match="dataset root"):
+    with pytest.raises(layouts.DatasetError, match="dataset root"):
         tfds_builders.load_tfds("mvtec", tmp_path / "none", "wood", S, 0.1, 0, data_dir)
-    with pytest.raises(datasets.DatasetError, match="no TFDS builder"):
+    with pytest.raises(layouts.DatasetError, match="no TFDS builder"):
         tfds_builders.load_tfds("folder", tmp_path, "", S, 0.1, 0, data_dir)
     _mvtec(tmp_path / "src" / "wood")
     (tmp_path / "src/wood/test/good/000.png").write_bytes(b"not a png")
-    with pytest.raises(datasets.DatasetError, match="test/good/000.png"):
+    with pytest.raises(layouts.DatasetError, match="test/good/000.png"):
         tfds_builders.load_tfds("mvtec", tmp_path / "src", "wood", S, 0.1, 0, data_dir)

@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_config
 
 from cmaae_jax import configlib, model, train
+from cmaae_jax import state as state_lib
 
 
 def _flat(tree):
@@ -24,11 +25,11 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
     assert jax.local_device_count() == 4
     config = tiny_config(data_root)
     net = model.from_config(config)
-    state = train.init_state(config, net)
+    state = state_lib.init_state(config, net)
     # A learnable toy: every device sees the same flat grey images.
     images = np.full((4, 2, 64, 64, 3), 150, np.uint8)
     bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
-    tx1 = train.make_optimizer(config, state.params, 1)
+    tx1 = state_lib.make_optimizer(config, state.params, 1)
     step1 = train.make_train_step(config, net, 1, tx1)
     rstate = train.replicate(state)
     losses = []
@@ -43,13 +44,13 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
         assert all(np.array_equal(leaf[0], leaf[d]) for d in range(1, 4))
     after1 = _flat(train.unreplicate_to_host(rstate).params)
 
-    state2 = train.to_stage2(config, train.unreplicate_to_host(rstate))
+    state2 = state_lib.to_stage2(config, train.unreplicate_to_host(rstate))
     # The memory has no optimizer state in stage 2.
     n_adam = sum(x.size for x in jax.tree.leaves(state2.opt_state))
     n_params = sum(x.size for x in jax.tree.leaves(state2.params))
     n_memory = state2.params["memory"]["items"].size
     assert n_adam < 2 * n_params and n_adam >= 2 * (n_params - n_memory)
-    tx2 = train.make_optimizer(config, state2.params, 2)
+    tx2 = state_lib.make_optimizer(config, state2.params, 2)
     step2 = train.make_train_step(config, net, 2, tx2)
     rbank = train.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
     rstate = train.replicate(state2)

@@ -1,0 +1,32 @@
+"""Threshold calibration by the label-free rule: a threshold chosen from normal images only.
+
+No defect label is used, so the F1 at this threshold (`pixel_f1`) is the deployable number.
+"""
+
+import numpy as np
+
+
+def threshold_from_normal(
+    normal_maps, quantile: float = 0.999, max_pixels: int = 20_000_000, seed: int = 0
+) -> float:
+    """Label-free threshold: the `quantile` of the pooled pixel scores of NORMAL images only.
+
+    A pixel is flagged when its score >= the threshold. Above `max_pixels` pooled pixels the
+    quantile is taken on a uniform random subsample (with replacement) of `max_pixels` pixels,
+    drawn with `seed`, so the result is deterministic. Guard against degeneration (cf. anomalib's
+    adaptive threshold falling to the minimum): if the quantile is not above the smallest normal
+    score (e.g. all normal scores equal, or heavy ties at the bottom), the next float32 above it
+    is returned, so pixels at that score are not flagged.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    scores = np.asarray(normal_maps, dtype=np.float32).ravel()
+    if scores.size == 0 or np.isnan(scores).any():
+        raise ValueError("normal maps are empty or contain NaN")
+    if scores.size > max_pixels:
+        rng = np.random.default_rng(seed)
+        scores = scores[rng.integers(0, scores.size, size=max_pixels)]
+    value = np.float32(np.quantile(scores, quantile))
+    if value <= scores.min():
+        value = np.nextafter(value, np.float32(np.inf))
+    return float(value)

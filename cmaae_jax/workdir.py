@@ -1,0 +1,59 @@
+"""The files of a training run's workdir, named once, and its saved config.
+
+<workdir>/config.json          the resolved config of the run (written by training)
+<workdir>/checkpoints/         orbax checkpoints
+<workdir>/metrics.jsonl        training log, one JSON object per logged step
+<workdir>/loss.png             the training curve
+<workdir>/eval/metrics.json    evaluation metrics and the label-free threshold
+<workdir>/eval/pictures/       overlays of the evaluation
+"""
+
+import json
+import pathlib
+
+import ml_collections
+
+from cmaae_jax import errors
+
+CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+EVAL = "eval"
+EVAL_METRICS = "metrics.json"
+PICTURES = "pictures"
+PR_CURVE = "pr_curve.png"
+
+
+class WorkdirError(errors.UserError, FileNotFoundError):
+    """A workdir that lacks a file a command needs."""
+
+
+def config_path(workdir) -> pathlib.Path:
+    return pathlib.Path(workdir) / CONFIG
+
+
+def checkpoints_dir(workdir) -> pathlib.Path:
+    return pathlib.Path(workdir) / CHECKPOINTS
+
+
+def eval_dir(workdir) -> pathlib.Path:
+    return pathlib.Path(workdir) / EVAL
+
+
+def eval_metrics_path(workdir) -> pathlib.Path:
+    return eval_dir(workdir) / EVAL_METRICS
+
+
+def save_config(workdir, config):
+    config_path(workdir).write_text(config.to_json_best_effort(indent=2))
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    """The resolved config that training saved next to its checkpoints."""
+    path = config_path(workdir)
+    if not path.is_file():
+        raise WorkdirError(
+            f"{path} not found: is {workdir} a training workdir (launch/train.py --workdir)?"
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
