@@ -6,11 +6,15 @@ and metrics), so a study can say how far a model is above what needs no training
   thin lines, blind to large smooth defects.
 * `mean_image`: |I - mean of the training images|, pixel by pixel: needs aligned images.
 
-Both work on the grey level (mean over RGB) in [0, 1].
+Both work on the grey level (mean over RGB) in [0, 1], on each image's valid region
+(`data.resize=keep_aspect` pads images; the padding is cropped off first and never counts).
+With images of different sizes, `mean_image` averages the training images resized to the
+largest valid size and resizes that mean to each image's size (bilinear).
 """
 
 import numpy as np
 import scipy.ndimage
+from PIL import Image
 
 from cmaae_jax import calibration, metrics
 
@@ -39,13 +43,47 @@ def maps(method: str, images, train_images, sigma: float) -> np.ndarray:
     raise ValueError(f"baseline method must be one of {METHODS}, got {method!r}")
 
 
+def _resize(grey_HxW, hw) -> np.ndarray:
+    """Bilinear resize of a float32 grey image to (h, w)."""
+    if grey_HxW.shape == tuple(hw):
+        return grey_HxW
+    img = Image.fromarray(np.asarray(grey_HxW, np.float32))  # mode F
+    return np.asarray(img.resize((int(hw[1]), int(hw[0])), Image.BILINEAR), np.float32)
+
+
+def _mean_template(train) -> np.ndarray:
+    """Mean grey of the training images' valid regions, resized to the largest valid size."""
+    hw = tuple(int(v) for v in train.sizes.max(axis=0))
+    greys = [_resize(grey(train.valid_map(i, im)), hw) for i, im in enumerate(train.images)]
+    return np.mean(greys, axis=0, dtype=np.float32)
+
+
+def split_maps(method: str, split, train, sigma: float) -> list:
+    """Baseline maps of every image of a Split, each cropped to its valid region [h_i, w_i]."""
+    if method not in METHODS:
+        raise ValueError(f"baseline method must be one of {METHODS}, got {method!r}")
+    if split.stacked and train.stacked:  # square mode: whole arrays, as before
+        full = maps(method, split.images, train.images, sigma)
+        return [split.valid_map(i, m) for i, m in enumerate(full)]
+    greys = [grey(split.valid_map(i, im)) for i, im in enumerate(split.images)]
+    if method == "local_contrast":
+        return [np.abs(g - scipy.ndimage.gaussian_filter(g, sigma, mode="reflect")) for g in greys]
+    template = _mean_template(train)
+    return [np.abs(g - _resize(template, g.shape)) for g in greys]
+
+
 def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999) -> dict:
     """Pooled and per-defect-type metrics of one baseline on `datasets.load_splits` output."""
-    train, val, test = splits["train"].images, splits["val"], splits["test"]
-    threshold = calibration.threshold_from_normal(maps(method, val.images, train, sigma), quantile)
-    test_maps = maps(method, test.images, train, sigma)
-    result = metrics.evaluate_maps(test_maps, test.masks, threshold)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    normal = [m.ravel() for m in split_maps(method, val, train, sigma)]
+    normal = np.concatenate(normal) if normal else np.zeros(0, np.float32)
+    threshold = calibration.threshold_from_normal(normal, quantile)
+    acc = metrics.PixelAccumulator(thresholds=(threshold,))
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
-    per_type.update(test_maps, test.masks, test.defect_types, test.labels)
+    test_maps = split_maps(method, test, train, sigma)
+    for pos, maps_g, masks_g in test.valid_groups(range(test.num_images), test_maps):
+        acc.update(maps_g, masks_g)
+        per_type.update(maps_g, masks_g, [test.defect_types[i] for i in pos], test.labels[pos])
+    result = acc.result(threshold)
     result["per_type"] = per_type.result(threshold)
     return result

@@ -3,7 +3,17 @@
 Each option list is imported from the module that owns the option; this module only checks.
 """
 
-from cmaae_jax import datasets, errors, losses, memory, model, natural_images, scoring
+from cmaae_jax import (
+    datasets,
+    errors,
+    gaaga,
+    images,
+    losses,
+    memory,
+    model,
+    natural_images,
+    scoring,
+)
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -31,6 +41,7 @@ def _validate_data(d):
         d.image_size,
         "must be a positive multiple of 64 (the patch size)",
     )
+    _one_of(d.get("resize", "square"), images.RESIZE_MODES, "data.resize")
 
 
 def _validate_model(m, loss):
@@ -39,6 +50,8 @@ def _validate_model(m, loss):
     _at_least(m.latent_dim, 1, "model.latent_dim")
     _one_of(m.similarity, memory.SIMILARITIES, "model.similarity")
     _one_of(m.gate, memory.GATES, "model.gate")
+    temperature = m.get("temperature", 1.0)
+    _check(temperature > 0, "model.temperature", temperature, "must be > 0")
     _check(m.shrink_threshold < 1, "model.shrink_threshold", m.shrink_threshold, "must be < 1")
     _one_of(m.dtype, model.DTYPES, "model.dtype")
     _one_of(m.conv_impl, model.CONV_IMPLS, "model.conv_impl")
@@ -84,6 +97,7 @@ def _validate_anomaly(a, image_size):
     )
     _at_least(a.bank_size, 1, "anomaly.bank_size")
     _check(a.blur_sigma > 0, "anomaly.blur_sigma", a.blur_sigma, "must be > 0")
+    _one_of(a.get("paste_shape", "blob"), gaaga.PASTE_SHAPES, "anomaly.paste_shape")
     src = a.natural_source
     _check(
         natural_images.is_source(src),
@@ -96,6 +110,13 @@ def _validate_anomaly(a, image_size):
 def _validate_score_eval(s, e):
     _one_of(s.method, scoring.METHODS, "score.method")
     _one_of(s.get("normalize", "none"), scoring.NORMALIZE, "score.normalize")
+    stride = s.get("stride", 64)
+    _check(
+        isinstance(stride, int) and stride in scoring.STRIDES,
+        "score.stride",
+        stride,
+        f"must be one of {scoring.STRIDES} (a divisor of the 64-pixel patch, >= 8)",
+    )
     scales = tuple(s.scales)
     _check(
         len(scales) > 0 and all(x in scoring.RF_AREAS for x in scales),

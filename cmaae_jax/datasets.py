@@ -5,7 +5,8 @@ per-layout loaders `load_mvtec`, `load_dagm`, `load_folder`; the layouts themsel
 `Split`, `DatasetError`) are owned by `cmaae_jax.layouts`, the TFDS path by
 `cmaae_jax.tfds_builders`. Every loader returns `dict(train=Split, val=Split, test=Split)`: train
 and val are disjoint slices of the good training images (val, a seeded random `val_fraction` of
-them, calibrates the threshold), test holds good and defective images with their masks. Files
+them, calibrates the threshold), test holds good and defective images with their masks, all
+resized as `data.resize` says (`cmaae_jax.images`; TFDS: square only). Files
 are read in sorted order; hidden files are ignored, files that are not images are skipped with
 a warning.
 """
@@ -18,29 +19,29 @@ from cmaae_jax.layouts import DatasetError  # re-exported: evaluate and launch c
 FORMATS = ("mvtec", "dagm", "folder", "synthetic")
 
 
-def _load(listing, image_size, val_fraction, seed):
+def _load(listing, image_size, val_fraction, seed, resize):
     train, test, has_masks = listing
     train, val = layouts.split_train_val(train, val_fraction, seed)
     return {
-        "train": layouts.read_entries(train, image_size),
-        "val": layouts.read_entries(val, image_size),
-        "test": layouts.read_entries(test, image_size, has_masks),
+        "train": layouts.read_entries(train, image_size, resize=resize),
+        "val": layouts.read_entries(val, image_size, resize=resize),
+        "test": layouts.read_entries(test, image_size, has_masks, resize),
     }
 
 
-def load_mvtec(root, category, image_size, val_fraction, seed):
+def load_mvtec(root, category, image_size, val_fraction, seed, resize="square"):
     """Loads an MVTec AD category (category "" reads `root` itself as the category folder)."""
-    return _load(layouts.list_mvtec(root, category), image_size, val_fraction, seed)
+    return _load(layouts.list_mvtec(root, category), image_size, val_fraction, seed, resize)
 
 
-def load_dagm(root, category, image_size, val_fraction, seed):
+def load_dagm(root, category, image_size, val_fraction, seed, resize="square"):
     """Loads one DAGM 2007 class; `category` is 'Class7', '7' or 7."""
-    return _load(layouts.list_dagm(root, category), image_size, val_fraction, seed)
+    return _load(layouts.list_dagm(root, category), image_size, val_fraction, seed, resize)
 
 
-def load_folder(root, image_size, val_fraction, seed):
+def load_folder(root, image_size, val_fraction, seed, resize="square"):
     """Loads a plain `good/ [defective/ masks/ test_good/]` folder tree."""
-    return _load(layouts.list_folder(root), image_size, val_fraction, seed)
+    return _load(layouts.list_folder(root), image_size, val_fraction, seed, resize)
 
 
 def load_splits(config):
@@ -48,6 +49,7 @@ def load_splits(config):
     data = config.data
     fmt, root, category, size = data.format, data.root, data.category, data.image_size
     val_fraction, seed = config.eval.val_fraction, config.train.seed
+    resize = data.get("resize", "square")  # config.json files written before it: square
     if fmt not in FORMATS:
         raise DatasetError(f"data.format={fmt!r} is unknown; expected one of {'|'.join(FORMATS)}")
     if not root:
@@ -55,6 +57,11 @@ def load_splits(config):
     if data.get("use_tfds", False):
         if fmt not in ("mvtec", "dagm"):
             raise DatasetError(f"data.use_tfds works with data.format mvtec|dagm, not {fmt!r}")
+        if resize != "square":
+            raise DatasetError(
+                f"data.use_tfds stores square images; data.resize={resize!r} is not supported "
+                f"with it yet: set data.use_tfds=False (or data.resize=square)"
+            )
         from cmaae_jax import tfds_builders
 
         data_dir = data.get("tfds_data_dir", "") or None
@@ -67,7 +74,7 @@ def load_splits(config):
             synthetic.write_mvtec_tree(root, category, num_train, num_test, seed, size)
         fmt = "mvtec"
     if fmt == "mvtec":
-        return load_mvtec(root, category, size, val_fraction, seed)
+        return load_mvtec(root, category, size, val_fraction, seed, resize)
     if fmt == "dagm":
-        return load_dagm(root, category, size, val_fraction, seed)
-    return load_folder(root, size, val_fraction, seed)
+        return load_dagm(root, category, size, val_fraction, seed, resize)
+    return load_folder(root, size, val_fraction, seed, resize)

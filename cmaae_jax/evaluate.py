@@ -4,6 +4,8 @@ The threshold is the `eval.threshold_quantile` quantile of the anomaly scores of
 normal training images (`eval.val_fraction` of train/good): no defect label is used to pick
 it, so `pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
 `per_type` repeats the metrics for each defect type (its images and all normal test images).
+Maps, masks and pictures are at the resized image's resolution, cropped to each image's valid
+region (`data.resize=keep_aspect` pads images; the padding never counts).
 """
 
 import json
@@ -15,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from cmaae_jax import calibration, configlib, datasets, inference, metrics, pictures
+from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
 
@@ -23,11 +26,47 @@ def calibrate(scorer, val_split, quantile: float) -> float:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
-    return calibration.threshold_from_normal(scorer(val_split.images), quantile)
+    maps = scorer(val_split.images)
+    valid = [val_split.valid_map(i, m).ravel() for i, m in enumerate(maps)]
+    return calibration.threshold_from_normal(np.concatenate(valid), quantile)
+
+
+def _score_test(scorer, test, threshold, picture_dir, max_pictures):
+    """Scores the test split into (pooled, per-type) accumulators and writes up to
+    `max_pictures` overlays of defective images; maps, masks and images are cropped to each
+    image's valid region first (keep_aspect padding never counts)."""
+    acc = metrics.PixelAccumulator(thresholds=(threshold,))
+    per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
+    written = 0
+    for idx, maps in scorer.batches(test.images):
+        for pos, maps_g, masks_g in test.valid_groups(idx, maps):
+            acc.update(maps_g, masks_g)
+            types = [test.defect_types[i] for i in pos]
+            per_type.update(maps_g, masks_g, types, test.labels[pos])
+        for i, amap in zip(idx, maps, strict=True):
+            if test.labels[i] == 1 and written < max_pictures:
+                amap = test.valid_map(i, amap)
+                name = f"{test.defect_types[i]}_{pathlib.Path(test.paths[i]).stem}.png"
+                pictures.save_overlay(
+                    picture_dir / name,
+                    test.valid_map(i, test.images[i]),
+                    test.valid_map(i, test.masks[i]),
+                    amap,
+                    threshold,
+                    title=f"max {amap.max():.3g} / thr {threshold:.3g}",
+                )
+                written += 1
+    return acc, per_type
 
 
 def evaluate(config, workdir, step: int | None = None) -> dict:
-    """Restores a checkpoint, scores the test split, writes `<workdir>/eval/metrics.json`."""
+    """Restores a checkpoint, scores the test split, writes `<workdir>/eval/metrics.json`.
+
+    The model is the run's own (`state.bind_config`): `config` (None: the run's config.json)
+    may change the data location, eval.* and score.*; score fields that differ from the
+    run's are recorded under `config_overrides`.
+    """
+    config, overrides = state_lib.bind_config(config, workdir)
     configlib.validate(config)
     t0 = time.perf_counter()
     ckpt_step, variables = inference.restore_variables(config, workdir, step)
@@ -37,27 +76,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     test = splits["test"]
     out = workdir_lib.eval_dir(workdir)
     (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
-    acc = metrics.PixelAccumulator(thresholds=(threshold,))
-    per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     primary = jax.process_index() == 0  # every process scores; only the primary writes
-    written = 0 if primary else config.eval.max_pictures
-    for lo, maps in scorer.batches(test.images):
-        hi = lo + len(maps)
-        acc.update(maps, test.masks[lo:hi])
-        per_type.update(maps, test.masks[lo:hi], test.defect_types[lo:hi], test.labels[lo:hi])
-        for j, amap in enumerate(maps):
-            i = lo + j
-            if test.labels[i] == 1 and written < config.eval.max_pictures:
-                name = f"{test.defect_types[i]}_{pathlib.Path(test.paths[i]).stem}.png"
-                pictures.save_overlay(
-                    out / workdir_lib.PICTURES / name,
-                    test.images[i],
-                    test.masks[i],
-                    amap,
-                    threshold,
-                    title=f"max {amap.max():.3g} / thr {threshold:.3g}",
-                )
-                written += 1
+    max_pictures = config.eval.max_pictures if primary else 0
+    acc, per_type = _score_test(scorer, test, threshold, out / workdir_lib.PICTURES, max_pictures)
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
     pictures.save_pr_curve(
@@ -65,6 +86,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     )
     result.update(
         threshold=float(threshold),
+        config_overrides=overrides,
         num_images=int(test.num_images),
         num_defective=int(np.sum(test.labels)),
         checkpoint_step=int(ckpt_step),

@@ -11,6 +11,13 @@ to the two files to run a model where the training code is not installed):
     mapper = load("cmaae.jaxexport")
     maps = mapper(images_NxSxSx3_uint8)   # float32 [N, S, S]
     masks, scores = mapper.masks(maps), mapper.scores(maps)
+
+A run trained with `data.resize=keep_aspect` is exported at the S x S canvas too (the sidecar's
+`resize`): give the loader images scaled so that their LONG side is S (keep the aspect ratio,
+e.g. PIL's bilinear resize), as a list or one image; each is placed at the top left of the
+canvas, reflected bottom/right, and its map is cropped back to its size. Those maps equal the
+library's (which pads only to the next multiple of 64) away from the last few pixels before
+the padded edge; with `score.normalize=median` the median is the canvas's.
 """
 
 import hashlib
@@ -50,11 +57,15 @@ def export_map_fn(config, variables, batch: int, platforms=None):
     net = model.from_config(config)
     method, scales = config.score.method, tuple(config.score.scales)
     normalize = config.score.get("normalize", "none")
+    stride = config.score.get("stride", 64)
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
 
     def image_to_map(images_BxSxSx3):
-        return scoring.anomaly_maps(net, variables, images_BxSxSx3, method, scales, normalize)[0]
+        maps, _ = scoring.anomaly_maps(
+            net, variables, images_BxSxSx3, method, scales, normalize, stride
+        )
+        return maps
 
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
@@ -80,6 +91,8 @@ def save(path, config, variables, threshold: float, batch: int = 1, platforms=No
         "method": config.score.method,
         "scales": list(config.score.scales),
         "normalize": config.score.get("normalize", "none"),
+        "resize": config.data.get("resize", "square"),
+        "stride": config.score.get("stride", 64),
         "platforms": list(exported.platforms),
         "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
         "input_scaling": SCALING,
@@ -106,11 +119,37 @@ class ExportedMapper:
         self.threshold = meta["threshold"]
         self.image_size = meta["image_size"]
         self.batch = meta["batch"]
+        self.resize = meta.get("resize", "square")
         self._fn = jax.jit(exported.call)
+
+    def _canvas(self, images):
+        """keep_aspect: (images [N, S, S(, C)] reflect-padded bottom/right, valid sizes)."""
+        x = images if isinstance(images, (list, tuple)) else np.asarray(images)
+        if isinstance(x, np.ndarray):  # [N,h,w,C], [N,h,w] (grey), [h,w,1|3] or [h,w]: one
+            one = x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3))
+            x = [x] if one else list(x)
+        s, out, sizes = self.image_size, [], []
+        for im in x:
+            im = np.asarray(im)
+            im = im[..., None] if im.ndim == 2 else im
+            if im.ndim != 3 or not (0 < im.shape[0] <= s and 0 < im.shape[1] <= s):
+                raise ExportError(
+                    f"image of shape {im.shape}: this model (data.resize=keep_aspect) takes "
+                    f"images whose sides are at most {s}: scale each so its long side is {s}"
+                )
+            pad = ((0, s - im.shape[0]), (0, s - im.shape[1]), (0, 0))
+            out.append(np.pad(im, pad, mode="reflect"))
+            sizes.append(im.shape[:2])
+        if len({a.shape for a in out}) > 1:
+            raise ExportError("images of 1 and 3 channels, or of two dtypes, mixed in one call")
+        return np.stack(out) if out else np.zeros((0, s, s, 3), np.uint8), sizes
 
     def prepare(self, images) -> np.ndarray:
         """uint8 [0, 255] or float [-1, 1] images, [N,S,S,3], [N,S,S,1], [N,S,S] or one image,
-        -> float32 [N, S, S, 3] in [-1, 1]."""
+        -> float32 [N, S, S, 3] in [-1, 1]. keep_aspect: images of sides at most S (a list, or
+        one), placed in the S x S canvas (`_canvas`)."""
+        if self.resize == "keep_aspect":
+            images = self._canvas(images)[0]
         x = np.asarray(images)
         s = self.image_size
         if x.ndim in (2, 3) and x.shape[:2] == (s, s):
@@ -131,8 +170,16 @@ class ExportedMapper:
         return np.repeat(x, 3, axis=3) if x.shape[3] == 1 else x
 
     def __call__(self, images) -> np.ndarray:
-        """Anomaly maps float32 [N, S, S]."""
-        x = self.prepare(images)
+        """Anomaly maps float32 [N, S, S]; keep_aspect: each map cropped to its image's size
+        (a list when the sizes differ)."""
+        if self.resize != "keep_aspect":
+            return self._maps(self.prepare(images))
+        canvas, sizes = self._canvas(images)
+        maps = self._maps(self.prepare(canvas))  # S x S already: placed as they are
+        out = [m[:h, :w] for m, (h, w) in zip(maps, sizes, strict=True)]
+        return np.stack(out) if len({m.shape for m in out}) == 1 else out
+
+    def _maps(self, x) -> np.ndarray:
         n, b = len(x), self.batch
         out = []
         for lo in range(0, n, b):
@@ -143,10 +190,14 @@ class ExportedMapper:
             out.append(np.asarray(self._fn(chunk))[: min(b, n - lo)])
         return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size))
 
-    def masks(self, maps) -> np.ndarray:
+    def masks(self, maps):
+        if isinstance(maps, list):  # keep_aspect maps of different sizes
+            return [np.asarray(m) >= self.threshold for m in maps]
         return np.asarray(maps) >= self.threshold
 
     def scores(self, maps) -> np.ndarray:
+        if isinstance(maps, list):
+            return np.array([np.max(m) for m in maps], np.float32)
         return np.asarray(maps).reshape(len(maps), -1).max(axis=1)
 
 

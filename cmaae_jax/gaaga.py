@@ -7,10 +7,16 @@ For every image of the batch, with its own random numbers, it
   (a) crops a `patch_size` square from a random natural image of the bank,
   (b) crops a random region (each side between patch_size / 4 and patch_size) of the same normal
       image, resizes it to `patch_size` (bilinear) and Gaussian-blurs it,
-  (c) pastes both, each through a random blob-shaped mask (ellipse to rounded rectangle, rotated,
-      wobbly edge), at random places of the image, in random order.
-The returned mask is exactly the set of pixels whose value changed. This module owns only the
-on-device synthesis (and its `benchmark`); the natural-image bank is loaded once, on the host, by
+  (c) pastes both at random places of the image, in random order (the second may cover part of
+      the first), each as config `anomaly.paste_shape` (`PASTE_SHAPES`) says:
+      `rect`: the whole `patch_size` square, an axis-aligned rectangle (the paper's eq. 1 and
+      Fig. 3 paste the patch as it is);
+      `blob`: through a random blob-shaped mask inside that square (`shape_mask`: ellipse to
+      rounded rectangle, rotated, wobbly edge).
+The random numbers are laid out the same way for both shapes, so one key puts the patches at the
+same places (a blob lies inside the square `rect` pastes). The returned mask is exactly the set of
+pixels whose value changed. This module owns only the on-device synthesis (and its `benchmark`)
+and the `anomaly.paste_shape` option; the natural-image bank is loaded once, on the host, by
 `cmaae_jax.natural_images`.
 """
 
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+PASTE_SHAPES = ("rect", "blob")  # config anomaly.paste_shape: rect (paper, eq. 1) | blob
 
 
 def _gaussian_matrix(size, sigma):
@@ -107,14 +114,17 @@ def shape_mask(u, patch_size):
     return rho <= 1.0 + wobble
 
 
-def _patches_one(u, image, bank, patch_size, blur_sigma):
+def _patches_one(u, image, bank, patch_size, blur_sigma, paste_shape):
     """The natural and blurred patches of one image, their shape masks, places and order."""
     u = jnp.split(u, np.cumsum([NATURAL_U, BLUR_U, SHAPE_U, SHAPE_U, 4]))
     patches = (
         natural_patch(u[0], bank, patch_size).astype(image.dtype),
         blurred_patch(u[1], image, patch_size, blur_sigma).astype(image.dtype),
     )
-    masks = (shape_mask(u[2], patch_size), shape_mask(u[3], patch_size))
+    if paste_shape == "rect":
+        masks = (jnp.ones((patch_size, patch_size), bool),) * 2
+    else:
+        masks = (shape_mask(u[2], patch_size), shape_mask(u[3], patch_size))
     places = _randint(u[4], image.shape[0] - patch_size + 1).reshape(2, 2)
     return patches, masks, places, u[5][0] < 0.5
 
@@ -152,14 +162,17 @@ def _paste_all(normal, patches, masks, places, blur_first):
     return out, mask
 
 
-def synthesize(key, normal, bank, patch_size, blur_sigma):
+def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob"):
     """GAAGA on a batch: returns (anomalous [B,S,S,C], clean [B,S,S,C], mask [B,S,S] bool).
 
     `normal`: float images in [-1, 1], [B, S, S, C]. `bank`: natural images [K, H, W, C], float
     in [-1, 1] or uint8 (converted per crop, which keeps the bank four times smaller on device).
-    `patch_size` and `blur_sigma` are static. Each image draws its own random numbers.
-    `clean` is `normal` itself; `mask` is exactly where `anomalous` differs from it.
+    `patch_size`, `blur_sigma` and `paste_shape` (one of `PASTE_SHAPES`) are static. Each image
+    draws its own random numbers. `clean` is `normal` itself; `mask` is exactly where
+    `anomalous` differs from it.
     """
+    if paste_shape not in PASTE_SHAPES:
+        raise ValueError(f"paste_shape must be one of {PASTE_SHAPES}, got {paste_shape!r}")
     _, size, width, channels = normal.shape
     if size != width or not 0 < patch_size <= min(size, bank.shape[1], bank.shape[2]):
         raise ValueError(
@@ -169,19 +182,27 @@ def synthesize(key, normal, bank, patch_size, blur_sigma):
     if bank.shape[-1] != channels:
         raise ValueError(f"bank has {bank.shape[-1]} channels, images have {channels}")
     u = jax.random.uniform(key, (normal.shape[0], NATURAL_U + BLUR_U + 2 * SHAPE_U + 5))
-    one = lambda u, img: _patches_one(u, img, bank, patch_size, blur_sigma)
+    one = lambda u, img: _patches_one(u, img, bank, patch_size, blur_sigma, paste_shape)
     anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal))
     return anomalous, normal, mask
 
 
-def benchmark(image_size=512, batch=32, steps=5, patch_size=None, blur_sigma=3.0, bank_size=8):
+def benchmark(
+    image_size=512,
+    batch=32,
+    steps=5,
+    patch_size=None,
+    blur_sigma=3.0,
+    bank_size=8,
+    paste_shape="blob",
+):
     """Images per second of jitted `synthesize` on random data (after a warm-up call)."""
     patch_size = patch_size or image_size // 2
     rng = np.random.default_rng(0)
     normal = jnp.asarray(rng.uniform(-1, 1, (batch, image_size, image_size, 3)), jnp.float32)
     bank = jnp.asarray(rng.integers(0, 256, (bank_size, image_size, image_size, 3), np.uint8))
     key = jax.random.PRNGKey(0)
-    fn = jax.jit(lambda k: synthesize(k, normal, bank, patch_size, blur_sigma)[0])
+    fn = jax.jit(lambda k: synthesize(k, normal, bank, patch_size, blur_sigma, paste_shape)[0])
     jax.block_until_ready(fn(key))
     start = time.perf_counter()
     for i in range(steps):

@@ -1,10 +1,21 @@
-"""Robust image and mask loading.
+"""Robust image and mask loading, and the two resize modes (`data.resize`, `RESIZE_MODES`).
 
-Every image is returned as uint8 RGB of shape [S, S, 3]: grayscale inputs are repeated to three
-channels, alpha is dropped, 16-bit inputs are scaled to 8 bits, and the result is resized with
-PIL's bilinear filter. Masks are binarised to {0, 1} and resized with nearest neighbour so that
-they stay binary. Anything PIL cannot read (corrupt, truncated, empty, not an image, declared too
-large) raises `ImageError` with the file name and the problem in its message.
+Every image is returned as uint8 RGB: grayscale inputs are repeated to three channels, alpha is
+dropped, 16-bit inputs are scaled to 8 bits, and the result is resized with PIL's bilinear
+filter. Masks are binarised to {0, 1} and resized with nearest neighbour so that they stay
+binary. Anything PIL cannot read (corrupt, truncated, empty, not an image, declared too large)
+raises `ImageError` with the file name and the problem in its message.
+
+Resize modes, S = `data.image_size`:
+
+* `square` (the paper): every image is resized to [S, S, 3], whatever its aspect ratio.
+* `keep_aspect`: the image is scaled so that its LONG side is S (bounded compute); the short
+  side is rounded to the nearest pixel (at least 1). That valid region (`scaled_size`) is then
+  padded bottom/right to the next multiple of 64 (at least 64) by reflection (numpy's "reflect",
+  which reflects again and again where the pad is longer than the image: a 1-pixel side is
+  repeated); masks are scaled to the same size with nearest neighbour and padded with zeros.
+  Maps computed on the padded image are cropped back to the valid region before any metric or
+  picture (`layouts.Split.valid_map`): padding never counts.
 """
 
 import os
@@ -22,6 +33,8 @@ _QUIETLY_SKIPPED = ("labels.txt", "thumbs.db", "desktop.ini")
 MAX_PIXELS = 100_000_000
 # The model sees 64x64 patches: an image must hold at least one.
 MIN_SIDE = 64
+# data.resize: square (the paper: squash to S x S) | keep_aspect (long side S, reflect-padded).
+RESIZE_MODES = ("square", "keep_aspect")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -128,25 +141,64 @@ def _read_8bit(path):
         return _to_uint8_gray_or_rgb(path, img)
 
 
-def load_image(path, image_size):
-    """Loads an image as uint8 [image_size, image_size, 3].
+def scaled_size(hw, image_size, resize="square"):
+    """(h, w) of an image of original size `hw` after resizing, before any padding.
+
+    `square`: (S, S). `keep_aspect`: the long side becomes S, the short side is rounded to the
+    nearest pixel (halves up), at least 1.
+    """
+    if resize == "square":
+        return image_size, image_size
+    if resize != "keep_aspect":
+        raise ValueError(f"data.resize={resize!r}: must be one of {RESIZE_MODES}")
+    h, w = (int(v) for v in hw)
+    long = max(h, w)
+    scale = lambda side: max(1, (2 * side * image_size + long) // (2 * long))
+    return scale(h), scale(w)
+
+
+def padded_size(hw, multiple: int = MIN_SIDE):
+    """`hw` rounded up to multiples of `multiple`, each side at least `multiple`."""
+    return tuple(max(multiple, -(-int(s) // multiple) * multiple) for s in hw)
+
+
+def pad_to(array_HxWx___, hw, mode="reflect"):
+    """Pads an [h, w, ...] array bottom/right to `hw` (>= its size): `reflect` (repeated where
+    the pad is longer than the array; a 1-pixel side is repeated) or `zeros`."""
+    widths = ((0, hw[0] - array_HxWx___.shape[0]), (0, hw[1] - array_HxWx___.shape[1]))
+    widths += ((0, 0),) * (array_HxWx___.ndim - 2)
+    if min(w for _, w in widths) < 0:
+        raise ValueError(f"cannot pad an array of shape {array_HxWx___.shape} to {tuple(hw)}")
+    if mode == "zeros":
+        return np.pad(array_HxWx___, widths)
+    return np.pad(array_HxWx___, widths, mode="reflect")
+
+
+def load_image(path, image_size, resize="square"):
+    """Loads an image as uint8 RGB, resized as `resize` says.
 
     Args:
       path: file path of a PNG, JPEG, BMP, TIFF, ... image.
-      image_size: side S of the square output.
+      image_size: S, the side of the square output, or of the long side for `keep_aspect`.
+      resize: `square` or `keep_aspect` (see the module docstring).
 
     Returns:
-      np.ndarray uint8 [S, S, 3]; grayscale images repeated to three channels.
+      np.ndarray uint8 [S, S, 3] (`square`), or [H, W, 3] with H, W multiples of 64 holding
+      the `scaled_size` image at its top left and its reflection below and to the right
+      (`keep_aspect`); grayscale images repeated to three channels.
 
     Raises:
       ImageError: the file is missing, empty, corrupt, truncated, declares more than
         `MAX_PIXELS` pixels, or is smaller than 64x64.
     """
     img = _read_8bit(path)
-    img = img.resize((image_size, image_size), Image.BILINEAR)
+    h, w = scaled_size((img.height, img.width), image_size, resize)
+    img = img.resize((w, h), Image.BILINEAR)
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
+    if resize == "keep_aspect":
+        a = pad_to(a, padded_size((h, w)))
     return np.ascontiguousarray(a)
 
 
@@ -161,8 +213,9 @@ def _mask_values(path, img):
     return rgb.max(axis=2) if rgb.ndim == 3 else rgb
 
 
-def load_mask(path, image_size, expected_hw=None):
-    """Loads a defect mask as uint8 [image_size, image_size] with values in {0, 1}.
+def load_mask(path, image_size, expected_hw=None, resize="square"):
+    """Loads a defect mask as uint8 [S, S] (or, for `keep_aspect`, [H, W] zero-padded like
+    `load_image`) with values in {0, 1}.
 
     A mask whose largest value is 1 is read as a 0/1 mask (defect where > 0); any other mask is
     read as a 0/255 mask (defect where > 127). Colour masks use the largest channel. The mask is
@@ -170,9 +223,11 @@ def load_mask(path, image_size, expected_hw=None):
 
     Args:
       path: file path of the mask image.
-      image_size: side S of the square output.
+      image_size: S, as for `load_image`.
       expected_hw: optional (height, width) of the image the mask belongs to; a mask of another
         size is an error.
+
+      resize: `square` or `keep_aspect`, as for `load_image`.
 
     Raises:
       ImageError: unreadable mask, or a mask whose size differs from `expected_hw`.
@@ -185,27 +240,30 @@ def load_mask(path, image_size, expected_hw=None):
         _decode(path, img)
         values = _mask_values(path, img)
     binary = (values > 0) if values.max(initial=0) <= 1 else (values > 127)
+    sh, sw = scaled_size(binary.shape, image_size, resize)
     small = Image.fromarray(binary.astype(np.uint8), mode="L")
-    small = small.resize((image_size, image_size), Image.NEAREST)
-    return np.asarray(small, dtype=np.uint8).copy()
+    small = np.asarray(small.resize((sw, sh), Image.NEAREST), dtype=np.uint8)
+    if resize == "keep_aspect":
+        small = pad_to(small, padded_size((sh, sw)), mode="zeros")
+    return small.copy()
 
 
-def load_pair(image_path, mask_path, image_size):
+def load_pair(image_path, mask_path, image_size, resize="square"):
     """Loads an image and its mask (all zeros when `mask_path` is None) of the same size.
 
     Returns:
-      (uint8 [S, S, 3] image, uint8 [S, S] mask in {0, 1}).
+      (uint8 [H, W, 3] image, uint8 [H, W] mask in {0, 1}); H = W = S for `square`.
     """
-    image = load_image(image_path, image_size)
+    image = load_image(image_path, image_size, resize)
     if mask_path is None:
-        return image, np.zeros((image_size, image_size), np.uint8)
+        return image, np.zeros(image.shape[:2], np.uint8)
     (h, w), (mask_h, mask_w) = original_size(image_path), original_size(mask_path)
     if (mask_h, mask_w) != (h, w):
         raise ImageError(
             f"{mask_path}: mask is {mask_w}x{mask_h} (width x height) but its image "
             f"{os.fspath(image_path)} is {w}x{h}"
         )
-    return image, load_mask(mask_path, image_size, expected_hw=(h, w))
+    return image, load_mask(mask_path, image_size, expected_hw=(h, w), resize=resize)
 
 
 def to_float(images_uint8):

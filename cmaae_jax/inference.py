@@ -26,9 +26,12 @@ def restore_variables(config, workdir, step: int | None = None):
 
 
 class Scorer:
-    """Maps uint8 images [N,S,S,3] to anomaly maps [N,S,S] in fixed-size device batches.
+    """Maps uint8 images to anomaly maps of their size, in fixed-size device batches.
 
-    Every call is padded to the same batch shape, so the map function compiles once.
+    Images come as one array [N, H, W, 3] or as a list of [H_i, W_i, 3] (keep_aspect Splits;
+    sides multiples of 64). A list is grouped by shape and each group scored in batches of
+    the same fixed size, so the map function compiles once per distinct shape; the maps come
+    back in input order.
     """
 
     def __init__(self, config, variables):
@@ -42,13 +45,15 @@ class Scorer:
             tuple(config.score.scales),
             pmapped,
             normalize=config.score.get("normalize", "none"),
+            stride=config.score.get("stride", 64),
         )
         self.variables = scoring.replicate(variables) if pmapped else variables
 
-    def __call__(self, images_NxSxSx3_u8) -> np.ndarray:
+    def _stacked(self, images_NxHxWx3_u8) -> np.ndarray:
+        """Maps [N, H, W] of images [N, H, W, 3] of one shape."""
         out = []
-        for lo in range(0, len(images_NxSxSx3_u8), self.chunk):
-            chunk = images_NxSxSx3_u8[lo : lo + self.chunk]
+        for lo in range(0, len(images_NxHxWx3_u8), self.chunk):
+            chunk = images_NxHxWx3_u8[lo : lo + self.chunk]
             padded, n = scoring.pad_batch(
                 np.asarray(images.to_float(chunk), np.float32), self.chunk
             )
@@ -59,10 +64,35 @@ class Scorer:
         return (
             np.concatenate(out)
             if out
-            else np.zeros((0,) + images_NxSxSx3_u8.shape[1:3], np.float32)
+            else np.zeros((0,) + images_NxHxWx3_u8.shape[1:3], np.float32)
         )
 
-    def batches(self, images_NxSxSx3_u8):
-        """Yields (start index, maps) chunk by chunk (bounded memory on large test sets)."""
-        for lo in range(0, len(images_NxSxSx3_u8), self.chunk):
-            yield lo, self(images_NxSxSx3_u8[lo : lo + self.chunk])
+    def __call__(self, images_u8):
+        """Maps float32 [N, H, W] of an array [N, H, W, 3]; of a list of images, the list of
+        their maps [H_i, W_i] (stacked into [N, H, W] when every image has the same shape)."""
+        if not isinstance(images_u8, (list, tuple)):
+            return self._stacked(images_u8)
+        out = [None] * len(images_u8)
+        for idx, maps in self.batches(images_u8):
+            for j, i in enumerate(idx):
+                out[i] = maps[j]
+        if len({m.shape for m in out}) > 1:
+            return out
+        return np.stack(out) if out else np.zeros((0, 0, 0), np.float32)
+
+    def batches(self, images_u8):
+        """Yields (indices, maps [G, H, W]) chunk by chunk (bounded memory on large test sets):
+        `maps[j]` is the map of `images_u8[indices[j]]`. An array gives consecutive chunks in
+        order; a list gives chunks of one shape each, a shape group after the other."""
+        if not isinstance(images_u8, (list, tuple)):
+            for lo in range(0, len(images_u8), self.chunk):
+                chunk = images_u8[lo : lo + self.chunk]
+                yield np.arange(lo, lo + len(chunk)), self._stacked(chunk)
+            return
+        groups = {}
+        for i, image in enumerate(images_u8):
+            groups.setdefault(np.shape(image), []).append(i)
+        for idx in groups.values():
+            for lo in range(0, len(idx), self.chunk):
+                part = np.asarray(idx[lo : lo + self.chunk])
+                yield part, self._stacked(np.stack([images_u8[i] for i in part]))

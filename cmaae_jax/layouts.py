@@ -4,7 +4,8 @@ Owns `DatasetError`, the `Split` (an in-memory split) and `Entry` (one listed ex
 the listers of the MVTec AD, DAGM 2007 and plain-folder layouts (`list_mvtec`, `list_dagm`,
 `list_folder`; each returns `(train_entries, test_entries, has_masks)`), the seeded train/val
 split of the good training entries (`split_train_val`) and the threaded decoding of entries into
-a Split (`read_entries`). Files are listed in sorted order; hidden files are ignored, files that
+a Split (`read_entries`; `data.resize=keep_aspect` Splits hold images of different shapes and
+their valid sizes). Files are listed in sorted order; hidden files are ignored, files that
 are not images are skipped with a warning. `cmaae_jax.datasets` (the in-memory readers) and
 `cmaae_jax.tfds_builders` (the TFDS builders) both build on this module.
 """
@@ -33,24 +34,70 @@ class Split:
     """One in-memory split.
 
     Attributes:
-      images: uint8 [N, S, S, 3].
-      masks: uint8 [N, S, S] in {0, 1}; all zeros for good images.
+      images: uint8 [N, S, S, 3] (`data.resize=square`), or a list of N uint8 [H_i, W_i, 3]
+        (`keep_aspect`: H_i, W_i multiples of 64, the scaled image reflect-padded bottom/right).
+      masks: uint8 [N, S, S] or a list of N [H_i, W_i], in {0, 1}; zero for good images and in
+        the padding.
       labels: int32 [N], 0 good, 1 defective.
       paths: the N image files.
       defect_types: N defect-type names, "good" for good images.
       has_masks: False when defective images came without masks (their masks are all zeros).
+      sizes: int32 [N, 2], the valid (h, w) of each image before padding; None: the images'
+        own (h, w) (square mode: all (S, S)).
     """
 
-    images: np.ndarray
-    masks: np.ndarray
+    images: np.ndarray | list
+    masks: np.ndarray | list
     labels: np.ndarray
     paths: list[str]
     defect_types: list[str]
     has_masks: bool = True
+    sizes: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.sizes is None:
+            self.sizes = np.array([im.shape[:2] for im in self.images], np.int32).reshape(-1, 2)
 
     @property
     def num_images(self):
         return len(self.paths)
+
+    @property
+    def stacked(self) -> bool:
+        """True when images and masks are single arrays (square mode)."""
+        return isinstance(self.images, np.ndarray)
+
+    def valid_map(self, i, array_HxWx___):
+        """Image `i`'s (padded) map, mask or image cropped to its valid region [h_i, w_i, ...]."""
+        h, w = self.sizes[i]
+        return array_HxWx___[:h, :w]
+
+    def select(self, idx):
+        """The Split of the images at positions `idx`, in that order."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        take = (lambda a: a[idx]) if self.stacked else (lambda a: [a[i] for i in idx])
+        return Split(
+            take(self.images),
+            take(self.masks),
+            self.labels[idx],
+            [self.paths[i] for i in idx],
+            [self.defect_types[i] for i in idx],
+            self.has_masks,
+            self.sizes[idx],
+        )
+
+    def valid_groups(self, idx, maps):
+        """Yields (positions, maps [G, h, w], masks [G, h, w]) cropped to the valid region,
+        one group per valid size (first-seen order): `maps[j]` belongs to image `idx[j]`.
+        Square mode gives one group holding every map as it is."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        groups = {}
+        for j, i in enumerate(idx):
+            groups.setdefault(tuple(int(v) for v in self.sizes[i]), []).append(j)
+        for (h, w), js in groups.items():
+            pos = idx[js]
+            cropped = np.stack([np.asarray(maps[j])[:h, :w] for j in js])
+            yield pos, cropped, np.stack([self.masks[i][:h, :w] for i in pos])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,21 +268,26 @@ def split_train_val(entries, val_fraction, seed):
     return train, val
 
 
-def read_entries(entries, image_size, has_masks=True):
-    """Decodes `entries` (in parallel threads) into a Split."""
-    n = len(entries)
+def read_entries(entries, image_size, has_masks=True, resize="square"):
+    """Decodes `entries` (in parallel threads) into a Split, resized as `resize` says."""
+    n, square = len(entries), resize == "square"
     split = Split(
-        images=np.zeros((n, image_size, image_size, 3), np.uint8),
-        masks=np.zeros((n, image_size, image_size), np.uint8),
+        images=np.zeros((n, image_size, image_size, 3), np.uint8) if square else [None] * n,
+        masks=np.zeros((n, image_size, image_size), np.uint8) if square else [None] * n,
         labels=np.array([e.label for e in entries], np.int32),
         paths=[e.path for e in entries],
         defect_types=[e.defect_type for e in entries],
         has_masks=has_masks,
+        sizes=np.full((n, 2), image_size, np.int32),
     )
 
     def work(i):
         e = entries[i]
-        split.images[i], split.masks[i] = images_lib.load_pair(e.path, e.mask_path, image_size)
+        pair = images_lib.load_pair(e.path, e.mask_path, image_size, resize)
+        split.images[i], split.masks[i] = pair
+        if not square:
+            hw = images_lib.original_size(e.path)
+            split.sizes[i] = images_lib.scaled_size(hw, image_size, resize)
 
     pool = concurrent.futures.ThreadPoolExecutor(NUM_WORKERS)
     try:

@@ -120,6 +120,7 @@ class CMAAE(nn.Module):
     latent_dim: int = 512
     similarity: str = "cosine"
     shrink_threshold: float = -1.0
+    temperature: float = 1.0
     gate: str = "softmax"
     impl: str = "matmul"
     dtype: jnp.dtype = jnp.float32
@@ -131,7 +132,9 @@ class CMAAE(nn.Module):
         self.encoder = Encoder(self.latent_dim, self.impl, self.dtype, self.axis_name)
         self.decoder = Decoder(self.impl, self.dtype, self.axis_name)
         if self.variant != "ae":
-            self.memory = memory.Memory(self.memory_size, self.similarity, self.shrink_threshold)
+            self.memory = memory.Memory(
+                self.memory_size, self.similarity, self.shrink_threshold, self.temperature
+            )
         if self.variant == "cmam":
             self.repair = memory.FeatureRepair(self.gate)
         elif self.variant == "cat":
@@ -162,6 +165,17 @@ class CMAAE(nn.Module):
         return self.encoder(x_BxHxWx3, False, num_layers)
 
 
+def code_statistics(aux) -> dict:
+    """What the training log records of the latent codes (no gradient flows through it):
+    `items_used`, the mean number of memory items with non-zero weight after shrinkage (0
+    without a memory), and the RMS of the encoder's code z and of the decoder's input z_out
+    (softmax gates shrink z_out ~latent_dim-fold; see memory.GATES)."""
+    rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(jax.lax.stop_gradient(x))))
+    w_hat = aux["w_hat"]
+    used = 0.0 if w_hat is None else jnp.mean(jnp.sum(jax.lax.stop_gradient(w_hat) > 0, -1))
+    return {"items_used": jnp.float32(used), "z_rms": rms(aux["z"]), "z_out_rms": rms(aux["z_out"])}
+
+
 def from_config(config):
     """Builds the model from `config.model`."""
     m = config.model
@@ -171,6 +185,7 @@ def from_config(config):
         latent_dim=m.latent_dim,
         similarity=m.similarity,
         shrink_threshold=m.shrink_threshold,
+        temperature=m.get("temperature", 1.0),
         gate=m.gate,
         impl=default_impl() if m.conv_impl == "auto" else m.conv_impl,
         dtype=jnp.dtype(m.dtype),

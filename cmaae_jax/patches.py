@@ -1,14 +1,18 @@
-"""Patches: the non-overlapping test-time grid, its inverse, and aligned random training crops.
+"""Patches: test-time grids and overlapping windows, their blends, and aligned training crops.
 
 The model sees 64x64 patches (SPEC section 1). At test time an image is cut into the
 non-overlapping grid, row-major per image (the order of `split_patches` in the PyTorch
 reference), the patches are reconstructed in one batch and stitched back with `from_grid`.
+With a stride below the patch size, `to_windows` cuts overlapping windows and `from_windows`
+blends their reconstructions with a smooth (Hann) window weight, removing the grid seams.
 For training, `random_crops` takes uniformly placed crops and applies the same positions to
 any aligned arrays (clean target, mask), so input and target never drift apart.
 """
 
 import chex
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -57,12 +61,21 @@ def _crop(image_HxWx___: Array, y: Array, x: Array, p: int) -> Array:
 
 
 def random_crops(
-    key: Array, images_NxHxWxC: Array, crops_per_image: int, p: int = 64, *others: Array
+    key: Array,
+    images_NxHxWxC: Array,
+    crops_per_image: int,
+    p: int = 64,
+    *others: Array,
+    limits_Nx2: Array | None = None,
 ) -> tuple[Array, ...]:
     """`crops_per_image` uniformly placed p x p crops of every image, the same ones of `others`.
 
     Top-left corners are drawn uniformly over all valid positions (0..H-p, 0..W-p),
-    independently for each crop. jit-able with `crops_per_image` and `p` static.
+    independently for each crop. jit-able with `crops_per_image` and `p` static. With
+    `limits_Nx2` (int [N, 2], the valid (h, w) of each image, e.g. a keep_aspect image padded
+    into an H x W canvas) the corners of image n lie in 0..h_n-p, 0..w_n-p (0 on a side
+    shorter than p), so a crop never leaves the valid region where it fits in it; without
+    them the random draws are exactly those of the unlimited crops.
 
     Args:
       key: PRNG key.
@@ -84,8 +97,14 @@ def random_crops(
         if other.shape[:3] != (n, h, w):
             raise ValueError(f"aligned array of shape {other.shape} does not match {(n, h, w)}")
     key_y, key_x = jax.random.split(key)
-    ys = jax.random.randint(key_y, (n, crops_per_image), 0, h - p + 1)
-    xs = jax.random.randint(key_x, (n, crops_per_image), 0, w - p + 1)
+    if limits_Nx2 is None:
+        ys = jax.random.randint(key_y, (n, crops_per_image), 0, h - p + 1)
+        xs = jax.random.randint(key_x, (n, crops_per_image), 0, w - p + 1)
+    else:
+        chex.assert_shape(limits_Nx2, (n, 2))
+        top = jnp.clip(jnp.asarray(limits_Nx2, jnp.int32) - p, 0, jnp.array([h - p, w - p]))
+        ys = jax.random.randint(key_y, (n, crops_per_image), 0, top[:, :1] + 1)
+        xs = jax.random.randint(key_x, (n, crops_per_image), 0, top[:, 1:] + 1)
     # Outer vmap over images, inner over the crops of one image.
     crop_all = jax.vmap(jax.vmap(_crop, in_axes=(None, 0, 0, None)), in_axes=(0, 0, 0, None))
     out = []
@@ -99,3 +118,101 @@ def num_patches(h: int, w: int, p: int = 64) -> int:
     """Grid patches per image."""
     _check_divisible(h, w, p)
     return (h // p) * (w // p)
+
+
+def _check_stride(p: int, stride: int):
+    if not (isinstance(stride, int) and 0 < stride <= p and p % stride == 0):
+        raise ValueError(f"window stride {stride!r} must be a positive divisor of {p}")
+
+
+def num_windows(h: int, w: int, p: int = 64, stride: int = 64) -> tuple[int, int]:
+    """Windows per image along y and x: top-left corners 0, stride, ..., H-p (and W-p)."""
+    _check_divisible(h, w, p)
+    _check_stride(p, stride)
+    return (h - p) // stride + 1, (w - p) // stride + 1
+
+
+def _slide(x: Array, axis: int, p: int, stride: int, n: int) -> Array:
+    """Windows of length p every `stride` along `axis` -> that axis becomes [n, p].
+
+    The axis is cut into blocks of `stride`; window k is blocks k .. k + p/stride - 1, so the
+    windows are p/stride strided slices of the block axis, stacked (no per-window loop).
+    """
+    r = p // stride
+    shape = x.shape
+    blocks = x.reshape(shape[:axis] + (shape[axis] // stride, stride) + shape[axis + 1 :])
+    parts = [jax.lax.slice_in_dim(blocks, a, a + n, axis=axis) for a in range(r)]
+    stacked = jnp.stack(parts, axis=axis + 1)  # [..., n, r, stride, ...]
+    return stacked.reshape(shape[:axis] + (n, p) + shape[axis + 1 :])
+
+
+def to_windows(images_BxHxWxC: Array, p: int = 64, stride: int = 64) -> Array:
+    """Cuts each image into p x p windows with top-left corners every `stride` pixels.
+
+    Corners are 0, stride, ..., H-p in y (and likewise in x); H and W are multiples of p and
+    `stride` divides p, so the last windows touch the border. `stride == p` is `to_grid`.
+
+    Returns:
+      [B*ny*nx, p, p, C] with (ny, nx) = `num_windows`: image 0 first, each image's windows
+      row-major (window (i, j) has its corner at (i*stride, j*stride)).
+    """
+    b, h, w, c = images_BxHxWxC.shape
+    ny, nx = num_windows(h, w, p, stride)
+    if stride == p:
+        return to_grid(images_BxHxWxC, p)
+    x = _slide(images_BxHxWxC, 1, p, stride, ny)  # [B, ny, p, W, C]
+    x = _slide(x, 3, p, stride, nx)  # [B, ny, p, nx, p, C]
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, p, p, c)
+
+
+def window_weight(p: int = 64) -> np.ndarray:
+    """The 1-D blending weight w(t) = sin^2(pi (t + 1/2) / p), t = 0..p-1 (float64).
+
+    A Hann window sampled at pixel centres: 1 - sin^2(pi/(2p)) at the centre, sin^2(pi/(2p))
+    (6.0e-4 for p=64) at either end, never zero. Shifted copies p/2 apart sum to exactly 1
+    (sin^2 + cos^2), so in the interior at any stride dividing p/2 the weights add up to a
+    constant. A window's 2-D weight is the outer product w(y) w(x).
+    """
+    t = np.arange(p, dtype=np.float64)
+    return np.sin(np.pi * (t + 0.5) / p) ** 2
+
+
+def _coverage(size: int, p: int, stride: int) -> np.ndarray:
+    """Total 1-D weight at each of `size` pixels: sum over windows covering it (> 0)."""
+    total = np.zeros(size)
+    for k in range((size - p) // stride + 1):
+        total[k * stride : k * stride + p] += window_weight(p)
+    return total
+
+
+def from_windows(patches_NxPxPxC: Array, b: int, h: int, w: int, stride: int = 64) -> Array:
+    """Blends windows (the layout of `to_windows`) into [b, h, w, C] by a weighted average.
+
+    out(y, x) = sum_k W_k(y, x) P_k(y - y_k, x - x_k) / sum_k W_k(y, x) over the windows k
+    covering (y, x), with W_k(y, x) = w(y - y_k) w(x - x_k) and w from `window_weight`; every
+    pixel is covered with positive weight. `stride == p` is `from_grid`, bit for bit (each pixel
+    lies in exactly one window). The windows are summed in (p/stride)^2 phases, each phase a
+    non-overlapping grid stitched with `from_grid` and zero-padded into place, in fixed order
+    (deterministic, no scatter), in at least float32.
+    """
+    _, p, _, c = patches_NxPxPxC.shape
+    ny, nx = num_windows(h, w, p, stride)
+    chex.assert_shape(patches_NxPxPxC, (b * ny * nx, p, p, c))
+    if stride == p:
+        return from_grid(patches_NxPxPxC, b, h, w)
+    dtype = jnp.promote_types(patches_NxPxPxC.dtype, jnp.float32)  # no bfloat16 sums
+    weight = window_weight(p)
+    weight_PxP = jnp.asarray(np.outer(weight, weight), dtype)
+    x = (patches_NxPxPxC.astype(dtype) * weight_PxP[:, :, None]).reshape(b, ny, nx, p, p, c)
+    r = p // stride
+    acc = jnp.zeros((b, h, w, c), x.dtype)
+    for a in range(r):
+        for e in range(r):
+            phase = x[:, a::r, e::r]  # windows at a*stride + k*p: a non-overlapping grid
+            my, mx = phase.shape[1:3]
+            stitched = from_grid(phase.reshape(-1, p, p, c), b, my * p, mx * p)
+            pad = ((0, 0), (a * stride, h - a * stride - my * p))
+            pad += ((e * stride, w - e * stride - mx * p), (0, 0))
+            acc = acc + jnp.pad(stitched, pad)
+    norm_HxW = np.outer(_coverage(h, p, stride), _coverage(w, p, stride))
+    return acc / jnp.asarray(norm_HxW, x.dtype)[None, :, :, None]

@@ -1,8 +1,10 @@
 """Anomaly maps, masks and scores for new, unlabelled images.
 
-For each readable input image `<stem>`: `<stem>_map.npy` (float32 map at the image's original
-size), `<stem>_map.png` (heat map), `<stem>_mask.png` (0/255 binary mask at the threshold;
-a stem met again, e.g. a/x.png and b/x.png, gets `-2`, `-3`, ... and `output` says which);
+Inputs are resized as the run's `data.resize` says (keep_aspect: the padding is cropped off the
+map before it is resized back). For each readable input image `<stem>`: `<stem>_map.npy`
+(float32 map at the image's original size), `<stem>_map.png` (heat map), `<stem>_mask.png`
+(0/255 binary mask at the threshold; a stem met again, e.g. a/x.png and b/x.png, gets `-2`,
+`-3`, ... and `output` says which);
 plus `scores.csv` / `scores.json` (image score = max of the map, and the decision). Unreadable
 inputs are skipped, reported and listed in `scores.json`.
 """
@@ -63,26 +65,28 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
     config = workdir_lib.load_config(workdir)
     threshold = find_threshold(workdir, threshold)
     files = list_inputs(inputs)
-    size = config.data.image_size
+    size, resize = config.data.image_size, config.data.get("resize", "square")
     loaded, skipped = [], []
     for f in files:
         try:
-            loaded.append((f, images.load_image(f, size), images.original_size(f)))
+            loaded.append((f, images.load_image(f, size, resize), images.original_size(f)))
         except images.ImageError as e:
             logging.warning("skipped: %s", e)
             skipped.append({"path": str(f), "reason": str(e)})
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = [None] * len(loaded)
     if loaded:
         ckpt_step, variables = inference.restore_variables(config, workdir, step)
         scorer = inference.Scorer(config, variables)
-        batch = np.stack([x for _, x, _ in loaded])
+        batch = [x for _, x, _ in loaded]  # keep_aspect: shapes differ; grouped by the Scorer
+        batch = np.stack(batch) if resize == "square" else batch
         names = _output_names([f for f, _, _ in loaded])
-        for lo, maps in scorer.batches(batch):
-            for j, amap in enumerate(maps):
-                f, _, (h, w) = loaded[lo + j]
-                rows.append(_write_one(out, f, amap, (h, w), threshold, names[lo + j]))
+        for idx, maps in scorer.batches(batch):
+            for i, amap in zip(idx, maps, strict=True):
+                f, _, (h, w) = loaded[i]
+                vh, vw = images.scaled_size((h, w), size, resize)  # crop the padding off
+                rows[i] = _write_one(out, f, amap[:vh, :vw], (h, w), threshold, names[i])
     summary = {
         "threshold": threshold,
         "num_inputs": len(files),
@@ -111,14 +115,15 @@ def _output_names(paths) -> list[str]:
     return names
 
 
-def _write_one(out, path, map_SxS, hw, threshold, stem) -> dict:
+def _write_one(out, path, map_hxw, hw, threshold, stem) -> dict:
+    """Writes one image's outputs; `map_hxw` is its map at the resized (valid) resolution."""
     h, w = hw
-    full = np.asarray(Image.fromarray(map_SxS.astype(np.float32)).resize((w, h), Image.BILINEAR))
+    full = np.asarray(Image.fromarray(map_hxw.astype(np.float32)).resize((w, h), Image.BILINEAR))
     np.save(out / f"{stem}_map.npy", full)
     Image.fromarray(pictures.heat(full, threshold)).save(out / f"{stem}_map.png")
     mask = full >= threshold
     Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
-    score = float(map_SxS.max())
+    score = float(map_hxw.max())
     return {
         "path": str(path),
         "output": stem,

@@ -1,7 +1,9 @@
 """Anomaly maps: patch-wise reconstruction and multi-scale feature residuals (MSFR, eq. 14).
 
-image [B,H,W,3] in [-1,1] -> 64x64 grid patches -> CMA-AE (eval mode) -> stitched
-reconstruction [B,H,W,3] -> map [B,H,W], by one of two methods (`score.method`):
+image [B,H,W,3] in [-1,1] -> 64x64 windows every `score.stride` pixels (64: the paper's
+non-overlapping grid; 32/16/8 overlap) -> CMA-AE (eval mode) in one batch -> stitched or
+blended reconstruction [B,H,W,3] (`patches.from_windows`) -> map [B,H,W], by one of two
+methods (`score.method`):
 
 * `msfr`: encoder layers 1..max(scales) on the image and on its reconstruction (the encoder
   is fully convolutional, so it runs on whole images); per scale s,
@@ -29,6 +31,9 @@ Array = jax.Array
 RF_AREAS = {1: 16, 2: 64, 3: 196}
 METHODS = ("msfr", "pixel")
 NORMALIZE = ("none", "median")
+# Window strides: divisors of the patch size down to 8. The model runs on ((H-64)/s + 1) x
+# ((W-64)/s + 1) windows per image: a 512x512 image has 64 at 64, 225 at 32, 841 at 16.
+STRIDES = tuple(s for s in range(8, PATCH + 1) if PATCH % s == 0)
 
 
 def _check_scales(scales) -> tuple[int, ...]:
@@ -40,11 +45,17 @@ def _check_scales(scales) -> tuple[int, ...]:
     return tuple(int(s) for s in scales)
 
 
-def _check_score_options(method: str, normalize: str = "none"):
+def _check_score_options(method: str, normalize: str = "none", stride: int = PATCH):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
     if normalize not in NORMALIZE:
         raise ValueError(f"score.normalize must be one of {NORMALIZE}, got {normalize!r}")
+    _check_stride(stride)
+
+
+def _check_stride(stride: int):
+    if not isinstance(stride, int) or stride not in STRIDES:
+        raise ValueError(f"score.stride must be one of {STRIDES}, got {stride!r}")
 
 
 def normalize_maps(maps_BxHxW: Array, normalize: str) -> Array:
@@ -59,13 +70,16 @@ def normalize_maps(maps_BxHxW: Array, normalize: str) -> Array:
     return maps_BxHxW / (median[:, None, None] + 1e-12)
 
 
-def reconstruct(model, variables, images_BxHxWx3: Array) -> Array:
-    """Reconstructs whole images patch by patch: grid -> model (eval) in one batch -> stitch."""
+def reconstruct(model, variables, images_BxHxWx3: Array, stride: int = PATCH) -> Array:
+    """Reconstructs whole images window by window: windows -> model (eval) in one batch ->
+    blend. `stride` 64 is the non-overlapping grid stitched back (exactly the grid path);
+    smaller strides blend overlapping windows (`patches.from_windows`)."""
+    _check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
-    grid = patches.to_grid(images_BxHxWx3, PATCH)
-    rec_grid, _ = model.apply(variables, grid, train=False)
-    return patches.from_grid(rec_grid, b, h, w)
+    windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
+    rec_windows, _ = model.apply(variables, windows, train=False)
+    return patches.from_windows(rec_windows, b, h, w, stride)
 
 
 def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
@@ -113,12 +127,21 @@ def pixel_map(images_BxHxWx3: Array, rec_BxHxWx3: Array) -> Array:
 
 
 def anomaly_maps(
-    model, variables, images_BxHxWx3: Array, method="msfr", scales=(1, 2, 3), normalize="none"
+    model,
+    variables,
+    images_BxHxWx3: Array,
+    method="msfr",
+    scales=(1, 2, 3),
+    normalize="none",
+    stride: int = PATCH,
 ):
-    """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3])."""
-    _check_score_options(method, normalize)
+    """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
+
+    `stride`: window stride of the reconstruction (see `reconstruct`); static under jit.
+    """
+    _check_score_options(method, normalize, stride)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
-    rec = reconstruct(model, variables, images_BxHxWx3)
+    rec = reconstruct(model, variables, images_BxHxWx3, stride)
     if method == "pixel":
         amap = pixel_map(images_BxHxWx3, rec)
     else:
@@ -127,7 +150,13 @@ def anomaly_maps(
 
 
 def make_map_fn(
-    model, method="msfr", scales=(1, 2, 3), pmapped: bool = False, impl=None, normalize="none"
+    model,
+    method="msfr",
+    scales=(1, 2, 3),
+    pmapped: bool = False,
+    impl=None,
+    normalize="none",
+    stride: int = PATCH,
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -145,14 +174,16 @@ def make_map_fn(
         inserted zeros (MSFR of a 512x512 image: decoder 63 vs 133 ms, whole map 237 vs
         312 ms, measured side by side).
       normalize: `none` or `median` (see `normalize_maps`).
+      stride: window stride among `STRIDES` (see `reconstruct`); the model's cost grows with
+        the window count, ~(64/stride)^2 times the grid's.
     """
-    _check_score_options(method, normalize)
+    _check_score_options(method, normalize, stride)
     scales = _check_scales(scales)
     if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)
 
     def map_fn(variables, images_BxHxWx3):
-        return anomaly_maps(model, variables, images_BxHxWx3, method, scales, normalize)[0]
+        return anomaly_maps(model, variables, images_BxHxWx3, method, scales, normalize, stride)[0]
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)
 

@@ -6,6 +6,7 @@ memory through an optax partition (zero update, no optimizer state for it) and s
 Adam state for the rest (a new objective; Alg. 1 restarts the optimisation).
 """
 
+import copy
 import ctypes
 import hashlib
 import json
@@ -14,8 +15,30 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
-from cmaae_jax import checkpoint, model
+from cmaae_jax import checkpoint, errors, model
+from cmaae_jax import workdir as workdir_lib
+
+# The config fields the trained parameters depend on, with the value a config that lacks the
+# field means. A run evaluated, resumed or exported with other values would be another model.
+TRAINED_FIELDS = {
+    "model.variant": None,
+    "model.memory_size": None,
+    "model.latent_dim": None,
+    "model.similarity": "cosine",
+    "model.shrink_threshold": -1.0,
+    "model.temperature": 1.0,
+    "model.gate": "softmax",
+    "data.image_size": None,
+    "data.resize": "square",
+}
+# Fields a trained run may be evaluated with other values of (recorded in eval/metrics.json).
+SCORE_SECTION = "score"
+
+
+class ConfigMismatchError(errors.UserError, ValueError):
+    """A config that differs from the run's own in a field the parameters depend on."""
 
 
 @flax.struct.dataclass
@@ -63,11 +86,85 @@ def to_stage2(config, state: TrainState) -> TrainState:
     return state.replace(opt_state=tx.init(state.params))
 
 
+def field(config, name: str):
+    """The value of `section.field` in `config`, or its TRAINED_FIELDS default when absent."""
+    section, key = name.split(".")
+    return config[section].get(key, TRAINED_FIELDS.get(name))
+
+
 def config_digest(config) -> str:
-    """Digest of the fields that shape the model; a resume with another model is refused."""
+    """Digest of every field the parameters depend on (TRAINED_FIELDS)."""
+    key = json.dumps([[name, field(config, name)] for name in TRAINED_FIELDS])
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _legacy_digest(config) -> str:
+    """The digest of checkpoints written before TRAINED_FIELDS (variant, memory, latent)."""
     m = config.model
     key = json.dumps([m.variant, m.memory_size, m.latent_dim])
     return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _digest_matches(meta: dict, config) -> bool:
+    if "trained_digest" in meta:
+        return meta["trained_digest"] == config_digest(config)
+    return meta.get("model_digest") in (None, _legacy_digest(config))
+
+
+def checkpoint_meta(config, stage: int) -> dict:
+    """The JSON saved with every checkpoint."""
+    return {"stage": stage, "seed": config.train.seed, "trained_digest": config_digest(config)}
+
+
+def check_same_model(config, trained, where) -> None:
+    """Raises ConfigMismatchError naming the first TRAINED_FIELDS field that differs."""
+    for name in TRAINED_FIELDS:
+        mine, theirs = field(config, name), field(trained, name)
+        if mine != theirs:
+            raise ConfigMismatchError(
+                f"config field {name}={mine!r} would be another model: the run in {where} "
+                f"was trained with {name}={theirs!r} (leave --config out to use the run's "
+                f"own {workdir_lib.CONFIG})"
+            )
+
+
+def bind_config(config, workdir):
+    """The config to evaluate a trained run with, and the score fields changed for it.
+
+    The run's own `config.json` gives the model and every training field; `config` (the
+    command line's, or None) may change where the data is (data.root/format/category and
+    the TFDS fields), the evaluation fields (eval.*) and the score fields (score.*: a
+    legitimate evaluation choice, returned as {field: (trained, used)} to be recorded). A
+    field the parameters depend on (TRAINED_FIELDS) that differs is refused.
+    """
+    path = workdir_lib.config_path(workdir)
+    if not path.is_file():  # no training run here; restoring will say so
+        return config, {}
+    trained = workdir_lib.load_config(workdir)
+    if config is None:
+        return trained, {}
+    check_same_model(config, trained, workdir)
+    bound = copy.deepcopy(trained)
+    overrides = {}
+    with bound.unlocked():
+        for key in ("root", "format", "category", "use_tfds", "tfds_data_dir"):
+            if key in config.data:
+                bound.data[key] = config.data[key]
+        bound.eval = copy.deepcopy(config.eval)
+        for key, value in config[SCORE_SECTION].items():
+            old = trained[SCORE_SECTION].get(key)
+            if _plain(old) != _plain(value):
+                overrides[f"{SCORE_SECTION}.{key}"] = [_plain(old), _plain(value)]
+                logging.info(
+                    "scoring with %s.%s=%r (trained run: %r)", SCORE_SECTION, key, value, old
+                )
+            bound[SCORE_SECTION][key] = value
+    return bound, overrides
+
+
+def _plain(value):
+    """JSON-comparable value (tuples and lists alike)."""
+    return json.loads(json.dumps(value)) if value is not None else None
 
 
 def abstract_state(config, net, stage: int):
@@ -88,9 +185,9 @@ def restore_state(config, net, mgr, step=None):
     if found is None:
         return None
     s, restored, meta = found
-    if meta.get("model_digest") not in (None, config_digest(config)):
+    if not _digest_matches(meta, config):
         raise checkpoint.CheckpointError(
-            f"checkpoint {s} in {mgr.directory} was written for another model "
-            f"(variant/memory_size/latent_dim differ from this config)"
+            f"checkpoint {s} in {mgr.directory} was written for another model (one of "
+            f"{', '.join(TRAINED_FIELDS)} differs from this config)"
         )
     return s, restored, meta

@@ -16,6 +16,15 @@ import numpy as np
 from cmaae_jax import datasets, evaluate, inference, metrics, pictures, train
 from cmaae_jax import workdir as workdir_lib
 
+# The paper's settings of the options issue 12 added (a row of every new study).
+PAPER = {
+    "model.gate": "softmax",
+    "model.temperature": 1.0,
+    "anomaly.paste_shape": "rect",
+    "data.resize": "square",
+    "score.stride": 64,
+    "score.normalize": "none",
+}
 # name -> (description, overrides, variant whose checkpoints are evaluated or None)
 VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "full": ("CMA-AE: CMAM (softmax gates) + MSFR + two stages", {}, None),
@@ -37,17 +46,47 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"score.method": "pixel", "score.normalize": "median"},
         "ae",
     ),
+    # Issue 12: each option of the new defaults against the paper's setting, one at a time.
+    "paper": ("the paper: softmax gates, rect paste, squashed square, grid, raw maps", PAPER, None),
+    "softmax": ("softmax gates (the paper)", {"model.gate": "softmax"}, None),
+    "scaled": ("softmax gates times the latent size", {"model.gate": "softmax_scaled"}, None),
+    "tau01": ("cosine addressing at temperature 0.1", {"model.temperature": 0.1}, None),
+    "rect": ("GAAGA pastes rectangles (eq. 1)", {"anomaly.paste_shape": "rect"}, None),
+    "blob": ("GAAGA pastes random smooth shapes", {"anomaly.paste_shape": "blob"}, None),
+    "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
+    "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
+    "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
+    "ae_pixel_stride16": (
+        "plain auto-encoder, pixel residual, windows every 16 pixels",
+        {"score.method": "pixel", "score.stride": 16},
+        "ae",
+    ),
 }
 KEYS = metrics.TABLE_KEYS
+BUDGET_MARK = "@"  # "full@0.25": the variant `full` with a quarter of the base config's steps
+
+
+def split_name(name: str) -> tuple[str, float]:
+    """("full", 0.25) for "full@0.25"; the scale is 1 without a mark."""
+    variant, _, scale = name.partition(BUDGET_MARK)
+    try:
+        return variant, float(scale) if scale else 1.0
+    except ValueError:
+        raise ValueError(
+            f"variant {name!r}: the budget after {BUDGET_MARK} must be a number"
+        ) from None
 
 
 def variant_config(base, name: str, seed: int):
+    name, scale = split_name(name)
     config = copy.deepcopy(base)
     _, overrides, source = VARIANTS[name]
     if source is not None:  # scored from another variant's checkpoints: build that model
         overrides = {**VARIANTS[source][1], **overrides}
     with config.unlocked():
         config.train.seed = seed
+        config.train.stage1_steps = round(config.train.stage1_steps * scale)
+        config.train.stage2_steps = round(config.train.stage2_steps * scale)
         for key, value in overrides.items():
             if key == "one_stage":
                 config.train.stage1_steps += config.train.stage2_steps
@@ -68,7 +107,10 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
     config = variant_config(base, name, seed)
     if workdir_lib.eval_metrics_path(workdir).exists() and record_path.exists():
         return json.loads(record_path.read_text())
-    source = VARIANTS[name][2]
+    variant, scale = split_name(name)
+    source = VARIANTS[variant][2]
+    if source is not None and scale != 1.0:
+        source = f"{source}{BUDGET_MARK}{scale:g}"
     train_s = 0.0
     if source is None:
         t0 = time.perf_counter()
@@ -88,6 +130,7 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
         "train_seconds": train_s,
         "trained_by": source or name,
         "steps": [config.train.stage1_steps, config.train.stage2_steps],
+        "batch_size": config.train.batch_size,
         **{k: result[k] for k in (*KEYS, "pixel_ap", "eval_seconds", "threshold")},
         "per_type": _per_type(result),
     }
@@ -111,18 +154,25 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     for i, kind in enumerate(test.defect_types):
         if test.labels[i] == 1 and len(chosen.setdefault(kind, [])) < per_type:
             chosen[kind].append(i)
-    idx = [i for ids in chosen.values() for i in ids]
-    maps = scorer(test.images[idx])
-    for i, amap in zip(idx, maps, strict=True):
-        stem = pathlib.Path(test.paths[i]).stem
+    picked = test.select([i for ids in chosen.values() for i in ids])
+    maps = scorer(picked.images)
+    for j, amap in enumerate(maps):  # cropped to the valid region (keep_aspect padding)
+        amap = picked.valid_map(j, amap)
+        stem = pathlib.Path(picked.paths[j]).stem
         pictures.save_overlay(
-            out / f"{test.defect_types[i]}_{stem}.png",
-            test.images[i],
-            test.masks[i],
+            out / f"{picked.defect_types[j]}_{stem}.png",
+            picked.valid_map(j, picked.images[j]),
+            picked.valid_map(j, picked.masks[j]),
             amap,
             threshold,
             title=f"{name}: max {amap.max():.3g} / thr {threshold:.3g}",
         )
+
+
+def _order(name: str):
+    """Table order: VARIANTS order, then by budget."""
+    variant, scale = split_name(name)
+    return list(VARIANTS).index(variant) if variant in VARIANTS else len(VARIANTS), scale
 
 
 def summarize(records: list[dict]) -> dict:
@@ -130,7 +180,7 @@ def summarize(records: list[dict]) -> dict:
     for r in records:
         by_variant.setdefault(r["variant"], []).append(r)
     summary = {}
-    for name in [v for v in VARIANTS if v in by_variant]:
+    for name in sorted(by_variant, key=_order):
         rs = by_variant[name]
         cols = {k: [r[k] for r in rs] for k in (*KEYS, "train_seconds")}
         summary[name] = {
@@ -160,7 +210,7 @@ def type_table(records: list[dict], key: str = "pixel_auroc") -> str:
     if not types:
         return ""
     lines = ["| variant | " + " | ".join(types) + " |", "|" + "---|" * (len(types) + 1)]
-    for name in VARIANTS:
+    for name in sorted({r["variant"] for r in records}, key=_order):
         rs = [r for r in records if r["variant"] == name and r.get("per_type")]
         if rs:
             vals = [np.mean([r["per_type"][t][key] for r in rs]) for t in types]
@@ -168,12 +218,19 @@ def type_table(records: list[dict], key: str = "pixel_auroc") -> str:
     return "\n".join(lines)
 
 
+def check_names(names):
+    """ValueError naming the unknown variants (a budget suffix "@0.5" is allowed)."""
+    for name in names:
+        split_name(name)
+    unknown = sorted({n for n in names if split_name(n)[0] not in VARIANTS})
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+
+
 def run(base, root, names, seeds, picture_variants=(), pictures_per_type: int = 2) -> list:
     """Runs (or resumes) every variant in `names` for every seed; returns all records of
     `root` (also of earlier invocations) and writes `<root>/results.json`."""
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    check_names(names)
     root = pathlib.Path(root)
     for seed in seeds:
         for name in names:
@@ -184,7 +241,53 @@ def run(base, root, names, seeds, picture_variants=(), pictures_per_type: int = 
     records = [json.loads(p.read_text()) for p in sorted(root.glob("*/seed*/study.json"))]
     summary = summarize(records)
     (root / "results.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=2))
+    if curves := budget_curves(records):
+        plot_budget_curves(curves, root / "budget_aupro.png")
     return records
+
+
+def budget_curves(records: list[dict], key: str = "pixel_aupro") -> dict:
+    """{variant: {defect type: [(patches seen, mean over seeds of `key`), ...]}} of the
+    variants run at several budgets (names with "@"), sorted by patches seen."""
+    points = {}
+    for r in records:
+        variant, _ = split_name(r["variant"])
+        patches = sum(r["steps"]) * r.get("batch_size", 0)
+        for kind, values in r.get("per_type", {}).items():
+            points.setdefault(variant, {}).setdefault(kind, {}).setdefault(patches, [])
+            points[variant][kind][patches].append(values[key])
+    curves = {}
+    for variant, kinds in points.items():
+        if len(next(iter(kinds.values()))) < 2:
+            continue  # one budget only: no curve
+        curves[variant] = {
+            kind: [(p, float(np.mean(v))) for p, v in sorted(by_patches.items())]
+            for kind, by_patches in kinds.items()
+        }
+    return curves
+
+
+def plot_budget_curves(curves: dict, path, key: str = "pixel_aupro"):
+    """One panel per defect type: `key` against patches seen, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({k for c in curves.values() for k in c})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for variant, c in curves.items():
+            if kind in c:
+                ax.plot(*zip(*c[kind], strict=True), marker="o", label=variant)
+        ax.set_xscale("log")
+        ax.set_title(kind)
+        ax.set_xlabel("64x64 patches seen")
+    axes[0][0].set_ylabel(key)
+    axes[0][-1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def report(records: list[dict]) -> str:

@@ -11,7 +11,8 @@ uint8 arrays (`tfds.features.Tensor(..., encoding='zlib')`) in ArrayRecord files
 Stored splits: `train` (the good training images) and `test`; `load_tfds` takes the same
 seeded validation slice out of train as the plain readers, so both paths give the same Splits.
 Preparing is a one-time cost dominated by TFDS's single-threaded zlib compression (about 0.1 s
-per image at 512 on two cores); later loads read the stored arrays back in threads.
+per image at 512 on two cores); later loads read the stored arrays back in threads. Images are
+stored square (`data.resize=square`); `datasets.load_splits` refuses keep_aspect with TFDS.
 """
 
 import concurrent.futures

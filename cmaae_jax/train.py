@@ -39,20 +39,26 @@ AXIS = "batch"
 
 
 def make_train_step(config, net, stage: int, tx):
-    """Pmapped step: (state, images_u8 [D,n,S,S,3], bank [D,K,S,S,3], key) -> (state, metrics)."""
+    """Pmapped step: (state, images_u8 [D,n,S,S,3], bank [D,K,S,S,3], key[, sizes [D,n,2]])
+    -> (state, metrics). `sizes` (keep_aspect canvases) bounds the crops to each image's valid
+    region; without it the step is the square-mode one."""
     t, a = config.train, config.anomaly
     net = net.clone(axis_name=AXIS)
 
-    def step(state, images_u8, bank, key):
+    def step(state, images_u8, bank, key, sizes_nx2=None):
         key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
         k_anomaly, k_crop = jax.random.split(key)
         clean = images.to_float(images_u8)
         if stage == 2:
-            inp, clean, _ = gaaga.synthesize(k_anomaly, clean, bank, a.patch_size, a.blur_sigma)
+            inp, clean, _ = gaaga.synthesize(
+                k_anomaly, clean, bank, a.patch_size, a.blur_sigma, a.get("paste_shape", "blob")
+            )
             target = clean if t.stage2_target == "clean" else inp
         else:
             inp = target = clean
-        x_Bx64x64x3, y_Bx64x64x3 = patches.random_crops(k_crop, inp, t.crops_per_image, 64, target)
+        x_Bx64x64x3, y_Bx64x64x3 = patches.random_crops(
+            k_crop, inp, t.crops_per_image, 64, target, limits_Nx2=sizes_nx2
+        )
 
         def loss_fn(params):
             (rec, aux), upd = net.apply(
@@ -64,6 +70,7 @@ def make_train_step(config, net, stage: int, tx):
             loss, parts = losses.total(
                 y_Bx64x64x3, rec, aux["entropy"], config.loss.w_rec, config.loss.w_sparse
             )
+            parts = {**parts, **model.code_statistics(aux)}
             return loss, (parts, upd["batch_stats"])
 
         (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -83,21 +90,45 @@ class Sampler:
     """Host-side choice of the training images of each step, seeded by (seed, step).
 
     Every process draws the same global batch and keeps the rows of its own devices, so a run
-    on P processes sees the images a one-process run on as many devices sees.
+    on P processes sees the images a one-process run on as many devices sees. Square-mode
+    images come as one array [N, S, S, 3]. keep_aspect images come as a list of [H_i, W_i, 3]
+    with their valid sizes [N, 2]: each valid region is placed once in an S x S canvas
+    (`canvas_size`) by reflection bottom/right, and `draw` also returns the valid sizes of the
+    chosen images, which bound the step's random crops.
     """
 
-    def __init__(self, images_NxSxSx3, images_per_step: int, seed: int):
-        self.images = images_NxSxSx3
+    def __init__(self, train_images, images_per_step: int, seed: int, sizes=None, canvas_size=0):
+        self.sizes, self.images = None, train_images
+        if isinstance(train_images, (list, tuple)):
+            self.sizes = np.asarray(sizes, np.int32).reshape(len(train_images), 2)
+            s = canvas_size or max(max(im.shape[:2]) for im in train_images)
+            canvases = [
+                images.pad_to(im[:h, :w], (s, s))
+                for im, (h, w) in zip(train_images, self.sizes, strict=True)
+            ]
+            self.images = np.stack(canvases) if canvases else np.zeros((0, s, s, 3), np.uint8)
         self.local_devices = jax.local_device_count()
         self.per_device = images_per_step // jax.device_count()
         self.seed = seed
 
-    def batch(self, step: int) -> np.ndarray:
+    def draw(self, step: int):
+        """(images uint8 [D, n, S, S, 3], valid sizes int32 [D, n, 2] or None) of `step`."""
         rng = np.random.default_rng([self.seed, step])
         idx = np.sort(rng.integers(0, len(self.images), jax.device_count() * self.per_device))
         n = self.local_devices * self.per_device
-        b = self.images[idx[jax.process_index() * n : (jax.process_index() + 1) * n]]
-        return b.reshape(self.local_devices, self.per_device, *b.shape[1:])
+        mine = idx[jax.process_index() * n : (jax.process_index() + 1) * n]
+        b = self.images[mine].reshape(self.local_devices, self.per_device, *self.images.shape[1:])
+        if self.sizes is None:
+            return b, None
+        return b, self.sizes[mine].reshape(self.local_devices, self.per_device, 2)
+
+    def batch(self, step: int) -> np.ndarray:
+        return self.draw(step)[0]
+
+    def step_args(self, step: int, bank, key) -> tuple:
+        """The step's arguments after the state: images, bank, key[, sizes]."""
+        b, sizes = self.draw(step)
+        return (b, bank, key) if sizes is None else (b, bank, key, sizes)
 
 
 def replicate(tree):
@@ -131,7 +162,7 @@ def _compile_everywhere(step_fn, rstate, sampler, bank_arg, base_key, first: int
     that loads the step from the compilation cache (only process 0 writes it) would otherwise
     wait for one still compiling in gloo's 30 s set-up, and fail."""
     key = replicate(jax.random.fold_in(base_key, first))
-    step_fn.lower(rstate, sampler.batch(first), bank_arg, key).compile()
+    step_fn.lower(rstate, *sampler.step_args(first, bank_arg, key)).compile()
     ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{stage}_{first}")
 
 
@@ -174,7 +205,7 @@ class _Run:
             )
         for step in range(first, hi):
             key = replicate(jax.random.fold_in(self.base_key, step))
-            rstate, metrics = step_fn(rstate, self.sampler.batch(step), bank_arg, key)
+            rstate, metrics = step_fn(rstate, *self.sampler.step_args(step, bank_arg, key))
             if step == first:
                 state_lib.release_freed_host_memory()  # the step has been compiled
             done = step + 1
@@ -183,11 +214,7 @@ class _Run:
                 _check_finite(values, done, stage, self.workdir, self.mgr)
                 self.log.write(done, stage, values)
             if done % t.checkpoint_every == 0 or done == hi:
-                meta = {
-                    "stage": stage,
-                    "seed": t.seed,
-                    "model_digest": state_lib.config_digest(self.config),
-                }
+                meta = state_lib.checkpoint_meta(self.config, stage)
                 checkpoint.save(self.mgr, done, unreplicate_to_host(rstate), meta)
         return unreplicate_to_host(rstate)
 
@@ -200,11 +227,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     total = t.stage1_steps + t.stage2_steps
     net = model.from_config(config)
     primary = jax.process_index() == 0
+    if workdir_lib.config_path(workdir).is_file():  # a resume: the same model, or a refusal
+        state_lib.check_same_model(config, workdir_lib.load_config(workdir), workdir)
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_lib.save_config(workdir, config)
     splits = datasets.load_splits(config)
-    sampler = Sampler(splits["train"].images, t.batch_size // t.crops_per_image, t.seed)
+    train_split = splits["train"]
+    sampler = Sampler(
+        train_split.images,
+        t.batch_size // t.crops_per_image,
+        t.seed,
+        None if train_split.stacked else train_split.sizes,
+        config.data.image_size,
+    )
     mgr = checkpoint.manager(workdir, t.keep_checkpoints, cleanup_tmp=primary)
     start, state, stage_in_state = _start(config, workdir, net, mgr)
     log = train_log.TrainLog(workdir, primary, start, total, t.batch_size)

@@ -16,4 +16,5 @@ def get_config():
     c.data.format = "mvtec"
     c.data.root = "data/mvtec_anomaly_detection"  # override with --config.data.root
     c.data.category = "carpet"
+    c.anomaly.natural_source = "skimage"  # the real photographs shipped inside scikit-image
     return c

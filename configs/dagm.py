@@ -15,4 +15,5 @@ def get_config(class_index="1"):
     c.data.format = "dagm"
     c.data.root = "data/DAGM2007"  # override with --config.data.root
     c.data.category = f"Class{int(class_index)}"
+    c.anomaly.natural_source = "skimage"  # the real photographs shipped inside scikit-image
     return c

@@ -19,7 +19,8 @@ def get_config():
     c.data.format = "mvtec"  # mvtec | dagm | folder | synthetic
     c.data.root = ""  # dataset root (for synthetic: where the generated tree is written)
     c.data.category = ""  # MVTec category, DAGM class ("Class7"), or synthetic texture family
-    c.data.image_size = 512  # images are resized to this square size; a multiple of 64
+    c.data.image_size = 512  # S: images resized to S x S (keep_aspect: long side S); k * 64
+    c.data.resize = "keep_aspect"  # keep_aspect (long side S, reflect-padded) | square (paper)
     c.data.use_tfds = False  # read a prepared TFDS dataset (mvtec/dagm) instead of the folders
     c.data.tfds_data_dir = ""  # where TFDS keeps prepared datasets ("" = its default folder)
     c.data.synthetic_num_train = 48  # synthetic: number of good training images generated
@@ -31,7 +32,8 @@ def get_config():
     c.model.latent_dim = 512  # size of the latent code z (Table I: 512)
     c.model.similarity = "cosine"  # cosine (paper) | dot (MemAE code)
     c.model.shrink_threshold = -1.0  # hard-shrinkage lambda; < 0 means 1 / memory_size
-    c.model.gate = "softmax"  # FRM gate activation: softmax (paper) | sigmoid
+    c.model.temperature = 1.0  # addressing softmax temperature: w = softmax(sim / tau); 1 = paper
+    c.model.gate = "sigmoid"  # FRM gates: sigmoid | softmax (paper) | softmax_scaled (D * softmax)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     c.model.conv_impl = "auto"  # auto (matmul on CPU, xla elsewhere) | matmul (im2col) | xla
 
@@ -40,10 +42,11 @@ def get_config():
     c.loss.w_sparse = 0.01  # weight of the memory-addressing entropy loss
 
     c.anomaly = ml_collections.ConfigDict()
-    c.anomaly.natural_source = "procedural"  # procedural | dir:PATH | tfds:NAME
+    c.anomaly.natural_source = "procedural"  # skimage (photos) | procedural | dir:PATH | tfds:NAME
     c.anomaly.patch_size = 256  # side of the pasted natural-image patch (half the image side)
     c.anomaly.bank_size = 64  # number of natural images kept in memory to crop from
     c.anomaly.blur_sigma = 3.0  # Gaussian-blur sigma (pixels) of the resized normal region
+    c.anomaly.paste_shape = "rect"  # rect (whole square, the paper's eq. 1) | blob (random shape)
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0  # seed for parameters, crops, anomalies and data splits
@@ -63,6 +66,7 @@ def get_config():
     c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline)
     c.score.scales = (1, 2, 3)  # encoder layers used by MSFR
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
+    c.score.stride = 32  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
     c.score.batch_images = 8  # images scored per device per call
 
     c.eval = ml_collections.ConfigDict()

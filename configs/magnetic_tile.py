@@ -22,6 +22,7 @@ def get_config():
     c.data.category = ""
     c.data.image_size = 256  # the images are at most ~630 px on their long side
     c.anomaly.patch_size = 128  # half the image side, as the paper's 256 at 512
+    c.anomaly.natural_source = "skimage"  # the real photographs shipped inside scikit-image
     c.train.batch_size = 256
     c.train.stage1_steps = 1500
     c.train.stage2_steps = 750

@@ -34,7 +34,7 @@ def parse_flags(argv):
 
     try:
         args = app.parse_flags_with_usage(argv)
-        if "config" in flags.FLAGS:
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS["config"].value.keys()  # a file that failed to load raises here
     except (AttributeError, KeyError) as e:
         cause = e.args[0] if e.args else e

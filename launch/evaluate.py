@@ -1,6 +1,12 @@
 """Evaluates a trained CMA-AE checkpoint: metrics.json, overlays and a PR curve under eval/.
 
-python launch/evaluate.py --config configs/demo.py --workdir runs/demo [--step N]
+    python launch/evaluate.py --workdir runs/demo [--step N]
+    python launch/evaluate.py --workdir runs/demo --config configs/demo.py \
+        --config.score.method=pixel
+
+The model is the run's own (its config.json). A --config may change the data location,
+eval.* and score.* (recorded in metrics.json under config_overrides); one whose model fields
+differ from the run's is refused.
 """
 
 import json
@@ -11,10 +17,12 @@ from ml_collections import config_flags
 
 from cmaae_jax import evaluate, metrics
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (default: the run's config.json).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir with checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):

@@ -31,11 +31,12 @@ def main(argv):
     del argv
     _common.set_cpu_devices(_CPU.value)
     names = _VARIANTS.value or list(study.VARIANTS)
-    unknown = sorted(set(names) - set(study.VARIANTS))
-    if unknown:
-        raise app.UsageError(f"unknown variants {unknown}; choose from {list(study.VARIANTS)}")
     seeds = [int(s) for s in _SEEDS.value]
     with _common.user_errors():
+        try:
+            study.check_names(names)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
         records = study.run(
             _CONFIG.value, _ROOT.value, names, seeds, _PICTURES.value, _PER_TYPE.value
         )

@@ -26,4 +26,8 @@ def test_dataset_configs_change_only_a_few_fields():
 
     d, w = default.get_config().to_dict(), wood.get_config().to_dict()
     changed = [(s, k) for s in d for k in d[s] if d[s][k] != w[s][k]]
-    assert sorted(changed) == [("data", "category"), ("data", "root")]
+    assert sorted(changed) == [
+        ("anomaly", "natural_source"),
+        ("data", "category"),
+        ("data", "root"),
+    ]

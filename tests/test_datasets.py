@@ -341,3 +341,75 @@ def test_magnetic_tile_masks_aligned(magnetic, magnetic_tile_root):
         gray = Image.open(path).resize((MT_SIZE, MT_SIZE), Image.BILINEAR)
         np.testing.assert_array_equal(test.images[i, :, :, 1], np.asarray(gray))
     assert len(checked) == 5
+
+
+# data.resize=keep_aspect: Splits of differently shaped images, their valid sizes and helpers.
+
+
+def _noise_png(path, hw, seed):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    a = np.random.default_rng(seed).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    Image.fromarray(a).save(path)
+    return a
+
+
+def test_read_entries_keep_aspect_two_sizes(tmp_path):
+    a = _noise_png(tmp_path / "a.png", (80, 96), 0)  # 96 -> 128, 80 * 128 / 96 = 106.7 -> 107
+    b = _noise_png(tmp_path / "b.png", (96, 200), 1)  # 200 -> 128, 96 * 128 / 200 = 61.4 -> 61
+    _mask(tmp_path / "b_mask.png", hw=(96, 200), rows=(90, 96))  # bottom rows: near the padding
+    entries = [
+        layouts.Entry(str(tmp_path / "a.png"), None, 0, "good"),
+        layouts.Entry(str(tmp_path / "b.png"), str(tmp_path / "b_mask.png"), 1, "crack"),
+    ]
+    split = layouts.read_entries(entries, 128, resize="keep_aspect")
+    assert not split.stacked and split.sizes.tolist() == [[107, 128], [61, 128]]
+    assert [im.shape for im in split.images] == [(128, 128, 3), (64, 128, 3)]
+    assert [m.shape for m in split.masks] == [(128, 128), (64, 128)]
+    for i, (src, padded_h) in enumerate(((a, 128), (b, 64))):
+        h, w = split.sizes[i]
+        want = np.asarray(Image.fromarray(src).resize((w, h), Image.BILINEAR))
+        np.testing.assert_array_equal(split.valid_map(i, split.images[i]), want)
+        np.testing.assert_array_equal(
+            split.images[i],
+            np.pad(want, ((0, padded_h - h), (0, 0), (0, 0)), mode="reflect"),
+        )
+    rows = np.floor((np.arange(61) + 0.5) * 96 / 61).astype(int)
+    want_mask = np.repeat((rows >= 90)[:, None], 128, axis=1).astype(np.uint8)
+    np.testing.assert_array_equal(split.masks[1][:61], want_mask)
+    assert split.masks[1][61:].max() == 0 and split.masks[0].max() == 0
+    # select keeps everything aligned; valid_groups crops maps and masks per valid size
+    picked = split.select([1, 0])
+    assert picked.paths == [entries[1].path, entries[0].path]
+    assert picked.sizes.tolist() == [[61, 128], [107, 128]] and picked.labels.tolist() == [1, 0]
+    assert picked.images[0] is split.images[1]
+    maps = [np.ones((64, 128)), np.ones((128, 128))]
+    groups = list(picked.valid_groups([0, 1], maps))
+    assert [(g[0].tolist(), g[1].shape, g[2].shape) for g in groups] == [
+        ([0], (1, 61, 128), (1, 61, 128)),
+        ([1], (1, 107, 128), (1, 107, 128)),
+    ]
+
+
+def test_square_split_is_unchanged_and_fully_valid(tmp_path):
+    _mvtec(tmp_path / "wood")
+    test = datasets.load_mvtec(tmp_path, "wood", S, 0.2, seed=0)["test"]
+    assert test.stacked and test.sizes.tolist() == [[S, S]] * 3
+    maps = np.random.default_rng(0).random((3, S, S)).astype(np.float32)
+    ((pos, got_maps, got_masks),) = test.valid_groups([0, 1, 2], maps)
+    assert pos.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(got_maps, maps)
+    np.testing.assert_array_equal(got_masks, test.masks)
+
+
+def test_load_splits_passes_data_resize(tmp_path):
+    _mvtec(tmp_path / "wood")  # 80 x 96 images: keep_aspect at 64 gives 53 x 64 in 64 x 64
+    config = _config(format="mvtec", root=str(tmp_path), category="wood", resize="keep_aspect")
+    test = datasets.load_splits(config)["test"]
+    assert not test.stacked and test.sizes.tolist() == [[53, 64]] * 3
+    assert all(m.shape == (64, 64) and m[53:].max() == 0 for m in test.masks)
+    with pytest.raises(layouts.DatasetError, match="data.resize='keep_aspect'.*use_tfds"):
+        config.data.use_tfds = True
+        datasets.load_splits(config)
+    old = _config(format="mvtec", root=str(tmp_path), category="wood")
+    del old.data["resize"]  # a config.json written before data.resize: square
+    assert datasets.load_splits(old)["test"].images.shape == (3, S, S, 3)

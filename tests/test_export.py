@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
     (root / "config.json").write_text(config.to_json_best_effort(indent=2))
     state = state_lib.init_state(config, model.from_config(config))
     mgr = checkpoint.manager(root, async_save=False)
-    meta = {"stage": 1, "seed": 0, "model_digest": state_lib.config_digest(config)}
+    meta = state_lib.checkpoint_meta(config, 1)
     checkpoint.save(mgr, 1, state.replace(step=state.step + 1), meta)
     mgr.wait_until_finished()
     mgr.close()
@@ -122,6 +122,10 @@ def test_a_damaged_or_misused_artifact_is_a_clear_error(workdir, tmp_path):
     config = workdir_lib.load_config(workdir)
     _, variables = inference.restore_variables(config, workdir)
     path = tmp_path / "m.jaxexport"
+    export.save(path, config, variables, threshold=0.1, batch=1)  # keep_aspect, the default
+    with pytest.raises(export.ExportError, match="sides are at most 64"):
+        export.load(path)(np.zeros((2, 128, 128, 3), np.uint8))
+    config.data.resize = "square"
     export.save(path, config, variables, threshold=0.1, batch=1)
     mapper = export.load(path)
     with pytest.raises(export.ExportError, match=r"\[N, 64, 64, 3\].*resize them to 64x64"):

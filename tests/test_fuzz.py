@@ -215,7 +215,7 @@ def _workdir(root):
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(config.to_json_best_effort(indent=2))
     mgr = checkpoint.manager(root, async_save=False)
-    meta = {"stage": 1, "seed": 0, "model_digest": state_lib.config_digest(config)}
+    meta = state_lib.checkpoint_meta(config, 1)
     state = state_lib.init_state(config, model.from_config(config))
     checkpoint.save(mgr, 1, state, meta, force=True)
     mgr.wait_until_finished()

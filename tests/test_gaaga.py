@@ -11,7 +11,7 @@ from cmaae_jax import gaaga, synthetic
 
 SIZE, PATCH, SIGMA, BATCH = 128, 64, 2.0, 4
 
-synthesize = jax.jit(gaaga.synthesize, static_argnames=("patch_size", "blur_sigma"))
+synthesize = jax.jit(gaaga.synthesize, static_argnames=("patch_size", "blur_sigma", "paste_shape"))
 run = functools.partial(synthesize, patch_size=PATCH, blur_sigma=SIGMA)
 
 
@@ -39,11 +39,15 @@ def _check_mask_contract(anomalous, clean, mask, normal):
     assert mask.reshape(len(mask), -1).any(1).all()  # every image got an anomaly
 
 
-def test_mask_is_exactly_the_changed_pixels(normal, bank):
-    anomalous, clean, mask = run(jax.random.PRNGKey(0), normal, bank)
+@pytest.mark.parametrize("shape", ["blob", "rect"])
+def test_mask_is_exactly_the_changed_pixels(normal, bank, shape):
+    anomalous, clean, mask = run(jax.random.PRNGKey(0), normal, bank, paste_shape=shape)
     _check_mask_contract(anomalous, clean, mask, normal)
     cover = np.asarray(mask).mean((1, 2))
-    assert (cover > 0.01).all() and (cover < 0.5).all()
+    # rect: one or two whole 64x64 squares of the 128x128 image, 1/4 to 1/2 of it (less the
+    # rare pixels a patch happens to repeat exactly).
+    low, high = {"blob": (0.01, 0.5), "rect": (0.24, 0.5)}[shape]
+    assert (cover > low).all() and (cover <= high).all()
     assert np.abs(np.asarray(anomalous)).max() <= 1.0 + 1e-6
 
 
@@ -93,12 +97,15 @@ def test_vmap_and_pmap_give_different_anomalies(normal, bank):
             assert not np.array_equal(masks[d], masks[e])
 
 
-def test_pasted_natural_patch_is_a_crop_of_a_bank_image():
-    # With a flat normal image the blurred patch changes nothing, so every changed pixel comes
-    # from the natural patch; random bank values make each pixel's location unique.
+@pytest.mark.parametrize("shape", ["blob", "rect"])
+def test_pasted_natural_patch_is_a_crop_of_a_bank_image(shape):
+    # With a flat normal image the blurred patch changes nothing (where pasted last, it restores
+    # the flat value), so every changed pixel comes from the natural patch; random bank values
+    # make each pixel's location unique.
     flat = jnp.zeros((BATCH, SIZE, SIZE, 3))
     bank = np.asarray(jax.random.uniform(jax.random.PRNGKey(9), (3, SIZE, SIZE, 3), minval=-1))
-    anomalous, _, mask = map(np.asarray, run(jax.random.PRNGKey(10), flat, jnp.asarray(bank)))
+    out = run(jax.random.PRNGKey(10), flat, jnp.asarray(bank), paste_shape=shape)
+    anomalous, _, mask = map(np.asarray, out)
     for b in range(BATCH):
         ys, xs = np.nonzero(mask[b])
         assert len(ys) > 0
@@ -110,6 +117,94 @@ def test_pasted_natural_patch_is_a_crop_of_a_bank_image():
         # The crop lies inside the bank image at most PATCH away from where the mask starts.
         assert 0 <= ys.min() + dy and ys.max() + dy < SIZE
         assert 0 <= xs.min() + dx and xs.max() + dx < SIZE
+
+
+def _square(y, x):
+    out = np.zeros((SIZE, SIZE), bool)
+    out[y : y + PATCH, x : x + PATCH] = True
+    return out
+
+
+def _squares_inside(mask):
+    """Top-left corners of every PATCH x PATCH square lying wholly inside `mask` (brute force)."""
+    n = SIZE - PATCH + 1
+    return [(y, x) for y in range(n) for x in range(n) if mask[y : y + PATCH, x : x + PATCH].all()]
+
+
+def test_rect_pastes_two_whole_squares_one_a_bank_crop():
+    keys = jax.random.split(jax.random.PRNGKey(20), 3)
+    normal = jax.random.uniform(keys[0], (BATCH, SIZE, SIZE, 3), minval=-1)
+    bank = np.asarray(jax.random.uniform(keys[1], (3, SIZE, SIZE, 3), minval=-1))
+    out = run(keys[2], normal, jnp.asarray(bank), paste_shape="rect")
+    _check_mask_contract(*out, normal)
+    anomalous, mask = np.asarray(out[0]), np.asarray(out[2])
+    # Random values: a pixel triple identifies one place of the bank.
+    where = {v.tobytes(): i for i, v in enumerate(bank.reshape(-1, 3))}
+    for b in range(BATCH):
+        squares = _squares_inside(mask[b])
+        pairs = [
+            (s, t)
+            for s in squares
+            for t in squares
+            if np.array_equal(_square(*s) | _square(*t), mask[b])
+        ]
+        assert pairs, "the mask is not the union of at most two PATCH squares"
+        ys, xs = np.nonzero(mask[b])
+        index = np.array([where.get(v.tobytes(), -1) for v in anomalous[b, ys, xs]])
+        natural = np.zeros_like(mask[b])
+        natural[ys[index >= 0], xs[index >= 0]] = True
+        k, by, bx = np.unravel_index(index[index >= 0], bank.shape[:3])
+        dy, dx = by - ys[index >= 0], bx - xs[index >= 0]
+        # One crop of one bank image (one shift), pasted pixel for pixel.
+        assert natural.any() and len({*k}) == len({*dy}) == len({*dx}) == 1
+        ny, nx = np.nonzero(natural)
+        np.testing.assert_array_equal(anomalous[b, ny, nx], bank[k[0], ny + dy[0], nx + dx[0]])
+        blurred = mask[b] & ~natural
+        # The natural square is one of the two, its crop inside the bank image; the rest is the
+        # other square; whichever was pasted last is whole.
+        assert any(
+            not (natural & ~_square(*s)).any()
+            and not (blurred & ~_square(*t)).any()
+            and 0 <= s[0] + dy[0] <= SIZE - PATCH
+            and 0 <= s[1] + dx[0] <= SIZE - PATCH
+            for s, t in pairs
+        )
+        assert any(
+            np.array_equal(part, _square(*s)) for part in (natural, blurred) for s, _ in pairs
+        )
+        if blurred.any():  # smooth, unlike the noise it was cut from (mean |step| 2/3)
+            both = blurred[:, 1:] & blurred[:, :-1]
+            steps = np.abs(np.diff(anomalous[b], axis=1))[both]
+            assert steps.mean() < 0.1
+
+
+def test_one_key_puts_blob_and_rect_at_the_same_places():
+    keys = jax.random.split(jax.random.PRNGKey(21), 3)
+    normal = jax.random.uniform(keys[0], (BATCH, SIZE, SIZE, 3), minval=-1)
+    bank = jax.random.uniform(keys[1], (3, SIZE, SIZE, 3), minval=-1)
+    blob = np.asarray(run(keys[2], normal, bank, paste_shape="blob")[2])
+    rect = np.asarray(run(keys[2], normal, bank, paste_shape="rect")[2])
+    assert blob.any() and not (blob & ~rect).any() and rect.sum() > blob.sum()
+
+
+def test_paste_shape_is_checked():
+    with pytest.raises(ValueError, match="paste_shape"):
+        gaaga.synthesize(
+            jax.random.PRNGKey(0),
+            jnp.zeros((1, SIZE, SIZE, 3)),
+            jnp.zeros((1, SIZE, SIZE, 3)),
+            PATCH,
+            SIGMA,
+            "square",
+        )
+    from cmaae_jax import configlib
+    from configs import default
+
+    config = default.get_config()
+    assert config.anomaly.paste_shape in gaaga.PASTE_SHAPES == ("rect", "blob")
+    config.anomaly.paste_shape = "square"
+    with pytest.raises(configlib.ConfigError, match="anomaly.paste_shape"):
+        configlib.validate(config)
 
 
 def _high_frequency_energy(image):

@@ -254,3 +254,83 @@ def test_list_image_files(tmp_path):
     with pytest.warns(UserWarning, match="notes.txt"):
         found = images.list_image_files(tmp_path)
     assert [p.rsplit("/", 1)[1] for p in found] == ["a.jpg", "b.PNG", "c.Tiff"]
+
+
+# data.resize=keep_aspect: long side to S, short side rounded, reflect-padded to a multiple of 64.
+
+
+def _reflect_index(i, n):
+    """Source index of position i of a 1-D array of length n reflected without edge repeat."""
+    if n == 1 or i < n:
+        return 0 if n == 1 else i
+    period = 2 * (n - 1)
+    j = i % period
+    return j if j < n else period - j
+
+
+def test_scaled_and_padded_sizes_by_hand():
+    assert images.scaled_size((100, 300), 128, "keep_aspect") == (43, 128)  # 42.67 -> 43
+    assert images.scaled_size((300, 100), 128, "keep_aspect") == (128, 43)
+    assert images.scaled_size((3, 256), 128, "keep_aspect") == (2, 128)  # 1.5 -> 2 (half up)
+    assert images.scaled_size((1, 1000), 128, "keep_aspect") == (1, 128)  # 0.128 -> at least 1
+    assert images.scaled_size((100, 300), 128, "square") == (128, 128)
+    assert images.padded_size((43, 128)) == (64, 128)
+    assert images.padded_size((1, 65)) == (64, 128)
+    with pytest.raises(ValueError, match="data.resize"):
+        images.scaled_size((10, 10), 64, "stretch")
+
+
+def test_keep_aspect_image_is_a_pil_resize_padded_by_reflection(tmp_path):
+    a = _noise((100, 300, 3), seed=4)
+    out = images.load_image(_save(tmp_path / "wide.png", a), 128, "keep_aspect")
+    assert out.shape == (64, 128, 3) and out.dtype == np.uint8
+    valid = np.asarray(Image.fromarray(a).resize((128, 43), Image.BILINEAR))
+    np.testing.assert_array_equal(out[:43], valid)
+    np.testing.assert_array_equal(out, np.pad(valid, ((0, 21), (0, 0), (0, 0)), mode="reflect"))
+    for i in range(43, 64):  # row 43 mirrors row 41, row 44 row 40, ... (no edge repeat)
+        np.testing.assert_array_equal(out[i], valid[2 * 42 - i])
+    tall = images.load_image(_save(tmp_path / "tall.png", a.transpose(1, 0, 2)), 128, "keep_aspect")
+    assert tall.shape == (128, 64, 3)
+    np.testing.assert_array_equal(
+        tall[:, :43],
+        np.asarray(Image.fromarray(a.transpose(1, 0, 2)).resize((43, 128), Image.BILINEAR)),
+    )
+    # square mode: the same file squashed, as before
+    assert images.load_image(tmp_path / "wide.png", 128).shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 10])
+def test_reflect_padding_of_very_short_sides(n):
+    a = _noise((n, 7, 3), seed=n)
+    out = images.pad_to(a, (64, 64))
+    assert out.shape == (64, 64, 3)
+    for i in range(64):
+        for j in range(64):
+            src = a[_reflect_index(i, n), _reflect_index(j, 7)]
+            np.testing.assert_array_equal(out[i, j], src)
+
+
+def test_keep_aspect_one_and_ten_pixel_short_sides_load(tmp_path):
+    # 64 x 4096 at S=64: 64 * 64 / 4096 = 1 row; 64 x 410: 64 * 64 / 410 = 9.99 -> 10 rows
+    for width, rows in ((4096, 1), (410, 10)):
+        a = _noise((64, width), seed=width)
+        out = images.load_image(_save(tmp_path / f"g{width}.png", a), 64, "keep_aspect")
+        assert out.shape == (64, 64, 3)
+        valid = np.asarray(Image.fromarray(a).resize((64, rows), Image.BILINEAR))
+        for i in range(64):
+            np.testing.assert_array_equal(out[i, :, 0], valid[_reflect_index(i, rows)])
+
+
+def test_keep_aspect_masks_nearest_and_zero_padded(tmp_path):
+    m = np.zeros((100, 300), np.uint8)
+    m[90:, 250:] = 255  # touches the bottom-right corner: reflection would copy it
+    image_path = _save(tmp_path / "x.png", _noise((100, 300, 3)))
+    mask_path = _save(tmp_path / "x_mask.png", m)
+    image, mask = images.load_pair(image_path, mask_path, 128, "keep_aspect")
+    assert image.shape == (64, 128, 3) and mask.shape == (64, 128)
+    rows = np.floor((np.arange(43) + 0.5) * 100 / 43).astype(int)  # nearest, pixel centres
+    cols = np.floor((np.arange(128) + 0.5) * 300 / 128).astype(int)
+    np.testing.assert_array_equal(mask[:43], (m[rows][:, cols] > 127).astype(np.uint8))
+    assert mask[:43].sum() > 0 and mask[43:].max() == 0
+    image, none = images.load_pair(image_path, None, 128, "keep_aspect")
+    assert none.shape == (64, 128) and none.max() == 0

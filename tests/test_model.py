@@ -106,6 +106,44 @@ def test_memory_addressing_matches_numpy_on_random_memory():
     np.testing.assert_allclose(got_w, w_hat, atol=1e-5)
 
 
+def test_temperature_sharpens_cosine_addressing_by_hand():
+    mem = np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]], np.float32)
+    z = np.array([[2.0, 0, 0, 0]], np.float32)
+    # cos = (1, 0, 1/sqrt2); at tau = 0.1: softmax of (10, 0, 7.0711)
+    e = np.exp([10.0, 0.0, 10 / np.sqrt(2)])
+    w = e / e.sum()
+    np.testing.assert_allclose(w, [0.94922, 0.00004, 0.05074], atol=1e-5)  # e^10 = 22026.5
+    _, w_hat, _ = memory.address(jnp.asarray(z), jnp.asarray(mem), temperature=0.1)
+    # item 2 (0.0507) is below 1/3 now too: only item 0 survives the shrinkage
+    np.testing.assert_allclose(w_hat[0], [1.0, 0.0, 0.0], atol=1e-6)
+    # at tau = 1 both 0 and 2 survive (test_memory_addressing_by_hand); on random memories the
+    # numpy reference with the logits divided by tau agrees
+    rng = np.random.default_rng(3)
+    mem, z = rng.normal(size=(9, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    mn = mem / np.linalg.norm(mem, axis=1, keepdims=True)
+    logits = zn @ mn.T / 0.25
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    want = np.where(w > 1 / 9, w, 0)
+    want /= want.sum(1, keepdims=True)
+    got = memory.address(jnp.asarray(z), jnp.asarray(mem), temperature=0.25)[1]
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_scaled_softmax_gates_average_one():
+    frm = memory.FeatureRepair(gate="softmax_scaled")
+    z = jnp.ones((2, 4))
+    params = frm.init(jax.random.key(0), z, z)["params"]
+    params = jax.tree.map(jnp.zeros_like, params)  # gates 4 * 1/4 = 1, candidate tanh(0) = 0
+    np.testing.assert_allclose(frm.apply({"params": params}, z * 8, z), z * 8, atol=1e-6)
+    # with a bias favouring feature 0 the forget gate is 4 * softmax(bias): by hand
+    params["forget"]["bias"] = jnp.array([1.0, 0.0, 0.0, 0.0])
+    e = np.exp([1.0, 0.0, 0.0, 0.0])
+    want = 4 * e / e.sum() * 8.0
+    np.testing.assert_allclose(frm.apply({"params": params}, z * 8, z)[0], want, atol=1e-5)
+
+
 def _grads(z, mem):
     def f(z, mem):
         z_mem, _, ent = memory.address(z, mem)
@@ -227,3 +265,14 @@ def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
     assert r16.dtype == jnp.float32
     # stated tolerance of the mixed-precision option on a random-weight model
     assert float(jnp.max(jnp.abs(r32 - r16))) < 0.05
+
+
+def test_code_statistics_by_hand():
+    w_hat = jnp.array([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # 2 and 1 items used
+    z = jnp.array([[3.0, 4.0], [0.0, 0.0]])  # mean square 25 / 4
+    z_out = jnp.full((2, 2), 0.02)
+    stats = model.code_statistics({"w_hat": w_hat, "z": z, "z_out": z_out})
+    np.testing.assert_allclose(float(stats["items_used"]), 1.5)
+    np.testing.assert_allclose(float(stats["z_rms"]), 2.5, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["z_out_rms"]), 0.02, rtol=1e-6)
+    assert float(model.code_statistics({"w_hat": None, "z": z, "z_out": z})["items_used"]) == 0

@@ -1,5 +1,7 @@
-"""Tests of the natural-image bank GAAGA pastes from (procedural, folder and TFDS sources)."""
+"""Tests of the natural-image bank GAAGA pastes from (skimage, procedural, folder, TFDS)."""
 
+import importlib.util
+import pathlib
 import time
 import types
 import warnings
@@ -117,8 +119,89 @@ def test_bank_for_config_reads_the_config():
 
 
 def test_is_source_accepts_the_forms_natural_bank_reads():
-    for source in ("procedural", "dir:/some/folder", "tfds:dtd"):
+    for source in ("skimage", "procedural", "dir:/some/folder", "tfds:dtd"):
         assert natural_images.is_source(source)
-    for source in ("imagenet", "", "dir", "Procedural"):
+    for source in ("imagenet", "", "dir", "Procedural", "skimage:astronaut"):
         assert not natural_images.is_source(source)
-    assert natural_images.SOURCES_HELP == "procedural, dir:PATH or tfds:NAME"
+    assert natural_images.SOURCES_HELP == "skimage, procedural, dir:PATH or tfds:NAME"
+
+
+# The photographs of scikit-image's data folder, chosen by looking at them (written out here,
+# not taken from the module under test).
+PHOTOS = {
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+}
+
+
+def _package_photos(size):
+    """{file name: photo decoded and resized with PIL}, read from the installed skimage."""
+    skimage = pytest.importorskip("skimage")
+    folder = pathlib.Path(skimage.__file__).parent / "data"
+    out = {}
+    for name in sorted(PHOTOS):
+        if (folder / name).exists():
+            image = Image.open(folder / name).convert("RGB")
+            out[name] = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    assert len(out) >= 10, f"expected the scikit-image photographs in {folder}"
+    return out
+
+
+def test_skimage_bank_holds_the_package_photographs():
+    photos = _package_photos(48)
+    n = len(photos)
+    bank = natural_images.natural_bank("skimage", 48, n + 6, seed=3)
+    assert bank.shape == (n + 6, 48, 48, 3) and bank.dtype == np.uint8
+    # The first n entries are the n photographs, each once, in some order.
+    found = [
+        [name for name, ref in photos.items() if np.array_equal(ref, image)] for image in bank[:n]
+    ]
+    assert sorted(sum(found, [])) == sorted(photos)
+    # The rest are other views (crops, turns) of them: new and different from one another.
+    extra = {image.tobytes() for image in bank[n:]}
+    assert len(extra) == 6 and not extra & {image.tobytes() for image in bank[:n]}
+    # A smaller bank is a subset of the photographs.
+    few = natural_images.natural_bank("skimage", 48, 4, seed=0)
+    assert all(any(np.array_equal(ref, image) for ref in photos.values()) for image in few)
+
+
+def test_skimage_bank_is_deterministic_per_seed():
+    a = natural_images.natural_bank("skimage", 32, 20, seed=1)
+    np.testing.assert_array_equal(a, natural_images.natural_bank("skimage", 32, 20, seed=1))
+    b = natural_images.natural_bank("skimage", 32, 20, seed=2)
+    assert a.shape == b.shape == (20, 32, 32, 3) and not np.array_equal(a, b)
+
+
+def test_skimage_missing_is_a_one_line_error(monkeypatch):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name == "skimage" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(natural_images.NaturalImagesError) as info:
+        natural_images.natural_bank("skimage", 32, 4, seed=0)
+    message = str(info.value)
+    assert "\n" not in message and "anomaly.natural_source" in message
+    assert "pip install scikit-image" in message
+    assert "procedural" in message and "dir:PATH" in message
+
+
+def test_real_data_configs_use_the_skimage_photographs():
+    from configs import carpet, dagm, default, magnetic_tile, wood
+
+    for module in (wood, carpet, dagm, magnetic_tile):
+        assert module.get_config().anomaly.natural_source == "skimage"
+    assert default.get_config().anomaly.natural_source == "procedural"

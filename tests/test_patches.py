@@ -1,4 +1,5 @@
-"""Grid patches (order of the PyTorch reference, exact inverse) and aligned random crops."""
+"""Grid patches (order of the PyTorch reference, exact inverse), overlapping windows and their
+blend (against brute-force numpy), and aligned random crops."""
 
 import jax
 import jax.numpy as jnp
@@ -97,3 +98,170 @@ def test_random_crops_reject_misaligned_or_too_small_inputs():
         patches.random_crops(jax.random.key(0), x, 1, 16, jnp.zeros((2, 32, 31)))
     with pytest.raises(ValueError, match="larger than the images"):
         patches.random_crops(jax.random.key(0), x, 1, 64)
+
+
+# Jitted entry points: eager dispatch of the (p/stride)^2 phases compiles op by op (slow on CPU).
+_to_windows = jax.jit(patches.to_windows, static_argnums=(1, 2))
+_from_windows = jax.jit(patches.from_windows, static_argnums=(1, 2, 3, 4))
+
+
+def _hann(p):
+    """The documented window weight, by hand: sin^2(pi (t + 1/2) / p)."""
+    return np.array([np.sin(np.pi * (t + 0.5) / p) ** 2 for t in range(p)])
+
+
+def _brute_windows(x_BxHxWxC, p, s):
+    """Row-major windows of every image by explicit slicing."""
+    _, h, w, _ = x_BxHxWxC.shape
+    return np.stack(
+        [
+            img[y : y + p, xx : xx + p]
+            for img in x_BxHxWxC
+            for y in range(0, h - p + 1, s)
+            for xx in range(0, w - p + 1, s)
+        ]
+    )
+
+
+def _brute_blend(windows_NxPxPxC, b, h, w, s):
+    """Weighted average of windows, window by window into numpy accumulators."""
+    p = windows_NxPxPxC.shape[1]
+    weight = np.outer(_hann(p), _hann(p))[:, :, None]
+    acc = np.zeros((b, h, w, windows_NxPxPxC.shape[-1]))
+    norm = np.zeros((b, h, w, 1))
+    k = 0
+    for i in range(b):
+        for y in range(0, h - p + 1, s):
+            for x in range(0, w - p + 1, s):
+                acc[i, y : y + p, x : x + p] += weight * windows_NxPxPxC[k]
+                norm[i, y : y + p, x : x + p] += weight
+                k += 1
+    assert k == len(windows_NxPxPxC) and norm.min() > 0
+    return acc / norm
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32, 64])
+def test_windows_are_the_slices_at_every_stride(stride):
+    x = np.random.default_rng(2).normal(size=(2, 128, 192, 3)).astype(np.float32)
+    got = _to_windows(jnp.asarray(x), 64, stride)
+    np.testing.assert_array_equal(got, _brute_windows(x, 64, stride))
+    ny, nx = (128 - 64) // stride + 1, (192 - 64) // stride + 1
+    assert patches.num_windows(128, 192, 64, stride) == (ny, nx)
+    assert got.shape == (2 * ny * nx, 64, 64, 3)
+
+
+def test_stride_64_is_the_grid_path_exactly():
+    x = np.random.default_rng(3).normal(size=(2, 128, 192, 3)).astype(np.float32)
+    windows = _to_windows(jnp.asarray(x), 64, 64)
+    np.testing.assert_array_equal(windows, patches.to_grid(jnp.asarray(x), 64))
+    # A per-patch function that changes every value: the blend must not touch them.
+    rec = jnp.tanh(windows * 1.37 + jnp.arange(len(windows))[:, None, None, None] * 0.01)
+    np.testing.assert_array_equal(
+        _from_windows(rec, 2, 128, 192, 64), patches.from_grid(rec, 2, 128, 192)
+    )
+
+
+@pytest.mark.parametrize("stride", [16, 32])
+def test_blend_matches_a_brute_force_weighted_average(stride):
+    b, h, w = 2, 128, 192
+    x = np.random.default_rng(4).normal(size=(b, h, w, 3)).astype(np.float32)
+    windows = _brute_windows(x, 64, stride)
+    # Each window different from its neighbours' view of the same pixels.
+    windows = windows * 0.5 + np.arange(len(windows), dtype=np.float32)[:, None, None, None]
+    got = _from_windows(jnp.asarray(windows), b, h, w, stride)
+    want = _brute_blend(windows.astype(np.float64), b, h, w, stride)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [8, 16, 32])
+def test_identity_windows_give_the_image_back(stride):
+    const = np.full((1, 128, 128, 3), 0.3, np.float32)
+    back = _from_windows(_to_windows(jnp.asarray(const), 64, stride), 1, 128, 128, stride)
+    np.testing.assert_allclose(back, const, atol=1e-6)
+    x = np.random.default_rng(5).uniform(-1, 1, size=(2, 128, 192, 3)).astype(np.float32)
+    back = _from_windows(_to_windows(jnp.asarray(x), 64, stride), 2, 128, 192, stride)
+    np.testing.assert_allclose(back, x, atol=2e-6)
+
+
+def _grid_line_jump(img_HxWxC, p=64):
+    """Largest absolute step between the two pixels on either side of a p-pixel grid line."""
+    h, w = img_HxWxC.shape[:2]
+    ys = [np.abs(img_HxWxC[k * p] - img_HxWxC[k * p - 1]).max() for k in range(1, h // p)]
+    xs = [np.abs(img_HxWxC[:, k * p] - img_HxWxC[:, k * p - 1]).max() for k in range(1, w // p)]
+    return max(ys + xs)
+
+
+def test_overlapping_windows_reduce_the_grid_seams():
+    h = w = 256
+    yy, xx = np.mgrid[:h, :w] / h
+    smooth = np.stack([np.sin(3 * yy + 2 * xx)] * 3, axis=-1)[None].astype(np.float32)
+    jumps = {}
+    for stride in (64, 16):
+        ny, nx = (h - 64) // stride + 1, (w - 64) // stride + 1
+        windows = _brute_windows(smooth, 64, stride)
+        # A per-window gain depending on the window's position: seams wherever windows meet.
+        iy, ix = np.divmod(np.arange(ny * nx), nx)
+        gain = 1.0 + 0.2 * np.sin(1.7 * iy * stride / 64 + 2.3 * ix * stride / 64)
+        rec = windows * gain[:, None, None, None].astype(np.float32)
+        out = np.asarray(_from_windows(jnp.asarray(rec), 1, h, w, stride))
+        np.testing.assert_allclose(out, _brute_blend(rec, 1, h, w, stride), atol=1e-5)
+        jumps[stride] = _grid_line_jump(out[0])
+    # The grid's seams are the gain steps (up to ~0.2 x |image|); blending spreads them out.
+    assert jumps[64] > 0.05
+    assert jumps[16] < jumps[64] / 4, jumps
+
+
+def test_bad_window_strides_are_an_error():
+    x = jnp.zeros((1, 128, 128, 3))
+    for stride in (0, 24, 128, 16.0):
+        with pytest.raises(ValueError, match="stride"):
+            patches.to_windows(x, 64, stride)
+        with pytest.raises(ValueError, match="stride"):
+            patches.from_windows(jnp.zeros((9, 64, 64, 3)), 1, 128, 128, stride)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        patches.to_windows(jnp.zeros((1, 100, 128, 3)), 64, 32)
+
+
+def _old_random_crops(key, images, k, p):
+    """The draws of random_crops before crop limits existed (the square-mode training crops)."""
+    n, h, w = images.shape[:3]
+    key_y, key_x = jax.random.split(key)
+    ys = np.asarray(jax.random.randint(key_y, (n, k), 0, h - p + 1))
+    xs = np.asarray(jax.random.randint(key_x, (n, k), 0, w - p + 1))
+    crops = [
+        images[i, y : y + p, x : x + p] for i in range(n) for y, x in zip(ys[i], xs[i], strict=True)
+    ]
+    return np.stack(crops)
+
+
+def test_random_crops_without_limits_draw_what_they_drew_before():
+    images = np.random.default_rng(2).normal(size=(3, 40, 48, 2)).astype(np.float32)
+    for seed in range(3):
+        (got,) = patches.random_crops(jax.random.key(seed), images, 5, 16)
+        np.testing.assert_array_equal(got, _old_random_crops(jax.random.key(seed), images, 5, 16))
+
+
+def test_random_crops_with_limits_stay_inside_each_valid_region():
+    # Pixel values encode their position, so a crop's first pixel gives its corner.
+    n, h, w, p, k = 4, 40, 48, 16, 8
+    coords = (np.arange(h)[:, None] * 1000 + np.arange(w)[None, :]).astype(np.float32)
+    images = np.broadcast_to(coords[None, :, :, None], (n, h, w, 1))
+    limits = np.array([[40, 48], [20, 30], [16, 16], [10, 47]], np.int32)  # last: h < p
+    crop_fn = jax.jit(
+        lambda key: patches.random_crops(key, images, k, p, limits_Nx2=jnp.asarray(limits))
+    )
+    seen = [set() for _ in range(n)]
+    for seed in range(60):
+        (crops,) = crop_fn(jax.random.key(seed))
+        corners = np.asarray(crops)[:, 0, 0, 0].reshape(n, k)
+        for i in range(n):
+            for c in corners[i]:
+                y, x = divmod(int(c), 1000)
+                seen[i].add((y, x))
+    for i, (vh, vw) in enumerate(limits):
+        top_y, top_x = max(vh - p, 0), max(vw - p, 0)
+        ys, xs = {y for y, _ in seen[i]}, {x for _, x in seen[i]}
+        assert ys <= set(range(top_y + 1)) and xs <= set(range(top_x + 1)), i
+        # every allowed row and column is drawn (uniform over the valid corners)
+        assert ys == set(range(top_y + 1)) and xs == set(range(top_x + 1)), i
+    assert seen[2] == {(0, 0)} and {y for y, _ in seen[3]} == {0}

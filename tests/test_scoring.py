@@ -1,4 +1,5 @@
-"""Anomaly maps: reconstruction by grid patches, MSFR (eq. 14) against numpy, pmap vs jit."""
+"""Anomaly maps: reconstruction by grid patches and blended overlapping windows, MSFR (eq. 14)
+against numpy, pmap vs jit, the score.stride option."""
 
 import functools
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import model, scoring
+from cmaae_jax import configlib, model, patches, scoring
 
 H = W = 128
 
@@ -170,3 +171,79 @@ def test_map_fn_keeps_the_models_convs_unless_told_otherwise(setup):
     # The CPU ("matmul") layers carry custom VJPs; the native ones are plain lax convolutions.
     assert "custom_vjp" in kept
     assert "custom_vjp" not in native and "conv_general_dilated" in native
+
+
+_reconstruct_strided = jax.jit(scoring.reconstruct, static_argnums=(0, 3))
+
+
+@pytest.fixture(scope="module")
+def ae_setup(setup):
+    # A freshly initialised model's output hardly depends on its input (small kernels; the
+    # CMA-AE's softmax gates also shrink the code ~500x). The memory-free variant with its
+    # kernels scaled 3x maps different windows to clearly different outputs.
+    m = model.CMAAE(variant="ae", impl="xla")
+    variables = jax.jit(lambda key: model.init(m, key))(jax.random.key(0, impl="unsafe_rbg"))
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * 3.0 if "kernel" in jax.tree_util.keystr(path) else a, variables
+    )
+    return m, variables, setup[2]
+
+
+def test_stride_64_reconstruction_is_the_grid_path_bit_for_bit(ae_setup):
+    m, variables, images = ae_setup
+
+    @jax.jit
+    def grid_path(variables, images_BxHxWx3):  # the reconstruction before strides existed
+        grid = patches.to_grid(images_BxHxWx3, 64)
+        rec_grid, _ = m.apply(variables, grid, train=False)
+        return patches.from_grid(rec_grid, 2, H, W)
+
+    want = grid_path(variables, images)
+    np.testing.assert_array_equal(_reconstruct_strided(m, variables, images, 64), want)
+    np.testing.assert_array_equal(_reconstruct(m, variables, images), want)
+
+
+def test_strided_reconstruction_blends_the_model_on_each_window(ae_setup):
+    m, variables, images = ae_setup
+    stride, x = 32, np.asarray(images)
+    corners = [(y, xx) for y in range(0, H - 63, stride) for xx in range(0, W - 63, stride)]
+    crops = np.stack([img[y : y + 64, xx : xx + 64] for img in x for y, xx in corners])
+    rec_crops, _ = jax.jit(functools.partial(m.apply, train=False))(variables, crops)
+    rec_crops = np.asarray(rec_crops, np.float64)
+    hann = np.sin(np.pi * (np.arange(64) + 0.5) / 64) ** 2
+    weight = np.outer(hann, hann)[:, :, None]
+    acc, norm = np.zeros(x.shape), np.zeros(x.shape[:3] + (1,))
+    for k, crop in enumerate(rec_crops):
+        (y, xx), i = corners[k % len(corners)], k // len(corners)
+        acc[i, y : y + 64, xx : xx + 64] += weight * crop
+        norm[i, y : y + 64, xx : xx + 64] += weight
+    got = _reconstruct_strided(m, variables, images, stride)
+    np.testing.assert_allclose(got, acc / norm, atol=1e-5)
+    grid = np.asarray(_reconstruct(m, variables, images))
+    assert np.abs(np.asarray(got) - grid).max() > 1e-2  # the overlaps really changed it
+    # The pixel map and the map fn see the same blended reconstruction.
+    want = np.mean(np.abs(x - acc / norm), axis=-1)
+    amap = scoring.make_map_fn(m, "pixel", stride=stride)(variables, images)
+    np.testing.assert_allclose(amap, want, atol=1e-5)
+    amap = scoring.make_map_fn(m, "msfr", (1,), stride=stride)(variables, images)
+    np.testing.assert_allclose(amap, _msfr(m, variables, images, got, (1,)), rtol=1e-4)
+
+
+def test_bad_stride_is_rejected_by_scoring_and_config(setup):
+    m, variables, images = setup
+    for stride in (0, 24, 128, 64.0):
+        with pytest.raises(ValueError, match="score.stride"):
+            scoring.make_map_fn(m, "msfr", stride=stride)
+        with pytest.raises(ValueError, match="score.stride"):
+            scoring.anomaly_maps(m, variables, images, stride=stride)
+    from configs import default
+
+    config = default.get_config()
+    assert config.score.stride == 32
+    assert scoring.STRIDES == (8, 16, 32, 64)
+    for stride in (24, 0):
+        config.score.stride = stride
+        with pytest.raises(configlib.ConfigError, match="score.stride"):
+            configlib.validate(config)
+    config.score.stride = 16
+    configlib.validate(config)

@@ -104,6 +104,7 @@ def test_load_splits_use_tfds(tmp_path):
     _mvtec(tmp_path / "src" / "wood")
     config = module.get_config()
     config.data.update(format="mvtec", root=str(tmp_path / "src"), category="wood", image_size=S)
+    config.data.resize = "square"  # the TFDS builders store square images only
     config.data.use_tfds = True
     config.data.tfds_data_dir = str(tmp_path / "tfds")
     got = datasets.load_splits(config)

@@ -1,0 +1,100 @@
+"""A trained run owns its config: evaluation binds to it, a resume or an evaluation with another
+model is refused, and score-only changes are applied and recorded."""
+
+import json
+
+import pytest
+from conftest import tiny_config
+
+from cmaae_jax import checkpoint, evaluate, model, state, train
+from cmaae_jax import workdir as workdir_lib
+
+
+@pytest.fixture(scope="module")
+def sigmoid_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run_config")
+    config = tiny_config(root / "data", model__gate="sigmoid", model__latent_dim=16)
+    work = root / "work"
+    train.train(config, str(work))
+    return root, config, work
+
+
+def test_evaluate_without_config_uses_the_trained_model(sigmoid_run):
+    root, config, work = sigmoid_run
+    own = evaluate.evaluate(None, str(work))
+    explicit = evaluate.evaluate(config, str(work))
+    for key in ("pixel_auroc", "pixel_f1_max", "threshold"):
+        assert own[key] == explicit[key]
+    assert own["config_overrides"] == {} == explicit["config_overrides"]
+
+
+def test_evaluate_with_another_gate_is_refused_naming_both_values(sigmoid_run):
+    root, _, work = sigmoid_run
+    default_gate = tiny_config(root / "data", model__gate="softmax", model__latent_dim=16)
+    with pytest.raises(state.ConfigMismatchError) as e:
+        evaluate.evaluate(default_gate, str(work))
+    msg = str(e.value)
+    assert "model.gate='softmax'" in msg and "model.gate='sigmoid'" in msg and str(work) in msg
+
+
+def test_score_fields_are_applied_and_recorded(sigmoid_run):
+    root, config, work = sigmoid_run
+    pixel = tiny_config(root / "data", model__gate="sigmoid", model__latent_dim=16)
+    pixel.score.method = "pixel"
+    result = evaluate.evaluate(pixel, str(work))
+    assert result["config_overrides"] == {"score.method": ["msfr", "pixel"]}
+    assert result["method"] == "pixel"
+    saved = json.loads(workdir_lib.eval_metrics_path(work).read_text())
+    assert saved["config_overrides"] == {"score.method": ["msfr", "pixel"]}
+    assert result["pixel_auroc"] != evaluate.evaluate(None, str(work))["pixel_auroc"]
+
+
+def test_resume_with_another_gate_is_refused_and_keeps_config_json(sigmoid_run):
+    root, _, work = sigmoid_run
+    before = workdir_lib.config_path(work).read_text()
+    other = tiny_config(
+        root / "data", model__gate="softmax", model__latent_dim=16, train__stage2_steps=6
+    )
+    with pytest.raises(state.ConfigMismatchError, match="model.gate"):
+        train.train(other, str(work))
+    assert workdir_lib.config_path(work).read_text() == before
+
+
+def test_checkpoint_digest_covers_every_trained_field(sigmoid_run):
+    root, config, work = sigmoid_run
+    base = state.config_digest(config)
+    changed = {
+        "model.gate": "softmax",
+        "model.similarity": "dot",
+        "model.temperature": 0.5,
+        "model.shrink_threshold": 0.01,
+        "data.image_size": 128,
+        "data.resize": "square",
+    }
+    for name, value in changed.items():
+        other = tiny_config(root / "data", model__gate="sigmoid", model__latent_dim=16)
+        section, key = name.split(".")
+        with other.unlocked():
+            other[section][key] = value
+        assert state.config_digest(other) != base, name
+    other = tiny_config(root / "data", model__gate="softmax", model__latent_dim=16)
+    mgr = checkpoint.manager(work, async_save=False)
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="another model"):
+            state.restore_state(other, model.from_config(other), mgr)
+    finally:
+        mgr.close()
+
+
+def test_a_checkpoint_with_the_old_digest_still_restores(tmp_path):
+    config = tiny_config(tmp_path / "data", model__latent_dim=16)
+    mgr = checkpoint.manager(tmp_path, async_save=False)
+    initial = state.init_state(config, model.from_config(config))
+    legacy = {"stage": 1, "seed": 0, "model_digest": state._legacy_digest(config)}
+    checkpoint.save(mgr, 1, initial, legacy, force=True)
+    mgr.wait_until_finished()
+    assert state.restore_state(config, model.from_config(config), mgr)[0] == 1
+    other = tiny_config(tmp_path / "data", model__latent_dim=16, model__memory_size=8)
+    with pytest.raises(checkpoint.CheckpointError, match="another"):  # shape or digest
+        state.restore_state(other, model.from_config(other), mgr)
+    mgr.close()
