@@ -81,9 +81,11 @@ def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999) -
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     test_maps = split_maps(method, test, train, sigma)
+    known = test.mask_known()  # defective images without a mask: image metrics only
     for pos, maps_g, masks_g in test.valid_groups(range(test.num_images), test_maps):
-        acc.update(maps_g, masks_g)
-        per_type.update(maps_g, masks_g, [test.defect_types[i] for i in pos], test.labels[pos])
+        acc.update(maps_g, masks_g, test.labels[pos], known[pos])
+        types = [test.defect_types[i] for i in pos]
+        per_type.update(maps_g, masks_g, types, test.labels[pos], known[pos])
     result = acc.result(threshold)
     result["per_type"] = per_type.result(threshold)
     return result

@@ -8,10 +8,17 @@ SHA-256 of the state's bytes, checked on restore: orbax stores raw array bytes w
 so flipped or overwritten bytes would otherwise restore silently. A newest checkpoint that
 cannot be read or fails its checksum (truncated, corrupted) is reported and the previous one is
 used; when checkpoints exist but none is usable, restore refuses instead of starting over.
+
+A failed restore leaves tensorstore reads in flight whose completion callbacks find orbax's
+event loop closed; Python would print each as an "Event loop is closed" traceback.
+`restore` installs a `sys.unraisablehook` that drops exactly those (every other unraisable
+exception reaches the previous hook); the failure itself is the warning that names the step.
 """
 
 import hashlib
 import shutil
+import sys
+import traceback
 
 import jax
 import numpy as np
@@ -90,9 +97,36 @@ def read_meta(mgr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def _skip(mgr, step: int, why):
+    text = str(why).strip()
+    first = text.splitlines()[0][:300] if text else type(why).__name__
     logging.warning(
-        "checkpoint %d in %s is unreadable (%s); trying an older one", step, mgr.directory, why
+        "checkpoint %d in %s is unreadable (%s); trying an older one", step, mgr.directory, first
     )
+    if text != first:
+        logging.info("checkpoint %d: the whole error: %s", step, text)
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+    """An asyncio callback scheduled on a closed event loop (`call_soon_threadsafe`)."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return any(f.name == "call_soon_threadsafe" for f in frames)
+
+
+def _drop_closed_loop_callbacks():
+    """Installs (once) the `sys.unraisablehook` of the module docstring."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        if not _is_closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
@@ -128,6 +162,7 @@ def restore(mgr: ocp.CheckpointManager, abstract_state_fn, step: int | None = No
     structure may depend on the stage recorded in `meta`). Returns None when there is none;
     raises CheckpointError when there are checkpoints but none can be used.
     """
+    _drop_closed_loop_callbacks()
     steps = sorted(mgr.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:

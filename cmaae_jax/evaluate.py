@@ -5,7 +5,9 @@ normal training images (`eval.val_fraction` of train/good): no defect label is u
 it, so `pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
 `per_type` repeats the metrics for each defect type (its images and all normal test images).
 Maps, masks and pictures are at the resized image's resolution, cropped to each image's valid
-region (`data.resize=keep_aspect` pads images; the padding never counts).
+region (`data.resize=keep_aspect` pads images; the padding never counts). Defective images
+that came without a mask (`Split.has_masks` False) count in image metrics only: a missing mask
+is not a negative (`num_images_without_masks` says how many were left out of pixel metrics).
 """
 
 import json
@@ -14,35 +16,41 @@ import time
 
 import jax
 import numpy as np
-from absl import logging
 
-from cmaae_jax import calibration, configlib, datasets, inference, metrics, pictures
+from cmaae_jax import calibration, configlib, console, datasets, inference, metrics, pictures
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
 
-def calibrate(scorer, val_split, quantile: float) -> float:
+def calibrate(scorer, val_split, quantile: float, bar=None) -> float:
     if val_split.num_images == 0:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
-    maps = scorer(val_split.images)
-    valid = [val_split.valid_map(i, m).ravel() for i, m in enumerate(maps)]
+    valid = []
+    for idx, maps in scorer.batches(val_split.images):
+        valid += [val_split.valid_map(i, m).ravel() for i, m in zip(idx, maps, strict=True)]
+        if bar is not None:
+            bar.update(len(idx))
     return calibration.threshold_from_normal(np.concatenate(valid), quantile)
 
 
-def _score_test(scorer, test, threshold, picture_dir, max_pictures):
+def _score_test(scorer, test, threshold, picture_dir, max_pictures, bar=None):
     """Scores the test split into (pooled, per-type) accumulators and writes up to
     `max_pictures` overlays of defective images; maps, masks and images are cropped to each
-    image's valid region first (keep_aspect padding never counts)."""
+    image's valid region first (keep_aspect padding never counts). Image labels are the
+    split's; images without a mask count in image metrics only."""
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
+    known = test.mask_known()
     written = 0
     for idx, maps in scorer.batches(test.images):
         for pos, maps_g, masks_g in test.valid_groups(idx, maps):
-            acc.update(maps_g, masks_g)
+            acc.update(maps_g, masks_g, test.labels[pos], known[pos])
             types = [test.defect_types[i] for i in pos]
-            per_type.update(maps_g, masks_g, types, test.labels[pos])
+            per_type.update(maps_g, masks_g, types, test.labels[pos], known[pos])
+        if bar is not None:
+            bar.update(len(idx))
         for i, amap in zip(idx, maps, strict=True):
             if test.labels[i] == 1 and written < max_pictures:
                 amap = test.valid_map(i, amap)
@@ -72,13 +80,16 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     ckpt_step, variables = inference.restore_variables(config, workdir, step)
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
-    threshold = calibrate(scorer, splits["val"], config.eval.threshold_quantile)
     test = splits["test"]
-    out = workdir_lib.eval_dir(workdir)
-    (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0  # every process scores; only the primary writes
-    max_pictures = config.eval.max_pictures if primary else 0
-    acc, per_type = _score_test(scorer, test, threshold, out / workdir_lib.PICTURES, max_pictures)
+    total = splits["val"].num_images + test.num_images
+    with console.progress(total, "evaluate", disable=not primary) as bar:
+        threshold = calibrate(scorer, splits["val"], config.eval.threshold_quantile, bar)
+        out = workdir_lib.eval_dir(workdir)
+        (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
+        max_pictures = config.eval.max_pictures if primary else 0
+        pictures_dir = out / workdir_lib.PICTURES
+        acc, per_type = _score_test(scorer, test, threshold, pictures_dir, max_pictures, bar)
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
     pictures.save_pr_curve(
@@ -89,6 +100,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         config_overrides=overrides,
         num_images=int(test.num_images),
         num_defective=int(np.sum(test.labels)),
+        num_images_without_masks=int(np.sum(~test.mask_known())),
         checkpoint_step=int(ckpt_step),
         method=config.score.method,
         scales=list(config.score.scales),
@@ -104,5 +116,4 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         workdir_lib.eval_metrics_path(workdir).write_text(
             json.dumps(result, indent=2, sort_keys=True)
         )
-    logging.info("eval at step %d: %s", ckpt_step, {k: result[k] for k in metrics.HEADLINE_KEYS})
     return result

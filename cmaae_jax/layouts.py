@@ -62,6 +62,10 @@ class Split:
     def num_images(self):
         return len(self.paths)
 
+    def mask_known(self) -> np.ndarray:
+        """[N] bool: image i has a ground-truth mask (normal images: their zero mask)."""
+        return (np.asarray(self.labels) == 0) | bool(self.has_masks)
+
     @property
     def stacked(self) -> bool:
         """True when images and masks are single arrays (square mode)."""

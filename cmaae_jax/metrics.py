@@ -4,9 +4,10 @@ All pixel metrics pool every pixel of every test image (SPEC section 2). The tes
 far larger than memory allows to sort at once, so the pixels are summarised by a streaming
 `PixelAccumulator` with bounded memory.
 
-Binning. A float32 score is mapped to an order-preserving uint32 key (its bit pattern, with the
-usual sign trick so negative scores sort correctly too). The accumulator keeps, per distinct key,
-the number of negative pixels, of positive pixels, and the sum over positive pixels of
+Binning. A float32 score is mapped to an order-preserving uint32 key (`score_keys`: its bit
+pattern, with the usual sign trick so negative scores sort correctly too). The accumulator
+keeps, per distinct key, the number of negative pixels, of positive pixels, and the sum over
+positive pixels of
 1 / (size of the pixel's defect region) -- the last gives the per-region overlap (PRO) of every
 threshold at once: PRO(t) = (1 / #regions) * sum over pixels >= t of 1 / |region|.
 While there are at most `max_bins` distinct scores, every bin is one exact float32 value and
@@ -19,6 +20,8 @@ bin is >= its lower edge); only pixels sharing a bin count as tied. Memory: 28 b
 
 `pixel_f1` at the deployable threshold is exact whatever the binning when that threshold is
 passed to the constructor (`thresholds=`): the accumulator then also counts TP/FP for it.
+`image_auroc` takes the image labels given to `update` (a defective image whose mask is empty or
+missing stays defective); images without a mask count there and in no pixel metric.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import math
 import numpy as np
 import scipy.ndimage
 import scipy.stats
+
+from cmaae_jax.score_keys import key_values, score_keys
 
 AUPRO_FPR_LIMIT = 0.3
 # The metrics every evaluation reports (metrics.json, per defect type, study records).
@@ -41,22 +46,7 @@ HEADLINE_KEYS = (
 )
 # The columns of the result tables (study, baselines): the headline keys but pixel_ap.
 TABLE_KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
-_SIGN = np.uint32(0x80000000)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-def _score_keys(scores32: np.ndarray) -> np.ndarray:
-    """Order-preserving uint32 keys of float32 scores (-0.0 is folded onto +0.0)."""
-    bits = (scores32 + np.float32(0.0)).view(np.uint32)
-    return np.where(bits & _SIGN, ~bits, bits | _SIGN)
-
-
-def _key_values(keys: np.ndarray, shift: int) -> np.ndarray:
-    """Smallest float32 score in each bin `keys` (keys at coarsening `shift`), as float64."""
-    full = keys.astype(np.uint32) << np.uint32(shift)
-    bits = np.where(full & _SIGN, full ^ _SIGN, ~full)
-    values = bits.view(np.float32).astype(np.float64)
-    return np.where(np.isnan(values), -np.inf, values)
 
 
 def _safe_div(num: float, den: float) -> float:
@@ -117,8 +107,12 @@ class PixelAccumulator:
         """True while every bin holds a single float32 score (all metrics exact)."""
         return self.shift == 0
 
-    def update(self, maps, masks) -> None:
-        """Add anomaly maps [N,H,W] (or [H,W]) and masks of the same shape (nonzero = defect)."""
+    def update(self, maps, masks, labels=None, has_mask=None) -> None:
+        """Add anomaly maps [N,H,W] (or [H,W]) and masks of the same shape (nonzero = defect).
+
+        `labels` [N] (nonzero = defective) label the images for `image_auroc` (None: a mask with
+        a defect pixel); images whose `has_mask` [N] is False count in image metrics only.
+        """
         maps = np.asarray(maps, dtype=np.float32)
         masks = np.asarray(masks)
         if maps.shape != masks.shape or maps.ndim not in (2, 3):
@@ -127,7 +121,12 @@ class PixelAccumulator:
             maps, masks = maps[None], masks[None]
         if np.isnan(maps).any():
             raise ValueError("anomaly maps contain NaN")
-        step = max(1, self.group_pixels // max(1, maps[0].size))
+        labels = masks.reshape(len(masks), -1).any(axis=1) if labels is None else labels
+        self.image_scores.extend(maps.reshape(len(maps), -1).max(axis=1).tolist())
+        self.image_labels.extend((np.asarray(labels).reshape(-1) != 0).tolist())
+        if has_mask is not None:
+            maps, masks = maps[np.asarray(has_mask, bool)], masks[np.asarray(has_mask, bool)]
+        step = max(1, self.group_pixels // max(1, int(np.prod(maps.shape[1:]))))
         for start in range(0, len(maps), step):
             self._update_group(maps[start : start + step], masks[start : start + step] != 0)
 
@@ -139,15 +138,12 @@ class PixelAccumulator:
                 sizes = np.bincount(regions.ravel())
                 weights[i][mask] = 1.0 / sizes[regions[mask]]
                 self.num_regions += count
-        flat = maps.reshape(len(maps), -1)
-        self.image_scores.extend(flat.max(axis=1).tolist())
-        self.image_labels.extend(masks.reshape(len(masks), -1).any(axis=1).tolist())
         for t, counts in self.exact_counts.items():
             predicted = maps >= np.float32(t)
             counts[0] += int(np.count_nonzero(predicted & masks))
             counts[1] += int(np.count_nonzero(predicted & ~masks))
 
-        keys = _score_keys(maps) >> np.uint32(self.shift)
+        keys = score_keys(maps) >> np.uint32(self.shift)
         neg_keys, neg_counts = np.unique(keys[~masks], return_counts=True)
         pos_keys, inverse, pos_counts = np.unique(
             keys[masks], return_inverse=True, return_counts=True
@@ -178,7 +174,7 @@ class PixelAccumulator:
         `num_pos`, `num_neg`, `num_regions`.
         """
         return {
-            "thresholds": _key_values(self.keys, self.shift)[::-1],
+            "thresholds": key_values(self.keys, self.shift)[::-1],
             "tp": np.cumsum(self.pos[::-1]),
             "fp": np.cumsum(self.neg[::-1]),
             "pro": np.cumsum(self.pro[::-1]) / max(1, self.num_regions),
@@ -285,8 +281,9 @@ class PerTypeAccumulator:
             t: PixelAccumulator(thresholds=thresholds, max_bins=max_bins) for t in sorted(names)
         }
 
-    def update(self, maps, masks, defect_types, labels) -> None:
-        """Maps and masks [N,H,W]; `defect_types` N names; `labels` N (0 normal, 1 defective)."""
+    def update(self, maps, masks, defect_types, labels, has_mask=None) -> None:
+        """Maps and masks [N,H,W]; `defect_types` N names; `labels` N (0 normal, 1 defective);
+        `has_mask` N booleans or None (`PixelAccumulator.update`)."""
         maps, masks = np.asarray(maps), np.asarray(masks)
         defect_types, labels = np.asarray(defect_types), np.asarray(labels)
         if not len(defect_types) == len(labels) == len(maps):
@@ -294,7 +291,8 @@ class PerTypeAccumulator:
         for name, acc in self.accs.items():
             keep = (labels == 0) | (defect_types == name)
             if keep.any():
-                acc.update(maps[keep], masks[keep])
+                known = None if has_mask is None else np.asarray(has_mask, bool)[keep]
+                acc.update(maps[keep], masks[keep], labels[keep], known)
 
     def result(self, threshold: float | None = None) -> dict:
         """{type: PixelAccumulator.result(threshold) of that type's images + normal images}."""

@@ -1,4 +1,4 @@
-"""Anomaly maps, masks and scores for new, unlabelled images.
+"""Anomaly maps, masks and scores for new, unlabelled images, streamed in bounded batches.
 
 Inputs are resized as the run's `data.resize` says (keep_aspect: the padding is cropped off the
 map before it is resized back). For each readable input image `<stem>`: `<stem>_map.npy`
@@ -6,7 +6,13 @@ map before it is resized back). For each readable input image `<stem>`: `<stem>_
 (0/255 binary mask at the threshold; a stem met again, e.g. a/x.png and b/x.png, gets `-2`,
 `-3`, ... and `output` says which);
 plus `scores.csv` / `scores.json` (image score = max of the map, and the decision). Unreadable
-inputs are skipped, reported and listed in `scores.json`.
+inputs are skipped, named in a warning and listed in `scores.json`; when none is readable,
+`predict` raises PredictError.
+
+Memory: the images are read, scored and written one batch at a time (`score.batch_images`
+per device, the scorer's batch), so it does not grow with the number of inputs; only the
+file list and one short row per image (scores.json) are kept. keep_aspect images of
+different shapes in one batch are scored shape group by shape group.
 """
 
 import csv
@@ -14,14 +20,17 @@ import glob
 import json
 import pathlib
 
+import jax
 import numpy as np
 from absl import logging
 from PIL import Image
 
-from cmaae_jax import errors, images, inference, pictures
+from cmaae_jax import console, errors, images, inference, pictures
 from cmaae_jax import workdir as workdir_lib
 
 CSV_FIELDS = ["path", "output", "score", "defective", "defect_fraction"]
+SCORES_CSV = "scores.csv"
+SCORES_JSON = "scores.json"
 
 
 class PredictError(errors.UserError, ValueError):
@@ -61,45 +70,94 @@ def find_threshold(workdir, threshold: float | None) -> float:
 
 
 def predict(workdir, inputs: str, output, threshold: float | None = None, step=None) -> dict:
-    """Writes maps, masks and scores for every readable input; returns the summary dict."""
+    """Writes maps, masks and scores for every readable input; returns the summary dict.
+
+    Raises PredictError (naming the files) when none of the inputs could be read.
+    """
     config = workdir_lib.load_config(workdir)
     threshold = find_threshold(workdir, threshold)
     files = list_inputs(inputs)
-    size, resize = config.data.image_size, config.data.get("resize", "square")
-    loaded, skipped = [], []
-    for f in files:
-        try:
-            loaded.append((f, images.load_image(f, size, resize), images.original_size(f)))
-        except images.ImageError as e:
-            logging.warning("skipped: %s", e)
-            skipped.append({"path": str(f), "reason": str(e)})
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [None] * len(loaded)
-    if loaded:
-        ckpt_step, variables = inference.restore_variables(config, workdir, step)
-        scorer = inference.Scorer(config, variables)
-        batch = [x for _, x, _ in loaded]  # keep_aspect: shapes differ; grouped by the Scorer
-        batch = np.stack(batch) if resize == "square" else batch
-        names = _output_names([f for f, _, _ in loaded])
-        for idx, maps in scorer.batches(batch):
-            for i, amap in zip(idx, maps, strict=True):
-                f, _, (h, w) = loaded[i]
-                vh, vw = images.scaled_size((h, w), size, resize)  # crop the padding off
-                rows[i] = _write_one(out, f, amap[:vh, :vw], (h, w), threshold, names[i])
+    stream = _Stream(config, workdir, step, out, threshold, files)
+    batch = config.score.batch_images * jax.local_device_count()
+    rows, skipped = [], []
+    with (out / SCORES_CSV).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        with console.progress(len(files), "predict") as bar:
+            for lo in range(0, len(files), batch):
+                hi = min(lo + batch, len(files))
+                new = stream.batch(lo, hi, skipped)
+                writer.writerows(new)
+                rows += new
+                bar.update(hi - lo)
+    if not rows:
+        (out / SCORES_CSV).unlink()
+        raise PredictError(_nothing_readable(skipped))
     summary = {
         "threshold": threshold,
         "num_inputs": len(files),
         "num_scored": len(rows),
         "images": rows,
         "skipped": skipped,
+        "output": str(out),
+        "scores_csv": str(out / SCORES_CSV),
     }
-    (out / "scores.json").write_text(json.dumps(summary, indent=2))
-    with (out / "scores.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    (out / SCORES_JSON).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _nothing_readable(skipped) -> str:
+    names = ", ".join(s["path"] for s in skipped[:10])
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return f"none of the {len(skipped)} inputs is a readable image: {names}{more}"
+
+
+class _Stream:
+    """Reads, scores and writes the inputs batch by batch; the model is restored at the first
+    readable batch (inputs that are all unreadable never load it)."""
+
+    def __init__(self, config, workdir, step, out, threshold, files):
+        self.config, self.workdir, self.step = config, workdir, step
+        self.out, self.threshold, self.files = out, threshold, files
+        self.names = _output_names(files)
+        self.size = config.data.image_size
+        self.resize = config.data.get("resize", "square")
+        self.scorer = None
+
+    def _read(self, lo: int, hi: int, skipped: list) -> list:
+        """[(input index, uint8 image, original (h, w))] of the readable files[lo:hi]."""
+        loaded = []
+        for i in range(lo, hi):
+            f = self.files[i]
+            try:
+                image = images.load_image(f, self.size, self.resize)
+                loaded.append((i, image, images.original_size(f)))
+            except images.ImageError as e:
+                logging.warning("skipped %s", e)
+                skipped.append({"path": str(f), "reason": str(e)})
+        return loaded
+
+    def batch(self, lo: int, hi: int, skipped: list) -> list[dict]:
+        """Writes the outputs of files[lo:hi]; returns the rows of the readable ones, in order."""
+        loaded = self._read(lo, hi, skipped)
+        if not loaded:
+            return []
+        if self.scorer is None:
+            _, variables = inference.restore_variables(self.config, self.workdir, self.step)
+            self.scorer = inference.Scorer(self.config, variables)
+        batch = [x for _, x, _ in loaded]  # keep_aspect: shapes differ; grouped by the Scorer
+        batch = np.stack(batch) if self.resize == "square" else batch
+        rows = [None] * len(loaded)
+        for idx, maps in self.scorer.batches(batch):
+            for j, amap in zip(idx, maps, strict=True):
+                i, _, (h, w) = loaded[j]
+                vh, vw = images.scaled_size((h, w), self.size, self.resize)  # crop the padding
+                rows[j] = _write_one(
+                    self.out, self.files[i], amap[:vh, :vw], (h, w), self.threshold, self.names[i]
+                )
+        return rows
 
 
 def _output_names(paths) -> list[str]:

@@ -4,6 +4,7 @@
 <workdir>/checkpoints/         orbax checkpoints
 <workdir>/metrics.jsonl        training log, one JSON object per logged step
 <workdir>/loss.png             the training curve
+<workdir>/log.txt              every library's log (INFO and up) of the commands run on it
 <workdir>/eval/metrics.json    evaluation metrics and the label-free threshold
 <workdir>/eval/pictures/       overlays of the evaluation
 """
@@ -23,6 +24,7 @@ EVAL = "eval"
 EVAL_METRICS = "metrics.json"
 PICTURES = "pictures"
 PR_CURVE = "pr_curve.png"
+LOG = "log.txt"
 
 
 class WorkdirError(errors.UserError, FileNotFoundError):
@@ -43,6 +45,12 @@ def eval_dir(workdir) -> pathlib.Path:
 
 def eval_metrics_path(workdir) -> pathlib.Path:
     return eval_dir(workdir) / EVAL_METRICS
+
+
+def log_path(workdir, process: int = 0) -> pathlib.Path:
+    """The log file of a command run on `workdir` (one per process of a multi-host run)."""
+    name = LOG if process == 0 else f"log.process{process}.txt"
+    return pathlib.Path(workdir) / name
 
 
 def save_config(workdir, config):

@@ -1,4 +1,5 @@
-"""Shared set-up of the launch scripts: import path, device flags, user errors as one line."""
+"""Shared set-up of the launch scripts: import path, device flags, the console, user errors
+as one line."""
 
 import contextlib
 import errno
@@ -26,6 +27,18 @@ def set_cpu_devices(n: int):
         devices.set_cpu_devices(n)
 
 
+def setup_console(workdir=None, create: bool = False):
+    """Quiet console and `<workdir>/log.txt` (cmaae_jax/console.py); after jax.distributed."""
+    import jax
+
+    from cmaae_jax import console
+    from cmaae_jax import workdir as workdir_lib
+
+    console.setup()  # first: starting jax's backends logs INFO
+    if workdir:
+        console.setup(workdir_lib.log_path(workdir, jax.process_index()), create)
+
+
 def parse_flags(argv):
     """absl's flag parsing (`app.run(main, flags_parser=...)`); a config file that does not
     load, or a --config override that names no field, is one line and exit 2 (ml_collections
@@ -50,15 +63,17 @@ def parse_flags(argv):
 @contextlib.contextmanager
 def user_errors():
     """Bad input (config, data, checkpoint, device setting) ends with one line and exit 2."""
-    from cmaae_jax import errors
+    from cmaae_jax import console, errors
 
     try:
         yield
     except (errors.UserError, FileNotFoundError, FloatingPointError) as e:
+        console.close_bars()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
+        console.close_bars()
         print(f"error: disk full: {e}", file=sys.stderr)
         sys.exit(2)

@@ -23,6 +23,7 @@ KEYS = ("pixel_f1", "pixel_f1_max", "pixel_auroc", "pixel_aupro", "image_auroc")
 
 def main(argv):
     del argv
+    _common.setup_console()
     config = _CONFIG.value
     with _common.user_errors():
         splits = datasets.load_splits(config)

@@ -9,13 +9,11 @@ eval.* and score.* (recorded in metrics.json under config_overrides); one whose 
 differ from the run's is refused.
 """
 
-import json
-
 import _common
 from absl import app, flags
 from ml_collections import config_flags
 
-from cmaae_jax import evaluate, metrics
+from cmaae_jax import console, evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (default: the run's config.json).", lock_config=True
@@ -27,10 +25,10 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
+    _common.setup_console(_WORKDIR.value)
     with _common.user_errors():
         result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value, _STEP.value)
-    keys = metrics.HEADLINE_KEYS + ("threshold", "checkpoint_step", "num_images")
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    console.print_summary(result, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv
     output = _OUTPUT.value or f"{_WORKDIR.value}/export/cmaae.jaxexport"
+    _common.setup_console(_WORKDIR.value)
     with _common.user_errors():
         config = workdir_lib.load_config(_WORKDIR.value)
         threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)

@@ -3,14 +3,14 @@
     python launch/predict.py --workdir runs/demo --input 'photos/*.png' --output runs/demo/pred
 
 The threshold is the one calibrated by launch/evaluate.py (eval/metrics.json), or --threshold.
+Images are read, scored and written in batches (memory does not grow with the number of
+inputs); unreadable ones are named in warnings; none readable is an error (exit 2).
 """
-
-import sys
 
 import _common
 from absl import app, flags
 
-from cmaae_jax import predict
+from cmaae_jax import console, predict
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, config.json).")
 _INPUT = flags.DEFINE_string("input", None, "A folder, an image file or a glob pattern.")
@@ -22,18 +22,12 @@ flags.mark_flags_as_required(["workdir", "input", "output"])
 
 def main(argv):
     del argv
+    _common.setup_console(_WORKDIR.value)
     with _common.user_errors():
         summary = predict.predict(
             _WORKDIR.value, _INPUT.value, _OUTPUT.value, _THRESHOLD.value, _STEP.value
         )
-    for s in summary["skipped"]:
-        print(f"skipped {s['reason']}", file=sys.stderr)
-    flagged = sum(r["defective"] for r in summary["images"])
-    print(
-        f"scored {summary['num_scored']} of {summary['num_inputs']} images "
-        f"({flagged} defective at threshold {summary['threshold']:.4g}); "
-        f"skipped {len(summary['skipped'])}; results in {_OUTPUT.value}"
-    )
+    print("\n".join(console.predict_lines(summary)))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ _CPU = _common.define_cpu_devices_flag()
 def main(argv):
     del argv
     _common.set_cpu_devices(_CPU.value)
+    _common.setup_console(_ROOT.value, create=True)
     names = _VARIANTS.value or list(study.VARIANTS)
     seeds = [int(s) for s in _SEEDS.value]
     with _common.user_errors():

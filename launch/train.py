@@ -6,13 +6,16 @@
 
 Multi-host: run one process per host with --coordinator=host:port --num_processes=N
 --process_id=i (or the JAX_COORDINATOR_ADDRESS environment of your cluster).
+
+The console shows progress bars, warnings and a closing table; the libraries' logs go to
+<workdir>/log.txt (--verbosity=0 or --alsologtostderr shows them too).
 """
 
 import _common
 from absl import app, flags
 from ml_collections import config_flags
 
-from cmaae_jax import devices, evaluate, metrics, train
+from cmaae_jax import console, devices, evaluate, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and eval.")
@@ -28,11 +31,11 @@ def main(argv):
     del argv
     _common.set_cpu_devices(_CPU.value)
     devices.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    _common.setup_console(_WORKDIR.value, create=True)
     with _common.user_errors():
         train.train(_CONFIG.value, _WORKDIR.value)
-        if _EVAL.value:
-            result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value)
-            print({k: result[k] for k in metrics.HEADLINE_KEYS[:3]})
+        result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value) if _EVAL.value else None
+    console.print_summary(result, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cmaae_jax import calibration, metrics
+from cmaae_jax import calibration, metrics, score_keys
 
 # ---------------------------------------------------------------- brute-force references
 
@@ -299,10 +299,10 @@ def test_coarsened_bins_stay_bounded_and_close():
 
 def test_score_keys_order_and_round_trip():
     values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-40, 0.25, 7.0, np.inf], np.float32)
-    keys = metrics._score_keys(values)
+    keys = score_keys.score_keys(values)
     assert np.all(np.diff(keys.astype(np.int64)[[0, 1, 2, 3, 5, 6, 7, 8]]) > 0)
     assert keys[3] == keys[4]  # -0.0 and +0.0 tie
-    back = metrics._key_values(keys, 0)
+    back = score_keys.key_values(keys, 0)
     np.testing.assert_array_equal(back, values.astype(np.float64))
 
 
