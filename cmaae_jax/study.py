@@ -24,6 +24,7 @@ PAPER = {
     "data.resize": "square",
     "score.stride": 64,
     "score.normalize": "none",
+    "score.scales": (1, 2, 3),
 }
 # name -> (description, overrides, variant whose checkpoints are evaluated or None)
 VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
@@ -56,6 +57,8 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
     "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
+    "full_fine": ("full model, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "full"),
+    "ae_fine": ("plain auto-encoder, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "ae"),
     "ae_pixel_stride16": (
         "plain auto-encoder, pixel residual, windows every 16 pixels",
         {"score.method": "pixel", "score.stride": 16},

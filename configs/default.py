@@ -64,7 +64,7 @@ def get_config():
 
     c.score = ml_collections.ConfigDict()
     c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline)
-    c.score.scales = (1, 2, 3)  # encoder layers used by MSFR
+    c.score.scales = (1,)  # encoder layers used by MSFR: (1,) finest, 4x4 px; paper (1, 2, 3)
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
     c.score.stride = 32  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
     c.score.batch_images = 8  # images scored per device per call
