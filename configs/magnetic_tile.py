@@ -2,10 +2,9 @@
 
     python launch/train.py --config configs/magnetic_tile.py --workdir runs/magnetic_tile
 
-Images have varied sizes (about 100-630 x 220-400 px) and are resized to data.image_size.
-This budget (256 px, batch 256, 1500 + 750 steps) has not been run here (~6 h per model on the
-2-core CPU); at 256 px with batch 64 and 1200 + 600 steps (RESULTS.md) CMA-AE reached pixel
-AUROC 0.585, AUPRO 0.43 (0.51 with the median normalisation below), blowhole AUROC 0.88-0.91.
+Images have varied sizes (about 100-630 x 220-400 px); keep_aspect (the default) scales the
+long side to data.image_size without squashing. This budget (256 px, batch 256, 1500 + 750
+steps) has not been run here; RESULTS.md has the measured rows at batch 64, 1200 + 600 steps.
 """
 
 import pathlib
