@@ -71,6 +71,26 @@ def export_map_fn(config, variables, batch: int, platforms=None):
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
 
 
+def describe(config, threshold: float, batch: int) -> dict:
+    """What every export format records: threshold, score settings, input and output."""
+    size = config.data.image_size
+    return {
+        "threshold": float(threshold),
+        "image_size": size,
+        "batch": batch,
+        "method": config.score.method,
+        "scales": list(config.score.scales),
+        "normalize": config.score.get("normalize", "none"),
+        "resize": config.data.get("resize", "square"),
+        "stride": config.score.get("stride", 64),
+        "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
+        "input_scaling": SCALING,
+        "output": {"shape": [batch, size, size], "dtype": "float32"},
+        "decision": "pixel defective where map >= threshold; image score = max of its map",
+        "model": {k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
+    }
+
+
 def save(path, config, variables, threshold: float, batch: int = 1, platforms=None, **extra):
     """Writes the artifact at `path` and its sidecar `<path>.json`; returns the sidecar dict."""
     if batch < 1:
@@ -80,25 +100,12 @@ def save(path, config, variables, threshold: float, batch: int = 1, platforms=No
         raise ExportError(f"platforms {sorted(unknown)} unknown; choose among {PLATFORMS}")
     exported = export_map_fn(config, variables, batch, platforms)
     blob = bytes(exported.serialize())
-    size = config.data.image_size
     meta = {
         "format": FORMAT,
         "artifact": pathlib.Path(path).name,
         "sha256": hashlib.sha256(blob).hexdigest(),
-        "threshold": float(threshold),
-        "image_size": size,
-        "batch": batch,
-        "method": config.score.method,
-        "scales": list(config.score.scales),
-        "normalize": config.score.get("normalize", "none"),
-        "resize": config.data.get("resize", "square"),
-        "stride": config.score.get("stride", 64),
+        **describe(config, threshold, batch),
         "platforms": list(exported.platforms),
-        "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
-        "input_scaling": SCALING,
-        "output": {"shape": [batch, size, size], "dtype": "float32"},
-        "decision": "pixel defective where map >= threshold; image score = max of its map",
-        "model": {k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
         "jax_version": jax.__version__,
         **extra,
     }

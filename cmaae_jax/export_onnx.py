@@ -97,27 +97,14 @@ def _tidy(graph):
 
 
 def _metadata(config, threshold, batch, converter_version, extra) -> dict:
-    size = config.data.image_size
+    from cmaae_jax import export  # saving needs the package; the loader does not
+
+    described = export.describe(config, threshold, batch)
+    described["input"] = {"name": INPUT, **described["input"]}
+    described["output"] = {"name": OUTPUT, **described["output"]}
     return {
         "format": FORMAT,
-        "threshold": float(threshold),
-        "image_size": size,
-        "batch": batch,
-        "method": config.score.method,
-        "scales": list(config.score.scales),
-        "normalize": config.score.get("normalize", "none"),
-        "resize": config.data.get("resize", "square"),
-        "stride": config.score.get("stride", 64),
-        "input": {
-            "name": INPUT,
-            "shape": [batch, size, size, 3],
-            "layout": "NHWC",
-            "dtype": "float32",
-        },
-        "input_scaling": SCALING,
-        "output": {"name": OUTPUT, "shape": [batch, size, size], "dtype": "float32"},
-        "decision": "pixel defective where map >= threshold; image score = max of its map",
-        "model": {k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
+        **described,
         "compute_dtype": "float32",
         "opset": OPSET,
         "converter": f"jax2onnx {converter_version}",

@@ -54,3 +54,22 @@ def tiny_config(root, **overrides):
         section, field = k.split("__")
         c[section][field] = v
     return c
+
+
+def untrained_workdir(root, **overrides):
+    """A workdir with config.json and one checkpoint (step 1) of initial weights: no training.
+    `overrides` as for `tiny_config`; latent_dim 16 keeps it small."""
+    from cmaae_jax import checkpoint, model, state
+    from cmaae_jax import workdir as workdir_lib
+
+    config = tiny_config(root / "data", **{"model__latent_dim": 16, **overrides})
+    root.mkdir(parents=True, exist_ok=True)
+    workdir_lib.save_config(root, config)
+    initial = state.init_state(config, model.from_config(config))
+    mgr = checkpoint.manager(root, async_save=False)
+    checkpoint.save(
+        mgr, 1, initial.replace(step=initial.step + 1), state.checkpoint_meta(config, 1)
+    )
+    mgr.wait_until_finished()
+    mgr.close()
+    return root

@@ -9,10 +9,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import untrained_workdir
 
-from cmaae_jax import checkpoint, export, images, inference, model, scoring
-from cmaae_jax import state as state_lib
+from cmaae_jax import export, images, inference, model, scoring
 from cmaae_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,16 +30,7 @@ def _library_maps(config, variables, images_u8):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A training workdir (config.json, one checkpoint) without training: initial weights."""
-    root = tmp_path_factory.mktemp("export")
-    config = tiny_config(root / "data", model__latent_dim=16)
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2))
-    state = state_lib.init_state(config, model.from_config(config))
-    mgr = checkpoint.manager(root, async_save=False)
-    meta = state_lib.checkpoint_meta(config, 1)
-    checkpoint.save(mgr, 1, state.replace(step=state.step + 1), meta)
-    mgr.wait_until_finished()
-    mgr.close()
-    return root
+    return untrained_workdir(tmp_path_factory.mktemp("export"))
 
 
 @pytest.mark.parametrize("method", ["msfr", "pixel"])

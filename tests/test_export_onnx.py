@@ -10,14 +10,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import untrained_workdir
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
 onnx = pytest.importorskip("onnx")
 
-from cmaae_jax import checkpoint, export, export_onnx, inference, model, scoring  # noqa: E402
-from cmaae_jax import state as state_lib  # noqa: E402
+from cmaae_jax import export, export_onnx, inference, model, scoring  # noqa: E402
 from cmaae_jax import workdir as workdir_lib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,16 +45,7 @@ def _assert_close(got, want):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A training workdir (config.json, one checkpoint) without training: initial weights."""
-    root = tmp_path_factory.mktemp("export_onnx")
-    config = tiny_config(root / "data", model__latent_dim=16, data__resize="square")
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2))
-    state = state_lib.init_state(config, model.from_config(config))
-    mgr = checkpoint.manager(root, async_save=False)
-    meta = state_lib.checkpoint_meta(config, 1)
-    checkpoint.save(mgr, 1, state.replace(step=state.step + 1), meta)
-    mgr.wait_until_finished()
-    mgr.close()
-    return root
+    return untrained_workdir(tmp_path_factory.mktemp("export_onnx"), data__resize="square")
 
 
 def test_onnxruntime_gives_the_library_maps_and_carries_the_threshold(workdir, tmp_path):

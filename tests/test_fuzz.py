@@ -23,11 +23,10 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import untrained_workdir
 from PIL import Image
 
-from cmaae_jax import checkpoint, datasets, images, layouts, model
-from cmaae_jax import state as state_lib
+from cmaae_jax import datasets, images, layouts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -211,16 +210,7 @@ def test_train_cli_rejects_bad_config_and_bad_data_with_one_line(tmp_path):
 
 def _workdir(root):
     """A workdir with config.json and one checkpoint of initial weights (no training)."""
-    config = tiny_config(root / "data", model__latent_dim=16)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(config.to_json_best_effort(indent=2))
-    mgr = checkpoint.manager(root, async_save=False)
-    meta = state_lib.checkpoint_meta(config, 1)
-    state = state_lib.init_state(config, model.from_config(config))
-    checkpoint.save(mgr, 1, state, meta, force=True)
-    mgr.wait_until_finished()
-    mgr.close()
-    return root
+    return untrained_workdir(root)
 
 
 @pytest.mark.slow
