@@ -42,6 +42,16 @@ def _validate_data(d):
         "must be a positive multiple of 64 (the patch size)",
     )
     _one_of(d.get("resize", "square"), images.RESIZE_MODES, "data.resize")
+    stream = d.get("stream", False)
+    _check(isinstance(stream, bool), "data.stream", stream, "must be True or False")
+    _check(
+        not (stream and d.get("use_tfds", False)),
+        "data.stream",
+        stream,
+        "reads image files, not TFDS: set data.use_tfds=False (or data.stream=False)",
+    )
+    cache_dir = d.get("cache_dir", "")
+    _check(isinstance(cache_dir, str), "data.cache_dir", cache_dir, "must be a folder path")
 
 
 def _validate_model(m, loss):

@@ -1,6 +1,7 @@
 """Dataset readers: MVTec AD, DAGM 2007 and plain-folder layouts, loaded into memory.
 
-Owns the `data.format` dispatcher `load_splits(config)` (and its option tuple `FORMATS`) and the
+Owns the `data.format` dispatcher `load_splits(config)` (and its option tuple `FORMATS`), its
+listing-only twin for the train split `list_train_entries(config)` (`data.stream`), and the
 per-layout loaders `load_mvtec`, `load_dagm`, `load_folder`; the layouts themselves (listing,
 `Split`, `DatasetError`) are owned by `cmaae_jax.layouts`, the TFDS path by
 `cmaae_jax.tfds_builders`. Every loader returns `dict(train=Split, val=Split, test=Split)`: train
@@ -44,16 +45,44 @@ def load_folder(root, image_size, val_fraction, seed, resize="square"):
     return _load(layouts.list_folder(root), image_size, val_fraction, seed, resize)
 
 
+def _resize(data):
+    return data.get("resize", "square")  # config.json files written before it: square
+
+
+def _check_source(data):
+    """The checks every reader of `config.data` shares: a known format and a root."""
+    fmt = data.format
+    if fmt not in FORMATS:
+        raise DatasetError(f"data.format={fmt!r} is unknown; expected one of {'|'.join(FORMATS)}")
+    if not data.root:
+        raise DatasetError(f"data.root is empty; set --config.data.root for data.format={fmt}")
+
+
+def _list_files(config):
+    """`(train_entries, test_entries, has_masks)` of the folder layout `data.format` names;
+    `synthetic` first writes its MVTec tree when it is missing."""
+    data, seed = config.data, config.train.seed
+    fmt, root, category = data.format, data.root, data.category
+    if fmt == "synthetic":
+        if not os.path.isdir(os.path.join(root, category, "train", "good")):
+            from cmaae_jax import synthetic
+
+            num_train, num_test = data.synthetic_num_train, data.synthetic_num_test
+            synthetic.write_mvtec_tree(root, category, num_train, num_test, seed, data.image_size)
+        fmt = "mvtec"
+    if fmt == "mvtec":
+        return layouts.list_mvtec(root, category)
+    if fmt == "dagm":
+        return layouts.list_dagm(root, category)
+    return layouts.list_folder(root)
+
+
 def load_splits(config):
     """Loads dict(train, val, test) of Splits as `config.data` says."""
     data = config.data
     fmt, root, category, size = data.format, data.root, data.category, data.image_size
-    val_fraction, seed = config.eval.val_fraction, config.train.seed
-    resize = data.get("resize", "square")  # config.json files written before it: square
-    if fmt not in FORMATS:
-        raise DatasetError(f"data.format={fmt!r} is unknown; expected one of {'|'.join(FORMATS)}")
-    if not root:
-        raise DatasetError(f"data.root is empty; set --config.data.root for data.format={fmt}")
+    val_fraction, seed, resize = config.eval.val_fraction, config.train.seed, _resize(data)
+    _check_source(data)
     if data.get("use_tfds", False):
         if fmt not in ("mvtec", "dagm"):
             raise DatasetError(f"data.use_tfds works with data.format mvtec|dagm, not {fmt!r}")
@@ -66,15 +95,14 @@ def load_splits(config):
 
         data_dir = data.get("tfds_data_dir", "") or None
         return tfds_builders.load_tfds(fmt, root, category, size, val_fraction, seed, data_dir)
-    if fmt == "synthetic":
-        if not os.path.isdir(os.path.join(root, category, "train", "good")):
-            from cmaae_jax import synthetic
+    return _load(_list_files(config), size, val_fraction, seed, resize)
 
-            num_train, num_test = data.synthetic_num_train, data.synthetic_num_test
-            synthetic.write_mvtec_tree(root, category, num_train, num_test, seed, size)
-        fmt = "mvtec"
-    if fmt == "mvtec":
-        return load_mvtec(root, category, size, val_fraction, seed, resize)
-    if fmt == "dagm":
-        return load_dagm(root, category, size, val_fraction, seed, resize)
-    return load_folder(root, size, val_fraction, seed, resize)
+
+def list_train_entries(config):
+    """The `layouts.Entry`s of the train split `load_splits` would decode (the same files, in
+    the same order), listed without reading any image: what `data.stream` trains from."""
+    _check_source(config.data)
+    if config.data.get("use_tfds", False):
+        raise DatasetError("data.stream reads image files: set data.use_tfds=False to use it")
+    train, _, _ = _list_files(config)
+    return layouts.split_train_val(train, config.eval.val_fraction, config.train.seed)[0]

@@ -4,6 +4,9 @@
 -> MSFR or pixel map) for a fixed batch of `image_size` images, with the trained variables baked
 in as constants, and writes it with `jax.export` (StableHLO plus calling convention) next to a
 JSON sidecar: threshold, image size, method, input layout and scaling, a SHA-256 of the artifact.
+Exported for several platforms (`platforms=("cpu", "cuda")`, made on any machine), the artifact
+holds each platform's convolutions (`model.conv_impl=auto`, layers.py): the CPU formulation for
+CPU, native convolutions (cuDNN) for CUDA; the platform running it picks its own.
 
 `load` needs only jax and numpy (this file imports nothing else at module level; copy it next
 to the two files to run a model where the training code is not installed):

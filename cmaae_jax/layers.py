@@ -9,6 +9,11 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
 
 * `impl="xla"`: the native `lax` convolutions and their automatic derivatives (the right
   choice on GPU/TPU).
+* `impl="auto"` (the default): both, chosen per platform when the computation is lowered
+  (`jax.lax.platform_dependent`): `matmul` for CPU, `xla` for every other platform. A
+  function lowered or exported for CUDA (e.g. `jax.export` with `platforms=("cuda", "cpu")`
+  on a CPU machine) therefore runs native cuDNN convolutions on a GPU and the CPU formulation
+  on a CPU; lowered for one platform, only that platform's branch is compiled.
 * `impl="matmul"`: the CPU formulation. XLA:CPU computes the weight gradient of a strided
   `lax.conv_transpose` about 100x slower than a forward conv (SPEC section 4), so:
   - a stride-2 transposed conv is computed "sub-pixel" (each of the four output parities is
@@ -39,10 +44,25 @@ def _lax_conv(x, kernel, stride, padding):
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=_DN)
 
 
-def conv2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "matmul"):
+IMPLS = ("auto", "matmul", "xla")
+
+
+def _per_platform(op, x, kernel, stride, padding):
+    """`op` with impl `matmul` on CPU and `xla` on any other platform (see the module doc)."""
+    return jax.lax.platform_dependent(
+        x,
+        kernel,
+        cpu=lambda x, k: op(x, k, stride, padding, impl="matmul"),
+        default=lambda x, k: op(x, k, stride, padding, impl="xla"),
+    )
+
+
+def conv2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "auto"):
     """PyTorch `Conv2d` (cross-correlation) with symmetric zero padding, NHWC."""
     b, h, w, _ = x_BxHxWxC.shape
     k, _, cin, cout = kernel.shape
+    if impl == "auto":
+        return _per_platform(conv2d, x_BxHxWxC, kernel, stride, padding)
     if impl == "xla":
         return _lax_conv(x_BxHxWxC, kernel, stride, padding)
     if padding == 0 and (h, w) == (k, k):
@@ -140,10 +160,12 @@ def _conv_bwd(stride, padding, res, g):
 _conv_fast_dw.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_transpose2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "matmul"):
+def conv_transpose2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "auto"):
     """PyTorch `ConvTranspose2d` (no output padding), NHWC, kernel [kh, kw, cin, cout]."""
     b, h, w, _ = x_BxHxWxC.shape
     k, _, cin, cout = kernel.shape
+    if impl == "auto":
+        return _per_platform(conv_transpose2d, x_BxHxWxC, kernel, stride, padding)
     if impl == "xla":
         # Transposed conv = dilated-input conv with the spatially flipped kernel.
         return jax.lax.conv_transpose(
@@ -234,7 +256,7 @@ class Conv(nn.Module):
     padding: int = 0
     use_bias: bool = True
     transpose: bool = False
-    impl: str = "matmul"
+    impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact

@@ -16,7 +16,7 @@ from cmaae_jax import layers, memory
 
 VARIANTS = ("cmam", "mam", "cat", "ae")
 DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
-CONV_IMPLS = ("auto", "matmul", "xla")  # see `default_impl` and layers.py
+CONV_IMPLS = layers.IMPLS  # auto: per platform at lowering (layers.py)
 PATCH = 64
 
 # (features, kernel, stride, padding, batch_norm, activation) per encoder layer (Table I).
@@ -39,11 +39,6 @@ DECODER = (
 )
 
 
-def default_impl():
-    """im2col/matmul convolutions on CPU (fast gradients there), native convs elsewhere."""
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
-
-
 def _batch_norm(train, dtype, axis_name, name):
     # PyTorch BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5. Statistics are
     # averaged across devices under pmap when `axis_name` is set.
@@ -59,7 +54,7 @@ def _batch_norm(train, dtype, axis_name, name):
 
 class Encoder(nn.Module):
     latent_dim: int = 512
-    impl: str = "matmul"
+    impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
 
@@ -87,7 +82,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    impl: str = "matmul"
+    impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
 
@@ -122,7 +117,7 @@ class CMAAE(nn.Module):
     shrink_threshold: float = -1.0
     temperature: float = 1.0
     gate: str = "softmax"
-    impl: str = "matmul"
+    impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
 
@@ -187,7 +182,7 @@ def from_config(config):
         shrink_threshold=m.shrink_threshold,
         temperature=m.get("temperature", 1.0),
         gate=m.gate,
-        impl=default_impl() if m.conv_impl == "auto" else m.conv_impl,
+        impl=m.conv_impl,
         dtype=jnp.dtype(m.dtype),
     )
 

@@ -25,6 +25,8 @@ def get_config():
     c.data.tfds_data_dir = ""  # where TFDS keeps prepared datasets ("" = its default folder)
     c.data.synthetic_num_train = 48  # synthetic: number of good training images generated
     c.data.synthetic_num_test = 24  # synthetic: number of test images (half defective)
+    c.data.stream = False  # train from an on-disk store decoded once (host memory: one batch)
+    c.data.cache_dir = ""  # where data.stream keeps its image store ("" = <workdir>/image_store)
 
     c.model = ml_collections.ConfigDict()
     c.model.variant = "cmam"  # cmam (full) | mam (MemAE) | cat (concat+dense) | ae (no memory)
@@ -35,7 +37,7 @@ def get_config():
     c.model.temperature = 1.0  # addressing softmax temperature: w = softmax(sim / tau); 1 = paper
     c.model.gate = "sigmoid"  # FRM gates: sigmoid | softmax (paper) | softmax_scaled (D * softmax)
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
-    c.model.conv_impl = "auto"  # auto (matmul on CPU, xla elsewhere) | matmul (im2col) | xla
+    c.model.conv_impl = "auto"  # auto: CPU formulation on CPU, native elsewhere | matmul | xla
 
     c.loss = ml_collections.ConfigDict()
     c.loss.w_rec = 50.0  # weight of the L1 reconstruction loss
