@@ -13,7 +13,9 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
   (`jax.lax.platform_dependent`): `matmul` for CPU, `xla` for every other platform. A
   function lowered or exported for CUDA (e.g. `jax.export` with `platforms=("cuda", "cpu")`
   on a CPU machine) therefore runs native cuDNN convolutions on a GPU and the CPU formulation
-  on a CPU; lowered for one platform, only that platform's branch is compiled.
+  on a CPU; lowered for one platform, only that platform's branch is compiled. The training
+  step and the map function choose once for the whole computation (`model.per_platform`);
+  the per-layer choice here serves layers used on their own.
 * `impl="matmul"`: the CPU formulation. XLA:CPU computes the weight gradient of a strided
   `lax.conv_transpose` about 100x slower than a forward conv (SPEC section 4), so:
   - a stride-2 transposed conv is computed "sub-pixel" (each of the four output parities is

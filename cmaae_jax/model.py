@@ -39,6 +39,21 @@ DECODER = (
 )
 
 
+def per_platform(net, fn, *args):
+    """`fn(net, *args)` with `net`'s convolutions chosen per platform when `net.impl` is
+    `auto`: the whole computation (forward and, when `fn` differentiates, backward) runs with
+    the `matmul` model on CPU and the `xla` model elsewhere, as one `platform_dependent`
+    branch each, so no per-layer branch boundary stands between a layer and its gradient.
+    Lowered for one platform, only its branch is compiled."""
+    if net.impl != "auto":
+        return fn(net, *args)
+    return jax.lax.platform_dependent(
+        *args,
+        cpu=lambda *a: fn(net.clone(impl="matmul"), *a),
+        default=lambda *a: fn(net.clone(impl="xla"), *a),
+    )
+
+
 def _batch_norm(train, dtype, axis_name, name):
     # PyTorch BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5. Statistics are
     # averaged across devices under pmap when `axis_name` is set.

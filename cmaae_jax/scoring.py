@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
+from cmaae_jax import model as model_lib
 from cmaae_jax import patches
 from cmaae_jax.model import PATCH
 
@@ -141,12 +142,16 @@ def anomaly_maps(
     """
     _check_score_options(method, normalize, stride)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
-    rec = reconstruct(model, variables, images_BxHxWx3, stride)
-    if method == "pixel":
-        amap = pixel_map(images_BxHxWx3, rec)
-    else:
-        amap = msfr_map(model, variables, images_BxHxWx3, rec, scales)
-    return normalize_maps(amap, normalize), rec
+
+    def maps_and_reconstructions(net, variables, images_BxHxWx3):
+        rec = reconstruct(net, variables, images_BxHxWx3, stride)
+        if method == "pixel":
+            amap = pixel_map(images_BxHxWx3, rec)
+        else:
+            amap = msfr_map(net, variables, images_BxHxWx3, rec, scales)
+        return normalize_maps(amap, normalize), rec
+
+    return model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
 
 
 def make_map_fn(

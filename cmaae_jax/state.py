@@ -62,6 +62,27 @@ def make_optimizer(config, params, stage: int) -> optax.GradientTransformation:
     return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
+LR_SCHEDULES = ("constant", "cosine")  # config train.lr_schedule
+
+
+def lr_factor(config, stage: int, step):
+    """Multiplier of `train.learning_rate` at global step `step` (int, may be traced) of
+    `stage`: 1 for `constant` (the paper); for `cosine`, within each stage a linear warm-up
+    over `train.warmup_fraction` of its steps, then a half cosine down to (nearly) zero at
+    the stage's last step. It scales Adam's update, which is the same as scaling its step
+    size; the optimizer state is unchanged, so checkpoints and resumes do not depend on it.
+    """
+    t = config.train
+    if t.get("lr_schedule", "constant") == "constant":
+        return 1.0
+    start, length = (0, t.stage1_steps) if stage == 1 else (t.stage1_steps, t.stage2_steps)
+    warmup = max(1, round(t.get("warmup_fraction", 0.05) * length))
+    s = jnp.asarray(step, jnp.float32) - start
+    ramp = (s + 1) / warmup
+    progress = jnp.clip((s + 1 - warmup) / max(1, length + 1 - warmup), 0.0, 1.0)
+    return jnp.where(s < warmup, ramp, 0.5 * (1 + jnp.cos(jnp.pi * progress)))
+
+
 def release_freed_host_memory():
     """Hands memory that compilation freed back to the OS (glibc `malloc_trim`), so that the
     step's buffers do not come on top of it in the peak; a no-op without glibc. Measured on

@@ -59,6 +59,21 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
     "full_fine": ("full model, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "full"),
     "ae_fine": ("plain auto-encoder, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "ae"),
+    "cosine_fine": (
+        "full model, Adam 1e-3 with warm-up + cosine decay per stage, MSFR of layer 1",
+        {"train.learning_rate": 1e-3, "train.lr_schedule": "cosine", "score.scales": (1,)},
+        None,
+    ),
+    "ae_cosine_fine": (
+        "plain auto-encoder, Adam 1e-3 with warm-up + cosine decay per stage, MSFR of layer 1",
+        {
+            "model.variant": "ae",
+            "train.learning_rate": 1e-3,
+            "train.lr_schedule": "cosine",
+            "score.scales": (1,),
+        },
+        None,
+    ),
     "ae_pixel_stride16": (
         "plain auto-encoder, pixel residual, windows every 16 pixels",
         {"score.method": "pixel", "score.stride": 16},

@@ -67,7 +67,7 @@ def device_step(config, net, stage: int, tx):
             k_crop, inp, t.crops_per_image, 64, target, limits_Nx2=sizes_nx2
         )
 
-        def loss_fn(params):
+        def loss_fn(params, net):
             (rec, aux), upd = net.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 x_Bx64x64x3,
@@ -80,11 +80,14 @@ def device_step(config, net, stage: int, tx):
             parts = {**parts, **model.code_statistics(aux)}
             return loss, (parts, upd["batch_stats"])
 
-        (loss, (parts, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        def value_and_grad(net, params):
+            return jax.value_and_grad(loss_fn, has_aux=True)(params, net)
+
+        (loss, (parts, batch_stats)), grads = model.per_platform(net, value_and_grad, state.params)
         grads = jax.lax.pmean(grads, AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        factor = state_lib.lr_factor(config, stage, state.step)
+        updates = jax.tree.map(lambda u: u * factor, updates)
         params = optax.apply_updates(state.params, updates)
         metrics = jax.lax.pmean({"loss": loss, **parts}, AXIS)
         new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state)

@@ -104,3 +104,50 @@ def test_impossible_config_values_name_the_field(data_root, field, value):
     config = tiny_config(data_root, **{field: value})
     with pytest.raises(configlib.ConfigError, match=field.replace("__", ".")):
         configlib.validate(config)
+
+
+def test_cosine_schedule_factors_by_hand(data_root):
+    config = tiny_config(data_root)
+    with config.unlocked():
+        config.train.lr_schedule = "cosine"
+        config.train.stage1_steps, config.train.stage2_steps = 20, 10
+        config.train.warmup_fraction = 0.2
+    # Stage 1: 20 steps, warm-up 4 steps (1/4, 2/4, 3/4, 1), then
+    # 0.5 * (1 + cos(pi * (s + 1 - 4) / 17)) for s = 4..19, reaching 0 at s = 19 + ... (s=20).
+    expected1 = [(s + 1) / 4 for s in range(4)] + [
+        0.5 * (1 + np.cos(np.pi * (s - 3) / 17)) for s in range(4, 20)
+    ]
+    got1 = [float(state_lib.lr_factor(config, 1, s)) for s in range(20)]
+    np.testing.assert_allclose(got1, expected1, rtol=1e-6, atol=1e-7)
+    # Stage 2 restarts at global step 20: warm-up 2 steps, then 0.5 * (1 + cos(pi * k / 9)).
+    expected2 = [0.5, 1.0] + [0.5 * (1 + np.cos(np.pi * (s - 1) / 9)) for s in range(2, 10)]
+    got2 = [float(state_lib.lr_factor(config, 2, 20 + s)) for s in range(10)]
+    np.testing.assert_allclose(got2, expected2, rtol=1e-6, atol=1e-7)
+    with config.unlocked():
+        config.train.lr_schedule = "constant"
+    assert state_lib.lr_factor(config, 1, 7) == 1.0
+
+
+def test_cosine_schedule_scales_the_first_update_by_the_warmup(data_root):
+    """Adam's first update from the same state and batch, with and without the schedule: the
+    parameter change of the cosine run is the constant run's times 1/warm-up steps."""
+    deltas = {}
+    for schedule in ("constant", "cosine"):
+        config = tiny_config(data_root)
+        with config.unlocked():
+            config.train.lr_schedule = schedule
+            config.train.stage1_steps, config.train.warmup_fraction = 8, 0.5  # warm-up 4
+            config.train.learning_rate = 1e-2  # updates far above float32 rounding of params
+        net = model.from_config(config)
+        state = state_lib.init_state(config, net)
+        step = train.make_train_step(
+            config, net, 1, state_lib.make_optimizer(config, state.params, 1)
+        )
+        images = np.random.default_rng(0).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
+        bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+        before = _flat(state.params)
+        new, _ = step(train.replicate(state), images, bank, train.replicate(jax.random.key(3)))
+        after = _flat(train.unreplicate_to_host(new).params)
+        deltas[schedule] = {k: after[k] - before[k] for k in before}
+    for k, d in deltas["constant"].items():
+        np.testing.assert_allclose(deltas["cosine"][k], d / 4, rtol=1e-4, atol=1e-9, err_msg=k)
