@@ -1,0 +1,94 @@
+"""One sitting's benchmark JSONs side by side: the PyTorch reference against cmaae_jax.
+
+    python launch/bench_report.py runs/bench/*.json     # after scripts/cpu_pair_bench.sh
+
+Files written by `../shared/bench/torch_reference.py --json` (framework "torch") and by
+`launch/benchmark.py --json` (framework "jax") are grouped by batch size. For each batch the
+table gives the medians over that framework's runs and the ratios issue 15 sets targets for:
+training throughput (torch's step time / ours), MSFR time per 512x512 image (ours / torch's)
+and peak resident memory (ours / torch's), with the machine's float32 matmul rate measured in
+the JAX runs. Only ratios within one sitting mean anything (the machines change).
+"""
+
+import json
+import statistics
+
+# Issue 15's targets: (ratio, how it reads, the bound).
+TARGETS = {
+    "train": ("training patches/s, ours / torch", ">=", 1.5),
+    "msfr": ("MSFR time per image, ours / torch", "<=", 0.8),
+    "rss": ("peak RSS, ours / torch", "<=", 1.1),
+}
+
+
+def load(paths) -> dict:
+    """{batch: {"torch": [run, ...], "jax": [run, ...]}} of the JSON files at `paths`."""
+    out = {}
+    for path in paths:
+        with open(path) as fh:
+            run = json.load(fh)
+        framework = run.get("framework")
+        if framework not in ("torch", "jax"):
+            raise ValueError(f"{path}: not a benchmark JSON (framework={framework!r})")
+        out.setdefault(int(run["batch"]), {"torch": [], "jax": []})[framework].append(run)
+    return out
+
+
+def _median(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def ratios(torch_runs, jax_runs) -> dict:
+    """The three target ratios (None where a side lacks the measurement)."""
+    t_step, j_step = (
+        _median(torch_runs, "train_step_s_median"),
+        _median(jax_runs, "train_step_s_median"),
+    )
+    t_ms = _median(torch_runs, "infer_ms_per_image_median")
+    j_ms = _median(jax_runs, "infer_ms_per_image_median")
+    t_rss, j_rss = _median(torch_runs, "peak_rss_mb"), _median(jax_runs, "peak_rss_mb")
+    div = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
+    return {"train": div(t_step, j_step), "msfr": div(j_ms, t_ms), "rss": div(j_rss, t_rss)}
+
+
+def _fmt(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(batch: int, torch_runs, jax_runs) -> str:
+    """Markdown table of one batch size."""
+    r = ratios(torch_runs, jax_runs)
+    rows = [
+        ("train step (s)", "train_step_s_median", "train", 2),
+        ("MSFR map 512x512 (ms)", "infer_ms_per_image_median", "msfr", 0),
+        ("peak RSS (MB)", "peak_rss_mb", "rss", 0),
+    ]
+    lines = [
+        f"batch {batch}: {len(torch_runs)} torch run(s), {len(jax_runs)} cmaae_jax run(s)",
+        "",
+        "| | torch | cmaae_jax | ratio | target | met |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for label, key, target, digits in rows:
+        _, sense, bound = TARGETS[target]
+        ok = r[target] is not None and (r[target] >= bound if sense == ">=" else r[target] <= bound)
+        lines.append(
+            f"| {label} | {_fmt(_median(torch_runs, key), digits)} | "
+            f"{_fmt(_median(jax_runs, key), digits)} | {_fmt(r[target])}x | {sense} {bound}x | "
+            f"{'yes' if ok else 'no'} |"
+        )
+    lines.append(f"| compile (s) | - | {_fmt(_median(jax_runs, 'compile_s'), 1)} | | < 60 | |")
+    gflops = _median(jax_runs, "matmul_f32_gflops")
+    others = [r.get("other_processes_cpu_s") for r in torch_runs + jax_runs]
+    lines += [
+        "",
+        f"float32 matmul rate (JAX runs): {_fmt(gflops, 0)} GFLOP/s; other processes' CPU "
+        f"seconds per run: {', '.join(_fmt(o, 2) for o in others)} (near 0: a quiet machine)",
+    ]
+    return "\n".join(lines)
+
+
+def report(paths) -> str:
+    groups = load(paths)
+    return "\n\n".join(table(b, g["torch"], g["jax"]) for b, g in sorted(groups.items()))

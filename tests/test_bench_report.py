@@ -1,0 +1,67 @@
+"""The side-by-side benchmark table: medians and ratios computed by hand."""
+
+import json
+
+import pytest
+
+from cmaae_jax import bench_report
+
+
+def _write(tmp_path, name, **fields):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(fields))
+    return str(path)
+
+
+def test_ratios_and_table_of_one_sitting(tmp_path):
+    t = dict(framework="torch", batch=512, other_processes_cpu_s=0.3)
+    j = dict(framework="jax", batch=512, other_processes_cpu_s=0.5, compile_s=7.0)
+    paths = [
+        _write(
+            tmp_path,
+            "t1",
+            train_step_s_median=3.0,
+            infer_ms_per_image_median=120.0,
+            peak_rss_mb=1700.0,
+            **t,
+        ),
+        _write(
+            tmp_path,
+            "t2",
+            train_step_s_median=2.0,
+            infer_ms_per_image_median=100.0,
+            peak_rss_mb=1800.0,
+            **t,
+        ),
+        _write(
+            tmp_path,
+            "j",
+            train_step_s_median=1.6,
+            infer_ms_per_image_median=99.0,
+            peak_rss_mb=3500.0,
+            matmul_f32_gflops=200.0,
+            **j,
+        ),
+        _write(tmp_path, "small", framework="jax", batch=64, train_step_s_median=0.4),
+    ]
+    groups = bench_report.load(paths)
+    assert sorted(groups) == [64, 512]
+    r = bench_report.ratios(groups[512]["torch"], groups[512]["jax"])
+    # torch medians: step 2.5 s, MSFR 110 ms, RSS 1750 MB.
+    assert r["train"] == pytest.approx(2.5 / 1.6)
+    assert r["msfr"] == pytest.approx(99.0 / 110.0)
+    assert r["rss"] == pytest.approx(3500.0 / 1750.0)
+    text = bench_report.report(paths)
+    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 2.50 | 1.60 | 1.56x | >= 1.5x | yes |" in row["train step (s)"]
+    assert "| 110 | 99 | 0.90x | <= 0.8x | no |" in row["MSFR map 512x512 (ms)"]
+    assert "| 1750 | 3500 | 2.00x | <= 1.1x | no |" in row["peak RSS (MB)"]
+    assert "200 GFLOP/s" in text
+    # batch 64 has no torch run: its ratios are missing, not invented.
+    assert bench_report.ratios([], groups[64]["jax"])["train"] is None
+
+
+def test_a_file_that_is_not_a_benchmark_is_named(tmp_path):
+    path = _write(tmp_path, "other", loss=1.0)
+    with pytest.raises(ValueError, match="other.json"):
+        bench_report.load([path])
