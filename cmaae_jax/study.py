@@ -1,4 +1,4 @@
-"""The paper's ablation (Table IV) as a resumable study: variants, runs, result tables.
+"""The paper's ablation (Table IV) as a resumable study: runs and result tables.
 
 Each variant is a set of config overrides of a base config. Variants with a source are scored
 from that variant's checkpoints (symlinked, not retrained) with other score fields. A run whose
@@ -15,73 +15,9 @@ import numpy as np
 
 from cmaae_jax import datasets, evaluate, inference, metrics, pictures, train
 from cmaae_jax import workdir as workdir_lib
+from cmaae_jax.study_variants import BUDGET_MARK, VARIANTS
 
-# The paper's settings of the options issue 12 added (a row of every new study).
-PAPER = {
-    "model.gate": "softmax",
-    "model.temperature": 1.0,
-    "anomaly.paste_shape": "rect",
-    "data.resize": "square",
-    "score.stride": 64,
-    "score.normalize": "none",
-    "score.scales": (1, 2, 3),
-}
-# name -> (description, overrides, variant whose checkpoints are evaluated or None)
-VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
-    "full": ("CMA-AE: CMAM (softmax gates) + MSFR + two stages", {}, None),
-    "pixel": ("full model, pixel residual in place of MSFR", {"score.method": "pixel"}, "full"),
-    "ae": ("plain auto-encoder (no memory), MSFR", {"model.variant": "ae"}, None),
-    "ae_pixel": ("plain auto-encoder, pixel residual", {"score.method": "pixel"}, "ae"),
-    "sigmoid": ("sigmoid gates in place of softmax", {"model.gate": "sigmoid"}, None),
-    "one_stage": ("stage 1 only, same total steps", {"one_stage": True}, None),
-    "mam": ("MAM (MemAE memory) in place of CMAM", {"model.variant": "mam"}, None),
-    "cat": ("concatenation + dense in place of the gates", {"model.variant": "cat"}, None),
-    "dot": (
-        "dot-product addressing (MemAE's code) in place of cosine",
-        {"model.similarity": "dot"},
-        None,
-    ),
-    "full_median": ("full model, each map over its median", {"score.normalize": "median"}, "full"),
-    "ae_pixel_median": (
-        "plain auto-encoder, pixel residual, each map over its median",
-        {"score.method": "pixel", "score.normalize": "median"},
-        "ae",
-    ),
-    # Issue 12: each option of the new defaults against the paper's setting, one at a time.
-    "paper": ("the paper: softmax gates, rect paste, squashed square, grid, raw maps", PAPER, None),
-    "softmax": ("softmax gates (the paper)", {"model.gate": "softmax"}, None),
-    "scaled": ("softmax gates times the latent size", {"model.gate": "softmax_scaled"}, None),
-    "tau01": ("cosine addressing at temperature 0.1", {"model.temperature": 0.1}, None),
-    "rect": ("GAAGA pastes rectangles (eq. 1)", {"anomaly.paste_shape": "rect"}, None),
-    "blob": ("GAAGA pastes random smooth shapes", {"anomaly.paste_shape": "blob"}, None),
-    "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
-    "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
-    "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
-    "full_fine": ("full model, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "full"),
-    "ae_fine": ("plain auto-encoder, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "ae"),
-    "cosine_fine": (
-        "full model, Adam 1e-3 with warm-up + cosine decay per stage, MSFR of layer 1",
-        {"train.learning_rate": 1e-3, "train.lr_schedule": "cosine", "score.scales": (1,)},
-        None,
-    ),
-    "ae_cosine_fine": (
-        "plain auto-encoder, Adam 1e-3 with warm-up + cosine decay per stage, MSFR of layer 1",
-        {
-            "model.variant": "ae",
-            "train.learning_rate": 1e-3,
-            "train.lr_schedule": "cosine",
-            "score.scales": (1,),
-        },
-        None,
-    ),
-    "ae_pixel_stride16": (
-        "plain auto-encoder, pixel residual, windows every 16 pixels",
-        {"score.method": "pixel", "score.stride": 16},
-        "ae",
-    ),
-}
 KEYS = metrics.TABLE_KEYS
-BUDGET_MARK = "@"  # "full@0.25": the variant `full` with a quarter of the base config's steps
 
 
 def split_name(name: str) -> tuple[str, float]:
