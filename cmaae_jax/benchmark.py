@@ -39,6 +39,7 @@ class Options:
     gaaga_steps: int = 3  # timed GAAGA calls
     dtype: str = "float32"  # float32 | bfloat16
     conv_impl: str = "auto"  # auto | matmul | xla
+    remat: str = "none"  # none | conv_outputs (train.remat)
     skip_infer: bool = False  # training only
 
 
@@ -128,6 +129,7 @@ def bench_train(args, base_config):
     config.model.memory_size = args.memory
     config.model.dtype = args.dtype
     config.model.conv_impl = args.conv_impl
+    config.train.remat = args.remat
     d = jax.local_device_count()
     if args.batch % d:
         raise SystemExit(f"--batch {args.batch} must be a multiple of the {d} local devices")
@@ -253,6 +255,7 @@ def _header(args) -> dict:
         "image_size": args.image_size,
         "dtype": args.dtype,
         "conv_impl": args.conv_impl,
+        "remat": args.remat,
         "train_steps": args.steps,
         "warmup_steps": args.warmup,
         "infer_images": args.infer_images,

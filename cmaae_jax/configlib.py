@@ -95,6 +95,7 @@ def _validate_train(t, num_devices):
     _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b1/b2", (t.b1, t.b2), "must be in [0, 1)")
     _one_of(t.stage2_target, losses.STAGE2_TARGETS, "train.stage2_target")
     _one_of(t.get("lr_schedule", "constant"), state_lib.LR_SCHEDULES, "train.lr_schedule")
+    _one_of(t.get("remat", "none"), state_lib.REMAT_OPTIONS, "train.remat")
     warmup = t.get("warmup_fraction", 0.05)
     _check(0 <= warmup < 1, "train.warmup_fraction", warmup, "must be in [0, 1)")
     _at_least(t.checkpoint_every, 1, "train.checkpoint_every")

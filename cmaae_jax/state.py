@@ -63,6 +63,8 @@ def make_optimizer(config, params, stage: int) -> optax.GradientTransformation:
 
 
 LR_SCHEDULES = ("constant", "cosine")  # config train.lr_schedule
+# config train.remat: what the backward pass keeps of the forward pass (train.REMAT_POLICIES).
+REMAT_OPTIONS = ("none", "conv_outputs")
 
 
 def lr_factor(config, stage: int, step):

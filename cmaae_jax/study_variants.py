@@ -48,6 +48,15 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
     "full_fine": ("full model, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "full"),
     "ae_fine": ("plain auto-encoder, MSFR of encoder layer 1 only", {"score.scales": (1,)}, "ae"),
+    # The budget curve's rows (`name@scale`): the defaults (`score.scales=(1,)`) trained as rows
+    # of their own, so that a budget point is trained and evaluated once; at scale 1 they
+    # train exactly the models `full_fine` / `ae_fine` score.
+    "full_l1": ("full model, the defaults (MSFR of layer 1)", {"score.scales": (1,)}, None),
+    "ae_l1": (
+        "plain auto-encoder, MSFR of layer 1",
+        {"model.variant": "ae", "score.scales": (1,)},
+        None,
+    ),
     "cosine_fine": (
         "full model, Adam 1e-3 with warm-up + cosine decay per stage, MSFR of layer 1",
         {"train.learning_rate": 1e-3, "train.lr_schedule": "cosine", "score.scales": (1,)},

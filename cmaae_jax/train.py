@@ -9,6 +9,7 @@ Every random choice is a function of (seed, step, device): a resumed run draws e
 the uninterrupted run drew, so it ends with the same parameters.
 """
 
+import functools
 import pathlib
 
 import flax
@@ -37,6 +38,14 @@ from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
 AXIS = "batch"
+
+
+# config train.remat (state.REMAT_OPTIONS): what the backward pass keeps of the forward pass;
+# the rest is recomputed from the kept values.
+REMAT_POLICIES = {
+    "none": None,
+    "conv_outputs": jax.checkpoint_policies.dots_saveable,  # convs and matmuls kept
+}
 
 
 def make_train_step(config, net, stage: int, tx):
@@ -68,11 +77,11 @@ def device_step(config, net, stage: int, tx):
         )
 
         def loss_fn(params, net):
-            (rec, aux), upd = net.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                x_Bx64x64x3,
-                train=True,
-                mutable=["batch_stats"],
+            apply = functools.partial(net.apply, train=True, mutable=["batch_stats"])
+            if t.get("remat", "none") != "none":
+                apply = jax.checkpoint(apply, policy=REMAT_POLICIES[t.remat])
+            (rec, aux), upd = apply(
+                {"params": params, "batch_stats": state.batch_stats}, x_Bx64x64x3
             )
             loss, parts = losses.total(
                 y_Bx64x64x3, rec, aux["entropy"], config.loss.w_rec, config.loss.w_sparse
