@@ -13,9 +13,11 @@ python launch/study.py --config configs/study.py --workdir_root "$root" \
   --variants full,ae_pixel,ae,paper,full_grid,pixel,full_fine,ae_fine --seeds 0 --picture_variants=
 python launch/study.py --config configs/study.py --workdir_root "$root" \
   --variants full,ae_pixel,ae,full_fine,ae_fine --seeds 1 --picture_variants=
-# single-option rows (one seed), then the budget curve (issue 12 item 6)
+# the budget curve of the defaults (issue 12 item 6): full_l1 / ae_l1 are full_fine / ae_fine
+# trained as rows of their own (their records at scale 1 are copies of those, the same models)
 python launch/study.py --config configs/study.py --workdir_root "$root" \
-  --variants softmax,square,blob,tau01,scaled --seeds 0 --picture_variants=
-python launch/study.py --config configs/study.py --workdir_root "$root" \
-  --variants full_fine@0.25,full_fine@0.5,full_fine@2,ae_pixel@0.25,ae_pixel@0.5,ae_pixel@2 \
+  --variants full_l1@0.25,ae_l1@0.25,full_l1@0.5,ae_l1@0.5,full_l1@2,ae_l1@2,full_l1@4,ae_l1@4 \
   --seeds 0 --picture_variants=
+# single-option rows (one seed): learning-rate schedule, memory temperature, paste, squash
+python launch/study.py --config configs/study.py --workdir_root "$root" \
+  --variants cosine_fine,ae_cosine_fine,tau01,blob,square,scaled --seeds 0 --picture_variants=
