@@ -128,6 +128,18 @@ def test_cosine_schedule_factors_by_hand(data_root):
     assert state_lib.lr_factor(config, 1, 7) == 1.0
 
 
+def _first_step(config, seed: int, key: int):
+    """(loss, parameters before, parameters after) of one stage-1 step from the initial state,
+    on random images drawn with `seed`."""
+    net = model.from_config(config)
+    state = state_lib.init_state(config, net)
+    step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
+    images = np.random.default_rng(seed).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
+    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    new, m = step(train.replicate(state), images, bank, train.replicate(jax.random.key(key)))
+    return float(m["loss"][0]), _flat(state.params), _flat(train.unreplicate_to_host(new).params)
+
+
 def test_cosine_schedule_scales_the_first_update_by_the_warmup(data_root):
     """Adam's first update from the same state and batch, with and without the schedule: the
     parameter change of the cosine run is the constant run's times 1/warm-up steps."""
@@ -138,16 +150,7 @@ def test_cosine_schedule_scales_the_first_update_by_the_warmup(data_root):
             config.train.lr_schedule = schedule
             config.train.stage1_steps, config.train.warmup_fraction = 8, 0.5  # warm-up 4
             config.train.learning_rate = 1e-2  # updates far above float32 rounding of params
-        net = model.from_config(config)
-        state = state_lib.init_state(config, net)
-        step = train.make_train_step(
-            config, net, 1, state_lib.make_optimizer(config, state.params, 1)
-        )
-        images = np.random.default_rng(0).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
-        bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
-        before = _flat(state.params)
-        new, _ = step(train.replicate(state), images, bank, train.replicate(jax.random.key(3)))
-        after = _flat(train.unreplicate_to_host(new).params)
+        _, before, after = _first_step(config, seed=0, key=3)
         deltas[schedule] = {k: after[k] - before[k] for k in before}
     for k, d in deltas["constant"].items():
         np.testing.assert_allclose(deltas["cosine"][k], d / 4, rtol=1e-4, atol=1e-9, err_msg=k)
@@ -159,14 +162,8 @@ def test_remat_keeps_the_step_and_its_gradients(data_root):
     out = {}
     for remat in ("none", "conv_outputs"):
         config = tiny_config(data_root, train__remat=remat)
-        net = model.from_config(config)
-        state = state_lib.init_state(config, net)
-        tx = state_lib.make_optimizer(config, state.params, 1)
-        step = train.make_train_step(config, net, 1, tx)
-        images = np.random.default_rng(1).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
-        bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
-        new, m = step(train.replicate(state), images, bank, train.replicate(jax.random.key(4)))
-        out[remat] = (float(m["loss"][0]), _flat(train.unreplicate_to_host(new).params))
+        loss, _, after = _first_step(config, seed=1, key=4)
+        out[remat] = (loss, after)
     assert out["conv_outputs"][0] == pytest.approx(out["none"][0], rel=1e-5)
     # Adam's first update is lr * g / (|g| + eps) (lr 2e-4): a wrong gradient moves most
     # parameters by ~4e-4; rounding moves only the few whose gradient is near eps.
