@@ -12,6 +12,7 @@ from cmaae_jax import (
     memory,
     model,
     natural_images,
+    reference,
     scoring,
 )
 from cmaae_jax import state as state_lib
@@ -125,6 +126,8 @@ def _validate_anomaly(a, image_size):
 def _validate_score_eval(s, e):
     _one_of(s.method, scoring.METHODS, "score.method")
     _one_of(s.get("normalize", "none"), scoring.NORMALIZE, "score.normalize")
+    _one_of(s.get("reference", "none"), reference.REFERENCES, "score.reference")
+    _at_least(s.get("reference_images", 64), 1, "score.reference_images")
     stride = s.get("stride", 64)
     _check(
         isinstance(stride, int) and stride in scoring.STRIDES,

@@ -17,25 +17,61 @@ import time
 import jax
 import numpy as np
 
-from cmaae_jax import calibration, configlib, console, datasets, inference, metrics, pictures
+from cmaae_jax import (
+    calibration,
+    configlib,
+    console,
+    datasets,
+    inference,
+    metrics,
+    pictures,
+    reference,
+)
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
 
-def calibrate(scorer, val_split, quantile: float, bar=None) -> float:
-    if val_split.num_images == 0:
+def valid_maps(scorer, split, indices=None, bar=None) -> list:
+    """The valid maps [h_i, w_i] of `split`'s images (all, or those at `indices`), in order."""
+    indices = np.arange(split.num_images) if indices is None else np.asarray(indices)
+    images = [split.images[i] for i in indices]
+    out = [None] * len(indices)
+    for idx, maps in scorer.batches(images):
+        for j, m in zip(idx, maps, strict=True):
+            out[j] = split.valid_map(int(indices[j]), m)
+        if bar is not None:
+            bar.update(len(idx))
+    return out
+
+
+def calibrate(scorer, splits, config, bar=None):
+    """(threshold, reference or None, reference record) from normal images only: the
+    reference (`score.reference`) from up to `score.reference_images` training images, its
+    choice and the label-free threshold from the held-out val images."""
+    val = splits["val"]
+    if val.num_images == 0:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
-    valid = []
-    for idx, maps in scorer.batches(val_split.images):
-        valid += [val_split.valid_map(i, m).ravel() for i, m in zip(idx, maps, strict=True)]
-        if bar is not None:
-            bar.update(len(idx))
-    return calibration.threshold_from_normal(np.concatenate(valid), quantile)
+    held_out = valid_maps(scorer, val, bar=bar)
+    setting = config.score.get("reference", "none")
+    quantile = config.eval.threshold_quantile
+    ref = None
+    if setting != "none":
+        train = splits["train"]
+        count = min(train.num_images, config.score.get("reference_images", 64))
+        if count == 0:
+            raise datasets.DatasetError("score.reference needs training images; found none")
+        picked = np.linspace(0, train.num_images - 1, count).round().astype(int)
+        ref = reference.build(valid_maps(scorer, train, np.unique(picked)))
+    used, record = reference.choose(setting, ref, held_out, quantile)
+    ref = ref if used else None
+    held_out = reference.subtract(ref, held_out)
+    pooled = np.concatenate([m.ravel() for m in held_out])
+    return calibration.threshold_from_normal(pooled, quantile), ref, record
 
 
-def _score_test(scorer, test, threshold, picture_dir, max_pictures, bar=None):
+def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
     """Scores the test split into (pooled, per-type) accumulators and writes up to
     `max_pictures` overlays of defective images; maps, masks and images are cropped to each
     image's valid region first (keep_aspect padding never counts). Image labels are the
@@ -46,6 +82,7 @@ def _score_test(scorer, test, threshold, picture_dir, max_pictures, bar=None):
     written = 0
     for idx, maps in scorer.batches(test.images):
         for pos, maps_g, masks_g in test.valid_groups(idx, maps):
+            maps_g = reference.subtract(ref, maps_g)
             acc.update(maps_g, masks_g, test.labels[pos], known[pos])
             types = [test.defect_types[i] for i in pos]
             per_type.update(maps_g, masks_g, types, test.labels[pos], known[pos])
@@ -53,7 +90,7 @@ def _score_test(scorer, test, threshold, picture_dir, max_pictures, bar=None):
             bar.update(len(idx))
         for i, amap in zip(idx, maps, strict=True):
             if test.labels[i] == 1 and written < max_pictures:
-                amap = test.valid_map(i, amap)
+                amap = reference.subtract(ref, test.valid_map(i, amap))
                 name = f"{test.defect_types[i]}_{pathlib.Path(test.paths[i]).stem}.png"
                 pictures.save_overlay(
                     picture_dir / name,
@@ -65,6 +102,15 @@ def _score_test(scorer, test, threshold, picture_dir, max_pictures, bar=None):
                 )
                 written += 1
     return acc, per_type
+
+
+def _save_reference(path, ref):
+    """Writes the chosen reference for predict and export; removes one an earlier evaluation
+    left when this one chose none (it is derived data, rebuilt by evaluating again)."""
+    if ref is not None:
+        reference.save(path, ref)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def evaluate(config, workdir, step: int | None = None) -> dict:
@@ -84,12 +130,14 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     primary = jax.process_index() == 0  # every process scores; only the primary writes
     total = splits["val"].num_images + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
-        threshold = calibrate(scorer, splits["val"], config.eval.threshold_quantile, bar)
+        threshold, ref, ref_record = calibrate(scorer, splits, config, bar)
         out = workdir_lib.eval_dir(workdir)
         (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
+        if primary:
+            _save_reference(out / reference.FILE, ref)
         max_pictures = config.eval.max_pictures if primary else 0
         pictures_dir = out / workdir_lib.PICTURES
-        acc, per_type = _score_test(scorer, test, threshold, pictures_dir, max_pictures, bar)
+        acc, per_type = _score_test(scorer, test, threshold, ref, pictures_dir, max_pictures, bar)
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
     pictures.save_pr_curve(
@@ -104,6 +152,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         checkpoint_step=int(ckpt_step),
         method=config.score.method,
         scales=list(config.score.scales),
+        reference=ref_record,
         threshold_rule=f"quantile {config.eval.threshold_quantile} of held-out normal pixel scores",
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),

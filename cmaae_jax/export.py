@@ -53,8 +53,35 @@ def sidecar_path(path) -> pathlib.Path:
     return path.with_name(path.name + ".json")
 
 
-def export_map_fn(config, variables, batch: int, platforms=None):
-    """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S]."""
+def reference_canvas(ref_HxW, size: int) -> np.ndarray:
+    """The per-position reference (`score.reference`, built by evaluation at the valid map
+    size h x w) at the top left of the S x S canvas, zeros elsewhere (the padding the
+    loaders crop off). The exported function subtracts it, so its maps are the library's for
+    images of that size; the loaders refuse other sizes (`check_reference_size`)."""
+    ref_HxW = np.asarray(ref_HxW, np.float32)
+    h, w = ref_HxW.shape
+    if h > size or w > size:
+        raise ExportError(f"reference of shape {ref_HxW.shape} does not fit the {size} canvas")
+    canvas = np.zeros((size, size), np.float32)
+    canvas[:h, :w] = ref_HxW
+    return canvas
+
+
+def check_reference_size(meta: dict, sizes) -> None:
+    """Raises ExportError for an image whose valid size is not the one its reference has."""
+    shape = (meta.get("reference") or {}).get("shape")
+    for hw in sizes:
+        if shape is not None and tuple(hw) != tuple(shape):
+            raise ExportError(
+                f"image of size {tuple(hw)}: this model subtracts a per-position reference "
+                f"of normal maps made at {tuple(shape)} (score.reference); give images of "
+                f"that size"
+            )
+
+
+def export_map_fn(config, variables, batch: int, platforms=None, reference=None):
+    """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S];
+    minus `reference` ([h, w] per-position normal map, `reference_canvas`) when given."""
     from cmaae_jax import model, scoring  # the loader must not need them
 
     net = model.from_config(config)
@@ -63,21 +90,24 @@ def export_map_fn(config, variables, batch: int, platforms=None):
     stride = config.score.get("stride", 64)
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
+    canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(
             net, variables, images_BxSxSx3, method, scales, normalize, stride
         )
-        return maps
+        return maps - canvas
 
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
 
 
-def describe(config, threshold: float, batch: int) -> dict:
+def describe(config, threshold: float, batch: int, reference=None) -> dict:
     """What every export format records: threshold, score settings, input and output."""
     size = config.data.image_size
+    ref = None if reference is None else {"shape": list(np.shape(reference))}
     return {
+        "reference": ref,
         "threshold": float(threshold),
         "image_size": size,
         "batch": batch,
@@ -89,25 +119,30 @@ def describe(config, threshold: float, batch: int) -> dict:
         "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
         "input_scaling": SCALING,
         "output": {"shape": [batch, size, size], "dtype": "float32"},
-        "decision": "pixel defective where map >= threshold; image score = max of its map",
+        "decision": "pixel defective where map >= threshold; image score = max of its map"
+        + ("" if ref is None else "; maps already have the normal per-position mean subtracted"),
         "model": {k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
     }
 
 
-def save(path, config, variables, threshold: float, batch: int = 1, platforms=None, **extra):
-    """Writes the artifact at `path` and its sidecar `<path>.json`; returns the sidecar dict."""
+def save(
+    path, config, variables, threshold: float, batch: int = 1, platforms=None, reference=None,
+    **extra,
+):  # fmt: skip
+    """Writes the artifact at `path` and its sidecar `<path>.json`; returns the sidecar dict.
+    `reference`: the evaluation's per-position reference (score.reference), or None."""
     if batch < 1:
         raise ExportError(f"batch={batch}: must be at least 1")
     unknown = set(platforms or ()) - set(PLATFORMS)
     if unknown:
         raise ExportError(f"platforms {sorted(unknown)} unknown; choose among {PLATFORMS}")
-    exported = export_map_fn(config, variables, batch, platforms)
+    exported = export_map_fn(config, variables, batch, platforms, reference)
     blob = bytes(exported.serialize())
     meta = {
         "format": FORMAT,
         "artifact": pathlib.Path(path).name,
         "sha256": hashlib.sha256(blob).hexdigest(),
-        **describe(config, threshold, batch),
+        **describe(config, threshold, batch, reference),
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
         **extra,
@@ -185,6 +220,7 @@ class ExportedMapper:
         if self.resize != "keep_aspect":
             return self._maps(self.prepare(images))
         canvas, sizes = self._canvas(images)
+        check_reference_size(self.meta, sizes)
         maps = self._maps(self.prepare(canvas))  # S x S already: placed as they are
         out = [m[:h, :w] for m, (h, w) in zip(maps, sizes, strict=True)]
         return np.stack(out) if len({m.shape for m in out}) == 1 else out

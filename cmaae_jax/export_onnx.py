@@ -38,7 +38,7 @@ INPUT, OUTPUT = "images", "maps"
 META_KEY = "cmaae_jax"
 
 try:  # the package's error (a UserError); the copied runner works without the package
-    from cmaae_jax.export import SCALING, ExportError, sidecar_path
+    from cmaae_jax.export import SCALING, ExportError, reference_canvas, sidecar_path
 except ImportError:  # pragma: no cover
     SCALING = "uint8 RGB x -> x / 127.5 - 1 (float32 in [-1, 1]); grayscale repeated to 3 channels"
 
@@ -61,7 +61,7 @@ def _converter():
     return jax2onnx, onnx
 
 
-def _map_function(config, variables):
+def _map_function(config, variables, reference=None):
     """images float32 [B, S, S, 3] -> maps [B, S, S]: the run's score config, native convs."""
     import jax
     import jax.numpy as jnp
@@ -77,11 +77,14 @@ def _map_function(config, variables):
         # zero-size tensors that jax2onnx 0.17 lowers to an Add onnxruntime rejects.
         stride = model.PATCH
     variables = jax.tree.map(jnp.asarray, variables)
+    size = config.data.image_size
+    canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
-        return scoring.anomaly_maps(
+        maps, _ = scoring.anomaly_maps(
             net, variables, images_BxSxSx3, method, scales, normalize, stride
-        )[0]
+        )
+        return maps - canvas
 
     return image_to_map
 
@@ -96,10 +99,10 @@ def _tidy(graph):
     graph.initializer.extend(keep)
 
 
-def _metadata(config, threshold, batch, converter_version, extra) -> dict:
+def _metadata(config, threshold, batch, converter_version, extra, reference=None) -> dict:
     from cmaae_jax import export  # saving needs the package; the loader does not
 
-    described = export.describe(config, threshold, batch)
+    described = export.describe(config, threshold, batch, reference)
     described["input"] = {"name": INPUT, **described["input"]}
     described["output"] = {"name": OUTPUT, **described["output"]}
     return {
@@ -112,8 +115,11 @@ def _metadata(config, threshold, batch, converter_version, extra) -> dict:
     }
 
 
-def save_onnx(path, config, variables, threshold: float, batch: int = 1, **extra) -> dict:
-    """Writes the ONNX model at `path` and its sidecar `<path>.json`; returns the sidecar."""
+def save_onnx(
+    path, config, variables, threshold: float, batch: int = 1, reference=None, **extra
+) -> dict:
+    """Writes the ONNX model at `path` and its sidecar `<path>.json`; returns the sidecar.
+    `reference`: the evaluation's per-position reference (score.reference), or None."""
     import jax
     import jax.numpy as jnp
 
@@ -126,7 +132,7 @@ def save_onnx(path, config, variables, threshold: float, batch: int = 1, **extra
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     try:
         proto = jax2onnx.to_onnx(
-            _map_function(config, variables), [spec], model_name="cmaae", opset=OPSET,
+            _map_function(config, variables, reference), [spec], model_name="cmaae", opset=OPSET,
             input_names=[INPUT], output_names=[OUTPUT],
         )  # fmt: skip
     except NotImplementedError as e:  # a primitive the converter has no rule for
@@ -136,7 +142,8 @@ def save_onnx(path, config, variables, threshold: float, batch: int = 1, **extra
             f"{config.score.get('stride', 64)}: {e}"
         ) from e
     _tidy(proto.graph)
-    meta = _metadata(config, threshold, batch, importlib.metadata.version("jax2onnx"), extra)
+    version = importlib.metadata.version("jax2onnx")
+    meta = _metadata(config, threshold, batch, version, extra, reference)
     props = {META_KEY: json.dumps(meta)}
     props.update({k: str(meta[k]) for k in ("threshold", "image_size", "batch", "resize")})
     props.update(input_scaling=SCALING, decision=meta["decision"])
@@ -211,6 +218,9 @@ class OnnxMapper:
         if self.resize != "keep_aspect":
             return self._maps(self.prepare(images))
         canvas, sizes = self._canvas(images)
+        shape = (self.meta.get("reference") or {}).get("shape")
+        if shape is not None and any(tuple(hw) != tuple(shape) for hw in sizes):
+            raise ExportError(f"this model's reference (score.reference) is for {shape} images")
         out = [m[:h, :w] for m, (h, w) in zip(self._maps(canvas), sizes, strict=True)]
         return np.stack(out) if len({m.shape for m in out}) == 1 else out
 

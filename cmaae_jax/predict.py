@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cmaae_jax import console, errors, images, inference, pictures
+from cmaae_jax import console, errors, images, inference, pictures, reference
 from cmaae_jax import workdir as workdir_lib
 
 CSV_FIELDS = ["path", "output", "score", "defective", "defect_fraction"]
@@ -125,6 +125,8 @@ class _Stream:
         self.size = config.data.image_size
         self.resize = config.data.get("resize", "square")
         self.scorer = None
+        # the per-position reference evaluation chose (score.reference), or None
+        self.ref = reference.load(workdir_lib.eval_dir(workdir) / reference.FILE)
 
     def _read(self, lo: int, hi: int, skipped: list) -> list:
         """[(input index, uint8 image, original (h, w))] of the readable files[lo:hi]."""
@@ -154,8 +156,9 @@ class _Stream:
             for j, amap in zip(idx, maps, strict=True):
                 i, _, (h, w) = loaded[j]
                 vh, vw = images.scaled_size((h, w), self.size, self.resize)  # crop the padding
+                amap = reference.subtract(self.ref, amap[:vh, :vw])
                 rows[j] = _write_one(
-                    self.out, self.files[i], amap[:vh, :vw], (h, w), self.threshold, self.names[i]
+                    self.out, self.files[i], amap, (h, w), self.threshold, self.names[i]
                 )
         return rows
 

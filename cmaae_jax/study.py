@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from cmaae_jax import datasets, evaluate, inference, metrics, pictures, train
+from cmaae_jax import datasets, evaluate, inference, metrics, pictures, reference, train
 from cmaae_jax import workdir as workdir_lib
 from cmaae_jax.study_variants import BUDGET_MARK, VARIANTS
 
@@ -102,7 +102,7 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     _, variables = inference.restore_variables(config, str(workdir))
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
-    threshold = evaluate.calibrate(scorer, splits["val"], config.eval.threshold_quantile)
+    threshold, ref, _ = evaluate.calibrate(scorer, splits, config)
     test = splits["test"]
     chosen = {}
     for i, kind in enumerate(test.defect_types):
@@ -111,7 +111,7 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     picked = test.select([i for ids in chosen.values() for i in ids])
     maps = scorer(picked.images)
     for j, amap in enumerate(maps):  # cropped to the valid region (keep_aspect padding)
-        amap = picked.valid_map(j, amap)
+        amap = reference.subtract(ref, picked.valid_map(j, amap))
         stem = pathlib.Path(picked.paths[j]).stem
         pictures.save_overlay(
             out / f"{picked.defect_types[j]}_{stem}.png",

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-FAMILIES = ("wood", "carpet", "tile", "noise")
+FAMILIES = ("wood", "carpet", "tile", "noise", "part")  # part: aligned, as in a fixture
 DEFECT_KINDS = ("scratch", "hole", "spot", "cut", "contamination")
 MASK_TOLERANCE = 12  # a defect mask marks pixels where some channel changed by more (0..255)
 MIN_COVERAGE, MAX_COVERAGE = 0.002, 0.05  # share of the image a defect covers
@@ -96,7 +96,31 @@ def _noise(rng, size):
     return _colourise(t, light * 0.35, light)
 
 
-_TEXTURES = {"wood": _wood, "carpet": _carpet, "tile": _tile, "noise": _noise}
+def _edge(signed_distance_px):
+    """Anti-aliased inside-ness (1 inside, 0 outside) from a signed distance in pixels."""
+    return np.clip(0.5 - signed_distance_px, 0.0, 1.0)
+
+
+def _part(rng, size):
+    """A machined plate held in a fixture: the same plate, two bores and a slot in every image
+    (shifted by at most 1% of the side), fine machining marks and surface noise that vary. The
+    one aligned family: a per-position reference of normal maps is meaningful here only."""
+    dy, dx = rng.uniform(-0.01, 0.01, 2)
+    y, x = np.mgrid[0:size, 0:size] / size
+    y, x = y - dy, x - dx
+    box = lambda cy, cx, hy, hx: np.maximum(np.abs(y - cy) - hy, np.abs(x - cx) - hx) * size
+    plate = _edge(box(0.5, 0.5, 0.3, 0.38))
+    holes = sum(_edge((np.hypot(y - 0.5, x - cx) - 0.08) * size) for cx in (0.3, 0.7))
+    slot = _edge(box(0.74, 0.5, 0.02, 0.15))
+    marks = np.sin(2 * np.pi * (90 * x + 0.4 * _fractal(rng, size, 3, 2)) + rng.uniform(0, 6.3))
+    metal = 0.85 + 0.03 * marks + 0.02 * _fractal(rng, size, size // 16, 2)
+    ground = 0.5 + 0.02 * _fractal(rng, size, 4, 2)
+    t = ground + (metal - ground) * plate * (1.0 - np.clip(holes + slot, 0.0, 1.0))
+    light = np.array([206.0, 210.0, 216.0]) + rng.normal(0, 2, 3)
+    return _colourise(t, light * 0.0, light)
+
+
+_TEXTURES = {"wood": _wood, "carpet": _carpet, "tile": _tile, "noise": _noise, "part": _part}
 
 
 def texture(family, size, rng):

@@ -7,6 +7,7 @@
 <workdir>/log.txt              every library's log (INFO and up) of the commands run on it
 <workdir>/eval/metrics.json    evaluation metrics and the label-free threshold
 <workdir>/eval/pictures/       overlays of the evaluation
+<workdir>/eval/reference.npy   the per-position reference evaluation chose (reference.FILE)
 """
 
 import json

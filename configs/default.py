@@ -71,6 +71,8 @@ def get_config():
     c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline)
     c.score.scales = (1,)  # encoder layers used by MSFR: (1,) finest, 4x4 px; paper (1, 2, 3)
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
+    c.score.reference = "auto"  # none | mean (map minus normal per-position mean) | auto (eval)
+    c.score.reference_images = 64  # training images whose maps make the reference
     c.score.stride = 32  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
     c.score.batch_images = 8  # images scored per device per call
 

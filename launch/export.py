@@ -17,7 +17,7 @@ C++ or C# (README, "Deployment"). The threshold comes from eval/metrics.json
 import _common
 from absl import app, flags
 
-from cmaae_jax import export, export_onnx, inference, predict
+from cmaae_jax import export, export_onnx, inference, predict, reference
 from cmaae_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, config.json).")
@@ -44,13 +44,14 @@ def main(argv):
         if onnx and _PLATFORMS.value:
             raise export.ExportError("--platforms is for --format=jax; ONNX runs anywhere")
         step, variables = inference.restore_variables(config, _WORKDIR.value, _STEP.value)
+        ref = reference.load(workdir_lib.eval_dir(_WORKDIR.value) / reference.FILE)
         if onnx:
             meta = export_onnx.save_onnx(
-                output, config, variables, threshold, _BATCH.value, checkpoint_step=step
+                output, config, variables, threshold, _BATCH.value, ref, checkpoint_step=step
             )
         else:
             meta = export.save(
-                output, config, variables, threshold, _BATCH.value, _PLATFORMS.value,
+                output, config, variables, threshold, _BATCH.value, _PLATFORMS.value, ref,
                 checkpoint_step=step,
             )  # fmt: skip
     target = f"ONNX opset {meta['opset']}" if onnx else "/".join(meta["platforms"])

@@ -3,6 +3,7 @@ on valid pixels only, baselines, the training Sampler's canvases, predict and ex
 
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -106,9 +107,13 @@ def _padded_case():
 def test_metrics_and_threshold_count_only_valid_pixels(tmp_path):
     split, maps, scores, labels = _padded_case()
     fake = _FixedScorer(maps)
-    threshold = evaluate.calibrate(fake, split, 0.9)
+    config = ml_collections.ConfigDict(
+        {"score": {"reference": "none"}, "eval": {"threshold_quantile": 0.9}}
+    )
+    threshold, ref, record = evaluate.calibrate(fake, {"val": split}, config)
+    assert ref is None and record == {"setting": "none", "used": False}
     assert threshold == pytest.approx(np.quantile(scores, 0.9), rel=1e-6) and threshold < 2
-    acc, per_type = evaluate._score_test(fake, split, threshold, tmp_path, max_pictures=5)
+    acc, per_type = evaluate._score_test(fake, split, threshold, None, tmp_path, max_pictures=5)
     r = acc.result(threshold)
     assert r["num_pixels"] == 40 * 64 + 64 * 30 + 40 * 64 == labels.size
     # AUROC by brute force over every (defect, normal) pixel pair; ties count 1/2

@@ -1,0 +1,148 @@
+"""The per-position reference of normal maps (score.reference): build, subtract, choose, carry."""
+
+import ml_collections
+import numpy as np
+import pytest
+from conftest import untrained_workdir
+from PIL import Image
+
+from cmaae_jax import configlib, evaluate, export, inference, layouts, predict, reference
+from cmaae_jax import workdir as workdir_lib
+
+
+def test_build_is_the_per_position_mean_and_subtract_removes_it():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    b = np.array([[3.0, 2.0], [1.0, 0.0]], np.float32)
+    ref = reference.build([a, b])
+    np.testing.assert_array_equal(ref, [[2.0, 2.0], [2.0, 2.0]])
+    np.testing.assert_array_equal(reference.subtract(ref, a), [[-1, 0], [1, 2]])
+    stack = reference.subtract(ref, np.stack([a, b]))
+    np.testing.assert_array_equal(stack[1], [[1, 0], [-1, -2]])
+    assert reference.subtract(None, a) is a
+    # a map of another size: the reference is resampled; a constant stays that constant
+    const = reference.build([np.full((4, 6), 2.5, np.float32)])
+    np.testing.assert_allclose(reference.subtract(const, np.full((8, 3), 3.0)), 0.5, atol=1e-6)
+
+
+def _maps(structure, rng, n, shift=False):
+    """Normal maps: `structure` (optionally rolled to a random place) plus noise."""
+    out = []
+    for _ in range(n):
+        s = np.roll(structure, rng.integers(0, 32, 2), (0, 1)) if shift else structure
+        out.append((s + rng.normal(0, 0.1, s.shape)).astype(np.float32))
+    return out
+
+
+def _excess(maps, q):
+    pooled = np.concatenate([m.ravel() for m in maps]).astype(np.float64)
+    return np.quantile(pooled, q) - pooled.mean()
+
+
+def test_auto_uses_the_reference_only_where_it_narrows_the_normal_tail():
+    rng = np.random.default_rng(0)
+    structure = np.zeros((32, 32), np.float32)
+    structure[10:12, :] = 3.0  # an edge of the part, badly reconstructed in every image
+    train, held_out = _maps(structure, rng, 20), _maps(structure, rng, 10)
+    ref = reference.build(train)
+    used, rec = reference.choose("auto", ref, held_out, 0.99)
+    assert used and rec["used"]
+    assert rec["excess_none"] == pytest.approx(_excess(held_out, 0.99), rel=1e-5)
+    minus = [m - ref for m in held_out]
+    assert rec["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-5)
+    assert rec["excess_mean"] < 0.5 * rec["excess_none"]
+    # pure noise (nothing aligned): the reference only adds its own noise -> not used
+    flat = np.zeros((32, 32), np.float32)
+    noise_ref = reference.build(_maps(flat, rng, 3))
+    used, rec = reference.choose("auto", noise_ref, _maps(flat, rng, 10), 0.99)
+    assert not used and rec["excess_mean"] > rec["excess_none"]
+    # `mean` always uses it, `none` never computes it
+    assert reference.choose("mean", noise_ref, _maps(flat, rng, 2), 0.99)[0]
+    assert reference.choose("none", None, [], 0.99) == (False, {"setting": "none", "used": False})
+    with pytest.raises(ValueError, match="score.reference"):
+        reference.choose("median", ref, held_out, 0.99)
+
+
+class _IndexScorer:
+    """Scores image i (a uint8 array filled with i) as the map maps_by_value[i]."""
+
+    def __init__(self, maps_by_value):
+        self.maps = maps_by_value
+
+    def batches(self, images):
+        for j, im in enumerate(images):
+            yield np.array([j]), self.maps[int(im.flat[0])][None]
+
+
+def _split(values, shape=(16, 16)):
+    n = len(values)
+    imgs = [np.full(shape + (3,), v, np.uint8) for v in values]
+    masks = [np.zeros(shape, np.uint8)] * n
+    return layouts.Split(imgs, masks, np.zeros(n, np.int32), [f"{v}.png" for v in values],
+                         ["good"] * n, sizes=np.array([shape] * n, np.int32))  # fmt: skip
+
+
+def test_calibrate_thresholds_the_maps_minus_the_training_reference():
+    rng = np.random.default_rng(1)
+    structure = np.zeros((16, 16), np.float32)
+    structure[:, 7] = 5.0
+    maps = _maps(structure, rng, 8)
+    splits = {"train": _split(range(0, 5)), "val": _split(range(5, 8))}
+    config = ml_collections.ConfigDict(
+        {
+            "score": {"reference": "auto", "reference_images": 3},
+            "eval": {"threshold_quantile": 0.99},
+        }
+    )
+    threshold, ref, record = evaluate.calibrate(_IndexScorer(maps), splits, config)
+    want_ref = (maps[0] + maps[2] + maps[4]) / 3  # 3 of 5 training images, evenly spaced
+    np.testing.assert_allclose(ref, want_ref, rtol=1e-6, atol=1e-6)
+    assert record["used"]
+    pooled = np.concatenate([(maps[i] - want_ref).ravel() for i in (5, 6, 7)])
+    assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
+
+
+def test_config_rejects_unknown_reference(tmp_path):
+    from conftest import tiny_config
+
+    config = tiny_config(tmp_path)
+    config.score.reference = "always"
+    with pytest.raises(configlib.ConfigError, match="score.reference"):
+        configlib.validate(config)
+
+
+def test_export_subtracts_the_reference_and_refuses_other_sizes(tmp_path):
+    workdir = untrained_workdir(tmp_path / "run")
+    config = workdir_lib.load_config(workdir)
+    _, variables = inference.restore_variables(config, workdir)
+    x = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    plain = export.load(_save(tmp_path / "a.jaxexport", config, variables, None))(x)
+    ref = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    mapper = export.load(_save(tmp_path / "b.jaxexport", config, variables, ref))
+    assert mapper.meta["reference"] == {"shape": [64, 64]}
+    np.testing.assert_allclose(mapper(x), plain - ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(export.ExportError, match="reference"):
+        export.check_reference_size(mapper.meta, [(64, 48)])
+
+
+def _save(path, config, variables, ref):
+    export.save(path, config, variables, threshold=0.1, batch=2, reference=ref)
+    return path
+
+
+def test_predict_subtracts_the_saved_reference(tmp_path):
+    workdir = untrained_workdir(tmp_path / "run")
+    config = workdir_lib.load_config(workdir)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    x = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    for i, im in enumerate(x):
+        Image.fromarray(im).save(inputs / f"p{i}.png")
+    _, variables = inference.restore_variables(config, workdir)
+    plain = inference.Scorer(config, variables)(x)
+    ref = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    workdir_lib.eval_dir(workdir).mkdir(parents=True, exist_ok=True)
+    reference.save(workdir_lib.eval_dir(workdir) / reference.FILE, ref)
+    predict.predict(workdir, str(inputs), tmp_path / "out", threshold=0.5)
+    for i in range(2):
+        got = np.load(tmp_path / "out" / f"p{i}_map.npy")
+        np.testing.assert_allclose(got, plain[i] - ref, rtol=1e-5, atol=1e-6)
