@@ -56,15 +56,17 @@ def calibrate(scorer, splits, config, bar=None):
     held_out = valid_maps(scorer, val, bar=bar)
     setting = config.score.get("reference", "none")
     quantile = config.eval.threshold_quantile
-    ref = None
+    ref, one_size = None, True
     if setting != "none":
         train = splits["train"]
         count = min(train.num_images, config.score.get("reference_images", 64))
         if count == 0:
             raise datasets.DatasetError("score.reference needs training images; found none")
         picked = np.linspace(0, train.num_images - 1, count).round().astype(int)
-        ref = reference.build(valid_maps(scorer, train, np.unique(picked)))
-    used, record = reference.choose(setting, ref, held_out, quantile)
+        normal = valid_maps(scorer, train, np.unique(picked))
+        ref = reference.build(normal)
+        one_size = len({m.shape for m in normal + held_out}) == 1
+    used, record = reference.choose(setting, ref, held_out, quantile, one_size)
     ref = ref if used else None
     held_out = reference.subtract(ref, held_out)
     pooled = np.concatenate([m.ravel() for m in held_out])

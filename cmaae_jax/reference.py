@@ -6,7 +6,10 @@ reconstructed a little worse than flat surface in every image, normal or not. Th
 sets the label-free threshold and hides small defects. The reference is the mean of the valid
 maps of normal training images, resampled to a common shape; a map minus the reference keeps
 what differs from normal at that place. Images that are not aligned gain nothing from it (their
-mean map is a blur of everything), so `auto` decides from held-out normal images alone:
+mean map is a blur of everything), so `auto` decides from normal images alone. Images of
+different sizes cannot show a part in one fixed frame, so `auto` uses no reference for them
+(on magnetic tile, whose images differ in size, a resampled reference cost AUPRO; RESULTS.md).
+For images of one size,
 
     excess(maps) = quantile_q(pooled pixel scores) - mean(pooled pixel scores)
 
@@ -63,9 +66,10 @@ def excess(maps, quantile: float) -> float:
     return float(q - pooled.astype(np.float64).mean())
 
 
-def choose(setting: str, ref_HxW, held_out_maps, quantile: float):
-    """(use the reference?, record) for `setting` none | mean | auto. The record holds both
-    excesses on the held-out normal maps when they were computed (always for auto and mean)."""
+def choose(setting: str, ref_HxW, held_out_maps, quantile: float, one_size: bool = True):
+    """(use the reference?, record) for `setting` none | mean | auto. `one_size`: every map
+    the reference was built from and every held-out map had the same shape. The record holds
+    both excesses on the held-out normal maps when they were computed, and `one_size`."""
     if setting not in REFERENCES:
         raise ValueError(f"score.reference must be one of {REFERENCES}, got {setting!r}")
     record = {"setting": setting}
@@ -73,8 +77,9 @@ def choose(setting: str, ref_HxW, held_out_maps, quantile: float):
         return False, {**record, "used": False}
     without = excess(held_out_maps, quantile)
     with_ref = excess(subtract(ref_HxW, list(held_out_maps)), quantile)
-    used = setting == "mean" or with_ref < without
-    return used, {**record, "used": used, "excess_none": without, "excess_mean": with_ref}
+    used = setting == "mean" or (one_size and with_ref < without)
+    record.update(used=used, one_size=one_size, excess_none=without, excess_mean=with_ref)
+    return used, record
 
 
 def save(path, ref_HxW) -> None:

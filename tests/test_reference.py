@@ -50,6 +50,10 @@ def test_auto_uses_the_reference_only_where_it_narrows_the_normal_tail():
     minus = [m - ref for m in held_out]
     assert rec["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-5)
     assert rec["excess_mean"] < 0.5 * rec["excess_none"]
+    # images of different sizes: auto never uses it, mean still does
+    used, rec = reference.choose("auto", ref, held_out, 0.99, one_size=False)
+    assert not used and not rec["one_size"] and rec["excess_mean"] < rec["excess_none"]
+    assert reference.choose("mean", ref, held_out, 0.99, one_size=False)[0]
     # pure noise (nothing aligned): the reference only adds its own noise -> not used
     flat = np.zeros((32, 32), np.float32)
     noise_ref = reference.build(_maps(flat, rng, 3))
@@ -73,12 +77,12 @@ class _IndexScorer:
             yield np.array([j]), self.maps[int(im.flat[0])][None]
 
 
-def _split(values, shape=(16, 16)):
+def _split(values, shape=(16, 16), valid=None):
     n = len(values)
     imgs = [np.full(shape + (3,), v, np.uint8) for v in values]
     masks = [np.zeros(shape, np.uint8)] * n
     return layouts.Split(imgs, masks, np.zeros(n, np.int32), [f"{v}.png" for v in values],
-                         ["good"] * n, sizes=np.array([shape] * n, np.int32))  # fmt: skip
+                         ["good"] * n, sizes=np.array([valid or shape] * n, np.int32))  # fmt: skip
 
 
 def test_calibrate_thresholds_the_maps_minus_the_training_reference():
@@ -98,6 +102,12 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
     np.testing.assert_allclose(ref, want_ref, rtol=1e-6, atol=1e-6)
     assert record["used"]
     pooled = np.concatenate([(maps[i] - want_ref).ravel() for i in (5, 6, 7)])
+    assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
+    # held-out images of another (valid) size: auto uses no reference
+    splits["val"] = _split(range(5, 8), valid=(16, 12))
+    threshold, ref, record = evaluate.calibrate(_IndexScorer(maps), splits, config)
+    assert ref is None and not record["used"] and not record["one_size"]
+    pooled = np.concatenate([maps[i][:, :12].ravel() for i in (5, 6, 7)])
     assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
 
 
