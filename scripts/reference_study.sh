@@ -5,13 +5,14 @@
 #  1. the aligned synthetic part (synthetic family `part`), demo budget, seeds 0 and 1: trained
 #     and evaluated with score.reference=auto, then evaluated again with none and mean;
 #     the non-learned baselines on the same data;
-#  2. magnetic tile (not aligned): the study's full_l1 model, seed 0, evaluated with none and
-#     auto (train it first: launch/train.py --config configs/study.py
+#  2. magnetic tile (not aligned, images of many sizes, so auto = none): the study's full_l1
+#     model, seed 0, evaluated with none and mean (train it first: launch/train.py --config configs/study.py
 #     --workdir runs/reference/mt_full_s0 --config.score.scales='(1,)' --cpu_devices 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=runs/reference
 mkdir -p "$root"
+cp -rn docs/results/reference/. "$root"/  # finished evaluations are kept in git
 part=(--config.data.category=part --config.data.root="$root/part_data"
   --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60)
 [ -f "$root/part_baselines.json" ] || python launch/baselines.py --config configs/demo.py \
@@ -29,11 +30,11 @@ for seed in 0 1; do
       --config.train.seed="$seed" --config.score.reference="$setting"
     cp "$w/eval/metrics.json" "$w/eval_$setting.json"
   done
-  cp "$w/eval_auto.json" "$w/eval/metrics.json"  # the run's own setting last
+  if [ -d "$w/eval" ]; then cp "$w/eval_auto.json" "$w/eval/metrics.json"; fi  # its own setting
 done
 w="$root/mt_full_s0"
 if [ -d "$w/checkpoints" ]; then
-  for setting in none auto; do
+  for setting in none mean; do
     [ -f "$w/eval_$setting.json" ] && continue
     python launch/evaluate.py --workdir "$w" --config configs/study.py \
       --config.score.scales='(1,)' --config.score.reference="$setting"
