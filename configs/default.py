@@ -73,7 +73,7 @@ def get_config():
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
     c.score.reference = "auto"  # none | mean (map minus normal per-position mean) | auto (eval)
     c.score.reference_images = 64  # training images whose maps make the reference
-    c.score.stride = 32  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
+    c.score.stride = 16  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
     c.score.batch_images = 8  # images scored per device per call
 
     c.eval = ml_collections.ConfigDict()
