@@ -43,6 +43,9 @@ def tiny_config(root, **overrides):
     c.model.memory_size = 16
     c.anomaly.patch_size = 32
     c.anomaly.bank_size = 4
+    # rect pastes compile a much smaller training step than the default blob (suite time);
+    # blob itself is tested in test_gaaga.py
+    c.anomaly.paste_shape = "rect"
     c.train.batch_size = 16
     c.train.crops_per_image = 2
     c.train.stage1_steps = 4
