@@ -46,6 +46,9 @@ def tiny_config(root, **overrides):
     # rect pastes compile a much smaller training step than the default blob (suite time);
     # blob itself is tested in test_gaaga.py
     c.anomaly.paste_shape = "rect"
+    # score.reference=auto scores the training images too (more maps, more shapes to compile);
+    # it is tested in test_reference.py
+    c.score.reference = "none"
     c.train.batch_size = 16
     c.train.crops_per_image = 2
     c.train.stage1_steps = 4
