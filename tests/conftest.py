@@ -41,6 +41,7 @@ def tiny_config(root, **overrides):
     c.data.synthetic_num_train = 16
     c.data.synthetic_num_test = 8
     c.model.memory_size = 16
+    c.model.latent_dim = 16  # the network is otherwise the real one; steps and compiles shrink
     c.anomaly.patch_size = 32
     c.anomaly.bank_size = 4
     # rect pastes compile a much smaller training step than the default blob (suite time);
@@ -64,11 +65,11 @@ def tiny_config(root, **overrides):
 
 def untrained_workdir(root, **overrides):
     """A workdir with config.json and one checkpoint (step 1) of initial weights: no training.
-    `overrides` as for `tiny_config`; latent_dim 16 keeps it small."""
+    `overrides` as for `tiny_config`."""
     from cmaae_jax import checkpoint, model, state
     from cmaae_jax import workdir as workdir_lib
 
-    config = tiny_config(root / "data", **{"model__latent_dim": 16, **overrides})
+    config = tiny_config(root / "data", **overrides)
     root.mkdir(parents=True, exist_ok=True)
     workdir_lib.save_config(root, config)
     initial = state.init_state(config, model.from_config(config))

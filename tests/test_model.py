@@ -184,10 +184,14 @@ def test_softmax_gate_is_a_distribution_over_features():
 
 
 def _capture(variant):
-    m = model.CMAAE(variant=variant, memory_size=10)
+    m = model.CMAAE(variant=variant, memory_size=10, latent_dim=16)
     variables = model.init(m, jax.random.key(1))
     x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3), minval=-1, maxval=1)
-    (_, aux), state = m.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    # jitted: one compile per variant instead of one per eager op
+    apply = jax.jit(
+        lambda v, x: m.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
+    )
+    (_, aux), state = apply(variables, x)
     return m, variables, x, aux, state["intermediates"]
 
 
@@ -276,3 +280,14 @@ def test_code_statistics_by_hand():
     np.testing.assert_allclose(float(stats["z_rms"]), 2.5, rtol=1e-6)
     np.testing.assert_allclose(float(stats["z_out_rms"]), 0.02, rtol=1e-6)
     assert float(model.code_statistics({"w_hat": None, "z": z, "z_out": z})["items_used"]) == 0
+
+
+def test_init_gives_the_variables_of_the_cpu_formulation():
+    # model.init compiles the native convs; the matmul formulation must have the same tree.
+    m = model.CMAAE(memory_size=10, latent_dim=16, impl="matmul")
+    x = jnp.zeros((1, model.PATCH, model.PATCH, 3), jnp.float32)
+    direct = m.init(jax.random.key(4), x, train=False)
+    via_init = model.init(m, jax.random.key(4))
+    assert jax.tree.structure(direct) == jax.tree.structure(via_init)
+    for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(via_init), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
