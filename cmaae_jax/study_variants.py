@@ -43,6 +43,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "tau01": ("cosine addressing at temperature 0.1", {"model.temperature": 0.1}, None),
     "rect": ("GAAGA pastes rectangles (eq. 1)", {"anomaly.paste_shape": "rect"}, None),
     "blob": ("GAAGA pastes random smooth shapes", {"anomaly.paste_shape": "blob"}, None),
+    "blob_p64": (
+        "GAAGA pastes random smooth shapes no larger than the model's 64-px window",
+        {"anomaly.paste_shape": "blob", "anomaly.patch_size": 64},
+        None,
+    ),
     "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
     "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),

@@ -2,6 +2,9 @@
 
     python scripts/map_options.py dump runs/study12/full/seed0 /tmp/maps/full_seed0.pkl
     python scripts/map_options.py analyse /tmp/maps/full_seed0.pkl
+    python scripts/map_options.py dump runs/demo /tmp/maps/demo.pkl --stride 16
+    python scripts/map_options.py analyse /tmp/maps/demo.pkl --normalize none --reference none \
+        --types contamination,cut,hole,scratch,spot --quantiles 0.99,0.995,0.999,0.9995,0.9999
 
 `dump` scores the run's held-out normal images (val) and test images with its own config but
 `score.normalize=none`, `score.scales=(1,)` (and `--method`), and pickles the maps cropped to
@@ -22,7 +25,16 @@ import numpy as np
 TYPES = ("blowhole", "break", "crack", "fray")
 
 
-def dump(workdir, out, method):
+def _padded(image_hxwx3, margin):
+    """`image` reflect-padded by `margin` on every side, then bottom/right to multiples of 64."""
+    h, w = image_hxwx3.shape[:2]
+    hh, ww = (-(-(s + 2 * margin) // 64) * 64 for s in (h, w))
+    widths = ((margin, hh - h - margin), (margin, ww - w - margin), (0, 0))
+    return np.pad(image_hxwx3, widths, mode="reflect")
+
+
+def dump(workdir, out, method, stride=None, margin=0):
+    """Pickles each val/test image's map, mask, grey image (float16), label and type."""
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     from cmaae_jax import datasets, inference
     from cmaae_jax import workdir as workdir_lib
@@ -30,22 +42,92 @@ def dump(workdir, out, method):
     config = workdir_lib.load_config(workdir)
     with config.unlocked():
         config.score.normalize, config.score.scales, config.score.method = "none", (1,), method
+        if stride:
+            config.score.stride = stride
     _, variables = inference.restore_variables(config, workdir)
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
     result = {}
     for name in ("val", "test"):
         split = splits[name]
+        crops = [split.valid_map(i, split.images[i]) for i in range(split.num_images)]
         maps = [None] * split.num_images
-        for idx, batch in scorer.batches(split.images):
+        for idx, batch in scorer.batches([_padded(c, margin) for c in crops]):
             for j, i in enumerate(idx):
-                maps[i] = split.valid_map(i, batch[j]).astype(np.float32)
-        masks = [split.valid_map(i, split.masks[i]) for i in range(split.num_images)]
+                h, w = crops[i].shape[:2]
+                maps[i] = np.asarray(batch[j][margin : margin + h, margin : margin + w], np.float32)
         result[name] = dict(
-            maps=maps, masks=masks, labels=np.asarray(split.labels), types=split.defect_types
+            maps=maps,
+            images=[c.astype(np.float32).mean(-1).astype(np.float16) for c in crops],
+            masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
+            labels=np.asarray(split.labels),
+            types=split.defect_types,
         )
     with open(out, "wb") as fh:
         pickle.dump(result, fh)
+
+
+def _median_normalised(maps):
+    return [m / (np.median(m) + 1e-12) for m in maps]
+
+
+def border(path, widths=(2, 4, 8, 16), quantile=0.999):
+    """Share of the normal pixels above the `quantile` of their own set (val, normal test;
+    median-normalised maps) lying within each width of the image border, against the share
+    of the area there."""
+    with open(path, "rb") as fh:
+        data = pickle.load(fh)
+    test = data["test"]
+    normal_test = [m for m, label in zip(test["maps"], test["labels"], strict=True) if label == 0]
+    for name, maps in (("val", data["val"]["maps"]), ("normal test", normal_test)):
+        maps = _median_normalised(maps)
+        q = np.quantile(np.concatenate([m.ravel() for m in maps]), quantile)
+        high = sum(int((m >= q).sum()) for m in maps)
+        total = sum(m.size for m in maps)
+        for w in widths:
+            rim = [_rim(m.shape, w) for m in maps]
+            top = sum(int((m[r] >= q).sum()) for m, r in zip(maps, rim, strict=True))
+            area = sum(int(r.sum()) for r in rim)
+            print(f"{name}: {top / high:.2f} of pixels >= q within {w} px ({area / total:.2f})")
+        sides = sum(int((m[:, :8] >= q).sum() + (m[:, -8:] >= q).sum()) for m in maps)
+        print(f"{name}: {sides / high:.2f} of pixels >= q in the 8 left and right columns")
+
+
+def _rim(shape, width):
+    rim = np.zeros(shape, bool)
+    rim[:width], rim[-width:], rim[:, :width], rim[:, -width:] = True, True, True, True
+    return rim
+
+
+def gradient(path, sigma, types=TYPES, bins=32):
+    """Mean4 AUPRO and F1 max with each median-normalised map divided by, or minus, the mean
+    val residual at the pixel's image-gradient magnitude (Gaussian, `sigma`; quantile bins)."""
+    from scipy import ndimage
+
+    with open(path, "rb") as fh:
+        data = pickle.load(fh)
+    grads = {
+        k: [ndimage.gaussian_gradient_magnitude(im.astype(np.float32), sigma) for im in d["images"]]
+        for k, d in data.items()
+    }
+    maps = {k: _median_normalised(d["maps"]) for k, d in data.items()}
+    g = np.concatenate([x.ravel() for x in grads["val"]])
+    r = np.concatenate([m.ravel() for m in maps["val"]])
+    edges = np.quantile(g, np.linspace(0, 1, bins + 1)[1:-1])
+    expected = np.array([r[np.digitize(g, edges) == b].mean() for b in range(bins)])
+    for mode in ("divide", "subtract"):
+        post = {}
+        for k, d in data.items():
+            e = [expected[np.digitize(x, edges)] for x in grads[k]]
+            new = [m / v if mode == "divide" else m - v for m, v in zip(maps[k], e, strict=True)]
+            post[k] = dict(d, maps=new)
+        row = score(post, 0, "none", "none")
+        mean = {k: float(np.mean([row[k][t] for t in types])) for k in ("aupro", "f1max")}
+        print(
+            f"gradient sigma {sigma:g} {mode}: mean AUPRO {mean['aupro']:.3f}, F1 max "
+            f"{mean['f1max']:.4f}",
+            flush=True,
+        )
 
 
 def _resize(map_hxw, shape):
@@ -78,13 +160,15 @@ def _prepare(m, sigma, normalize):
     return m / (np.median(m) + 1e-12) if normalize == "median" else m
 
 
+QUANTILES = (0.999, 0.9999)
+
+
 def _thresholds(val_maps):
     from cmaae_jax import calibration
 
     pooled = np.concatenate([v.ravel() for v in val_maps])
     return {
-        "q0.999": calibration.threshold_from_normal(pooled, 0.999),
-        "q0.9999": calibration.threshold_from_normal(pooled, 0.9999),
+        **{f"q{q}": calibration.threshold_from_normal(pooled, q) for q in QUANTILES},
         "val max": float(pooled.max()),
         "median of val maxima": float(np.median([v.max() for v in val_maps])),
     }
@@ -115,15 +199,15 @@ def score(data, sigma, normalize, reference):
     return row
 
 
-def analyse(path, sigmas, normalizations, references):
+def analyse(path, sigmas, normalizations, references, types=TYPES):
     with open(path, "rb") as fh:
         data = pickle.load(fh)
     for sigma in sigmas:
         for normalize in normalizations:
             for reference in references:
                 row = score(data, sigma, normalize, reference)
-                mean4 = {k: float(np.mean([v[t] for t in TYPES])) for k, v in row.items()}
-                per_type = " ".join(f"{t} {row['aupro'][t]:.3f}" for t in TYPES)
+                mean4 = {k: float(np.mean([v[t] for t in types])) for k, v in row.items()}
+                per_type = " ".join(f"{t} {row['aupro'][t]:.3f}" for t in types)
                 rules = " ".join(f"{k} {v:.4f}" for k, v in mean4.items() if k != "aupro")
                 print(
                     f"{os.path.basename(path)} sigma={sigma:g} normalize={normalize} "
@@ -140,17 +224,39 @@ def main():
     d.add_argument("workdir")
     d.add_argument("out")
     d.add_argument("--method", default="msfr")
+    d.add_argument("--stride", type=int, default=None, help="score.stride (default: the run's)")
+    d.add_argument("--margin", type=int, default=0, help="reflect-pad every side by this")
+    b = sub.add_parser("border")
+    b.add_argument("pickle")
+    g = sub.add_parser("gradient")
+    g.add_argument("pickle")
+    g.add_argument("--sigmas", default="1,2,4")
     a = sub.add_parser("analyse")
     a.add_argument("pickle")
     a.add_argument("--sigmas", default="0,4")
     a.add_argument("--normalize", default="none,median")
     a.add_argument("--reference", default="none,mean,std,meanstd")
+    a.add_argument("--types", default=",".join(TYPES), help="defect types averaged")
+    a.add_argument("--quantiles", default="0.999,0.9999", help="quantile threshold rules")
     args = ap.parse_args()
     if args.command == "dump":
-        dump(args.workdir, args.out, args.method)
+        dump(args.workdir, args.out, args.method, args.stride, args.margin)
+    elif args.command == "border":
+        border(args.pickle)
+    elif args.command == "gradient":
+        for sigma in args.sigmas.split(","):
+            gradient(args.pickle, float(sigma))
     else:
+        global QUANTILES
+        QUANTILES = tuple(float(q) for q in args.quantiles.split(","))
         floats = [float(s) for s in args.sigmas.split(",")]
-        analyse(args.pickle, floats, args.normalize.split(","), args.reference.split(","))
+        analyse(
+            args.pickle,
+            floats,
+            args.normalize.split(","),
+            args.reference.split(","),
+            tuple(args.types.split(",")),
+        )
 
 
 if __name__ == "__main__":
