@@ -171,3 +171,10 @@ def test_remat_keeps_the_step_and_its_gradients(data_root):
         [np.abs(out["conv_outputs"][1][k] - v).ravel() for k, v in out["none"][1].items()]
     )
     assert np.mean(diff > 2e-5) < 1e-5, (np.mean(diff > 2e-5), diff.max())
+
+
+def test_first_replica_is_the_first_devices_copy_without_an_op():
+    per_device = jax.pmap(lambda x: x * 10 + jax.lax.axis_index("d"), axis_name="d")
+    out = per_device(jnp.ones((4, 3)))
+    np.testing.assert_array_equal(train.first_replica(out), np.full(3, 10.0))
+    assert isinstance(train.first_replica(out), np.ndarray)
