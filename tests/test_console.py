@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import tiny_config
+from conftest import tiny_config, xla_flags
 
 from cmaae_jax import console, train_log
 
@@ -86,7 +86,7 @@ def test_a_tiny_training_run_prints_one_screen_ending_with_the_summary(tmp_path)
     work = tmp_path / "work"
     leftover = work / "checkpoints" / "2.orbax-checkpoint-tmp-1"
     leftover.mkdir(parents=True)  # an interrupted save: training warns and removes it
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4))
     config_file = _write_config(config, tmp_path / "tiny.py")
     proc = subprocess.run(
         [sys.executable, "launch/train.py", f"--config={config_file}", f"--workdir={work}"],

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 from PIL import Image
 
 from cmaae_jax import metrics
@@ -18,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _run(*args, check=True):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = xla_flags(2)
     proc = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
