@@ -43,6 +43,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "tau01": ("cosine addressing at temperature 0.1", {"model.temperature": 0.1}, None),
     "rect": ("GAAGA pastes rectangles (eq. 1)", {"anomaly.paste_shape": "rect"}, None),
     "blob": ("GAAGA pastes random smooth shapes", {"anomaly.paste_shape": "blob"}, None),
+    "ae_blob": (
+        "plain auto-encoder (no memory) trained with blob pastes",
+        {"model.variant": "ae", "anomaly.paste_shape": "blob"},
+        None,
+    ),
     "blob_p64": (
         "GAAGA pastes random smooth shapes no larger than the model's 64-px window",
         {"anomaly.paste_shape": "blob", "anomaly.patch_size": 64},
