@@ -26,11 +26,11 @@ TYPES = ("blowhole", "break", "crack", "fray")
 
 
 def _padded(image_hxwx3, margin):
-    """`image` reflect-padded by `margin` on every side, then bottom/right to multiples of 64."""
-    h, w = image_hxwx3.shape[:2]
-    hh, ww = (-(-(s + 2 * margin) // 64) * 64 for s in (h, w))
-    widths = ((margin, hh - h - margin), (margin, ww - w - margin), (0, 0))
-    return np.pad(image_hxwx3, widths, mode="reflect")
+    """`image` reflect-padded by `margin` on every side, then as the library pads splits."""
+    from cmaae_jax import images
+
+    framed = np.pad(image_hxwx3, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
+    return images.pad_to(framed, images.padded_size(framed.shape[:2]))
 
 
 def dump(workdir, out, method, stride=None, margin=0):
@@ -67,10 +67,6 @@ def dump(workdir, out, method, stride=None, margin=0):
         pickle.dump(result, fh)
 
 
-def _median_normalised(maps):
-    return [m / (np.median(m) + 1e-12) for m in maps]
-
-
 def border(path, widths=(2, 4, 8, 16), quantile=0.999):
     """Share of the normal pixels above the `quantile` of their own set (val, normal test;
     median-normalised maps) lying within each width of the image border, against the share
@@ -80,7 +76,7 @@ def border(path, widths=(2, 4, 8, 16), quantile=0.999):
     test = data["test"]
     normal_test = [m for m, label in zip(test["maps"], test["labels"], strict=True) if label == 0]
     for name, maps in (("val", data["val"]["maps"]), ("normal test", normal_test)):
-        maps = _median_normalised(maps)
+        maps = [_prepare(m, 0, "median") for m in maps]
         q = np.quantile(np.concatenate([m.ravel() for m in maps]), quantile)
         high = sum(int((m >= q).sum()) for m in maps)
         total = sum(m.size for m in maps)
@@ -110,7 +106,7 @@ def gradient(path, sigma, types=TYPES, bins=32):
         k: [ndimage.gaussian_gradient_magnitude(im.astype(np.float32), sigma) for im in d["images"]]
         for k, d in data.items()
     }
-    maps = {k: _median_normalised(d["maps"]) for k, d in data.items()}
+    maps = {k: [_prepare(m, 0, "median") for m in d["maps"]] for k, d in data.items()}
     g = np.concatenate([x.ravel() for x in grads["val"]])
     r = np.concatenate([m.ravel() for m in maps["val"]])
     edges = np.quantile(g, np.linspace(0, 1, bins + 1)[1:-1])

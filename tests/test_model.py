@@ -187,11 +187,7 @@ def _capture(variant):
     m = model.CMAAE(variant=variant, memory_size=10, latent_dim=16)
     variables = model.init(m, jax.random.key(1))
     x = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3), minval=-1, maxval=1)
-    # jitted: one compile per variant instead of one per eager op
-    apply = jax.jit(
-        lambda v, x: m.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
-    )
-    (_, aux), state = apply(variables, x)
+    (_, aux), state = m.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
     return m, variables, x, aux, state["intermediates"]
 
 
