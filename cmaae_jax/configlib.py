@@ -69,6 +69,8 @@ def _validate_model(m, loss):
     _one_of(m.conv_impl, model.CONV_IMPLS, "model.conv_impl")
     _at_least(loss.w_rec, 0, "loss.w_rec")
     _at_least(loss.w_sparse, 0, "loss.w_sparse")
+    _at_least(loss.get("w_seg", 1.0), 0, "loss.w_seg")
+    _one_of(m.get("segment_head", False), (False, True), "model.segment_head")
 
 
 def _validate_train(t, num_devices):
@@ -155,4 +157,10 @@ def validate(config, num_devices: int | None = None):
     _validate_train(config.train, num_devices)
     _validate_anomaly(config.anomaly, config.data.image_size)
     _validate_score_eval(config.score, config.eval)
+    _check(
+        config.score.method != "segment" or config.model.get("segment_head", False),
+        "score.method",
+        config.score.method,
+        "needs a model trained with model.segment_head=True",
+    )
     return config

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cmaae_jax import layers, memory
+from cmaae_jax import layers, memory, segmenter
 
 VARIANTS = ("cmam", "mam", "cat", "ae")
 DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
@@ -132,6 +132,7 @@ class CMAAE(nn.Module):
     shrink_threshold: float = -1.0
     temperature: float = 1.0
     gate: str = "softmax"
+    segment_head: bool = False  # a discriminative head (segmenter.py) beside the decoder
     impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
@@ -149,6 +150,8 @@ class CMAAE(nn.Module):
             self.repair = memory.FeatureRepair(self.gate)
         elif self.variant == "cat":
             self.fusion = nn.Dense(self.latent_dim)
+        if self.segment_head:
+            self.segmenter = segmenter.Segmenter(self.impl, self.dtype)
 
     def __call__(self, x_Bx64x64x3, train: bool = False):
         """Returns (reconstruction [B,64,64,3] float32, aux dict with z, z_out, w_hat, entropy)."""
@@ -174,6 +177,19 @@ class CMAAE(nn.Module):
         """Encoder layer 1..num_layers feature maps (eval mode), for MSFR on whole images."""
         return self.encoder(x_BxHxWx3, False, num_layers)
 
+    def segment(self, x_BxHxWx3, rec_BxHxWx3):
+        """Anomaly logits [B,H,W] of the discriminative head (requires `segment_head`)."""
+        if not self.segment_head:
+            raise ValueError("this model has no segment head (model.segment_head=False)")
+        return self.segmenter(x_BxHxWx3, rec_BxHxWx3)
+
+    def initialize(self, x_Bx64x64x3):
+        """Touches every submodule, so that `init` creates all the parameters."""
+        rec, _ = self(x_Bx64x64x3, train=False)
+        if self.segment_head:
+            self.segment(x_Bx64x64x3, rec)
+        return rec
+
 
 def code_statistics(aux) -> dict:
     """What the training log records of the latent codes (no gradient flows through it):
@@ -197,6 +213,7 @@ def from_config(config):
         shrink_threshold=m.shrink_threshold,
         temperature=m.get("temperature", 1.0),
         gate=m.gate,
+        segment_head=bool(m.get("segment_head", False)),
         impl=m.conv_impl,
         dtype=jnp.dtype(m.dtype),
     )
@@ -213,4 +230,4 @@ def init(model, key):
     # compile ~10x faster on CPU than the matmul formulation (tests/test_model.py checks
     # that both give the same variables).
     native = model.clone(impl="xla")
-    return jax.jit(functools.partial(native.init, train=False))(key, x)
+    return jax.jit(functools.partial(native.init, method="initialize"))(key, x)

@@ -11,6 +11,8 @@ methods (`score.method`):
   `F.interpolate(mode="bilinear", align_corners=False)` does; the map is
   sum_s a_s r_s / sum_s a_s with a_s = `RF_AREAS[s]`, the receptive-field area of layer s.
 * `pixel`: the plain residual baseline, mean over channels of |I - I'| (Table IV column D).
+* `segment`: the discriminative head (`model.segment_head`, segmenter.py) on the image and its
+  blended reconstruction, once per whole image; the map is softplus(logit) = -log(1 - p).
 
 `make_map_fn` jits (or pmaps) the whole image-to-map path; `apply_sharded` pads a host batch to
 the device count, shards it, runs the pmapped function and drops the padding.
@@ -23,14 +25,14 @@ import numpy as np
 from flax import jax_utils
 
 from cmaae_jax import model as model_lib
-from cmaae_jax import patches
+from cmaae_jax import patches, segmenter
 from cmaae_jax.model import PATCH
 
 Array = jax.Array
 
 # Receptive-field areas of encoder layers 1..3 (4x4, 8x8, 14x14 input pixels).
 RF_AREAS = {1: 16, 2: 64, 3: 196}
-METHODS = ("msfr", "pixel")
+METHODS = ("msfr", "pixel", "segment")
 NORMALIZE = ("none", "median")
 # Window strides: divisors of the patch size down to 8. The model runs on ((H-64)/s + 1) x
 # ((W-64)/s + 1) windows per image: a 512x512 image has 64 at 64, 225 at 32, 841 at 16.
@@ -147,6 +149,9 @@ def anomaly_maps(
         rec = reconstruct(net, variables, images_BxHxWx3, stride)
         if method == "pixel":
             amap = pixel_map(images_BxHxWx3, rec)
+        elif method == "segment":
+            logits = net.apply(variables, images_BxHxWx3, rec, method="segment")
+            amap = segmenter.anomaly_score(logits)
         else:
             amap = msfr_map(net, variables, images_BxHxWx3, rec, scales)
         return normalize_maps(amap, normalize), rec
@@ -167,7 +172,7 @@ def make_map_fn(
 
     Args:
       model: a `CMAAE`.
-      method: `msfr` or `pixel`.
+      method: `msfr`, `pixel` or `segment` (a model with `segment_head`).
       scales: encoder layers used by `msfr`.
       pmapped: if True the function is `jax.pmap`ped over the local devices: images
         [D, B/D, H, W, 3] (see `shard`/`apply_sharded`), variables replicated with a leading

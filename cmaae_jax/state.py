@@ -30,6 +30,7 @@ TRAINED_FIELDS = {
     "model.shrink_threshold": -1.0,
     "model.temperature": 1.0,
     "model.gate": "softmax",
+    "model.segment_head": False,
     "data.image_size": None,
     "data.resize": "square",
 }

@@ -15,6 +15,13 @@ PAPER = {
     "score.normalize": "none",
     "score.scales": (1, 2, 3),
 }
+# The segment head's settings (its rows below).
+SEGMENT = {
+    "model.segment_head": True,
+    "score.method": "segment",
+    "score.normalize": "none",
+    "score.stride": 16,
+}
 # name -> (description, overrides, variant whose checkpoints are evaluated or None)
 VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "full": ("CMA-AE: CMAM (softmax gates) + MSFR + two stages", {}, None),
@@ -51,6 +58,19 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     "blob_p64": (
         "GAAGA pastes random smooth shapes no larger than the model's 64-px window",
         {"anomaly.paste_shape": "blob", "anomaly.patch_size": 64},
+        None,
+    ),
+    # The segment head (segmenter.py): the same auto-encoders trained with a discriminative
+    # head on the paste masks, scored by the head on windows every 16 pixels (raw maps: the
+    # head's output is a probability already, not a residual that scales with exposure).
+    "seg_blob": (
+        "CMA-AE with blob pastes and the segment head, scored by the head",
+        {**SEGMENT, "anomaly.paste_shape": "blob"},
+        None,
+    ),
+    "ae_seg_blob": (
+        "plain auto-encoder with blob pastes and the segment head, scored by the head",
+        {**SEGMENT, "anomaly.paste_shape": "blob", "model.variant": "ae"},
         None,
     ),
     "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),

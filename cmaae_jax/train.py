@@ -4,6 +4,9 @@ Stage 1 (steps [0, S1)): random 64x64 crops of normal images, target = input, al
 Stage 2 (steps [S1, S1+S2)): GAAGA images (on device), target = the clean image, the memory
 frozen by an optax partition (zero update, no optimizer state for it). Stage 2 starts a fresh
 Adam state for the parameters it trains (a new objective; Alg. 1 restarts the optimisation).
+With `model.segment_head`, stage 2 also trains the discriminative head (segmenter.py) on the
+paste masks, from the reconstructions without gradient: the auto-encoder's updates are those
+of a run without the head.
 
 Every random choice is a function of (seed, step, device): a resumed run draws exactly what
 the uninterrupted run drew, so it ends with the same parameters.
@@ -66,14 +69,16 @@ def device_step(config, net, stage: int, tx):
         k_anomaly, k_crop = jax.random.split(key)
         clean = images.to_float(images_u8)
         if stage == 2:
-            inp, clean, _ = gaaga.synthesize(
+            inp, clean, mask = gaaga.synthesize(
                 k_anomaly, clean, bank, a.patch_size, a.blur_sigma, a.get("paste_shape", "blob")
             )
             target = clean if t.stage2_target == "clean" else inp
         else:
             inp = target = clean
-        x_Bx64x64x3, y_Bx64x64x3 = patches.random_crops(
-            k_crop, inp, t.crops_per_image, 64, target, limits_Nx2=sizes_nx2
+        train_head = stage == 2 and net.segment_head  # the mask is cropped only for the head
+        x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64 = patches.random_crops(
+            k_crop, inp, t.crops_per_image, 64, target, *([mask] if train_head else []),
+            limits_Nx2=sizes_nx2,
         )
 
         def loss_fn(params, net):
@@ -87,6 +92,13 @@ def device_step(config, net, stage: int, tx):
                 y_Bx64x64x3, rec, aux["entropy"], config.loss.w_rec, config.loss.w_sparse
             )
             parts = {**parts, **model.code_statistics(aux)}
+            if train_head:  # the head sees the repair without sending gradient into it
+                logits = net.apply(
+                    {"params": params}, x_Bx64x64x3, jax.lax.stop_gradient(rec), method="segment"
+                )
+                seg = losses.segmentation_bce(logits, m_Bx64x64[0])
+                loss = loss + config.loss.get("w_seg", 1.0) * seg
+                parts = {**parts, "seg_bce": seg}
             return loss, (parts, upd["batch_stats"])
 
         def value_and_grad(net, params):

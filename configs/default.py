@@ -36,12 +36,14 @@ def get_config():
     c.model.shrink_threshold = -1.0  # hard-shrinkage lambda; < 0 means 1 / memory_size
     c.model.temperature = 1.0  # addressing softmax temperature: w = softmax(sim / tau); 1 = paper
     c.model.gate = "sigmoid"  # FRM gates: sigmoid | softmax (paper) | softmax_scaled (D * softmax)
+    c.model.segment_head = False  # a discriminative head learns the paste masks in stage 2
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
     c.model.conv_impl = "auto"  # auto: CPU formulation on CPU, native elsewhere | matmul | xla
 
     c.loss = ml_collections.ConfigDict()
     c.loss.w_rec = 50.0  # weight of the L1 reconstruction loss
     c.loss.w_sparse = 0.01  # weight of the memory-addressing entropy loss
+    c.loss.w_seg = 1.0  # weight of the segment head's cross-entropy (stage 2, own parameters)
 
     c.anomaly = ml_collections.ConfigDict()
     c.anomaly.natural_source = "procedural"  # skimage (photos) | procedural | dir:PATH | tfds:NAME
@@ -68,7 +70,7 @@ def get_config():
     c.train.keep_checkpoints = 3  # number of checkpoints kept
 
     c.score = ml_collections.ConfigDict()
-    c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline)
+    c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline) | segment (the head)
     c.score.scales = (1,)  # encoder layers used by MSFR: (1,) finest, 4x4 px; paper (1, 2, 3)
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
     c.score.reference = "auto"  # none | mean (map minus normal per-position mean) | auto (eval)
