@@ -75,10 +75,10 @@ def device_step(config, net, stage: int, tx):
             target = clean if t.stage2_target == "clean" else inp
         else:
             inp = target = clean
-        train_head = stage == 2 and net.segment_head  # the mask is cropped only for the head
+        train_head = stage == 2 and net.segment_head
+        aligned = (target, mask) if train_head else (target,)  # the mask only for the head
         x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64 = patches.random_crops(
-            k_crop, inp, t.crops_per_image, 64, target, *([mask] if train_head else []),
-            limits_Nx2=sizes_nx2,
+            k_crop, inp, t.crops_per_image, 64, *aligned, limits_Nx2=sizes_nx2
         )
 
         def loss_fn(params, net):
