@@ -1,9 +1,35 @@
 """Threshold calibration by the label-free rule: a threshold chosen from normal images only.
 
 No defect label is used, so the F1 at this threshold (`pixel_f1`) is the deployable number.
+Two rules (`eval.threshold_rule`): `quantile`, a quantile of held-out normal pixel scores, and
+`head`, the segment head's own decision boundary (score.method=segment), p = 0.5, which its
+training on the paste masks put between normal and anomalous pixels.
 """
 
+import math
+
 import numpy as np
+
+THRESHOLD_RULES = ("quantile", "head")  # config eval.threshold_rule
+# The segment head's map is softplus(logit) = -log(1 - p): p = 0.5 is log 2.
+HEAD_THRESHOLD = math.log(2.0)
+
+
+def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
+    """The threshold of `rule`: `quantile` (`threshold_from_normal` of `normal_maps`) or
+    `head` (`HEAD_THRESHOLD`, whatever the normal maps)."""
+    if rule == "head":
+        return HEAD_THRESHOLD
+    if rule != "quantile":
+        raise ValueError(f"eval.threshold_rule must be one of {THRESHOLD_RULES}, got {rule!r}")
+    return threshold_from_normal(normal_maps, quantile)
+
+
+def describe(rule: str, quantile: float) -> str:
+    """The rule as metrics.json records it."""
+    if rule == "head":
+        return f"segment head boundary p = 0.5 (map >= log 2 = {HEAD_THRESHOLD:.4f})"
+    return f"quantile {quantile} of held-out normal pixel scores"
 
 
 def threshold_from_normal(

@@ -4,6 +4,7 @@ Each option list is imported from the module that owns the option; this module o
 """
 
 from cmaae_jax import (
+    calibration,
     datasets,
     errors,
     gaaga,
@@ -162,5 +163,13 @@ def validate(config, num_devices: int | None = None):
         "score.method",
         config.score.method,
         "needs a model trained with model.segment_head=True",
+    )
+    rule = config.eval.get("threshold_rule", "quantile")
+    _one_of(rule, calibration.THRESHOLD_RULES, "eval.threshold_rule")
+    _check(
+        rule != "head" or config.score.method == "segment",
+        "eval.threshold_rule",
+        rule,
+        "is the segment head's boundary: it needs score.method=segment",
     )
     return config

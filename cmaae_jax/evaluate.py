@@ -70,7 +70,8 @@ def calibrate(scorer, splits, config, bar=None):
     ref = ref if used else None
     held_out = reference.subtract(ref, held_out)
     pooled = np.concatenate([m.ravel() for m in held_out])
-    return calibration.threshold_from_normal(pooled, quantile), ref, record
+    rule = config.eval.get("threshold_rule", "quantile")
+    return calibration.label_free_threshold(rule, pooled, quantile), ref, record
 
 
 def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
@@ -155,7 +156,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         method=config.score.method,
         scales=list(config.score.scales),
         reference=ref_record,
-        threshold_rule=f"quantile {config.eval.threshold_quantile} of held-out normal pixel scores",
+        threshold_rule=calibration.describe(
+            config.eval.get("threshold_rule", "quantile"), config.eval.threshold_quantile
+        ),
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
         per_type={

@@ -5,6 +5,10 @@
     python scripts/map_options.py dump runs/demo /tmp/maps/demo.pkl --stride 16
     python scripts/map_options.py analyse /tmp/maps/demo.pkl --normalize none --reference none \
         --types contamination,cut,hole,scratch,spot --quantiles 0.99,0.995,0.999,0.9995,0.9999
+    python scripts/map_options.py dump runs/study12b/seg_blob/seed0 /tmp/maps/seg.pkl \
+        --method segment
+    python scripts/map_options.py analyse /tmp/maps/seg.pkl --sigmas 0 --normalize none \
+        --reference none --fixed 0.6931
 
 `dump` scores the run's held-out normal images (val) and test images with its own config but
 `score.normalize=none`, `score.scales=(1,)` (and `--method`), and pickles the maps cropped to
@@ -157,6 +161,7 @@ def _prepare(m, sigma, normalize):
 
 
 QUANTILES = (0.999, 0.9999)
+FIXED = ()  # fixed thresholds (e.g. log 2: the segment head's p = 0.5)
 
 
 def _thresholds(val_maps):
@@ -167,6 +172,7 @@ def _thresholds(val_maps):
         **{f"q{q}": calibration.threshold_from_normal(pooled, q) for q in QUANTILES},
         "val max": float(pooled.max()),
         "median of val maxima": float(np.median([v.max() for v in val_maps])),
+        **{f"fixed {t:g}": t for t in FIXED},
     }
 
 
@@ -234,6 +240,7 @@ def main():
     a.add_argument("--reference", default="none,mean,std,meanstd")
     a.add_argument("--types", default=",".join(TYPES), help="defect types averaged")
     a.add_argument("--quantiles", default="0.999,0.9999", help="quantile threshold rules")
+    a.add_argument("--fixed", default="", help="fixed thresholds, e.g. 0.6931 (head p = 0.5)")
     args = ap.parse_args()
     if args.command == "dump":
         dump(args.workdir, args.out, args.method, args.stride, args.margin)
@@ -243,8 +250,9 @@ def main():
         for sigma in args.sigmas.split(","):
             gradient(args.pickle, float(sigma))
     else:
-        global QUANTILES
+        global QUANTILES, FIXED
         QUANTILES = tuple(float(q) for q in args.quantiles.split(","))
+        FIXED = tuple(float(t) for t in args.fixed.split(",") if t)
         floats = [float(s) for s in args.sigmas.split(",")]
         analyse(
             args.pickle,

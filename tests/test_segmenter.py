@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import configlib, losses, model, scoring, segmenter, train
+from cmaae_jax import calibration, configlib, losses, model, scoring, segmenter, train
 from cmaae_jax import state as state_lib
 
 
@@ -136,3 +136,22 @@ def test_segment_maps_need_a_trained_head(data_root):
     with pytest.raises(configlib.ConfigError, match="score.method"):
         configlib.validate(config)
     configlib.validate(tiny_config(data_root, score__method="segment", model__segment_head=True))
+
+
+def test_head_rule_is_the_boundary_p_one_half_whatever_the_normal_maps():
+    normal = np.random.default_rng(0).random(1000).astype(np.float32)
+    assert calibration.label_free_threshold("head", normal, 0.999) == pytest.approx(np.log(2))
+    p = 1 / (1 + np.exp(-0.0))  # logit 0
+    assert float(segmenter.anomaly_score(jnp.float32(0.0))) == pytest.approx(-np.log(1 - p))
+    got = calibration.label_free_threshold("quantile", normal, 0.9)
+    assert got == pytest.approx(np.quantile(normal, 0.9), rel=1e-6)
+
+
+def test_head_rule_needs_segment_maps(data_root):
+    config = tiny_config(data_root, eval__threshold_rule="head")
+    with pytest.raises(configlib.ConfigError, match="eval.threshold_rule"):
+        configlib.validate(config)
+    ok = tiny_config(
+        data_root, eval__threshold_rule="head", score__method="segment", model__segment_head=True
+    )
+    configlib.validate(ok)
