@@ -12,8 +12,10 @@ For every image of the batch, with its own random numbers, it
       `rect`: the whole `patch_size` square, an axis-aligned rectangle (the paper's eq. 1 and
       Fig. 3 paste the patch as it is);
       `blob`: through a random blob-shaped mask inside that square (`shape_mask`: ellipse to
-      rounded rectangle, rotated, wobbly edge).
-The random numbers are laid out the same way for both shapes, so one key puts the patches at the
+      rounded rectangle, rotated, wobbly edge);
+      `varied`: the same shapes with each half-axis drawn log-uniformly from 1/32 to 1 of half
+      the side, so that small spots and thin strokes (cracks, scratches) occur as well as blobs.
+The random numbers are laid out the same way for every shape, so one key puts the patches at the
 same places (a blob lies inside the square `rect` pastes). The returned mask is exactly the set of
 pixels whose value changed. This module owns only the on-device synthesis (and its `benchmark`)
 and the `anomaly.paste_shape` option; the natural-image bank is loaded once, on the host, by
@@ -28,7 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-PASTE_SHAPES = ("rect", "blob")  # config anomaly.paste_shape: rect (paper, eq. 1) | blob
+# config anomaly.paste_shape: rect (paper, eq. 1) | blob | varied (blobs, spots and strokes)
+PASTE_SHAPES = ("rect", "blob", "varied")
+# `varied`: each half-axis log-uniform in [VARIED_MIN_AXIS, 1] of half the side, drawn apart,
+# so a paste is a large blob, a small spot or a thin stroke (at patch 128: 2 px half-width).
+VARIED_MIN_AXIS = 1 / 32
 
 
 def _gaussian_matrix(size, sigma):
@@ -89,12 +95,15 @@ def blurred_patch(u, image, patch_size, blur_sigma):
     return jnp.einsum("lk,ikc->ilc", mx, out, precision=_HIGHEST)
 
 
-def shape_mask(u, patch_size):
+def shape_mask(u, patch_size, varied: bool = False):
     """A random blob in a `patch_size` square, u: [SHAPE_U]: a rotated super-ellipse (exponent
-    1.5, pointed, to 8, a rounded rectangle; half-axes 0.4 to 1 of half the side) with a wobbly
-    edge."""
+    1.5, pointed, to 8, a rounded rectangle; half-axes 0.4 to 1 of half the side, or with
+    `varied` each log-uniform in [VARIED_MIN_AXIS, 1]) with a wobbly edge."""
     half = patch_size / 2
-    a, b = (0.4 + 0.6 * u[0]) * half, (0.4 + 0.6 * u[1]) * half
+    if varied:
+        a, b = half * VARIED_MIN_AXIS ** (1.0 - u[0]), half * VARIED_MIN_AXIS ** (1.0 - u[1])
+    else:
+        a, b = (0.4 + 0.6 * u[0]) * half, (0.4 + 0.6 * u[1]) * half
     n, theta = 1.5 + 6.5 * u[2], u[3] * jnp.pi
     c = jnp.arange(patch_size) + 0.5 - half
     y, x = c[:, None], c[None, :]
@@ -124,7 +133,8 @@ def _patches_one(u, image, bank, patch_size, blur_sigma, paste_shape):
     if paste_shape == "rect":
         masks = (jnp.ones((patch_size, patch_size), bool),) * 2
     else:
-        masks = (shape_mask(u[2], patch_size), shape_mask(u[3], patch_size))
+        varied = paste_shape == "varied"
+        masks = (shape_mask(u[2], patch_size, varied), shape_mask(u[3], patch_size, varied))
     places = _randint(u[4], image.shape[0] - patch_size + 1).reshape(2, 2)
     return patches, masks, places, u[5][0] < 0.5
 

@@ -73,6 +73,16 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {**SEGMENT, "anomaly.paste_shape": "blob", "model.variant": "ae"},
         None,
     ),
+    "seg_varied": (
+        "CMA-AE with varied pastes (blobs, spots, strokes) and the segment head, scored by it",
+        {**SEGMENT, "anomaly.paste_shape": "varied"},
+        None,
+    ),
+    "varied": (
+        "GAAGA pastes blobs, small spots and thin strokes",
+        {"anomaly.paste_shape": "varied"},
+        None,
+    ),
     "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
     "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),

@@ -39,14 +39,15 @@ def _check_mask_contract(anomalous, clean, mask, normal):
     assert mask.reshape(len(mask), -1).any(1).all()  # every image got an anomaly
 
 
-@pytest.mark.parametrize("shape", ["blob", "rect"])
+@pytest.mark.parametrize("shape", ["blob", "rect", "varied"])
 def test_mask_is_exactly_the_changed_pixels(normal, bank, shape):
     anomalous, clean, mask = run(jax.random.PRNGKey(0), normal, bank, paste_shape=shape)
     _check_mask_contract(anomalous, clean, mask, normal)
     cover = np.asarray(mask).mean((1, 2))
     # rect: one or two whole 64x64 squares of the 128x128 image, 1/4 to 1/2 of it (less the
     # rare pixels a patch happens to repeat exactly).
-    low, high = {"blob": (0.01, 0.5), "rect": (0.24, 0.5)}[shape]
+    # varied: as small as a few pixels (half-axes down to 1/32 of the 32-px half side).
+    low, high = {"blob": (0.01, 0.5), "rect": (0.24, 0.5), "varied": (0.0, 0.5)}[shape]
     assert (cover > low).all() and (cover <= high).all()
     assert np.abs(np.asarray(anomalous)).max() <= 1.0 + 1e-6
 
@@ -97,7 +98,7 @@ def test_vmap_and_pmap_give_different_anomalies(normal, bank):
             assert not np.array_equal(masks[d], masks[e])
 
 
-@pytest.mark.parametrize("shape", ["blob", "rect"])
+@pytest.mark.parametrize("shape", ["blob", "rect", "varied"])
 def test_pasted_natural_patch_is_a_crop_of_a_bank_image(shape):
     # With a flat normal image the blurred patch changes nothing (where pasted last, it restores
     # the flat value), so every changed pixel comes from the natural patch; random bank values
@@ -201,7 +202,7 @@ def test_paste_shape_is_checked():
     from configs import default
 
     config = default.get_config()
-    assert config.anomaly.paste_shape in gaaga.PASTE_SHAPES == ("rect", "blob")
+    assert config.anomaly.paste_shape in gaaga.PASTE_SHAPES == ("rect", "blob", "varied")
     config.anomaly.paste_shape = "square"
     with pytest.raises(configlib.ConfigError, match="anomaly.paste_shape"):
         configlib.validate(config)
@@ -237,6 +238,17 @@ def test_shape_masks_vary():
     cover = [m.mean() for m in masks]
     assert min(cover) > 0.05 and max(cover) < 0.99
     assert len({m.tobytes() for m in masks}) == 6
+
+
+def test_varied_shapes_reach_thin_strokes():
+    # u: a at its largest (1 of half the side), b at its smallest (1/32), exponent 2 (an
+    # ellipse: u[2] = 0.5 / 6.5), no rotation, no wobble: a 128-px stroke with half-width 2 px.
+    u = jnp.zeros(gaaga.SHAPE_U).at[0].set(1.0).at[2].set(0.5 / 6.5)
+    mask = np.asarray(gaaga.shape_mask(u, 128, varied=True))
+    assert np.flatnonzero(mask.any(axis=1)).tolist() == [62, 63, 64, 65]  # |y| < 2 of centre 64
+    assert abs(mask.sum() - np.pi * 64 * 2) < 0.1 * np.pi * 64 * 2
+    # Without `varied` the same numbers give a half-axis of 0.4: a blob 2 x 25.6 px high.
+    assert np.asarray(gaaga.shape_mask(u, 128)).any(axis=1).sum() == 52
 
 
 def test_bad_shapes_are_errors(normal, bank):
