@@ -201,6 +201,31 @@ def score(data, sigma, normalize, reference):
     return row
 
 
+def fuse(paths, out, quantile=0.999):
+    """Pickles the fusion of dumps of the same images (e.g. a run's MSFR and segment maps):
+    each map divided by the `quantile` of its own dump's pooled val pixels (label-free), then
+    the mean over the dumps. Masks, images and labels are the first dump's."""
+    from cmaae_jax import calibration
+
+    dumps = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            dumps.append(pickle.load(fh))
+    scales = [
+        calibration.threshold_from_normal(
+            np.concatenate([m.ravel() for m in d["val"]["maps"]]), quantile
+        )
+        for d in dumps
+    ]
+    fused = {name: dict(dumps[0][name]) for name in ("val", "test")}
+    for name in fused:
+        per_dump = [[m / s for m in d[name]["maps"]] for d, s in zip(dumps, scales, strict=True)]
+        fused[name]["maps"] = [np.mean(ms, axis=0) for ms in zip(*per_dump, strict=True)]
+    with open(out, "wb") as fh:
+        pickle.dump(fused, fh)
+    print(f"{out}: mean of {len(paths)} maps over their val q{quantile} ({scales})")
+
+
 def analyse(path, sigmas, normalizations, references, types=TYPES):
     with open(path, "rb") as fh:
         data = pickle.load(fh)
@@ -228,6 +253,9 @@ def main():
     d.add_argument("--method", default="msfr")
     d.add_argument("--stride", type=int, default=None, help="score.stride (default: the run's)")
     d.add_argument("--margin", type=int, default=0, help="reflect-pad every side by this")
+    f = sub.add_parser("fuse")
+    f.add_argument("out")
+    f.add_argument("pickles", nargs="+")
     b = sub.add_parser("border")
     b.add_argument("pickle")
     g = sub.add_parser("gradient")
@@ -244,6 +272,8 @@ def main():
     args = ap.parse_args()
     if args.command == "dump":
         dump(args.workdir, args.out, args.method, args.stride, args.margin)
+    elif args.command == "fuse":
+        fuse(args.pickles, args.out)
     elif args.command == "border":
         border(args.pickle)
     elif args.command == "gradient":
