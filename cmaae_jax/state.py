@@ -34,6 +34,9 @@ TRAINED_FIELDS = {
     "data.image_size": None,
     "data.resize": "square",
 }
+# Fields added to TRAINED_FIELDS after checkpoints existed: at their default they stay out of
+# the digest, so that those checkpoints (whose digest never saw them) still restore.
+ADDED_LATER = ("model.segment_head",)
 # Fields a trained run may be evaluated with other values of (recorded in eval/metrics.json).
 SCORE_SECTION = "score"
 
@@ -118,7 +121,13 @@ def field(config, name: str):
 
 def config_digest(config) -> str:
     """Digest of every field the parameters depend on (TRAINED_FIELDS)."""
-    key = json.dumps([[name, field(config, name)] for name in TRAINED_FIELDS])
+    key = json.dumps(
+        [
+            [name, field(config, name)]
+            for name in TRAINED_FIELDS
+            if name not in ADDED_LATER or field(config, name) != TRAINED_FIELDS[name]
+        ]
+    )
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
