@@ -119,13 +119,14 @@ def field(config, name: str):
     return config[section].get(key, TRAINED_FIELDS.get(name))
 
 
-def config_digest(config) -> str:
-    """Digest of every field the parameters depend on (TRAINED_FIELDS)."""
+def config_digest(config, every_field: bool = False) -> str:
+    """Digest of the fields the parameters depend on (TRAINED_FIELDS; those ADDED_LATER only
+    where not at their default, unless `every_field`)."""
     key = json.dumps(
         [
             [name, field(config, name)]
             for name in TRAINED_FIELDS
-            if name not in ADDED_LATER or field(config, name) != TRAINED_FIELDS[name]
+            if every_field or name not in ADDED_LATER or field(config, name) != TRAINED_FIELDS[name]
         ]
     )
     return hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -139,8 +140,8 @@ def _legacy_digest(config) -> str:
 
 
 def _digest_matches(meta: dict, config) -> bool:
-    if "trained_digest" in meta:
-        return meta["trained_digest"] == config_digest(config)
+    if "trained_digest" in meta:  # every_field: the digest the first segment-head commit wrote
+        return meta["trained_digest"] in (config_digest(config), config_digest(config, True))
     return meta.get("model_digest") in (None, _legacy_digest(config))
 
 
