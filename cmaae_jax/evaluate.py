@@ -62,10 +62,11 @@ def calibrate(scorer, splits, config, bar=None):
         count = min(train.num_images, config.score.get("reference_images", 64))
         if count == 0:
             raise datasets.DatasetError("score.reference needs training images; found none")
-        picked = np.linspace(0, train.num_images - 1, count).round().astype(int)
-        normal = valid_maps(scorer, train, np.unique(picked))
-        ref = reference.build(normal)
-        one_size = len({m.shape for m in normal + held_out}) == 1
+        picked = np.unique(np.linspace(0, train.num_images - 1, count).round().astype(int))
+        sizes = np.concatenate([train.sizes[picked], val.sizes])
+        one_size = len({tuple(int(v) for v in hw) for hw in sizes}) == 1
+        if one_size or setting == "mean":  # auto uses no reference for mixed sizes: skip it
+            ref = reference.build(valid_maps(scorer, train, picked))
     used, record = reference.choose(setting, ref, held_out, quantile, one_size)
     ref = ref if used else None
     held_out = reference.subtract(ref, held_out)

@@ -76,9 +76,12 @@ def choose(setting: str, ref_HxW, held_out_maps, quantile: float, one_size: bool
     if setting == "none":
         return False, {**record, "used": False}
     without = excess(held_out_maps, quantile)
+    record.update(one_size=one_size, excess_none=without)
+    if ref_HxW is None:  # auto on images of several sizes: evaluation built none
+        return False, {**record, "used": False}
     with_ref = excess(subtract(ref_HxW, list(held_out_maps)), quantile)
     used = setting == "mean" or (one_size and with_ref < without)
-    record.update(used=used, one_size=one_size, excess_none=without, excess_mean=with_ref)
+    record.update(used=used, excess_mean=with_ref)
     return used, record
 
 

@@ -70,10 +70,11 @@ class _IndexScorer:
     """Scores image i (a uint8 array filled with i) as the map maps_by_value[i]."""
 
     def __init__(self, maps_by_value):
-        self.maps = maps_by_value
+        self.maps, self.scored = maps_by_value, []
 
     def batches(self, images):
         for j, im in enumerate(images):
+            self.scored.append(int(im.flat[0]))
             yield np.array([j]), self.maps[int(im.flat[0])][None]
 
 
@@ -105,8 +106,10 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
     assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
     # held-out images of another (valid) size: auto uses no reference
     splits["val"] = _split(range(5, 8), valid=(16, 12))
-    threshold, ref, record = evaluate.calibrate(_IndexScorer(maps), splits, config)
+    scorer = _IndexScorer(maps)
+    threshold, ref, record = evaluate.calibrate(scorer, splits, config)
     assert ref is None and not record["used"] and not record["one_size"]
+    assert sorted(scorer.scored) == [5, 6, 7]  # no training image scored for nothing
     pooled = np.concatenate([maps[i][:, :12].ravel() for i in (5, 6, 7)])
     assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
 
