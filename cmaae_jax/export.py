@@ -121,7 +121,10 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
         "output": {"shape": [batch, size, size], "dtype": "float32"},
         "decision": "pixel defective where map >= threshold; image score = max of its map"
         + ("" if ref is None else "; maps already have the normal per-position mean subtracted"),
-        "model": {k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
+        "model": {
+            **{k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
+            "segment_head": bool(config.model.get("segment_head", False)),
+        },
     }
 
 

@@ -155,3 +155,12 @@ def test_head_rule_needs_segment_maps(data_root):
         data_root, eval__threshold_rule="head", score__method="segment", model__segment_head=True
     )
     configlib.validate(ok)
+
+
+def test_export_records_the_head(data_root):
+    from cmaae_jax import export
+
+    config = tiny_config(data_root, model__segment_head=True, score__method="segment")
+    meta = export.describe(config, threshold=0.5, batch=2)
+    assert meta["model"]["segment_head"] is True and meta["method"] == "segment"
+    assert export.describe(tiny_config(data_root), 0.5, 2)["model"]["segment_head"] is False
