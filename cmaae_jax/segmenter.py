@@ -50,7 +50,7 @@ class Segmenter(nn.Module):
         up = nn.relu(self._conv(w2, 3, 1, 1, "up2")(up))
         up = _upsample2(self._conv(w1, 1, 1, 0, "lift1")(up)) + full
         up = nn.relu(self._conv(w1, 3, 1, 1, "up1")(up))
-        logits = layers.Conv(1, 1, 1, 0, impl=self.impl, dtype=self.dtype, name="logits")(up)
+        logits = self._conv(1, 1, 1, 0, "logits")(up)
         out = logits[..., 0].astype(jnp.float32) + PRIOR_LOGIT
         chex.assert_shape(out, (b, h, w))
         return out
