@@ -62,6 +62,11 @@ def test_auto_uses_the_reference_only_where_it_narrows_the_normal_tail():
     # `mean` always uses it, `none` never computes it
     assert reference.choose("mean", noise_ref, _maps(flat, rng, 2), 0.99)[0]
     assert reference.choose("none", None, [], 0.99) == (False, {"setting": "none", "used": False})
+    # no reference was built (auto on images of several sizes): nothing to subtract, whatever
+    # the setting, and the held-out tail is still recorded
+    used, rec = reference.choose("mean", None, held_out, 0.99, one_size=False)
+    assert not used and not rec["used"] and "excess_mean" not in rec
+    assert rec["excess_none"] == pytest.approx(_excess(held_out, 0.99), rel=1e-5)
     with pytest.raises(ValueError, match="score.reference"):
         reference.choose("median", ref, held_out, 0.99)
 
