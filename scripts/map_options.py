@@ -15,9 +15,10 @@
 each image's valid region. `analyse` then compares, per defect type (its images plus every
 normal test image): Gaussian smoothing of the map (sigma in pixels), per-image median
 normalisation over the valid region, a per-position reference of the normal val maps
-(mean subtracted, divided by the std, or both; resampled to each image's size), and label-free
-threshold rules (quantiles of the val pixels, the largest val pixel, the median of the val
-images' maxima). Nothing here looks at test masks to choose anything: every option is scored.
+(mean subtracted, divided by the std, or both; `meanvar` divides by sqrt(var + median var);
+resampled to each image's size), and label-free threshold rules (quantiles of the val
+pixels, the largest val pixel, the median of the val images' maxima). Nothing here looks at
+test masks to choose anything: every option is scored.
 """
 
 import argparse
@@ -142,13 +143,16 @@ def _reference(val_maps, mode, side=256):
     if mode == "none":
         return lambda m: m
     canvas = np.stack([_resize(v, (side, side)) for v in val_maps])
-    mu, sd = canvas.mean(0), canvas.std(0)
-    sd = np.maximum(sd, 0.1 * np.median(sd))
+    mu, var = canvas.mean(0), canvas.var(0)
+    if mode == "meanvar":  # regularised: sqrt(var + median var), no position amplified > ~1.4x
+        sd = np.sqrt(var + np.median(var))
+    else:
+        sd = np.maximum(np.sqrt(var), 0.1 * np.median(np.sqrt(var)))
 
     def apply(m):
         mu_i, sd_i = _resize(mu, m.shape), _resize(sd, m.shape)
-        centred = m - mu_i if mode in ("mean", "meanstd") else m
-        return centred / sd_i if mode in ("std", "meanstd") else centred
+        centred = m - mu_i if mode in ("mean", "meanstd", "meanvar") else m
+        return centred / sd_i if mode in ("std", "meanstd", "meanvar") else centred
 
     return apply
 
@@ -201,10 +205,11 @@ def score(data, sigma, normalize, reference):
     return row
 
 
-def fuse(paths, out, quantile=0.999):
+def fuse(paths, out, quantile=0.999, scale="quantile"):
     """Pickles the fusion of dumps of the same images (e.g. a run's MSFR and segment maps):
-    each map divided by the `quantile` of its own dump's pooled val pixels (label-free), then
-    the mean over the dumps. Masks, images and labels are the first dump's."""
+    each map divided by the `quantile` of its own dump's pooled val pixels (label-free; with
+    `scale="median"` by its own median instead), then the mean over the dumps. Masks, images
+    and labels are the first dump's."""
     from cmaae_jax import calibration
 
     dumps = []
@@ -219,11 +224,15 @@ def fuse(paths, out, quantile=0.999):
     ]
     fused = {name: dict(dumps[0][name]) for name in ("val", "test")}
     for name in fused:
-        per_dump = [[m / s for m in d[name]["maps"]] for d, s in zip(dumps, scales, strict=True)]
+        per_dump = [
+            [m / (np.median(m) + 1e-12 if scale == "median" else s) for m in d[name]["maps"]]
+            for d, s in zip(dumps, scales, strict=True)
+        ]
         fused[name]["maps"] = [np.mean(ms, axis=0) for ms in zip(*per_dump, strict=True)]
     with open(out, "wb") as fh:
         pickle.dump(fused, fh)
-    print(f"{out}: mean of {len(paths)} maps over their val q{quantile} ({scales})")
+    over = "own medians" if scale == "median" else f"val q{quantile} ({scales})"
+    print(f"{out}: mean of {len(paths)} maps over their {over}")
 
 
 def analyse(path, sigmas, normalizations, references, types=TYPES):
@@ -256,6 +265,7 @@ def main():
     f = sub.add_parser("fuse")
     f.add_argument("out")
     f.add_argument("pickles", nargs="+")
+    f.add_argument("--scale", default="quantile", help="quantile (val q0.999) | median (own)")
     b = sub.add_parser("border")
     b.add_argument("pickle")
     g = sub.add_parser("gradient")
@@ -265,7 +275,7 @@ def main():
     a.add_argument("pickle")
     a.add_argument("--sigmas", default="0,4")
     a.add_argument("--normalize", default="none,median")
-    a.add_argument("--reference", default="none,mean,std,meanstd")
+    a.add_argument("--reference", default="none,mean,std,meanstd,meanvar")
     a.add_argument("--types", default=",".join(TYPES), help="defect types averaged")
     a.add_argument("--quantiles", default="0.999,0.9999", help="quantile threshold rules")
     a.add_argument("--fixed", default="", help="fixed thresholds, e.g. 0.6931 (head p = 0.5)")
@@ -273,7 +283,7 @@ def main():
     if args.command == "dump":
         dump(args.workdir, args.out, args.method, args.stride, args.margin)
     elif args.command == "fuse":
-        fuse(args.pickles, args.out)
+        fuse(args.pickles, args.out, scale=args.scale)
     elif args.command == "border":
         border(args.pickle)
     elif args.command == "gradient":
