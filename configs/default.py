@@ -50,7 +50,7 @@ def get_config():
     c.anomaly.patch_size = 256  # side of the pasted natural-image patch (half the image side)
     c.anomaly.bank_size = 64  # number of natural images kept in memory to crop from
     c.anomaly.blur_sigma = 3.0  # Gaussian-blur sigma (pixels) of the resized normal region
-    c.anomaly.paste_shape = "blob"  # blob (random smooth shape) | rect (whole square, eq. 1)
+    c.anomaly.paste_shape = "varied"  # varied (blobs, spots, strokes) | blob | rect (eq. 1)
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0  # seed for parameters, crops, anomalies and data splits
