@@ -248,13 +248,21 @@ def _start(config, workdir: pathlib.Path, net, mgr):
     return start, state, int(meta["stage"])
 
 
-def _compile_everywhere(step_fn, rstate, sampler, bank_arg, base_key, first: int, stage: int):
-    """Every process compiles (the call below reuses it) before the first collective: one
-    that loads the step from the compilation cache (only process 0 writes it) would otherwise
-    wait for one still compiling in gloo's 30 s set-up, and fail."""
-    key = replicate(jax.random.fold_in(base_key, first))
-    step_fn.lower(rstate, *sampler.step_args(first, bank_arg, key)).compile()
-    ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{stage}_{first}")
+def compile_step(step_fn, rstate, args: tuple, tag: str = ""):
+    """The step compiled ahead of its first call, on every process, with what compiling freed
+    handed back to the OS before the step allocates its own buffers: compiled by its first
+    call instead, both came on top of each other in the peak host memory (BENCHMARKS.md).
+    With several processes they all compile and wait here (`tag` names the barrier): one
+    that loads the step from the compilation cache would otherwise reach the first collective
+    while another still compiles, and gloo's 30 s set-up would fail. Their step stays the
+    pmapped function (its ahead-of-time executable expects global shapes, the calls give
+    this process's), whose first call then finds the compiled step in the cache."""
+    compiled = step_fn.lower(rstate, *args).compile()
+    state_lib.release_freed_host_memory()
+    if jax.process_count() == 1:
+        return compiled
+    ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{tag}")
+    return step_fn
 
 
 def _check_finite(values: dict, done: int, stage: int, workdir, mgr):
@@ -290,15 +298,12 @@ class _Run:
         step_fn = make_train_step(self.config, self.net, stage, tx)
         bank_arg = self.bank_arg(stage)
         rstate = replicate(state)
-        if jax.process_count() > 1:
-            _compile_everywhere(
-                step_fn, rstate, self.sampler, bank_arg, self.base_key, first, stage
-            )
+        key = replicate(jax.random.fold_in(self.base_key, first))
+        args = self.sampler.step_args(first, bank_arg, key)
+        step_fn = compile_step(step_fn, rstate, args, f"{stage}_{first}")
         for step in range(first, hi):
             key = replicate(jax.random.fold_in(self.base_key, step))
             rstate, metrics = step_fn(rstate, *self.sampler.step_args(step, bank_arg, key))
-            if step == first:
-                state_lib.release_freed_host_memory()  # the step has been compiled
             done = step + 1
             if done % t.log_every == 0 or done == hi:
                 values = {k: float(first_replica(v)) for k, v in metrics.items()}
