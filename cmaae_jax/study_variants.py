@@ -83,6 +83,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied"},
         None,
     ),
+    "ae_varied": (
+        "plain auto-encoder (no memory) trained with varied pastes",
+        {"model.variant": "ae", "anomaly.paste_shape": "varied"},
+        None,
+    ),
     "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
     "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
