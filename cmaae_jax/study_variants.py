@@ -88,6 +88,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"model.variant": "ae", "anomaly.paste_shape": "varied"},
         None,
     ),
+    "ae_varied_pixel": (
+        "plain auto-encoder trained with varied pastes, pixel residual",
+        {"score.method": "pixel"},
+        "ae_varied",
+    ),
     "square": ("images squashed to a square (the paper)", {"data.resize": "square"}, None),
     "full_grid": ("full model, non-overlapping 64x64 grid", {"score.stride": 64}, "full"),
     "full_stride16": ("full model, windows every 16 pixels", {"score.stride": 16}, "full"),
