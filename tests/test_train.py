@@ -140,6 +140,25 @@ def _first_step(config, seed: int, key: int):
     return float(m["loss"][0]), _flat(state.params), _flat(train.unreplicate_to_host(new).params)
 
 
+def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with(data_root):
+    config = tiny_config(data_root)
+    net = model.from_config(config)
+    state = state_lib.init_state(config, net)
+    step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
+    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    blank = np.zeros((4, 2, 64, 64, 3), np.uint8)
+    first_key = train.replicate(jax.random.key(0))
+    compiled = train.compile_step(step, train.replicate(state), (blank, bank, first_key))
+    assert isinstance(compiled, jax.stages.Compiled)  # one process: the executable itself
+    images = np.random.default_rng(3).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
+    key = train.replicate(jax.random.key(7))
+    ahead, m_ahead = compiled(train.replicate(state), images, bank, key)
+    called, m_called = step(train.replicate(state), images, bank, key)
+    assert float(m_ahead["loss"][0]) == float(m_called["loss"][0])
+    for a, b in zip(jax.tree.leaves(ahead), jax.tree.leaves(called), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_cosine_schedule_scales_the_first_update_by_the_warmup(data_root):
     """Adam's first update from the same state and batch, with and without the schedule: the
     parameter change of the cosine run is the constant run's times 1/warm-up steps."""
