@@ -12,10 +12,14 @@ used; when checkpoints exist but none is usable, restore refuses instead of star
 A failed restore leaves tensorstore reads in flight whose completion callbacks find orbax's
 event loop closed; Python would print each as an "Event loop is closed" traceback.
 `restore` installs a `sys.unraisablehook` that drops exactly those (every other unraisable
-exception reaches the previous hook); the failure itself is the warning that names the step.
+exception reaches the previous hook). The other reads of the same failed restore may fail too,
+in tasks nobody awaits any more; asyncio would log each as "Task exception was never retrieved"
+with a traceback. A filter on asyncio's logger drops exactly those whose error is a read of a
+checkpoint's OCDBT database. The failure itself is the warning that names the step.
 """
 
 import hashlib
+import logging as std_logging
 import shutil
 import sys
 import traceback
@@ -129,6 +133,28 @@ def _drop_closed_loop_callbacks():
     sys.unraisablehook = hook
 
 
+def _is_abandoned_checkpoint_read(record) -> bool:
+    """asyncio's log record of an unawaited task that failed reading a checkpoint."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return (
+        str(record.msg).startswith("Task exception was never retrieved")
+        and exc is not None
+        and "in OCDBT database" in str(exc)
+    )
+
+
+class _DropAbandonedCheckpointReads(std_logging.Filter):
+    def filter(self, record):
+        return not _is_abandoned_checkpoint_read(record)
+
+
+def _drop_abandoned_reads():
+    """Adds (once) the asyncio log filter of the module docstring."""
+    log = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropAbandonedCheckpointReads) for f in log.filters):
+        log.addFilter(_DropAbandonedCheckpointReads())
+
+
 def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
     """(state, meta) of checkpoint `step`, or None (with a warning) when it cannot be used."""
     try:
@@ -163,6 +189,7 @@ def restore(mgr: ocp.CheckpointManager, abstract_state_fn, step: int | None = No
     raises CheckpointError when there are checkpoints but none can be used.
     """
     _drop_closed_loop_callbacks()
+    _drop_abandoned_reads()
     steps = sorted(mgr.all_steps(), reverse=True)
     if step is not None:
         if step not in steps:

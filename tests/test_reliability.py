@@ -12,6 +12,7 @@ The subprocesses run `launch/train.py` itself; they share the compilation cache 
 
 import asyncio
 import json
+import logging
 import os
 import pathlib
 import random
@@ -288,6 +289,25 @@ def test_the_event_loop_filter_passes_every_other_unraisable_exception(monkeypat
     for exc in (closed, other, boom):
         sys.unraisablehook(types.SimpleNamespace(exc_value=exc, exc_traceback=exc.__traceback__))
     assert [u.exc_value for u in seen] == [other, boom]
+
+
+def test_the_asyncio_filter_drops_only_abandoned_checkpoint_reads():
+    log = logging.getLogger("asyncio")
+    checkpoint._drop_abandoned_reads()
+    checkpoint._drop_abandoned_reads()  # installed once
+    assert sum(isinstance(f, checkpoint._DropAbandonedCheckpointReads) for f in log.filters) == 1
+    read = ValueError('OUT_OF_RANGE: Error reading "k/0.0" in OCDBT database at local file "x/8"')
+    other = ValueError("boom")
+    records = [
+        log.makeRecord("asyncio", logging.ERROR, __file__, 1, msg, None, exc_info)
+        for msg, exc_info in [
+            ("Task exception was never retrieved\nfuture: <Task>", (ValueError, read, None)),
+            ("Task exception was never retrieved\nfuture: <Task>", (ValueError, other, None)),
+            ("Unclosed client session", None),
+            ("Exception in callback", (ValueError, read, None)),  # not an abandoned task
+        ]
+    ]
+    assert [bool(log.filter(r)) for r in records] == [False, True, True, True]
 
 
 def test_training_resumes_past_a_corrupt_checkpoint_exactly(data_root, reference, tmp_path):
