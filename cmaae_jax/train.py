@@ -299,11 +299,13 @@ class _Run:
         bank_arg = self.bank_arg(stage)
         rstate = replicate(state)
         key = replicate(jax.random.fold_in(self.base_key, first))
-        args = self.sampler.step_args(first, bank_arg, key)
+        args = self.sampler.step_args(first, bank_arg, key)  # compiled with, then run
         step_fn = compile_step(step_fn, rstate, args, f"{stage}_{first}")
         for step in range(first, hi):
-            key = replicate(jax.random.fold_in(self.base_key, step))
-            rstate, metrics = step_fn(rstate, *self.sampler.step_args(step, bank_arg, key))
+            if step > first:
+                key = replicate(jax.random.fold_in(self.base_key, step))
+                args = self.sampler.step_args(step, bank_arg, key)
+            rstate, metrics = step_fn(rstate, *args)
             done = step + 1
             if done % t.log_every == 0 or done == hi:
                 values = {k: float(first_replica(v)) for k, v in metrics.items()}

@@ -216,8 +216,10 @@ def fuse(paths, out, quantile=0.999, scale="quantile"):
     for path in paths:
         with open(path, "rb") as fh:
             dumps.append(pickle.load(fh))
-    scales = [
-        calibration.threshold_from_normal(
+    scales = [  # median: each map's own, computed below
+        None
+        if scale == "median"
+        else calibration.threshold_from_normal(
             np.concatenate([m.ravel() for m in d["val"]["maps"]]), quantile
         )
         for d in dumps
