@@ -95,10 +95,11 @@ def blurred_patch(u, image, patch_size, blur_sigma):
     return jnp.einsum("lk,ikc->ilc", mx, out, precision=_HIGHEST)
 
 
-def shape_mask(u, patch_size, varied: bool = False):
+def shape_mask(u, patch_size, varied: bool = False, centre_shift=(0.0, 0.0)):
     """A random blob in a `patch_size` square, u: [SHAPE_U]: a rotated super-ellipse (exponent
     1.5, pointed, to 8, a rounded rectangle; half-axes 0.4 to 1 of half the side, or with
-    `varied` each log-uniform in [VARIED_MIN_AXIS, 1]) with a wobbly edge."""
+    `varied` each log-uniform in [VARIED_MIN_AXIS, 1]) with a wobbly edge. Its centre is the
+    square's, moved by `centre_shift` (dy, dx) pixels (the square then cuts the shape)."""
     half = patch_size / 2
     if varied:
         a, b = half * VARIED_MIN_AXIS ** (1.0 - u[0]), half * VARIED_MIN_AXIS ** (1.0 - u[1])
@@ -106,7 +107,7 @@ def shape_mask(u, patch_size, varied: bool = False):
         a, b = (0.4 + 0.6 * u[0]) * half, (0.4 + 0.6 * u[1]) * half
     n, theta = 1.5 + 6.5 * u[2], u[3] * jnp.pi
     c = jnp.arange(patch_size) + 0.5 - half
-    y, x = c[:, None], c[None, :]
+    y, x = c[:, None] - centre_shift[0], c[None, :] - centre_shift[1]
     cu, su = jnp.cos(theta), jnp.sin(theta)
     u_, v_ = x * cu + y * su, -x * su + y * cu
     rho = (jnp.abs(u_ / a) ** n + jnp.abs(v_ / b) ** n) ** (1.0 / n)
@@ -123,19 +124,33 @@ def shape_mask(u, patch_size, varied: bool = False):
     return rho <= 1.0 + wobble
 
 
-def _patches_one(u, image, bank, patch_size, blur_sigma, paste_shape):
+def paste_places(u, valid_hw, patch_size):
+    """Top-left corners [2, (y, x)] of the two pasted squares and their shapes' shifts from the
+    square's centre [2, 2], from u: [4] (per paste, row then column) and the image's valid
+    size (h, w) in its canvas. On a side at least `patch_size` long the square lies inside
+    the valid region, uniformly (a full canvas: the places of square images). On a shorter
+    side the square starts at 0 and the shape's centre is uniform over the valid length, so
+    that every paste lands on the image, not in the padding keep_aspect adds around it."""
+    length = jnp.tile(jnp.asarray(valid_hw, jnp.float32), 2)  # (h, w, h, w)
+    room = jnp.maximum(length - patch_size, 0.0)
+    top = _randint(u, room + 1).reshape(2, 2)
+    shift = jnp.where(length < patch_size, u * length - patch_size / 2, 0.0).reshape(2, 2)
+    return top, shift
+
+
+def _patches_one(u, image, valid_hw, bank, patch_size, blur_sigma, paste_shape):
     """The natural and blurred patches of one image, their shape masks, places and order."""
     u = jnp.split(u, np.cumsum([NATURAL_U, BLUR_U, SHAPE_U, SHAPE_U, 4]))
     patches = (
         natural_patch(u[0], bank, patch_size).astype(image.dtype),
         blurred_patch(u[1], image, patch_size, blur_sigma).astype(image.dtype),
     )
+    places, shifts = paste_places(u[4], valid_hw, patch_size)
     if paste_shape == "rect":
         masks = (jnp.ones((patch_size, patch_size), bool),) * 2
     else:
         varied = paste_shape == "varied"
-        masks = (shape_mask(u[2], patch_size, varied), shape_mask(u[3], patch_size, varied))
-    places = _randint(u[4], image.shape[0] - patch_size + 1).reshape(2, 2)
+        masks = tuple(shape_mask(u[2 + j], patch_size, varied, shifts[j]) for j in range(2))
     return patches, masks, places, u[5][0] < 0.5
 
 
@@ -172,14 +187,16 @@ def _paste_all(normal, patches, masks, places, blur_first):
     return out, mask
 
 
-def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob"):
+def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob", limits_Bx2=None):
     """GAAGA on a batch: returns (anomalous [B,S,S,C], clean [B,S,S,C], mask [B,S,S] bool).
 
     `normal`: float images in [-1, 1], [B, S, S, C]. `bank`: natural images [K, H, W, C], float
     in [-1, 1] or uint8 (converted per crop, which keeps the bank four times smaller on device).
     `patch_size`, `blur_sigma` and `paste_shape` (one of `PASTE_SHAPES`) are static. Each image
     draws its own random numbers. `clean` is `normal` itself; `mask` is exactly where
-    `anomalous` differs from it.
+    `anomalous` differs from it. `limits_Bx2` (int, the valid (h, w) of each image in its
+    canvas, as keep_aspect pads it) keeps the pastes on the image (`paste_places`); without
+    it, or with full-canvas limits, the pastes are those of square images.
     """
     if paste_shape not in PASTE_SHAPES:
         raise ValueError(f"paste_shape must be one of {PASTE_SHAPES}, got {paste_shape!r}")
@@ -192,8 +209,10 @@ def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob"):
     if bank.shape[-1] != channels:
         raise ValueError(f"bank has {bank.shape[-1]} channels, images have {channels}")
     u = jax.random.uniform(key, (normal.shape[0], NATURAL_U + BLUR_U + 2 * SHAPE_U + 5))
-    one = lambda u, img: _patches_one(u, img, bank, patch_size, blur_sigma, paste_shape)
-    anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal))
+    if limits_Bx2 is None:
+        limits_Bx2 = jnp.full((normal.shape[0], 2), size, jnp.int32)
+    one = lambda u, img, hw: _patches_one(u, img, hw, bank, patch_size, blur_sigma, paste_shape)
+    anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal, limits_Bx2))
     return anomalous, normal, mask
 
 

@@ -69,8 +69,9 @@ def device_step(config, net, stage: int, tx):
         k_anomaly, k_crop = jax.random.split(key)
         clean = images.to_float(images_u8)
         if stage == 2:
+            shape = a.get("paste_shape", "blob")
             inp, clean, mask = gaaga.synthesize(
-                k_anomaly, clean, bank, a.patch_size, a.blur_sigma, a.get("paste_shape", "blob")
+                k_anomaly, clean, bank, a.patch_size, a.blur_sigma, shape, sizes_nx2
             )
             target = clean if t.stage2_target == "clean" else inp
         else:

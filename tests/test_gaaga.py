@@ -260,3 +260,47 @@ def test_bad_shapes_are_errors(normal, bank):
 
 def test_benchmark_runs():
     assert gaaga.benchmark(image_size=64, batch=2, steps=1) > 0
+
+
+def test_full_canvas_limits_paste_exactly_as_square_images(normal, bank):
+    limits = jnp.full((BATCH, 2), SIZE, jnp.int32)
+    for shape in ("blob", "varied"):
+        plain = run(jax.random.PRNGKey(5), normal, bank, paste_shape=shape)
+        limited = run(jax.random.PRNGKey(5), normal, bank, paste_shape=shape, limits_Bx2=limits)
+        for x, y in zip(plain, limited, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_paste_places_by_hand():
+    # valid 40 x 128 in a 128 canvas, patch 64: rows are shorter than the patch (top 0, the
+    # shape's centre at u * 40), columns are not (top floor(u * 65), no shift).
+    u = jnp.array([0.5, 0.5, 0.25, 0.999])  # paste 0 (y, x), paste 1 (y, x)
+    top, shift = gaaga.paste_places(u, jnp.array([40, 128]), 64)
+    np.testing.assert_array_equal(np.asarray(top), [[0, 32], [0, 64]])
+    np.testing.assert_allclose(np.asarray(shift), [[0.5 * 40 - 32, 0], [0.25 * 40 - 32, 0]])
+
+
+def test_shifted_shape_is_centred_where_asked():
+    u = jnp.zeros(gaaga.SHAPE_U).at[0].set(0.5).at[1].set(0.5).at[2].set(0.5 / 6.5)  # a circle
+    mask = np.asarray(gaaga.shape_mask(u, 64, centre_shift=(-12.0, 5.0)))
+    ys, xs = np.nonzero(mask)
+    assert abs(ys.mean() + 0.5 - (32 - 12)) < 0.5 and abs(xs.mean() + 0.5 - (32 + 5)) < 0.5
+
+
+@pytest.mark.parametrize("shape", ["blob", "varied"])
+def test_pastes_land_on_the_valid_region_of_wide_images(normal, bank, shape):
+    # keep_aspect canvases: the images fill rows 0..h-1 only (h < the patch for two of them).
+    heights = np.array([24, 40, 80, 128])
+    limits = jnp.asarray(np.stack([heights, np.full(BATCH, SIZE)], 1), jnp.int32)
+    inside = {}
+    for name, lim in (("limited", limits), ("canvas", None)):
+        masks = []
+        for k in range(6):
+            out = run(jax.random.PRNGKey(k), normal, bank, paste_shape=shape, limits_Bx2=lim)
+            masks.append(np.asarray(out[2]))
+        masks = np.concatenate(masks)
+        valid = np.arange(SIZE)[None, :, None] < np.tile(heights, 6)[:, None, None]
+        inside[name] = (masks & valid).sum() / masks.sum()
+        if name == "limited":
+            assert (masks & valid).reshape(len(masks), -1).any(1).all()  # each image got one
+    assert inside["limited"] > 0.85 and inside["limited"] > inside["canvas"] + 0.1
