@@ -67,6 +67,7 @@ def random_crops(
     p: int = 64,
     *others: Array,
     limits_Nx2: Array | None = None,
+    focus: tuple[Array, int] | None = None,
 ) -> tuple[Array, ...]:
     """`crops_per_image` uniformly placed p x p crops of every image, the same ones of `others`.
 
@@ -84,6 +85,9 @@ def random_crops(
       p: crop side.
       *others: arrays aligned with the images, [N, H, W, ...] (e.g. the clean target
         [N,H,W,C] or a mask [N,H,W]); cropped at the same positions.
+      focus: optional (mask [N, H, W] bool, count static): the first `count` crops of each
+        image are instead placed by `corners_on_mask`, each containing a random True pixel of
+        the mask (an image without one keeps its uniform corners); the others are unchanged.
 
     Returns:
       A tuple (crops of images [N*crops_per_image, p, p, C], then one entry per array in
@@ -101,10 +105,14 @@ def random_crops(
         ys = jax.random.randint(key_y, (n, crops_per_image), 0, h - p + 1)
         xs = jax.random.randint(key_x, (n, crops_per_image), 0, w - p + 1)
     else:
-        chex.assert_shape(limits_Nx2, (n, 2))
-        top = jnp.clip(jnp.asarray(limits_Nx2, jnp.int32) - p, 0, jnp.array([h - p, w - p]))
-        ys = jax.random.randint(key_y, (n, crops_per_image), 0, top[:, :1] + 1)
-        xs = jax.random.randint(key_x, (n, crops_per_image), 0, top[:, 1:] + 1)
+        top_Nx2 = _top_limits(n, h, w, p, limits_Nx2)
+        ys = jax.random.randint(key_y, (n, crops_per_image), 0, top_Nx2[:, :1] + 1)
+        xs = jax.random.randint(key_x, (n, crops_per_image), 0, top_Nx2[:, 1:] + 1)
+    if focus is not None and focus[1] > 0:
+        mask_NxHxW, count = focus
+        fy, fx = corners_on_mask(jax.random.fold_in(key, 1), mask_NxHxW, count, p, limits_Nx2)
+        ys = ys.at[:, :count].set(jnp.where(fy < 0, ys[:, :count], fy))
+        xs = xs.at[:, :count].set(jnp.where(fx < 0, xs[:, :count], fx))
     # Outer vmap over images, inner over the crops of one image.
     crop_all = jax.vmap(jax.vmap(_crop, in_axes=(None, 0, 0, None)), in_axes=(0, 0, 0, None))
     out = []
@@ -112,6 +120,38 @@ def random_crops(
         crops = crop_all(arr, ys, xs, p)
         out.append(crops.reshape((n * crops_per_image, p, p) + arr.shape[3:]))
     return tuple(out)
+
+
+def _top_limits(n: int, h: int, w: int, p: int, limits_Nx2: Array | None) -> Array:
+    """The largest top-left corner (y, x) of a p x p crop of each image, int [n, 2]."""
+    if limits_Nx2 is None:
+        return jnp.tile(jnp.array([[h - p, w - p]], jnp.int32), (n, 1))
+    chex.assert_shape(limits_Nx2, (n, 2))
+    return jnp.clip(jnp.asarray(limits_Nx2, jnp.int32) - p, 0, jnp.array([h - p, w - p]))
+
+
+def corners_on_mask(key, mask_NxHxW, count: int, p: int, limits_Nx2=None):
+    """Top-left corners (ys, xs), int [N, count], of p x p crops that each contain a pixel
+    drawn uniformly from the True pixels of its image's mask inside the valid region
+    (`limits_Nx2`, as in `random_crops`), at a uniform place in the crop (moved inward where
+    the crop would leave the valid region; the pixel stays inside it). -1 for an image whose
+    mask has no True pixel there."""
+    n, h, w = mask_NxHxW.shape
+    valid = jnp.ones((n, h, w), bool)
+    if limits_Nx2 is not None:
+        lim = jnp.asarray(limits_Nx2, jnp.int32)
+        rows, cols = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+        valid = (rows < lim[:, 0, None, None]) & (cols < lim[:, 1, None, None])
+    cum_NxHW = jnp.cumsum((mask_NxHxW & valid).reshape(n, -1), axis=1, dtype=jnp.int32)
+    total_N = cum_NxHW[:, -1]
+    k_pick, k_y, k_x = jax.random.split(key, 3)
+    rank = jnp.floor(jax.random.uniform(k_pick, (n, count)) * total_N[:, None]).astype(jnp.int32)
+    pixel = jax.vmap(lambda c, r: jnp.searchsorted(c, r + 1, side="left"))(cum_NxHW, rank)
+    top_Nx2 = _top_limits(n, h, w, p, limits_Nx2)
+    ys = jnp.clip(pixel // w - jax.random.randint(k_y, (n, count), 0, p), 0, top_Nx2[:, :1])
+    xs = jnp.clip(pixel % w - jax.random.randint(k_x, (n, count), 0, p), 0, top_Nx2[:, 1:])
+    none = (total_N == 0)[:, None]
+    return jnp.where(none, -1, ys), jnp.where(none, -1, xs)
 
 
 def num_patches(h: int, w: int, p: int = 64) -> int:

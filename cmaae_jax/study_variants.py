@@ -83,6 +83,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied"},
         None,
     ),
+    "varied_focus": (
+        "varied pastes, half of each image's stage-2 crops placed on the pastes",
+        {"anomaly.paste_shape": "varied", "anomaly.focus_crops": 0.5},
+        None,
+    ),
     "ae_varied": (
         "plain auto-encoder (no memory) trained with varied pastes",
         {"model.variant": "ae", "anomaly.paste_shape": "varied"},

@@ -6,7 +6,9 @@ frozen by an optax partition (zero update, no optimizer state for it). Stage 2 s
 Adam state for the parameters it trains (a new objective; Alg. 1 restarts the optimisation).
 With `model.segment_head`, stage 2 also trains the discriminative head (segmenter.py) on the
 paste masks, from the reconstructions without gradient: the auto-encoder's updates are those
-of a run without the head.
+of a run without the head. `anomaly.focus_crops` places that share of each image's stage-2
+crops on its pastes (the rest uniform, as in the paper): at 512 px a uniform crop holds a
+pasted pixel about one time in six.
 
 Every random choice is a function of (seed, step, device): a resumed run draws exactly what
 the uninterrupted run drew, so it ends with the same parameters.
@@ -78,8 +80,9 @@ def device_step(config, net, stage: int, tx):
             inp = target = clean
         train_head = stage == 2 and net.segment_head
         aligned = (target, mask) if train_head else (target,)  # the mask only for the head
+        focus = (mask, focus_count(config)) if stage == 2 else None
         x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64 = patches.random_crops(
-            k_crop, inp, t.crops_per_image, 64, *aligned, limits_Nx2=sizes_nx2
+            k_crop, inp, t.crops_per_image, 64, *aligned, limits_Nx2=sizes_nx2, focus=focus
         )
 
         def loss_fn(params, net):
@@ -116,6 +119,13 @@ def device_step(config, net, stage: int, tx):
         return new, metrics
 
     return step
+
+
+def focus_count(config) -> int:
+    """How many of each image's stage-2 crops are placed on its pastes (`anomaly.focus_crops`
+    of `train.crops_per_image`, rounded); the rest are uniform, as in the paper."""
+    share = config.anomaly.get("focus_crops", 0.0)
+    return int(round(share * config.train.crops_per_image))
 
 
 class ArrayRows:

@@ -265,3 +265,45 @@ def test_random_crops_with_limits_stay_inside_each_valid_region():
         # every allowed row and column is drawn (uniform over the valid corners)
         assert ys == set(range(top_y + 1)) and xs == set(range(top_x + 1)), i
     assert seen[2] == {(0, 0)} and {y for y, _ in seen[3]} == {0}
+
+
+def test_focused_crops_contain_a_mask_pixel_drawn_uniformly():
+    n, s, p, k = 3, 40, 16, 4
+    mask = np.zeros((n, s, s), bool)
+    mask[0, 5, 30] = mask[0, 35, 2] = True  # two pixels, the second near a corner
+    mask[1, 20:22, 10:13] = True
+    # image 2: no mask pixel inside its valid region (only in the padding below row 25)
+    mask[2, 30, 5] = True
+    limits = jnp.array([[s, s], [s, s], [25, s]], jnp.int32)
+    images = jnp.arange(n * s * s, dtype=jnp.float32).reshape(n, s, s, 1)
+    hits = {(5, 30): 0, (35, 2): 0}
+    fn = jax.jit(
+        lambda key: patches.random_crops(
+            key, images, k, p, jnp.asarray(mask), limits_Nx2=limits, focus=(jnp.asarray(mask), 2)
+        )
+    )
+    plain_fn = jax.jit(lambda key: patches.random_crops(key, images, k, p, limits_Nx2=limits))
+    for seed in range(60):
+        crops, mcrops = map(np.asarray, fn(jax.random.key(seed)))
+        (plain,) = map(np.asarray, plain_fn(jax.random.key(seed)))
+        crops, mcrops, plain = (a.reshape(n, k, p, p, -1) for a in (crops, mcrops, plain))
+        assert mcrops[:2, :2].any(axis=(2, 3, 4)).all()  # focused crops hold a mask pixel
+        np.testing.assert_array_equal(crops[:, 2:], plain[:, 2:])  # the others are unchanged
+        np.testing.assert_array_equal(crops[2], plain[2])  # no pixel: uniform corners kept
+        for c in crops[0, :2]:
+            y0, x0 = divmod(int(c[0, 0, 0]) % (s * s), s)
+            for y, x in hits:
+                hits[(y, x)] += y0 <= y < y0 + p and x0 <= x < x0 + p
+    # each of image 0's two pixels is drawn about half of the 120 times
+    assert 35 <= hits[(5, 30)] <= 85 and 35 <= hits[(35, 2)] <= 85
+
+
+def test_corners_on_mask_move_inward_at_the_valid_border():
+    mask = np.zeros((1, 32, 32), bool)
+    mask[0, 19, 0] = True  # last valid row, first column; the valid region is 20 x 32
+    ys, xs = patches.corners_on_mask(
+        jax.random.key(0), jnp.asarray(mask), 50, 8, jnp.array([[20, 32]], jnp.int32)
+    )
+    ys, xs = np.asarray(ys), np.asarray(xs)
+    assert (ys == 12).all()  # the crop's last row is row 19 (top 20 - 8)
+    assert (xs == 0).all()

@@ -98,12 +98,40 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("score__scales", (4,)),
         ("score__normalize", "mean"),
         ("eval__val_fraction", 1.5),
+        ("anomaly__focus_crops", 1.5),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
     config = tiny_config(data_root, **{field: value})
     with pytest.raises(configlib.ConfigError, match=field.replace("__", ".")):
         configlib.validate(config)
+
+
+def test_stage2_places_its_share_of_crops_on_the_paste_mask(data_root, monkeypatch):
+    # 0.5 of 4 crops per image: 2 placed on the pastes, in stage 2 only.
+    config = tiny_config(data_root, anomaly__focus_crops=0.5, train__crops_per_image=4)
+    assert train.focus_count(config) == 2
+    config.anomaly.focus_crops = 0.3  # rounded: 1.2 -> 1
+    assert train.focus_count(config) == 1
+    config.anomaly.focus_crops = 0.5
+    seen, real = [], train.patches.random_crops
+
+    def spy(*args, focus=None, **kwargs):
+        seen.append(None if focus is None else (focus[0].shape, focus[0].dtype, focus[1]))
+        return real(*args, focus=focus, **kwargs)
+
+    monkeypatch.setattr(train.patches, "random_crops", spy)
+    net = model.from_config(config)
+    state = state_lib.init_state(config, net)
+    images = np.zeros((4, 1, 64, 64, 3), np.uint8)
+    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    for stage in (1, 2):
+        s = state_lib.to_stage2(config, state) if stage == 2 else state
+        step = train.make_train_step(
+            config, net, stage, state_lib.make_optimizer(config, s.params, stage)
+        )
+        jax.eval_shape(step, train.replicate(s), images, bank, train.replicate(jax.random.key(0)))
+    assert seen == [None, ((1, 64, 64), jnp.bool_, 2)]
 
 
 def test_cosine_schedule_factors_by_hand(data_root):
