@@ -289,9 +289,10 @@ def _check_finite(values: dict, done: int, stage: int, workdir, mgr):
 class _Run:
     """What the stages of one training run share: config, model, data, checkpoints, log."""
 
-    def __init__(self, config, workdir: pathlib.Path, net, sampler, mgr, log):
+    def __init__(self, config, workdir: pathlib.Path, net, sampler, mgr, log, state):
         self.config, self.workdir, self.net = config, workdir, net
         self.sampler, self.mgr, self.log = sampler, mgr, log
+        self.state = state  # the host TrainState between stages (None while a stage runs)
         self.base_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
         self.bank = None
 
@@ -302,13 +303,15 @@ class _Run:
             self.bank = replicate(natural_images.bank_for_config(self.config))
         return self.bank
 
-    def stage(self, state, stage: int, first: int, hi: int):
-        """Runs steps [first, hi) of `stage` from host `state`; returns the host state."""
+    def stage(self, stage: int, first: int, hi: int):
+        """Runs steps [first, hi) of `stage` from the host state `self.state` and leaves the
+        final one there. The host copy is dropped while the replicas train (one copy of the
+        parameters and Adam's moments less in the peak host memory)."""
         t = self.config.train
-        tx = state_lib.make_optimizer(self.config, state.params, stage)
+        tx = state_lib.make_optimizer(self.config, self.state.params, stage)
         step_fn = make_train_step(self.config, self.net, stage, tx)
         bank_arg = self.bank_arg(stage)
-        rstate = replicate(state)
+        rstate, self.state = replicate(self.state), None
         key = replicate(jax.random.fold_in(self.base_key, first))
         args = self.sampler.step_args(first, bank_arg, key)  # compiled with, then run
         step_fn = compile_step(step_fn, rstate, args, f"{stage}_{first}")
@@ -325,7 +328,7 @@ class _Run:
             if done % t.checkpoint_every == 0 or done == hi:
                 meta = state_lib.checkpoint_meta(self.config, stage)
                 checkpoint.save(self.mgr, done, unreplicate_to_host(rstate), meta)
-        return unreplicate_to_host(rstate)
+        self.state = unreplicate_to_host(rstate)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
@@ -345,13 +348,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     mgr = checkpoint.manager(workdir, t.keep_checkpoints, cleanup_tmp=primary)
     start, state, stage_in_state = _start(config, workdir, net, mgr)
     log = train_log.TrainLog(workdir, primary, start, total, t.batch_size)
-    run = _Run(config, workdir, net, sampler, mgr, log)
+    run = _Run(config, workdir, net, sampler, mgr, log, state)
+    del state  # the run owns it, and drops it while the replicas train
     for stage, (lo, hi) in ((1, (0, t.stage1_steps)), (2, (t.stage1_steps, total))):
         if start >= hi:
             continue
         if stage == 2 and stage_in_state == 1:
-            state, stage_in_state = state_lib.to_stage2(config, state), 2
-        state = run.stage(state, stage, max(start, lo), hi)
+            run.state, stage_in_state = state_lib.to_stage2(config, run.state), 2
+        run.stage(stage, max(start, lo), hi)
     checkpoint.wait(mgr)
     log.close()
-    return state
+    return run.state
