@@ -117,6 +117,13 @@ def _validate_anomaly(a, image_size):
     _at_least(a.bank_size, 1, "anomaly.bank_size")
     _check(a.blur_sigma > 0, "anomaly.blur_sigma", a.blur_sigma, "must be > 0")
     _one_of(a.get("paste_shape", "blob"), gaaga.PASTE_SHAPES, "anomaly.paste_shape")
+    thinnest = a.get("thinnest_px", 0.0)
+    _check(
+        0 <= thinnest <= a.patch_size / 2,
+        "anomaly.thinnest_px",
+        thinnest,
+        f"must be in [0, anomaly.patch_size / 2 = {a.patch_size / 2}]",
+    )
     share = a.get("focus_crops", 0.0)
     _check(0 <= share <= 1, "anomaly.focus_crops", share, "must be in [0, 1]")
     src = a.natural_source

@@ -95,14 +95,16 @@ def blurred_patch(u, image, patch_size, blur_sigma):
     return jnp.einsum("lk,ikc->ilc", mx, out, precision=_HIGHEST)
 
 
-def shape_mask(u, patch_size, varied: bool = False, centre_shift=(0.0, 0.0)):
+def shape_mask(u, patch_size, varied: bool = False, centre_shift=(0.0, 0.0), thinnest_px=0.0):
     """A random blob in a `patch_size` square, u: [SHAPE_U]: a rotated super-ellipse (exponent
     1.5, pointed, to 8, a rounded rectangle; half-axes 0.4 to 1 of half the side, or with
-    `varied` each log-uniform in [VARIED_MIN_AXIS, 1]) with a wobbly edge. Its centre is the
-    square's, moved by `centre_shift` (dy, dx) pixels (the square then cuts the shape)."""
+    `varied` each log-uniform in [VARIED_MIN_AXIS, 1], or from `thinnest_px` pixels when it
+    is > 0) with a wobbly edge. Its centre is the square's, moved by `centre_shift` (dy, dx)
+    pixels (the square then cuts the shape)."""
     half = patch_size / 2
     if varied:
-        a, b = half * VARIED_MIN_AXIS ** (1.0 - u[0]), half * VARIED_MIN_AXIS ** (1.0 - u[1])
+        low = thinnest_px / half if thinnest_px > 0 else VARIED_MIN_AXIS
+        a, b = half * low ** (1.0 - u[0]), half * low ** (1.0 - u[1])
     else:
         a, b = (0.4 + 0.6 * u[0]) * half, (0.4 + 0.6 * u[1]) * half
     n, theta = 1.5 + 6.5 * u[2], u[3] * jnp.pi
@@ -138,7 +140,7 @@ def paste_places(u, valid_hw, patch_size):
     return top, shift
 
 
-def _patches_one(u, image, valid_hw, bank, patch_size, blur_sigma, paste_shape):
+def _patches_one(u, image, valid_hw, bank, patch_size, blur_sigma, paste_shape, thinnest_px):
     """The natural and blurred patches of one image, their shape masks, places and order."""
     u = jnp.split(u, np.cumsum([NATURAL_U, BLUR_U, SHAPE_U, SHAPE_U, 4]))
     patches = (
@@ -150,7 +152,9 @@ def _patches_one(u, image, valid_hw, bank, patch_size, blur_sigma, paste_shape):
         masks = (jnp.ones((patch_size, patch_size), bool),) * 2
     else:
         varied = paste_shape == "varied"
-        masks = tuple(shape_mask(u[2 + j], patch_size, varied, shifts[j]) for j in range(2))
+        masks = tuple(
+            shape_mask(u[2 + j], patch_size, varied, shifts[j], thinnest_px) for j in range(2)
+        )
     return patches, masks, places, u[5][0] < 0.5
 
 
@@ -187,7 +191,9 @@ def _paste_all(normal, patches, masks, places, blur_first):
     return out, mask
 
 
-def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob", limits_Bx2=None):
+def synthesize(
+    key, normal, bank, patch_size, blur_sigma, paste_shape="blob", limits_Bx2=None, thinnest_px=0.0
+):
     """GAAGA on a batch: returns (anomalous [B,S,S,C], clean [B,S,S,C], mask [B,S,S] bool).
 
     `normal`: float images in [-1, 1], [B, S, S, C]. `bank`: natural images [K, H, W, C], float
@@ -196,7 +202,9 @@ def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob", li
     draws its own random numbers. `clean` is `normal` itself; `mask` is exactly where
     `anomalous` differs from it. `limits_Bx2` (int, the valid (h, w) of each image in its
     canvas, as keep_aspect pads it) keeps the pastes on the image (`paste_places`); without
-    it, or with full-canvas limits, the pastes are those of square images.
+    it, or with full-canvas limits, the pastes are those of square images. `thinnest_px`
+    (static, `varied` only): the smallest half-axis in pixels (0: VARIED_MIN_AXIS of half
+    the side).
     """
     if paste_shape not in PASTE_SHAPES:
         raise ValueError(f"paste_shape must be one of {PASTE_SHAPES}, got {paste_shape!r}")
@@ -211,7 +219,10 @@ def synthesize(key, normal, bank, patch_size, blur_sigma, paste_shape="blob", li
     u = jax.random.uniform(key, (normal.shape[0], NATURAL_U + BLUR_U + 2 * SHAPE_U + 5))
     if limits_Bx2 is None:
         limits_Bx2 = jnp.full((normal.shape[0], 2), size, jnp.int32)
-    one = lambda u, img, hw: _patches_one(u, img, hw, bank, patch_size, blur_sigma, paste_shape)
+
+    def one(u, img, hw):
+        return _patches_one(u, img, hw, bank, patch_size, blur_sigma, paste_shape, thinnest_px)
+
     anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal, limits_Bx2))
     return anomalous, normal, mask
 

@@ -83,6 +83,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied"},
         None,
     ),
+    "varied_thin": (
+        "varied pastes whose thinnest half-axis is 2 px at any paste size (1/32 of half of 128)",
+        {"anomaly.paste_shape": "varied", "anomaly.thinnest_px": 2.0},
+        None,
+    ),
     "varied_focus": (
         "varied pastes, half of each image's stage-2 crops placed on the pastes",
         {"anomaly.paste_shape": "varied", "anomaly.focus_crops": 0.5},

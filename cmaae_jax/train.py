@@ -73,7 +73,14 @@ def device_step(config, net, stage: int, tx):
         if stage == 2:
             shape = a.get("paste_shape", "blob")
             inp, clean, mask = gaaga.synthesize(
-                k_anomaly, clean, bank, a.patch_size, a.blur_sigma, shape, sizes_nx2
+                k_anomaly,
+                clean,
+                bank,
+                a.patch_size,
+                a.blur_sigma,
+                shape,
+                sizes_nx2,
+                a.get("thinnest_px", 0.0),
             )
             target = clean if t.stage2_target == "clean" else inp
         else:

@@ -51,6 +51,7 @@ def get_config():
     c.anomaly.bank_size = 64  # number of natural images kept in memory to crop from
     c.anomaly.blur_sigma = 3.0  # Gaussian-blur sigma (pixels) of the resized normal region
     c.anomaly.paste_shape = "varied"  # varied (blobs, spots, strokes) | blob | rect (eq. 1)
+    c.anomaly.thinnest_px = 0.0  # varied: smallest half-axis in px (0: 1/32 of half the paste)
     c.anomaly.focus_crops = 0.0  # stage 2: share of each image's crops holding a pasted pixel
 
     c.train = ml_collections.ConfigDict()

@@ -304,3 +304,19 @@ def test_pastes_land_on_the_valid_region_of_wide_images(normal, bank, shape):
         if name == "limited":
             assert (masks & valid).reshape(len(masks), -1).any(1).all()  # each image got one
     assert inside["limited"] > 0.85 and inside["limited"] > inside["canvas"] + 0.1
+
+
+def test_thinnest_half_axis_in_pixels():
+    # The stroke of test_varied_shapes_reach_thin_strokes at paste 256: by default 1/32 of the
+    # 128-px half side (4 px); with thinnest_px=2, 2 px as at paste 128.
+    u = jnp.zeros(gaaga.SHAPE_U).at[0].set(1.0).at[2].set(0.5 / 6.5)
+    relative = np.asarray(gaaga.shape_mask(u, 256, varied=True))
+    assert np.flatnonzero(relative.any(axis=1)).tolist() == list(range(124, 132))  # |y| < 4
+    pixels = np.asarray(gaaga.shape_mask(u, 256, varied=True, thinnest_px=2.0))
+    assert np.flatnonzero(pixels.any(axis=1)).tolist() == [126, 127, 128, 129]  # |y| < 2
+    # At paste 128, 2 px is 1/32 of the half side: the default's masks, bit for bit.
+    us = jax.random.uniform(jax.random.PRNGKey(3), (8, gaaga.SHAPE_U))
+    for v in us:
+        np.testing.assert_array_equal(
+            gaaga.shape_mask(v, 128, varied=True), gaaga.shape_mask(v, 128, True, thinnest_px=2.0)
+        )

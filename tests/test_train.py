@@ -99,6 +99,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("score__normalize", "mean"),
         ("eval__val_fraction", 1.5),
         ("anomaly__focus_crops", 1.5),
+        ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
@@ -107,7 +108,7 @@ def test_impossible_config_values_name_the_field(data_root, field, value):
         configlib.validate(config)
 
 
-def test_stage2_places_its_share_of_crops_on_the_paste_mask(data_root, monkeypatch):
+def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch):
     # 0.5 of 4 crops per image: 2 placed on the pastes, in stage 2 only.
     config = tiny_config(data_root, anomaly__focus_crops=0.5, train__crops_per_image=4)
     assert train.focus_count(config) == 2
@@ -121,6 +122,14 @@ def test_stage2_places_its_share_of_crops_on_the_paste_mask(data_root, monkeypat
         return real(*args, focus=focus, **kwargs)
 
     monkeypatch.setattr(train.patches, "random_crops", spy)
+    thinnest, real_synthesize = [], train.gaaga.synthesize
+
+    def spy_synthesize(*args):
+        thinnest.append(args[7])
+        return real_synthesize(*args)
+
+    monkeypatch.setattr(train.gaaga, "synthesize", spy_synthesize)
+    config.anomaly.thinnest_px = 3.0
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
     images = np.zeros((4, 1, 64, 64, 3), np.uint8)
@@ -132,6 +141,7 @@ def test_stage2_places_its_share_of_crops_on_the_paste_mask(data_root, monkeypat
         )
         jax.eval_shape(step, train.replicate(s), images, bank, train.replicate(jax.random.key(0)))
     assert seen == [None, ((1, 64, 64), jnp.bool_, 2)]
+    assert thinnest == [3.0]  # stage 2 only
 
 
 def test_cosine_schedule_factors_by_hand(data_root):
