@@ -1,7 +1,8 @@
 """Dataset readers: MVTec AD, DAGM 2007 and plain-folder layouts, loaded into memory.
 
 Owns the `data.format` dispatcher `load_splits(config)` (and its option tuple `FORMATS`), its
-listing-only twin for the train split `list_train_entries(config)` (`data.stream`), and the
+train-only twins `load_train(config)` (training decodes nothing else) and, listing without
+decoding, `list_train_entries(config)` (`data.stream`), and the
 per-layout loaders `load_mvtec`, `load_dagm`, `load_folder`; the layouts themselves (listing,
 `Split`, `DatasetError`) are owned by `cmaae_jax.layouts`, the TFDS path by
 `cmaae_jax.tfds_builders`. Every loader returns `dict(train=Split, val=Split, test=Split)`: train
@@ -106,3 +107,12 @@ def list_train_entries(config):
         raise DatasetError("data.stream reads image files: set data.use_tfds=False to use it")
     train, _, _ = _list_files(config)
     return layouts.split_train_val(train, config.eval.val_fraction, config.train.seed)[0]
+
+
+def load_train(config):
+    """The train Split of `load_splits(config)` (the same images, in the same order), decoded
+    without reading the val and test images: what training needs. TFDS: `load_splits`'s."""
+    if config.data.get("use_tfds", False):
+        return load_splits(config)["train"]
+    entries = list_train_entries(config)
+    return layouts.read_entries(entries, config.data.image_size, resize=_resize(config.data))

@@ -229,7 +229,7 @@ def make_sampler(config, workdir) -> Sampler:
             entries, cache_dir, d.image_size, resize, jax.process_index(), n
         )
         return Sampler(source, per_step, t.seed)
-    train_split = datasets.load_splits(config)["train"]
+    train_split = datasets.load_train(config)
     sizes = None if train_split.stacked else train_split.sizes
     return Sampler(train_split.images, per_step, t.seed, sizes, d.image_size)
 

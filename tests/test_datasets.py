@@ -413,3 +413,25 @@ def test_load_splits_passes_data_resize(tmp_path):
     old = _config(format="mvtec", root=str(tmp_path), category="wood")
     del old.data["resize"]  # a config.json written before data.resize: square
     assert datasets.load_splits(old)["test"].images.shape == (3, S, S, 3)
+
+
+@pytest.mark.parametrize("resize", ["square", "keep_aspect"])
+def test_load_train_decodes_only_the_train_split(tmp_path, resize):
+    _mvtec(tmp_path / "wood", num_train=6)
+    config = _config(format="mvtec", root=str(tmp_path), category="wood", resize=resize)
+    whole = datasets.load_splits(config)["train"]
+    train = datasets.load_train(config)
+    assert train.paths == whole.paths and len(train.paths) == 5  # 6 minus one held out
+    np.testing.assert_array_equal(np.stack(train.images), np.stack(whole.images))
+    np.testing.assert_array_equal(train.sizes, whole.sizes)
+    # A corrupt test image and a corrupt held-out image stop load_splits, not load_train.
+    (tmp_path / "wood/test/crack/c0.png").write_bytes(b"not a png")
+    held_out = set(map(str, (tmp_path / "wood/train/good").iterdir())) - set(train.paths)
+    (held_out_path,) = held_out
+    with open(held_out_path, "wb") as f:
+        f.write(b"not a png either")
+    with pytest.raises(layouts.DatasetError):
+        datasets.load_splits(config)
+    np.testing.assert_array_equal(
+        np.stack(datasets.load_train(config).images), np.stack(whole.images)
+    )
