@@ -1,32 +1,44 @@
 """Threshold calibration by the label-free rule: a threshold chosen from normal images only.
 
 No defect label is used, so the F1 at this threshold (`pixel_f1`) is the deployable number.
-Two rules (`eval.threshold_rule`): `quantile`, a quantile of held-out normal pixel scores, and
+Three rules (`eval.threshold_rule`): `quantile`, a quantile of held-out normal pixel scores;
 `head`, the segment head's own decision boundary (score.method=segment), p = 0.5, which its
-training on the paste masks put between normal and anomalous pixels.
+training on the paste masks put between normal and anomalous pixels; and `pastes`, the
+threshold of best pixel F1 over the held-out normal images and the same images with GAAGA
+pastes (the training's artificial anomalies stand in for the unknown defects), never below
+the quantile rule's: the quantile bounds the share of normal pixels flagged, and the pastes
+raise the threshold where anomalies stand far above the normal scores.
 """
 
 import math
 
 import numpy as np
 
-THRESHOLD_RULES = ("quantile", "head")  # config eval.threshold_rule
+from cmaae_jax import metrics
+
+THRESHOLD_RULES = ("quantile", "head", "pastes")  # config eval.threshold_rule
 # The segment head's map is softplus(logit) = -log(1 - p): p = 0.5 is log 2.
 HEAD_THRESHOLD = math.log(2.0)
 
 
 def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
     """The threshold of `rule`: `quantile` (`threshold_from_normal` of `normal_maps`) or
-    `head` (`HEAD_THRESHOLD`, whatever the normal maps)."""
+    `head` (`HEAD_THRESHOLD`, whatever the normal maps); for `pastes`, its floor (the
+    quantile), which the caller raises to `paste_threshold` where that is higher."""
     if rule == "head":
         return HEAD_THRESHOLD
-    if rule != "quantile":
+    if rule not in ("quantile", "pastes"):
         raise ValueError(f"eval.threshold_rule must be one of {THRESHOLD_RULES}, got {rule!r}")
     return threshold_from_normal(normal_maps, quantile)
 
 
 def describe(rule: str, quantile: float) -> str:
     """The rule as metrics.json records it."""
+    if rule == "pastes":
+        return (
+            f"best pixel F1 over held-out normal images and their GAAGA-pasted copies, at "
+            f"least the quantile {quantile} of held-out normal pixel scores"
+        )
     if rule == "head":
         return f"segment head boundary p = 0.5 (map >= log 2 = {HEAD_THRESHOLD:.4f})"
     return f"quantile {quantile} of held-out normal pixel scores"
@@ -56,3 +68,18 @@ def threshold_from_normal(
     if value <= scores.min():
         value = np.nextafter(value, np.float32(np.inf))
     return float(value)
+
+
+def paste_threshold(normal_maps, pasted_maps, paste_masks) -> float:
+    """The `pastes` rule: the threshold of best pixel F1 when every pixel of `normal_maps`
+    (held-out normal images) is negative and those of `pasted_maps` are labelled by
+    `paste_masks` (maps and masks: lists of [h_i, w_i], or arrays [N, H, W])."""
+    acc = metrics.PixelAccumulator()
+    for amap in normal_maps:
+        acc.update(amap, np.zeros(np.shape(amap), bool))
+    for amap, mask in zip(pasted_maps, paste_masks, strict=True):
+        acc.update(amap, mask)
+    result = acc.result()
+    if not result["num_positive_pixels"]:
+        raise ValueError("the pastes rule got no pasted pixel to calibrate on")
+    return result["pixel_f1_max_threshold"]

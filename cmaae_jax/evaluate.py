@@ -1,8 +1,9 @@
 """Checkpoint-based evaluation: label-free threshold, pooled pixel metrics, pictures.
 
-The threshold is the `eval.threshold_quantile` quantile of the anomaly scores of held-out
-normal training images (`eval.val_fraction` of train/good): no defect label is used to pick
-it, so `pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
+The threshold comes from held-out normal training images (`eval.val_fraction` of train/good)
+by the rule `eval.threshold_rule` names (`cmaae_jax.calibration`; default: the
+`eval.threshold_quantile` quantile of their scores): no defect label is used to pick it, so
+`pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
 `per_type` repeats the metrics for each defect type (its images and all normal test images).
 Maps, masks and pictures are at the resized image's resolution, cropped to each image's valid
 region (`data.resize=keep_aspect` pads images; the padding never counts). Defective images
@@ -10,6 +11,7 @@ that came without a mask (`Split.has_masks` False) count in image metrics only: 
 is not a negative (`num_images_without_masks` says how many were left out of pixel metrics).
 """
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -22,8 +24,10 @@ from cmaae_jax import (
     configlib,
     console,
     datasets,
+    gaaga,
     inference,
     metrics,
+    natural_images,
     pictures,
     reference,
 )
@@ -42,6 +46,20 @@ def valid_maps(scorer, split, indices=None, bar=None) -> list:
         if bar is not None:
             bar.update(len(idx))
     return out
+
+
+PASTE_KEY = 1  # folded into the training seed: the `pastes` rule's pastes differ from training's
+
+
+def pasted_held_out(scorer, val, config, bar=None):
+    """(valid maps, paste masks) of the held-out images with GAAGA pastes, the training's
+    stage-2 anomalies (`config.anomaly`) drawn with the run's seed and `PASTE_KEY`."""
+    bank = natural_images.bank_for_config(config)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), PASTE_KEY)
+    size = config.data.image_size
+    pasted, masks = gaaga.paste_on_host(val.images, val.sizes, bank, key, config.anomaly, size)
+    pasted = dataclasses.replace(val, images=np.stack(pasted) if val.stacked else pasted)
+    return valid_maps(scorer, pasted, bar=bar), masks
 
 
 def calibrate(scorer, splits, config, bar=None):
@@ -70,9 +88,14 @@ def calibrate(scorer, splits, config, bar=None):
     used, record = reference.choose(setting, ref, held_out, quantile, one_size)
     ref = ref if used else None
     held_out = reference.subtract(ref, held_out)
-    pooled = np.concatenate([m.ravel() for m in held_out])
     rule = config.eval.get("threshold_rule", "quantile")
-    return calibration.label_free_threshold(rule, pooled, quantile), ref, record
+    pooled = np.concatenate([m.ravel() for m in held_out])
+    threshold = calibration.label_free_threshold(rule, pooled, quantile)
+    if rule == "pastes":
+        maps, masks = pasted_held_out(scorer, val, config, bar)
+        best = calibration.paste_threshold(held_out, reference.subtract(ref, maps), masks)
+        threshold = max(threshold, best)
+    return threshold, ref, record
 
 
 def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
@@ -132,7 +155,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     scorer = inference.Scorer(config, variables)
     test = splits["test"]
     primary = jax.process_index() == 0  # every process scores; only the primary writes
-    total = splits["val"].num_images + test.num_images
+    pastes = config.eval.get("threshold_rule", "quantile") == "pastes"
+    total = splits["val"].num_images * (1 + pastes) + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
         threshold, ref, ref_record = calibrate(scorer, splits, config, bar)
         out = workdir_lib.eval_dir(workdir)

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cmaae_jax import images as images_lib
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 # config anomaly.paste_shape: rect (paper, eq. 1) | blob | varied (blobs, spots and strokes)
 PASTE_SHAPES = ("rect", "blob", "varied")
@@ -225,6 +227,50 @@ def synthesize(
 
     anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal, limits_Bx2))
     return anomalous, normal, mask
+
+
+def paste_on_host(images_u8, sizes_Nx2, bank, key, anomaly, canvas_size, chunk=8):
+    """GAAGA pastes on host images, for the `pastes` threshold rule: (uint8 images, bool masks
+    [h_i, w_i]) with each image's shape and the masks of its valid region.
+
+    `images_u8`: an array [N, H, W, 3] or a list of [H_i, W_i, 3] (keep_aspect canvases) with
+    valid sizes `sizes_Nx2`. Each valid region is reflect-padded to `canvas_size` squares,
+    pasted as the training's stage 2 pastes (`anomaly`: config.anomaly; pastes on the valid
+    region), then put back in its own canvas by the same reflection. Image i draws its random
+    numbers from `fold_in(key, i)`, so a result does not depend on `chunk`.
+    """
+    shape = anomaly.get("paste_shape", "blob")
+    thinnest = anomaly.get("thinnest_px", 0.0)
+
+    def one_chunk(keys, normal_u8, limits):
+        def one(k, x, hw):
+            out, _, mask = synthesize(
+                k, x[None], bank, anomaly.patch_size, anomaly.blur_sigma, shape, hw[None], thinnest
+            )
+            return out[0], mask[0]
+
+        out, mask = jax.vmap(one)(keys, images_lib.to_float(normal_u8), limits)
+        return jnp.clip(jnp.round((out + 1.0) * 127.5), 0, 255).astype(jnp.uint8), mask
+
+    fn = jax.jit(one_chunk)
+    sizes = np.asarray(sizes_Nx2, np.int32).reshape(-1, 2)
+    pasted, masks = [], []
+    for lo in range(0, len(sizes), chunk):
+        idx = np.arange(lo, min(lo + chunk, len(sizes)))
+        padded = np.resize(idx, chunk)  # fixed shapes: one compilation
+        canvases = np.stack(
+            [
+                images_lib.pad_to(images_u8[i][:h, :w], (canvas_size,) * 2)
+                for i, (h, w) in zip(padded, sizes[padded], strict=True)
+            ]
+        )
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(padded))
+        out, mask = (np.asarray(a) for a in fn(keys, canvases, jnp.asarray(sizes[padded])))
+        for j, i in enumerate(idx):
+            h, w = sizes[i]
+            pasted.append(images_lib.pad_to(out[j, :h, :w], images_u8[i].shape[:2]))
+            masks.append(mask[j, :h, :w])
+    return pasted, masks
 
 
 def benchmark(

@@ -320,3 +320,47 @@ def test_thinnest_half_axis_in_pixels():
         np.testing.assert_array_equal(
             gaaga.shape_mask(v, 128, varied=True), gaaga.shape_mask(v, 128, True, thinnest_px=2.0)
         )
+
+
+def _u8(images):
+    return np.asarray(np.round((np.asarray(images) + 1.0) * 127.5), np.uint8)
+
+
+def test_paste_on_host_is_the_synthesis_per_image_and_chunk_free(normal, bank):
+    cfg = {"patch_size": PATCH, "blur_sigma": SIGMA, "paste_shape": "varied"}
+    anomaly = type("Anomaly", (), {**cfg, "get": lambda self, k, d=None: cfg.get(k, d)})()
+    images, key = _u8(normal), jax.random.PRNGKey(3)
+    sizes = np.full((BATCH, 2), SIZE)
+    a_images, a_masks = gaaga.paste_on_host(images, sizes, bank, key, anomaly, SIZE, chunk=3)
+    b_images, b_masks = gaaga.paste_on_host(images, sizes, bank, key, anomaly, SIZE, chunk=1)
+    np.testing.assert_array_equal(np.stack(a_images), np.stack(b_images))
+    np.testing.assert_array_equal(np.stack(a_masks), np.stack(b_masks))
+    for i in range(BATCH):  # image i: synthesize alone on it with fold_in(key, i)
+        one = run(jax.random.fold_in(key, i), _to_float(images[i : i + 1]), bank, **cfg)
+        expected = np.clip(np.round((np.asarray(one[0][0]) + 1.0) * 127.5), 0, 255)
+        np.testing.assert_array_equal(a_images[i], expected.astype(np.uint8))
+        np.testing.assert_array_equal(a_masks[i], np.asarray(one[2][0]))
+        np.testing.assert_array_equal(a_images[i][~a_masks[i]], images[i][~a_masks[i]])
+        assert a_masks[i].any()
+
+
+def test_paste_on_host_keeps_pastes_on_the_valid_region_and_reflects_them():
+    cfg = {"patch_size": 32, "blur_sigma": SIGMA, "paste_shape": "blob"}
+    anomaly = type("Anomaly", (), {**cfg, "get": lambda self, k, d=None: cfg.get(k, d)})()
+    rng = np.random.default_rng(0)
+    # keep_aspect canvases of two shapes (sides multiples of 64) with valid regions inside
+    images = [rng.integers(0, 256, (64, 128, 3), np.uint8) for _ in range(2)]
+    images.append(rng.integers(0, 256, (128, 64, 3), np.uint8))
+    sizes = np.array([[50, 128], [20, 128], [128, 40]])
+    bank = np.asarray(synthetic.natural_images(2, 128, seed=1))
+    out, masks = gaaga.paste_on_host(images, sizes, bank, jax.random.PRNGKey(0), anomaly, 128)
+    for im, o, m, (h, w) in zip(images, out, masks, sizes, strict=True):
+        assert o.shape == im.shape and m.shape == (h, w) and m.any()
+        valid = o[:h, :w]
+        np.testing.assert_array_equal(valid[~m], im[:h, :w][~m])
+        assert np.any(valid[m] != im[:h, :w][m])
+        # the padding is the reflection of the pasted valid region, as the loader pads
+        rows = np.r_[np.arange(h), np.arange(h - 2, -1, -1)][: im.shape[0]]
+        cols = np.r_[np.arange(w), np.arange(w - 2, -1, -1)][: im.shape[1]]
+        if len(rows) == im.shape[0] and len(cols) == im.shape[1]:
+            np.testing.assert_array_equal(o, valid[rows][:, cols])

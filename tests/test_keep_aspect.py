@@ -299,3 +299,56 @@ def test_data_resize_is_validated(tmp_path):
     config.data.resize = "stretch"
     with pytest.raises(configlib.ConfigError, match="data.resize"):
         configlib.validate(config)
+
+
+class _BrightnessScorer:
+    """Scores each pixel by its mean channel value: a Scorer stand-in that sees pastes."""
+
+    def batches(self, images):
+        for i, im in enumerate(images):
+            yield np.array([i]), im.mean(-1, dtype=np.float32)[None]
+
+
+@pytest.mark.parametrize("quantile, binding", [(0.5, "pastes"), (0.9999, "quantile")])
+def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quantile, binding):
+    rng = np.random.default_rng(5)
+    sizes = [(40, 64), (64, 30), (20, 64)]
+    imgs = [rng.integers(0, 200, (64, 64, 3), np.uint8) for _ in sizes]
+    val = _split(imgs, [np.zeros((64, 64), np.uint8)] * 3, sizes, [0, 0, 0])
+    pasted, masks = [], []
+    for im, (h, w) in zip(imgs, sizes, strict=True):
+        m = np.zeros((h, w), bool)
+        m[: h // 2, : w // 3] = True  # bright pastes, one of them also half outside
+        p = im.copy()
+        p[: h // 2, : w // 3] = rng.integers(120, 256, (h // 2, w // 3, 3))
+        pasted.append(p), masks.append(m)
+    calls = []
+
+    def fake_paste(images_u8, sizes_nx2, bank, key, anomaly, canvas_size):
+        calls.append((np.asarray(sizes_nx2).tolist(), canvas_size, anomaly.paste_shape))
+        return pasted, masks
+
+    monkeypatch.setattr(evaluate.gaaga, "paste_on_host", fake_paste)
+    config = tiny_config("unused", eval__threshold_rule="pastes", eval__threshold_quantile=quantile)
+    threshold, ref, _ = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
+    assert ref is None and calls == [([list(s) for s in sizes], 64, "rect")]
+
+    # brute force: every valid clean pixel negative, pasted pixels labelled by the masks
+    def valid_scores(images_u8):
+        return [
+            im[:h, :w].mean(-1, dtype=np.float32).ravel()
+            for im, (h, w) in zip(images_u8, sizes, strict=True)
+        ]
+
+    scores = np.concatenate(valid_scores(imgs) + valid_scores(pasted))
+    labels = np.concatenate(
+        [np.zeros(sum(h * w for h, w in sizes), bool)] + [m.ravel() for m in masks]
+    )
+
+    def f1(t):
+        return 2 * np.sum(labels & (scores >= t)) / (np.sum(scores >= t) + labels.sum())
+
+    best = max(np.unique(scores), key=lambda t: (f1(t), t))
+    floor = np.quantile(scores[: len(scores) // 2], quantile)  # the clean pixels only
+    assert threshold == pytest.approx(max(best, floor))
+    assert (best > floor) == (binding == "pastes")

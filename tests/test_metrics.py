@@ -365,3 +365,24 @@ def test_per_type_metrics_use_that_type_and_every_normal_image():
         tp, fp, fn = brute_confusion(maps[keep], masks[keep], 0.5)
         assert out[name]["pixel_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
         assert out[name]["num_images"] == len(keep)
+
+
+def test_paste_threshold_is_the_best_f1_threshold_by_brute_force():
+    rng = np.random.default_rng(0)
+    normal = [rng.random((6, 5)).astype(np.float32), rng.random((4, 7)).astype(np.float32)]
+    pasted = [rng.random((6, 5)).astype(np.float32) for _ in range(3)]
+    masks = [rng.random((6, 5)) < 0.3 for _ in range(3)]
+    for p, m in zip(pasted, masks, strict=True):
+        p[m] += 0.4  # pastes score higher, with overlap
+    scores = np.concatenate([a.ravel() for a in normal + pasted])
+    labels = np.concatenate([np.zeros(58, bool)] + [m.ravel() for m in masks])  # 30 + 28
+
+    def f1(t):
+        tp = np.sum(labels & (scores >= t))
+        return 2 * tp / (np.sum(scores >= t) + labels.sum())
+
+    best = max(np.unique(scores), key=lambda t: (f1(t), t))
+    got = calibration.paste_threshold(normal, pasted, masks)
+    assert got == pytest.approx(best) and f1(got) == pytest.approx(f1(best))
+    with pytest.raises(ValueError, match="no pasted pixel"):
+        calibration.paste_threshold(normal, pasted, [np.zeros_like(m) for m in masks])
