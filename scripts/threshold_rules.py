@@ -8,7 +8,8 @@ Each run is evaluated again (`cmaae_jax.evaluate`) with its own config, the scor
 `<out>/<run path with / as __>` whose checkpoints are a link to the run's (the run itself is
 not written to). A shadow that already holds metrics is not evaluated again (resumable). The
 table compares, per defect type, the label-free F1 of the run's own evaluation with the one
-of the rule, and F1 max (which no rule can exceed).
+of the rule, and F1 max (which no rule can exceed). `--unfloored` measures the `pastes` rule
+without its floor (the pastes' best-F1 threshold alone; shadows `<...>__unfloored`).
 """
 
 import argparse
@@ -19,13 +20,25 @@ import pathlib
 import numpy as np
 
 
-def shadow_evaluate(run: pathlib.Path, out: pathlib.Path, rule: str) -> tuple[dict, dict]:
+def _unfloor():
+    """Makes the `pastes` rule's floor -inf: its threshold is then the pastes' best alone."""
+    from cmaae_jax import calibration
+
+    floored = calibration.label_free_threshold
+
+    def without_floor(rule, normal_maps, quantile):
+        return -np.inf if rule == "pastes" else floored(rule, normal_maps, quantile)
+
+    calibration.label_free_threshold = without_floor
+
+
+def shadow_evaluate(run: pathlib.Path, out: pathlib.Path, rule: str, suffix="") -> tuple:
     """(the run's own metrics, the metrics with `rule`), evaluating the latter when missing."""
     from cmaae_jax import evaluate
     from cmaae_jax import workdir as workdir_lib
 
     own = json.loads(workdir_lib.eval_metrics_path(run).read_text())
-    shadow = out / str(run).strip("/").replace("/", "__")
+    shadow = out / (str(run).strip("/").replace("/", "__") + suffix)
     done = workdir_lib.eval_metrics_path(shadow)
     if not done.is_file():
         shadow.mkdir(parents=True, exist_ok=True)
@@ -65,8 +78,12 @@ def main():
     parser.add_argument("--rule", default="pastes")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/threshold_rules"))
     parser.add_argument("--types", default="", help="comma-separated (default: every type)")
+    parser.add_argument("--unfloored", action="store_true", help="pastes without its floor")
     args = parser.parse_args()
-    rows = {str(run): shadow_evaluate(run, args.out, args.rule) for run in args.runs}
+    if args.unfloored:
+        _unfloor()
+    suffix = "__unfloored" if args.unfloored else ""
+    rows = {str(run): shadow_evaluate(run, args.out, args.rule, suffix) for run in args.runs}
     for name, (own, new) in rows.items():
         print(f"{name}: threshold {own['threshold']:.4g} -> {new['threshold']:.4g}")
     types = (
