@@ -18,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+from absl import logging
 
 from cmaae_jax import (
     calibration,
@@ -94,6 +95,7 @@ def calibrate(scorer, splits, config, bar=None):
     if rule == "pastes":
         maps, masks = pasted_held_out(scorer, val, config, bar)
         best = calibration.paste_threshold(held_out, reference.subtract(ref, maps), masks)
+        logging.info("pastes rule: best-F1 threshold %.6g, quantile floor %.6g", best, threshold)
         threshold = max(threshold, best)
     return threshold, ref, record
 
