@@ -17,8 +17,9 @@ For every image of the batch, with its own random numbers, it
       the side, so that small spots and thin strokes (cracks, scratches) occur as well as blobs.
 The random numbers are laid out the same way for every shape, so one key puts the patches at the
 same places (a blob lies inside the square `rect` pastes). The returned mask is exactly the set of
-pixels whose value changed. This module owns only the on-device synthesis (and its `benchmark`)
-and the `anomaly.paste_shape` option; the natural-image bank is loaded once, on the host, by
+pixels whose value changed. This module owns only the synthesis (on device; `paste_on_host`
+runs it on host images for the `pastes` threshold rule), its `benchmark` and the
+`anomaly.paste_shape` option; the natural-image bank is loaded once, on the host, by
 `cmaae_jax.natural_images`.
 """
 
