@@ -157,8 +157,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     scorer = inference.Scorer(config, variables)
     test = splits["test"]
     primary = jax.process_index() == 0  # every process scores; only the primary writes
-    pastes = config.eval.get("threshold_rule", "quantile") == "pastes"
-    total = splits["val"].num_images * (1 + pastes) + test.num_images
+    rule = config.eval.get("threshold_rule", "quantile")
+    total = splits["val"].num_images * (1 + (rule == "pastes")) + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
         threshold, ref, ref_record = calibrate(scorer, splits, config, bar)
         out = workdir_lib.eval_dir(workdir)
@@ -183,9 +183,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         method=config.score.method,
         scales=list(config.score.scales),
         reference=ref_record,
-        threshold_rule=calibration.describe(
-            config.eval.get("threshold_rule", "quantile"), config.eval.threshold_quantile
-        ),
+        threshold_rule=calibration.describe(rule, config.eval.threshold_quantile),
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
         per_type={

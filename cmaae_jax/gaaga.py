@@ -251,7 +251,7 @@ def paste_on_host(images_u8, sizes_Nx2, bank, key, anomaly, canvas_size, chunk=8
             return out[0], mask[0]
 
         out, mask = jax.vmap(one)(keys, images_lib.to_float(normal_u8), limits)
-        return jnp.clip(jnp.round((out + 1.0) * 127.5), 0, 255).astype(jnp.uint8), mask
+        return images_lib.to_uint8(out), mask
 
     fn = jax.jit(one_chunk)
     sizes = np.asarray(sizes_Nx2, np.int32).reshape(-1, 2)

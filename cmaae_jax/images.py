@@ -269,3 +269,8 @@ def load_pair(image_path, mask_path, image_size, resize="square"):
 def to_float(images_uint8):
     """Maps uint8 images (numpy or jax) to float32 in [-1, 1]: x / 127.5 - 1."""
     return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images_float):
+    """The inverse of `to_float` (numpy or jax), rounded to the nearest level and clipped."""
+    return ((images_float + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
