@@ -15,6 +15,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -63,10 +64,20 @@ def pasted_held_out(scorer, val, config, bar=None):
     return valid_maps(scorer, pasted, bar=bar), masks
 
 
-def calibrate(scorer, splits, config, bar=None):
-    """(threshold, reference or None, reference record) from normal images only: the
-    reference (`score.reference`) from up to `score.reference_images` training images, its
-    choice and the label-free threshold from the held-out val images."""
+class Calibration(NamedTuple):
+    """What `calibrate` chose from normal images: the threshold, the reference (None: none
+    used) and its record, and the rule's candidate thresholds by name (the quantile's; with
+    `pastes` also the pastes' best-F1 one, before the floor)."""
+
+    threshold: float
+    ref: np.ndarray | None
+    reference_record: dict
+    candidates: dict
+
+
+def calibrate(scorer, splits, config, bar=None) -> Calibration:
+    """The reference (`score.reference`) from up to `score.reference_images` training images,
+    its choice and the label-free threshold from the held-out val images; no defect label."""
     val = splits["val"]
     if val.num_images == 0:
         raise datasets.DatasetError(
@@ -92,12 +103,14 @@ def calibrate(scorer, splits, config, bar=None):
     rule = config.eval.get("threshold_rule", "quantile")
     pooled = np.concatenate([m.ravel() for m in held_out])
     threshold = calibration.label_free_threshold(rule, pooled, quantile)
+    candidates = {rule if rule == "head" else "quantile": threshold}
     if rule == "pastes":
         maps, masks = pasted_held_out(scorer, val, config, bar)
         best = calibration.paste_threshold(held_out, reference.subtract(ref, maps), masks)
         logging.info("pastes rule: best-F1 threshold %.6g, quantile floor %.6g", best, threshold)
+        candidates["pastes"] = best
         threshold = max(threshold, best)
-    return threshold, ref, record
+    return Calibration(threshold, ref, record, candidates)
 
 
 def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
@@ -160,7 +173,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     rule = config.eval.get("threshold_rule", "quantile")
     total = splits["val"].num_images * (1 + (rule == "pastes")) + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
-        threshold, ref, ref_record = calibrate(scorer, splits, config, bar)
+        chosen = calibrate(scorer, splits, config, bar)
+        threshold, ref = chosen.threshold, chosen.ref
         out = workdir_lib.eval_dir(workdir)
         (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
         if primary:
@@ -182,8 +196,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         checkpoint_step=int(ckpt_step),
         method=config.score.method,
         scales=list(config.score.scales),
-        reference=ref_record,
+        reference=chosen.reference_record,
         threshold_rule=calibration.describe(rule, config.eval.threshold_quantile),
+        threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
         per_type={

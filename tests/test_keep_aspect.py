@@ -110,7 +110,7 @@ def test_metrics_and_threshold_count_only_valid_pixels(tmp_path):
     config = ml_collections.ConfigDict(
         {"score": {"reference": "none"}, "eval": {"threshold_quantile": 0.9}}
     )
-    threshold, ref, record = evaluate.calibrate(fake, {"val": split}, config)
+    threshold, ref, record, _ = evaluate.calibrate(fake, {"val": split}, config)
     assert ref is None and record == {"setting": "none", "used": False}
     assert threshold == pytest.approx(np.quantile(scores, 0.9), rel=1e-6) and threshold < 2
     acc, per_type = evaluate._score_test(fake, split, threshold, None, tmp_path, max_pictures=5)
@@ -330,7 +330,7 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
 
     monkeypatch.setattr(evaluate.gaaga, "paste_on_host", fake_paste)
     config = tiny_config("unused", eval__threshold_rule="pastes", eval__threshold_quantile=quantile)
-    threshold, ref, _ = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
+    threshold, ref, _, candidates = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
     assert ref is None and calls == [([list(s) for s in sizes], 64, "rect")]
 
     # brute force: every valid clean pixel negative, pasted pixels labelled by the masks
@@ -352,3 +352,5 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
     floor = np.quantile(scores[: len(scores) // 2], quantile)  # the clean pixels only
     assert threshold == pytest.approx(max(best, floor))
     assert (best > floor) == (binding == "pastes")
+    assert candidates["pastes"] == pytest.approx(best)  # both candidates recorded
+    assert candidates["quantile"] == pytest.approx(floor, rel=1e-6)
