@@ -1,0 +1,119 @@
+"""Criteria for a threshold from GAAGA pastes, measured on trained runs in one pass each.
+
+    python scripts/threshold_criteria.py runs/demo_final runs/demo_carpet \
+        --out runs/threshold_criteria
+
+`eval.threshold_rule=pastes` takes the threshold of best pixel F1 over the held-out normal
+images and their pasted copies; that F1 depends on how common pasted pixels are (3-4% of a
+pasted image), which real defects are not (RESULTS.md, tenth session). This script scores
+each run's held-out images (clean and pasted, as the rule does), the test split once, and
+reports the per-defect-type F1 that several criteria on the pastes would give, alone and
+floored at the quantile rule's threshold:
+
+- `quantile`: the run's quantile rule (`eval.threshold_quantile` of held-out normal pixels);
+- `pastes`: the current rule's best F1 (pasted pixels as common as they are);
+- `prior_P`: best F1 if defect pixels were a share P of all pixels: with TPR(t) over the
+  pasted pixels and FPR(t) over every normal pixel, F1 = 2 P TPR / (P TPR + P + (1-P) FPR);
+- `recall_R`: the highest threshold that still flags a share R of the pasted pixels.
+
+No test mask enters a threshold; masks only score them. Each run's record is written to
+`<out>/<run path with / as __>.json` and not recomputed (resumable).
+"""
+
+import argparse
+import copy
+import json
+import pathlib
+import tempfile
+
+import numpy as np
+
+PRIORS = (0.001, 0.005, 0.02)
+RECALLS = (0.25, 0.5)
+
+
+def candidates(normal_maps, pasted_maps, masks, floor: float) -> dict:
+    """Thresholds by criterion name (see the module docstring), before the floor."""
+    from cmaae_jax import metrics
+
+    acc = metrics.PixelAccumulator()
+    for amap in normal_maps:
+        acc.update(amap, np.zeros(np.shape(amap), bool))
+    for amap, mask in zip(pasted_maps, masks, strict=True):
+        acc.update(amap, mask)
+    c = acc.curves()
+    tpr = c["tp"] / c["num_pos"]
+    fpr = c["fp"] / c["num_neg"]
+    out = {"quantile": floor, "pastes": acc.result()["pixel_f1_max_threshold"]}
+    for p in PRIORS:
+        f1 = 2 * p * tpr / (p * tpr + p + (1 - p) * fpr)
+        out[f"prior_{p:g}"] = float(c["thresholds"][int(np.argmax(f1))])
+    for r in RECALLS:  # thresholds descend: the first that reaches the recall
+        out[f"recall_{r:g}"] = float(c["thresholds"][int(np.argmax(tpr >= r))])
+    return out
+
+
+def measure(run: pathlib.Path) -> dict:
+    """{criterion: threshold}, and per type {criterion: F1} and F1 max, for one run."""
+    from cmaae_jax import calibration, datasets, evaluate, inference
+    from cmaae_jax import workdir as workdir_lib
+
+    own = json.loads(workdir_lib.eval_metrics_path(run).read_text())
+    config = copy.deepcopy(workdir_lib.load_config(run))
+    for key, (_, used) in own.get("config_overrides", {}).items():
+        section, name = key.split(".")
+        config[section][name] = tuple(used) if isinstance(used, list) else used
+    config.eval.threshold_rule = "pastes"
+    _, variables = inference.restore_variables(config, str(run))
+    splits = datasets.load_splits(config)
+    scorer = inference.Scorer(config, variables)
+    seen = {}
+    paste_threshold = calibration.paste_threshold
+
+    def capture(normal_maps, pasted_maps, paste_masks):
+        seen.update(normal=normal_maps, pasted=pasted_maps, masks=paste_masks)
+        return paste_threshold(normal_maps, pasted_maps, paste_masks)
+
+    calibration.paste_threshold = capture
+    try:
+        chosen = evaluate.calibrate(scorer, splits, config)
+    finally:
+        calibration.paste_threshold = paste_threshold
+    floor = chosen.candidates["quantile"]
+    found = candidates(seen["normal"], seen["pasted"], seen["masks"], floor)
+    found.update({f"{k}_floored": max(v, floor) for k, v in found.items() if k != "quantile"})
+    with tempfile.TemporaryDirectory() as tmp:
+        _, per_type = evaluate._score_test(
+            scorer, splits["test"], floor, chosen.ref, pathlib.Path(tmp), 0
+        )
+    f1 = {}
+    for name, t in found.items():
+        for kind, r in per_type.result(t).items():
+            f1.setdefault(kind, {"f1_max": r["pixel_f1_max"]})[name] = r["pixel_f1"]
+    return {"thresholds": found, "per_type_f1": f1}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=pathlib.Path)
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/threshold_criteria"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for run in args.runs:
+        path = args.out / (str(run).strip("/").replace("/", "__") + ".json")
+        if not path.is_file():
+            path.write_text(json.dumps(measure(run), indent=2, sort_keys=True))
+        rows[str(run)] = json.loads(path.read_text())
+    names = list(next(iter(rows.values()))["thresholds"])
+    print("| run | " + " | ".join(names) + " | F1 max |")
+    print("|---|" + "---:|" * (len(names) + 1))
+    for run, rec in rows.items():
+        kinds = [k for k in rec["per_type_f1"] if k != "good"]
+        means = [np.mean([rec["per_type_f1"][k][n] for k in kinds]) for n in names]
+        best = np.mean([rec["per_type_f1"][k]["f1_max"] for k in kinds])
+        print(f"| {run} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {best:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
