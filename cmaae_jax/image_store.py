@@ -4,7 +4,7 @@ A store holds one process's shard of the training entries, decoded and resized e
 `layouts.read_entries` decodes them for `data.image_size` S and `data.resize`, as S x S x 3 uint8
 records in one file (record i at byte i * S * S * 3): square images as they are, keep_aspect
 images as the valid region reflected bottom/right into an S x S canvas (`images.pad_to`, as
-`train.Sampler` places in-memory images), their valid (h, w) kept in the index.
+`sampler.Sampler` places in-memory images), their valid (h, w) kept in the index.
 
 Files in the cache folder, for shard p of P (image i of the listed entries belongs to p = i % P):
 `train-<resize>-<S>-shard<p>of<P>.u8` (the records) and `.json` beside it (the index: paths,
@@ -132,7 +132,7 @@ class ImageStore:
     Attributes:
       paths: the image file of each record.
       sizes: int32 [N, 2] valid (h, w) of each record for keep_aspect; None for square stores
-        (every record is the whole S x S image, and `train.Sampler` then passes no sizes).
+        (every record is the whole S x S image, and `sampler.Sampler` then passes no sizes).
       shard, num_shards: which shard of the training entries the store holds.
     """
 

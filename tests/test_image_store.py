@@ -14,6 +14,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from cmaae_jax import configlib, datasets, image_store, layouts, train
+from cmaae_jax import sampler as sampler_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,7 +173,7 @@ def test_three_process_shards_are_disjoint_cover_all_and_draw_their_own(tmp_path
     ]
     assert jax.device_count() == 4
     for p, st in enumerate(stores):
-        sampler = train.Sampler(st, 8, seed=5)
+        sampler = sampler_lib.Sampler(st, 8, seed=5)
         for step in (0, 7):
             b, sizes = sampler.draw(step)
             assert b.shape == (4, 2, s, s, 3) and sizes.shape == (4, 2, 2)
@@ -210,7 +211,7 @@ def test_building_and_drawing_keep_host_memory_bounded(tmp_path, monkeypatch):
     before = _status_bytes("VmRSS")
     store = image_store.open_or_build(_entries(paths), tmp_path / "cache", s, "square")
     build_peak = _status_bytes("VmHWM") - before
-    sampler = train.Sampler(store, 16, seed=1)
+    sampler = sampler_lib.Sampler(store, 16, seed=1)
     sampler.draw(0)
     before, checksum = _status_bytes("VmRSS"), 0
     for step in range(1, 301):  # 4800 rows: every record is read about 4 times
@@ -253,12 +254,12 @@ def _refuse_to_decode(monkeypatch):
 
 def test_stream_sampler_draws_the_in_memory_batches_without_decoding(tmp_path, monkeypatch):
     memory_config, stream_config = _configs(tmp_path / "data")
-    in_memory = train.make_sampler(memory_config, tmp_path / "memory")  # writes the tree
+    in_memory = sampler_lib.make_sampler(memory_config, tmp_path / "memory")  # writes the tree
     names = [os.path.basename(e.path) for e in datasets.list_train_entries(stream_config)]
     want = [os.path.basename(p) for p in datasets.load_splits(memory_config)["train"].paths]
     assert names == want and len(names) == 12  # 16 images, 4 held out for validation
     _refuse_to_decode(monkeypatch)
-    streamed = train.make_sampler(stream_config, tmp_path / "stream")
+    streamed = sampler_lib.make_sampler(stream_config, tmp_path / "stream")
     assert isinstance(streamed.source, image_store.ImageStore)
     assert sorted(os.listdir(tmp_path / "stream" / "image_store")) == [
         "train-keep_aspect-64-shard0of1.json",
@@ -273,7 +274,7 @@ def test_stream_sampler_draws_the_in_memory_batches_without_decoding(tmp_path, m
     streamed.source.close()
     # data.cache_dir moves the store.
     stream_config.data.cache_dir = str(tmp_path / "elsewhere")
-    train.make_sampler(stream_config, tmp_path / "stream").source.close()
+    sampler_lib.make_sampler(stream_config, tmp_path / "stream").source.close()
     assert len(os.listdir(tmp_path / "elsewhere")) == 2
 
 

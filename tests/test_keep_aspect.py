@@ -21,6 +21,7 @@ from cmaae_jax import (
     predict,
     train,
 )
+from cmaae_jax import sampler as sampler_lib
 
 
 def _reflect_index(i, n):
@@ -193,7 +194,7 @@ def test_sampler_places_keep_aspect_images_in_reflected_canvases():
         im = np.zeros((64, 64, 3), np.uint8)  # padding content must not matter
         im[:h, :w] = rng.integers(0, 256, (h, w, 3))
         imgs.append(im)
-    sampler = train.Sampler(imgs, 8, seed=3, sizes=sizes, canvas_size=128)
+    sampler = sampler_lib.Sampler(imgs, 8, seed=3, sizes=sizes, canvas_size=128)
     for step in range(3):
         b, got_sizes = sampler.draw(step)
         assert b.shape == (4, 2, 128, 128, 3) and got_sizes.shape == (4, 2, 2)
@@ -204,7 +205,7 @@ def test_sampler_places_keep_aspect_images_in_reflected_canvases():
             np.testing.assert_array_equal(canvas, imgs[i][ys][:, xs])
         args = sampler.step_args(step, "bank", "key")
         assert len(args) == 4 and args[1:3] == ("bank", "key")
-    square = train.Sampler(np.stack(imgs), 8, seed=3)
+    square = sampler_lib.Sampler(np.stack(imgs), 8, seed=3)
     b, none = square.draw(0)
     idx = np.sort(np.random.default_rng([3, 0]).integers(0, 5, 8))
     assert none is None and len(square.step_args(0, "bank", "key")) == 3
