@@ -70,16 +70,20 @@ def threshold_from_normal(
     return float(value)
 
 
-def paste_threshold(normal_maps, pasted_maps, paste_masks) -> float:
-    """The `pastes` rule: the threshold of best pixel F1 when every pixel of `normal_maps`
-    (held-out normal images) is negative and those of `pasted_maps` are labelled by
-    `paste_masks` (maps and masks: lists of [h_i, w_i], or arrays [N, H, W])."""
+def paste_accumulator(normal_maps, pasted_maps, paste_masks) -> metrics.PixelAccumulator:
+    """Pixel counts with every pixel of `normal_maps` (held-out normal images) negative and
+    those of `pasted_maps` labelled by `paste_masks` (lists of [h_i, w_i], or [N, H, W])."""
     acc = metrics.PixelAccumulator()
     for amap in normal_maps:
         acc.update(amap, np.zeros(np.shape(amap), bool))
     for amap, mask in zip(pasted_maps, paste_masks, strict=True):
         acc.update(amap, mask)
-    result = acc.result()
+    return acc
+
+
+def paste_threshold(normal_maps, pasted_maps, paste_masks) -> float:
+    """The `pastes` rule: the threshold of best pixel F1 over `paste_accumulator`'s pixels."""
+    result = paste_accumulator(normal_maps, pasted_maps, paste_masks).result()
     if not result["num_positive_pixels"]:
         raise ValueError("the pastes rule got no pasted pixel to calibrate on")
     return result["pixel_f1_max_threshold"]

@@ -34,13 +34,9 @@ RECALLS = (0.25, 0.5)
 
 def candidates(normal_maps, pasted_maps, masks, floor: float) -> dict:
     """Thresholds by criterion name (see the module docstring), before the floor."""
-    from cmaae_jax import metrics
+    from cmaae_jax import calibration
 
-    acc = metrics.PixelAccumulator()
-    for amap in normal_maps:
-        acc.update(amap, np.zeros(np.shape(amap), bool))
-    for amap, mask in zip(pasted_maps, masks, strict=True):
-        acc.update(amap, mask)
+    acc = calibration.paste_accumulator(normal_maps, pasted_maps, masks)
     c = acc.curves()
     tpr = c["tp"] / c["num_pos"]
     fpr = c["fp"] / c["num_neg"]
