@@ -93,6 +93,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied", "anomaly.focus_crops": 0.5},
         None,
     ),
+    "varied_c4": (
+        "varied pastes, 4 crops per image (16 images per step at batch 64, not 4)",
+        {"anomaly.paste_shape": "varied", "train.crops_per_image": 4},
+        None,
+    ),
     "ae_varied": (
         "plain auto-encoder (no memory) trained with varied pastes",
         {"model.variant": "ae", "anomaly.paste_shape": "varied"},
