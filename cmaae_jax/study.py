@@ -235,6 +235,9 @@ def plot_budget_curves(curves: dict, path, key: str = "pixel_aupro"):
             if kind in c:
                 ax.plot(*zip(*c[kind], strict=True), marker="o", label=variant)
         ax.set_xscale("log")
+        budgets = sorted({p for c in curves.values() for p, _ in c.get(kind, [])})
+        ax.set_xticks(budgets, [f"{p / 1000:.0f}k" for p in budgets])
+        ax.minorticks_off()
         ax.set_title(kind)
         ax.set_xlabel("64x64 patches seen")
     axes[0][0].set_ylabel(key)
