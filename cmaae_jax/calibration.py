@@ -3,11 +3,17 @@
 No defect label is used, so the F1 at this threshold (`pixel_f1`) is the deployable number.
 Three rules (`eval.threshold_rule`): `quantile`, a quantile of held-out normal pixel scores;
 `head`, the segment head's own decision boundary (score.method=segment), p = 0.5, which its
-training on the paste masks put between normal and anomalous pixels; and `pastes`, the
-threshold of best pixel F1 over the held-out normal images and the same images with GAAGA
-pastes (the training's artificial anomalies stand in for the unknown defects), never below
-the quantile rule's: the quantile bounds the share of normal pixels flagged, and the pastes
-raise the threshold where anomalies stand far above the normal scores.
+training on the paste masks put between normal and anomalous pixels; and `pastes`: the
+held-out normal images are scored as they are and with GAAGA pastes (the training's
+artificial anomalies stand in for the unknown defects), which give each threshold t a true
+positive rate TPR(t) over the pasted pixels and a false positive rate FPR(t) over the normal
+ones. F1 depends on how common defects are, which no label-free rule knows; the rule takes
+the t of best F1 at an assumed share P of defect pixels (`eval.paste_prior`):
+
+    F1_P(t) = 2 P TPR / (P TPR + P + (1 - P) FPR)
+
+With P = 0 it is the tenth session's rule instead: best F1 with the pixels as they were
+pasted (3-4% of a pasted image), never below the quantile rule's threshold.
 """
 
 import math
@@ -23,8 +29,8 @@ HEAD_THRESHOLD = math.log(2.0)
 
 def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
     """The threshold of `rule`: `quantile` (`threshold_from_normal` of `normal_maps`) or
-    `head` (`HEAD_THRESHOLD`, whatever the normal maps); for `pastes`, its floor (the
-    quantile), which the caller raises to `paste_threshold` where that is higher."""
+    `head` (`HEAD_THRESHOLD`, whatever the normal maps); for `pastes`, the quantile, which
+    the caller replaces by `paste_threshold` (with `eval.paste_prior` 0: raises to it)."""
     if rule == "head":
         return HEAD_THRESHOLD
     if rule not in ("quantile", "pastes"):
@@ -32,8 +38,13 @@ def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
     return threshold_from_normal(normal_maps, quantile)
 
 
-def describe(rule: str, quantile: float) -> str:
+def describe(rule: str, quantile: float, prior: float = 0.0) -> str:
     """The rule as metrics.json records it."""
+    if rule == "pastes" and prior > 0:
+        return (
+            f"best pixel F1 over held-out normal images and their GAAGA-pasted copies, "
+            f"weighted as if defect pixels were a share {prior:g} of all pixels"
+        )
     if rule == "pastes":
         return (
             f"best pixel F1 over held-out normal images and their GAAGA-pasted copies, at "
@@ -81,9 +92,19 @@ def paste_accumulator(normal_maps, pasted_maps, paste_masks) -> metrics.PixelAcc
     return acc
 
 
-def paste_threshold(normal_maps, pasted_maps, paste_masks) -> float:
-    """The `pastes` rule: the threshold of best pixel F1 over `paste_accumulator`'s pixels."""
-    result = paste_accumulator(normal_maps, pasted_maps, paste_masks).result()
-    if not result["num_positive_pixels"]:
+def paste_threshold(normal_maps, pasted_maps, paste_masks, prior: float = 0.0) -> float:
+    """The `pastes` rule's threshold over `paste_accumulator`'s pixels: best F1_P at the
+    share `prior` = P of defect pixels (module docstring), or with P = 0 best F1 with the
+    pixels as pasted."""
+    acc = paste_accumulator(normal_maps, pasted_maps, paste_masks)
+    if not 0.0 <= prior < 1.0:
+        raise ValueError(f"eval.paste_prior must be in [0, 1), got {prior}")
+    c = acc.curves()
+    if not c["num_pos"]:
         raise ValueError("the pastes rule got no pasted pixel to calibrate on")
-    return result["pixel_f1_max_threshold"]
+    if prior == 0.0:
+        return acc.result()["pixel_f1_max_threshold"]
+    tpr = c["tp"] / c["num_pos"]
+    fpr = c["fp"] / max(1, c["num_neg"])
+    f1 = 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)
+    return float(c["thresholds"][int(np.argmax(f1))])

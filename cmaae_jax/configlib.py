@@ -158,6 +158,8 @@ def _validate_score_eval(s, e):
     _check(
         0 < e.threshold_quantile < 1, "eval.threshold_quantile", e.threshold_quantile, "in (0, 1)"
     )
+    prior = e.get("paste_prior", 0.0)
+    _check(0 <= prior < 1, "eval.paste_prior", prior, "must be in [0, 1)")
 
 
 def validate(config, num_devices: int | None = None):

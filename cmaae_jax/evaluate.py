@@ -105,11 +105,14 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
     threshold = calibration.label_free_threshold(rule, pooled, quantile)
     candidates = {rule if rule == "head" else "quantile": threshold}
     if rule == "pastes":
+        prior = config.eval.get("paste_prior", 0.0)
         maps, masks = pasted_held_out(scorer, val, config, bar)
-        best = calibration.paste_threshold(held_out, reference.subtract(ref, maps), masks)
-        logging.info("pastes rule: best-F1 threshold %.6g, quantile floor %.6g", best, threshold)
+        best = calibration.paste_threshold(held_out, reference.subtract(ref, maps), masks, prior)
+        logging.info(
+            "pastes rule (prior %g): threshold %.6g, quantile's %.6g", prior, best, threshold
+        )
         candidates["pastes"] = best
-        threshold = max(threshold, best)
+        threshold = best if prior > 0 else max(threshold, best)
     return Calibration(threshold, ref, record, candidates)
 
 
@@ -197,7 +200,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         method=config.score.method,
         scales=list(config.score.scales),
         reference=chosen.reference_record,
-        threshold_rule=calibration.describe(rule, config.eval.threshold_quantile),
+        threshold_rule=calibration.describe(
+            rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
+        ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),

@@ -66,9 +66,9 @@ def measure(run: pathlib.Path) -> dict:
     seen = {}
     paste_threshold = calibration.paste_threshold
 
-    def capture(normal_maps, pasted_maps, paste_masks):
+    def capture(normal_maps, pasted_maps, paste_masks, *prior):
         seen.update(normal=normal_maps, pasted=pasted_maps, masks=paste_masks)
-        return paste_threshold(normal_maps, pasted_maps, paste_masks)
+        return paste_threshold(normal_maps, pasted_maps, paste_masks, *prior)
 
     calibration.paste_threshold = capture
     try:

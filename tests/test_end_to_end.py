@@ -66,7 +66,9 @@ def test_train_evaluate_predict(trained):
     for key in metrics.HEADLINE_KEYS + ("threshold", "num_images", "checkpoint_step"):
         assert key in m, key
     assert m["checkpoint_step"] == 50 and m["num_images"] == 12
-    assert m["threshold_candidates"] == {"quantile": m["threshold"]}  # the default rule
+    # the default rule: the pastes' threshold at the assumed defect share, no floor
+    assert set(m["threshold_candidates"]) == {"quantile", "pastes"}
+    assert m["threshold_candidates"]["pastes"] == m["threshold"]
     assert f"  pixel_auroc   {m['pixel_auroc']:.3f}" in proc.stdout.splitlines()  # the summary
     # Better than chance: random maps give AUROC 0.5 and F1 about the defect fraction (< 0.05).
     assert m["pixel_auroc"] > 0.7 and m["image_auroc"] > 0.6

@@ -310,8 +310,11 @@ class _BrightnessScorer:
             yield np.array([i]), im.mean(-1, dtype=np.float32)[None]
 
 
-@pytest.mark.parametrize("quantile, binding", [(0.5, "pastes"), (0.9999, "quantile")])
-def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quantile, binding):
+@pytest.mark.parametrize(
+    "quantile, prior, binding",
+    [(0.5, 0.0, "pastes"), (0.9999, 0.0, "quantile"), (0.9999, 0.01, "prior")],
+)
+def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quantile, prior, binding):
     rng = np.random.default_rng(5)
     sizes = [(40, 64), (64, 30), (20, 64)]
     imgs = [rng.integers(0, 200, (64, 64, 3), np.uint8) for _ in sizes]
@@ -330,7 +333,12 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
         return pasted, masks
 
     monkeypatch.setattr(evaluate.gaaga, "paste_on_host", fake_paste)
-    config = tiny_config("unused", eval__threshold_rule="pastes", eval__threshold_quantile=quantile)
+    config = tiny_config(
+        "unused",
+        eval__threshold_rule="pastes",
+        eval__threshold_quantile=quantile,
+        eval__paste_prior=prior,
+    )
     threshold, ref, _, candidates = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
     assert ref is None and calls == [([list(s) for s in sizes], 64, "rect")]
 
@@ -347,11 +355,17 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
     )
 
     def f1(t):
+        if prior:  # TPR over pasted pixels, FPR over every normal one, defects a share prior
+            tpr, fpr = np.mean(scores[labels] >= t), np.mean(scores[~labels] >= t)
+            return 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)
         return 2 * np.sum(labels & (scores >= t)) / (np.sum(scores >= t) + labels.sum())
 
     best = max(np.unique(scores), key=lambda t: (f1(t), t))
     floor = np.quantile(scores[: len(scores) // 2], quantile)  # the clean pixels only
-    assert threshold == pytest.approx(max(best, floor))
-    assert (best > floor) == (binding == "pastes")
+    if prior:  # no floor: here the prior's threshold lies below the quantile's
+        assert threshold == pytest.approx(best) and best < floor
+    else:
+        assert threshold == pytest.approx(max(best, floor))
+        assert (best > floor) == (binding == "pastes")
     assert candidates["pastes"] == pytest.approx(best)  # both candidates recorded
     assert candidates["quantile"] == pytest.approx(floor, rel=1e-6)

@@ -386,3 +386,18 @@ def test_paste_threshold_is_the_best_f1_threshold_by_brute_force():
     assert got == pytest.approx(best) and f1(got) == pytest.approx(f1(best))
     with pytest.raises(ValueError, match="no pasted pixel"):
         calibration.paste_threshold(normal, pasted, [np.zeros_like(m) for m in masks])
+
+    # with an assumed share P of defect pixels: F1 from the pasted pixels' TPR and the
+    # normal pixels' FPR (the normal images' and the unpasted pixels of pasted images)
+    for prior in (0.001, 0.05, 0.5):
+
+        def f1_prior(t, p=prior):
+            tpr, fpr = np.mean(scores[labels] >= t), np.mean(scores[~labels] >= t)
+            return 2 * p * tpr / (p * tpr + p + (1 - p) * fpr)
+
+        want = max(np.unique(scores), key=lambda t: (f1_prior(t), t))
+        got = calibration.paste_threshold(normal, pasted, masks, prior)
+        assert got == pytest.approx(want), prior
+    assert calibration.paste_threshold(normal, pasted, masks, 0.001) >= got  # rarer: higher
+    with pytest.raises(ValueError, match="paste_prior"):
+        calibration.paste_threshold(normal, pasted, masks, 1.0)

@@ -98,6 +98,8 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("score__scales", (4,)),
         ("score__normalize", "mean"),
         ("eval__val_fraction", 1.5),
+        ("eval__paste_prior", 1.0),
+        ("eval__paste_prior", -0.1),
         ("anomaly__focus_crops", 1.5),
         ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
     ],
