@@ -1,8 +1,8 @@
 """Checkpoint-based evaluation: label-free threshold, pooled pixel metrics, pictures.
 
 The threshold comes from held-out normal training images (`eval.val_fraction` of train/good)
-by the rule `eval.threshold_rule` names (`cmaae_jax.calibration`; default: the
-`eval.threshold_quantile` quantile of their scores): no defect label is used to pick it, so
+and their GAAGA-pasted copies, by the rule `eval.threshold_rule` names
+(`cmaae_jax.calibration`; configs/default.py: `pastes`): no defect label is used to pick it, so
 `pixel_f1` is the deployable number; `pixel_f1_max` is the best F1 over all thresholds.
 `per_type` repeats the metrics for each defect type (its images and all normal test images).
 Maps, masks and pictures are at the resized image's resolution, cropped to each image's valid
