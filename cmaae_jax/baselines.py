@@ -1,5 +1,7 @@
-"""Non-learned reference maps, scored exactly like a trained model (same data, threshold rule
-and metrics), so a study can say how far a model is above what needs no training at all.
+"""Non-learned reference maps, scored like a trained model (same data, valid regions and
+metrics), so a study can say how far a model is above what needs no training at all. Their
+label-free threshold is the quantile rule's (`eval.threshold_quantile` of held-out normal
+pixels) whatever `eval.threshold_rule` says: the `pastes` rule is not built for them.
 
 * `local_contrast`: |I - G_sigma * I|, the grey level's departure from its Gaussian-blurred
   neighbourhood (sigma in pixels of the resized image): finds small dark/bright spots and
