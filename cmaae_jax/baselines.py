@@ -1,7 +1,8 @@
 """Non-learned reference maps, scored like a trained model (same data, valid regions and
 metrics), so a study can say how far a model is above what needs no training at all. Their
-label-free threshold is the quantile rule's (`eval.threshold_quantile` of held-out normal
-pixels) whatever `eval.threshold_rule` says: the `pastes` rule is not built for them.
+label-free threshold is a trained model's rule: the quantile of held-out normal pixels, or
+(given a config whose `eval.threshold_rule` is `pastes`) the pastes rule on the same held-out
+images with the same pastes (`calibration.pasted_split`).
 
 * `local_contrast`: |I - G_sigma * I|, the grey level's departure from its Gaussian-blurred
   neighbourhood (sigma in pixels of the resized image): finds small dark/bright spots and
@@ -74,12 +75,29 @@ def split_maps(method: str, split, train, sigma: float) -> list:
     return [np.abs(g - _resize(template, g.shape)) for g in greys]
 
 
-def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999) -> dict:
-    """Pooled and per-defect-type metrics of one baseline on `datasets.load_splits` output."""
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    normal = [m.ravel() for m in split_maps(method, val, train, sigma)]
-    normal = np.concatenate(normal) if normal else np.zeros(0, np.float32)
-    threshold = calibration.threshold_from_normal(normal, quantile)
+def label_free_threshold(splits, method, sigma: float, quantile: float, config=None) -> float:
+    """The label-free threshold of a baseline: the `quantile` of its held-out normal pixel
+    scores, or the `pastes` rule when `config.eval.threshold_rule` says so."""
+    train, val = splits["train"], splits["val"]
+    normal_maps = split_maps(method, val, train, sigma)
+    pooled = [m.ravel() for m in normal_maps]
+    floor = calibration.threshold_from_normal(
+        np.concatenate(pooled) if pooled else np.zeros(0, np.float32), quantile
+    )
+    if config is None or config.eval.get("threshold_rule", "quantile") != "pastes":
+        return floor
+    prior = config.eval.get("paste_prior", 0.0)
+    pasted, masks = calibration.pasted_split(val, config)
+    pasted_maps = split_maps(method, pasted, train, sigma)
+    best = calibration.paste_threshold(normal_maps, pasted_maps, masks, prior)
+    return calibration.pastes_rule(floor, best, prior)
+
+
+def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, config=None):
+    """Pooled and per-defect-type metrics of one baseline on `datasets.load_splits` output;
+    `config` (optional) chooses the threshold rule (`label_free_threshold`)."""
+    train, test = splits["train"], splits["test"]
+    threshold = label_free_threshold(splits, method, sigma, quantile, config)
     acc = metrics.PixelAccumulator(thresholds=(threshold,))
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     test_maps = split_maps(method, test, train, sigma)

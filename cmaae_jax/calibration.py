@@ -16,15 +16,18 @@ With P = 0 it is the tenth session's rule instead: best F1 with the pixels as th
 pasted (3-4% of a pasted image), never below the quantile rule's threshold.
 """
 
+import dataclasses
 import math
 
+import jax
 import numpy as np
 
-from cmaae_jax import metrics
+from cmaae_jax import gaaga, metrics, natural_images
 
 THRESHOLD_RULES = ("quantile", "head", "pastes")  # config eval.threshold_rule
 # The segment head's map is softplus(logit) = -log(1 - p): p = 0.5 is log 2.
 HEAD_THRESHOLD = math.log(2.0)
+PASTE_KEY = 1  # folded into the training seed: the `pastes` rule's pastes differ from training's
 
 
 def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
@@ -108,3 +111,21 @@ def paste_threshold(normal_maps, pasted_maps, paste_masks, prior: float = 0.0) -
     fpr = c["fp"] / max(1, c["num_neg"])
     f1 = 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)
     return float(c["thresholds"][int(np.argmax(f1))])
+
+
+def pasted_split(split, config):
+    """(`split` with GAAGA pastes on its images, paste masks [h_i, w_i]): the training's
+    stage-2 anomalies (`config.anomaly`) on each image's valid region, drawn with the run's
+    seed and `PASTE_KEY`; what the `pastes` rule scores beside the clean held-out images."""
+    bank = natural_images.bank_for_config(config)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), PASTE_KEY)
+    size = config.data.image_size
+    pasted, masks = gaaga.paste_on_host(split.images, split.sizes, bank, key, config.anomaly, size)
+    images = np.stack(pasted) if split.stacked else pasted
+    return dataclasses.replace(split, images=images), masks
+
+
+def pastes_rule(quantile_threshold: float, pastes_threshold: float, prior: float) -> float:
+    """The `pastes` rule's threshold: the pastes' own at an assumed defect share (`prior` >
+    0), or with `prior` 0 the pastes' best F1 floored at the quantile rule's."""
+    return pastes_threshold if prior > 0 else max(quantile_threshold, pastes_threshold)

@@ -11,7 +11,6 @@ that came without a mask (`Split.has_masks` False) count in image metrics only: 
 is not a negative (`num_images_without_masks` says how many were left out of pixel metrics).
 """
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -26,10 +25,8 @@ from cmaae_jax import (
     configlib,
     console,
     datasets,
-    gaaga,
     inference,
     metrics,
-    natural_images,
     pictures,
     reference,
 )
@@ -50,17 +47,10 @@ def valid_maps(scorer, split, indices=None, bar=None) -> list:
     return out
 
 
-PASTE_KEY = 1  # folded into the training seed: the `pastes` rule's pastes differ from training's
-
-
 def pasted_held_out(scorer, val, config, bar=None):
-    """(valid maps, paste masks) of the held-out images with GAAGA pastes, the training's
-    stage-2 anomalies (`config.anomaly`) drawn with the run's seed and `PASTE_KEY`."""
-    bank = natural_images.bank_for_config(config)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.train.seed), PASTE_KEY)
-    size = config.data.image_size
-    pasted, masks = gaaga.paste_on_host(val.images, val.sizes, bank, key, config.anomaly, size)
-    pasted = dataclasses.replace(val, images=np.stack(pasted) if val.stacked else pasted)
+    """(valid maps, paste masks) of the held-out images with GAAGA pastes
+    (`calibration.pasted_split`)."""
+    pasted, masks = calibration.pasted_split(val, config)
     return valid_maps(scorer, pasted, bar=bar), masks
 
 
@@ -112,7 +102,7 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
             "pastes rule (prior %g): threshold %.6g, quantile's %.6g", prior, best, threshold
         )
         candidates["pastes"] = best
-        threshold = best if prior > 0 else max(threshold, best)
+        threshold = calibration.pastes_rule(threshold, best, prior)
     return Calibration(threshold, ref, record, candidates)
 
 

@@ -30,7 +30,9 @@ def main(argv):
         runs = {f"local_contrast_s{s}": ("local_contrast", float(s)) for s in _SIGMAS.value}
         runs["mean_image"] = ("mean_image", 0.0)
         q = config.eval.threshold_quantile
-        results = {name: baselines.evaluate(splits, m, s, q) for name, (m, s) in runs.items()}
+        results = {
+            name: baselines.evaluate(splits, m, s, q, config) for name, (m, s) in runs.items()
+        }
     print("| baseline | " + " | ".join(KEYS) + " |\n|" + "---|" * (len(KEYS) + 1))
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS) + " |")

@@ -52,3 +52,54 @@ def test_evaluate_finds_planted_spots_and_reports_per_type():
     assert all(t["num_images"] == 9 for t in r["per_type"].values())  # 3 defective + 6 good
     with pytest.raises(ValueError, match="baseline method"):
         baselines.evaluate(splits, "nope")
+
+
+def test_pastes_rule_thresholds_baseline_maps_by_brute_force(monkeypatch):
+    import scipy.ndimage
+    from conftest import tiny_config
+
+    from cmaae_jax import gaaga
+
+    rng = np.random.default_rng(1)
+    s = 32
+    normal = (120 + rng.integers(-6, 7, (8, s, s, 1))).repeat(3, -1).astype(np.uint8)
+    zeros = np.zeros((8, s, s), np.uint8)
+    val = normal[:4]
+    pasted, paste_masks = val.copy(), np.zeros((4, s, s), bool)
+    for i in range(4):  # pastes of several contrasts and sizes
+        rows = slice(8, 10 + 2 * i)
+        pasted[i, rows, 5:20], paste_masks[i, rows, 5:20] = 60 + 15 * i, True
+    calls = []
+
+    def fake_paste(images_u8, *args):
+        calls.append(np.asarray(images_u8).copy())
+        return list(pasted), list(paste_masks)
+
+    monkeypatch.setattr(gaaga, "paste_on_host", fake_paste)
+    splits = {
+        "train": _split(normal[4:], zeros[4:], ["good"] * 4),
+        "val": _split(val, zeros[:4], ["good"] * 4),
+        "test": _split(pasted, paste_masks.astype(np.uint8), ["spot"] * 4),
+    }
+    prior = 0.01
+    config = tiny_config("unused", eval__threshold_rule="pastes", eval__paste_prior=prior)
+    got = baselines.evaluate(splits, "local_contrast", 2.0, 0.99, config)
+    assert len(calls) == 1 and np.array_equal(calls[0], val)  # the held-out images are pasted
+
+    def contrast(images):  # |grey - its Gaussian blur|, by hand
+        g = images.astype(np.float32).mean(-1) / 255.0
+        blurred = [scipy.ndimage.gaussian_filter(x, 2.0, mode="reflect") for x in g]
+        return np.abs(g - np.stack(blurred))
+
+    neg = np.concatenate([contrast(val).ravel(), contrast(pasted)[~paste_masks]])
+    pos = contrast(pasted)[paste_masks]
+
+    def f1(t):
+        tpr, fpr = np.mean(pos >= t), np.mean(neg >= t)
+        return 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)
+
+    best = max(np.unique(np.concatenate([neg, pos])), key=lambda t: (f1(t), t))
+    assert got["threshold"] == pytest.approx(best, rel=1e-6)
+    quantile = baselines.evaluate(splits, "local_contrast", 2.0, 0.99)  # no config: quantile
+    assert quantile["threshold"] == pytest.approx(np.quantile(contrast(val), 0.99), rel=1e-5)
+    assert got["threshold"] != pytest.approx(quantile["threshold"])  # the rules differ here

@@ -13,6 +13,7 @@ from cmaae_jax import (
     baselines,
     evaluate,
     export,
+    gaaga,
     images,
     inference,
     layouts,
@@ -332,7 +333,7 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
         calls.append((np.asarray(sizes_nx2).tolist(), canvas_size, anomaly.paste_shape))
         return pasted, masks
 
-    monkeypatch.setattr(evaluate.gaaga, "paste_on_host", fake_paste)
+    monkeypatch.setattr(gaaga, "paste_on_host", fake_paste)
     config = tiny_config(
         "unused",
         eval__threshold_rule="pastes",
