@@ -7,8 +7,8 @@
 images and their pasted copies; that F1 depends on how common pasted pixels are (3-4% of a
 pasted image), which real defects are not (RESULTS.md, tenth session). This script scores
 each run's held-out images (clean and pasted, as the rule does), the test split once, and
-reports the per-defect-type F1 that several criteria on the pastes would give, alone and
-floored at the quantile rule's threshold:
+reports the per-defect-type F1 (and the pooled F1 over all test images) that several
+criteria on the pastes would give, alone and floored at the quantile rule's threshold:
 
 - `quantile`: the run's quantile rule (`eval.threshold_quantile` of held-out normal pixels);
 - `pastes`: the current rule's best F1 (pasted pixels as common as they are);
@@ -79,14 +79,16 @@ def measure(run: pathlib.Path) -> dict:
     found = candidates(seen["normal"], seen["pasted"], seen["masks"], floor)
     found.update({f"{k}_floored": max(v, floor) for k, v in found.items() if k != "quantile"})
     with tempfile.TemporaryDirectory() as tmp:
-        _, per_type = evaluate._score_test(
+        pooled, per_type = evaluate._score_test(
             scorer, splits["test"], floor, chosen.ref, pathlib.Path(tmp), 0
         )
     f1 = {}
     for name, t in found.items():
         for kind, r in per_type.result(t).items():
             f1.setdefault(kind, {"f1_max": r["pixel_f1_max"]})[name] = r["pixel_f1"]
-    return {"thresholds": found, "per_type_f1": f1}
+    pooled_f1 = {name: pooled.result(t)["pixel_f1"] for name, t in found.items()}
+    pooled_f1["f1_max"] = pooled.result()["pixel_f1_max"]
+    return {"thresholds": found, "per_type_f1": f1, "pooled_f1": pooled_f1}
 
 
 def main():
