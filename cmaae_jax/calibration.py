@@ -99,14 +99,20 @@ def paste_threshold(normal_maps, pasted_maps, paste_masks, prior: float = 0.0) -
     """The `pastes` rule's threshold over `paste_accumulator`'s pixels: best F1_P at the
     share `prior` = P of defect pixels (module docstring), or with P = 0 best F1 with the
     pixels as pasted."""
-    acc = paste_accumulator(normal_maps, pasted_maps, paste_masks)
     if not 0.0 <= prior < 1.0:
         raise ValueError(f"eval.paste_prior must be in [0, 1), got {prior}")
-    c = acc.curves()
-    if not c["num_pos"]:
+    acc = paste_accumulator(normal_maps, pasted_maps, paste_masks)
+    if not acc.curves()["num_pos"]:
         raise ValueError("the pastes rule got no pasted pixel to calibrate on")
     if prior == 0.0:
         return acc.result()["pixel_f1_max_threshold"]
+    return prior_f1_threshold(acc, prior)
+
+
+def prior_f1_threshold(acc: metrics.PixelAccumulator, prior: float) -> float:
+    """The threshold of best F1_P (module docstring) over `acc`'s positives and negatives,
+    at the share `prior` = P of positive pixels; the highest such threshold on ties."""
+    c = acc.curves()  # thresholds descending, so argmax takes the highest on ties
     tpr = c["tp"] / c["num_pos"]
     fpr = c["fp"] / max(1, c["num_neg"])
     f1 = 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)

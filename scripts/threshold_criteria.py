@@ -39,11 +39,9 @@ def candidates(normal_maps, pasted_maps, masks, floor: float) -> dict:
     acc = calibration.paste_accumulator(normal_maps, pasted_maps, masks)
     c = acc.curves()
     tpr = c["tp"] / c["num_pos"]
-    fpr = c["fp"] / c["num_neg"]
     out = {"quantile": floor, "pastes": acc.result()["pixel_f1_max_threshold"]}
     for p in PRIORS:
-        f1 = 2 * p * tpr / (p * tpr + p + (1 - p) * fpr)
-        out[f"prior_{p:g}"] = float(c["thresholds"][int(np.argmax(f1))])
+        out[f"prior_{p:g}"] = calibration.prior_f1_threshold(acc, p)
     for r in RECALLS:  # thresholds descend: the first that reaches the recall
         out[f"recall_{r:g}"] = float(c["thresholds"][int(np.argmax(tpr >= r))])
     return out
