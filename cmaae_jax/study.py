@@ -102,7 +102,8 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     _, variables = inference.restore_variables(config, str(workdir))
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
-    threshold, ref, *_ = evaluate.calibrate(scorer, splits, config)
+    calibration = evaluate.calibrate(scorer, splits, config)
+    threshold, ref = calibration.threshold, calibration.ref
     test = splits["test"]
     chosen = {}
     for i, kind in enumerate(test.defect_types):
