@@ -40,6 +40,7 @@ class Options:
     dtype: str = "float32"  # float32 | bfloat16
     conv_impl: str = "auto"  # auto | matmul | xla
     remat: str = "none"  # none | conv_outputs (train.remat)
+    cpu_scheduler: str = "memory"  # memory | default (train.cpu_scheduler)
     skip_infer: bool = False  # training only
 
 
@@ -152,7 +153,10 @@ def bench_train(args, base_config):
         return metrics
 
     t0 = time.perf_counter()
-    step_fn = train.compile_step(step_fn, rstate, (images, bank, key))  # as train.train does
+    step_args = (images, bank, key)
+    step_fn = train.compile_step(step_fn, rstate, step_args, cpu_scheduler=args.cpu_scheduler)
+    analysis = step_fn.memory_analysis()  # XLA's buffer sizes, per device (None: unknown)
+    temp_mb = analysis.temp_size_in_bytes / 1e6 if analysis is not None else None
     metrics = one_step()
     first = time.perf_counter() - t0
     warm = timed(one_step, args.warmup)
@@ -178,6 +182,7 @@ def bench_train(args, base_config):
             "train_step_cpu_s_median": statistics.median(stats["cpu_s"]),
             "train_step_page_faults_median": statistics.median(stats["faults"]),
             "train_peak_rss_mb": peak_rss_mb(),
+            "train_step_temp_mb_per_device": temp_mb,
         },
     )
 
@@ -257,6 +262,7 @@ def _header(args) -> dict:
         "dtype": args.dtype,
         "conv_impl": args.conv_impl,
         "remat": args.remat,
+        "cpu_scheduler": args.cpu_scheduler,
         "train_steps": args.steps,
         "warmup_steps": args.warmup,
         "infer_images": args.infer_images,

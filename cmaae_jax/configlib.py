@@ -6,6 +6,7 @@ Each option list is imported from the module that owns the option; this module o
 from cmaae_jax import (
     calibration,
     datasets,
+    devices,
     errors,
     gaaga,
     images,
@@ -100,6 +101,7 @@ def _validate_train(t, num_devices):
     _one_of(t.stage2_target, losses.STAGE2_TARGETS, "train.stage2_target")
     _one_of(t.get("lr_schedule", "constant"), state_lib.LR_SCHEDULES, "train.lr_schedule")
     _one_of(t.get("remat", "none"), state_lib.REMAT_OPTIONS, "train.remat")
+    _one_of(t.get("cpu_scheduler", "default"), tuple(devices.CPU_SCHEDULERS), "train.cpu_scheduler")
     warmup = t.get("warmup_fraction", 0.05)
     _check(0 <= warmup < 1, "train.warmup_fraction", warmup, "must be in [0, 1)")
     _at_least(t.checkpoint_every, 1, "train.checkpoint_every")

@@ -8,6 +8,10 @@ import os
 from cmaae_jax import errors
 
 AUTO_CPU_DEVICES = 2
+# config train.cpu_scheduler: the order XLA:CPU gives a training step's instructions. `memory`
+# keeps fewer temporary buffers alive at once (less host memory, BENCHMARKS.md); `default` is
+# XLA's own order. Other platforms ignore it.
+CPU_SCHEDULERS = {"memory": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", "default": None}
 
 
 class DeviceError(errors.UserError, ValueError):
@@ -32,6 +36,15 @@ def set_cpu_devices(n: int):
         import jax  # after the caller's environment is final
 
         jax.config.update("jax_num_cpu_devices", n)
+
+
+def cpu_compiler_options(scheduler: str, platform: str) -> dict | None:
+    """XLA compiler options for a computation compiled for `platform` ("cpu", "gpu", ...):
+    the CPU scheduler `scheduler` (a key of `CPU_SCHEDULERS`) on a CPU, nothing elsewhere."""
+    value = CPU_SCHEDULERS[scheduler]
+    if platform != "cpu" or value is None:
+        return None
+    return {"xla_cpu_scheduler_type": value}
 
 
 def maybe_initialize_distributed(coordinator: str, num_processes: int, process_id: int):

@@ -29,6 +29,7 @@ from absl import logging
 from cmaae_jax import (
     checkpoint,
     configlib,
+    devices,
     gaaga,
     images,
     losses,
@@ -166,7 +167,7 @@ def _start(config, workdir: pathlib.Path, net, mgr):
     return start, state, int(meta["stage"])
 
 
-def compile_step(step_fn, rstate, args: tuple, tag: str = ""):
+def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str = "default"):
     """The step compiled ahead of its first call, on every process, with what compiling freed
     handed back to the OS before the step allocates its own buffers: compiled by its first
     call instead, both came on top of each other in the peak host memory (BENCHMARKS.md).
@@ -174,8 +175,11 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = ""):
     that loads the step from the compilation cache would otherwise reach the first collective
     while another still compiles, and gloo's 30 s set-up would fail. Their step stays the
     pmapped function (its ahead-of-time executable expects global shapes, the calls give
-    this process's), whose first call then finds the compiled step in the cache."""
-    compiled = step_fn.lower(rstate, *args).compile()
+    this process's), whose first call then finds the compiled step in the cache.
+    `cpu_scheduler` (config train.cpu_scheduler) orders the step's instructions on a CPU."""
+    platform = jax.local_devices()[0].platform
+    options = devices.cpu_compiler_options(cpu_scheduler, platform)
+    compiled = step_fn.lower(rstate, *args).compile(compiler_options=options)
     state_lib.release_freed_host_memory()
     if jax.process_count() == 1:
         return compiled
@@ -221,7 +225,8 @@ class _Run:
         rstate, self.state = replicate(self.state), None
         key = replicate(jax.random.fold_in(self.base_key, first))
         args = self.sampler.step_args(first, bank_arg, key)  # compiled with, then run
-        step_fn = compile_step(step_fn, rstate, args, f"{stage}_{first}")
+        scheduler = t.get("cpu_scheduler", "default")
+        step_fn = compile_step(step_fn, rstate, args, f"{stage}_{first}", scheduler)
         for step in range(first, hi):
             if step > first:
                 key = replicate(jax.random.fold_in(self.base_key, step))

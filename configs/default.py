@@ -67,6 +67,7 @@ def get_config():
     c.train.lr_schedule = "constant"  # constant (paper) | cosine (per stage: warm-up, half cosine)
     c.train.warmup_fraction = 0.05  # cosine: share of each stage's steps spent warming up
     c.train.remat = "none"  # none | conv_outputs (recompute BatchNorm/ReLU: less host memory)
+    c.train.cpu_scheduler = "memory"  # XLA:CPU op order: memory (less host memory) | default
     c.train.log_every = 20  # steps between metric-log lines
     c.train.checkpoint_every = 200  # steps between checkpoints
     c.train.keep_checkpoints = 3  # number of checkpoints kept

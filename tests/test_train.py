@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import configlib, model, train
+from cmaae_jax import configlib, devices, model, train
 from cmaae_jax import state as state_lib
 
 
@@ -101,6 +101,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("eval__paste_prior", 1.0),
         ("eval__paste_prior", -0.1),
         ("anomaly__focus_crops", 1.5),
+        ("train__cpu_scheduler", "fastest"),
         ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
     ],
 )
@@ -213,6 +214,35 @@ def test_cosine_schedule_scales_the_first_update_by_the_warmup(data_root):
         deltas[schedule] = {k: after[k] - before[k] for k in before}
     for k, d in deltas["constant"].items():
         np.testing.assert_allclose(deltas["cosine"][k], d / 4, rtol=1e-4, atol=1e-9, err_msg=k)
+
+
+def test_memory_scheduler_keeps_the_step_and_holds_fewer_temporary_bytes(data_root):
+    """`train.cpu_scheduler=memory` only reorders the step's instructions on a CPU: the same
+    state comes out as with XLA's default order, from fewer temporary bytes (XLA's own buffer
+    assignment, per device)."""
+    config = tiny_config(data_root)
+    net = model.from_config(config)
+    state = state_lib.init_state(config, net)
+    step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
+    images = np.random.default_rng(5).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
+    args = (images, train.replicate(jnp.zeros((2, 64, 64, 3))), train.replicate(jax.random.key(2)))
+    out, temp = {}, {}
+    for scheduler in ("default", "memory"):
+        compiled = train.compile_step(step, train.replicate(state), args, "", scheduler)
+        temp[scheduler] = compiled.memory_analysis().temp_size_in_bytes
+        new, m = compiled(train.replicate(state), *args)
+        out[scheduler] = (float(m["loss"][0]), _flat(train.unreplicate_to_host(new).params))
+    assert temp["memory"] < temp["default"], temp
+    assert out["memory"][0] == pytest.approx(out["default"][0], rel=1e-6)
+    for name, value in out["default"][1].items():
+        np.testing.assert_allclose(out["memory"][1][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_compiler_options_name_the_scheduler_on_cpu_only():
+    memory = devices.CPU_SCHEDULERS["memory"]
+    assert devices.cpu_compiler_options("memory", "cpu") == {"xla_cpu_scheduler_type": memory}
+    assert devices.cpu_compiler_options("memory", "gpu") is None
+    assert devices.cpu_compiler_options("default", "cpu") is None
 
 
 def test_remat_keeps_the_step_and_its_gradients(data_root):
