@@ -14,7 +14,12 @@ criteria on the pastes would give, alone and floored at the quantile rule's thre
 - `pastes`: the current rule's best F1 (pasted pixels as common as they are);
 - `prior_P`: best F1 if defect pixels were a share P of all pixels: with TPR(t) over the
   pasted pixels and FPR(t) over every normal pixel, F1 = 2 P TPR / (P TPR + P + (1-P) FPR);
-- `recall_R`: the highest threshold that still flags a share R of the pasted pixels.
+- `recall_R`: the highest threshold that still flags a share R of the pasted pixels;
+- `prior_est_q`, `prior_est_r50`: `prior_P` with P estimated from the unlabelled test
+  images: the share E(t) of all test pixels at or above t is (1 - P) FPR(t) + P TPR(t), so
+  P = (E - FPR) / (TPR - FPR) (clipped to [1e-4, 0.2]), read at the quantile rule's
+  threshold (`_q`) or where the pastes' TPR is 0.5 (`_r50`). Test images enter only as
+  unlabelled pixels (E counts every pixel, defect or not).
 
 No test mask enters a threshold; masks only score them. Each run's record is written to
 `<out>/<run path with / as __>.json` and not recomputed (resumable).
@@ -32,11 +37,11 @@ PRIORS = (0.001, 0.005, 0.02)
 RECALLS = (0.25, 0.5)
 
 
-def candidates(normal_maps, pasted_maps, masks, floor: float) -> dict:
-    """Thresholds by criterion name (see the module docstring), before the floor."""
+def candidates(acc, floor: float) -> dict:
+    """Thresholds by criterion name (see the module docstring), before the floor, from the
+    pastes' pixel counts `acc` (`calibration.paste_accumulator`)."""
     from cmaae_jax import calibration
 
-    acc = calibration.paste_accumulator(normal_maps, pasted_maps, masks)
     c = acc.curves()
     tpr = c["tp"] / c["num_pos"]
     out = {"quantile": floor, "pastes": acc.result()["pixel_f1_max_threshold"]}
@@ -45,6 +50,40 @@ def candidates(normal_maps, pasted_maps, masks, floor: float) -> dict:
     for r in RECALLS:  # thresholds descend: the first that reaches the recall
         out[f"recall_{r:g}"] = float(c["thresholds"][int(np.argmax(tpr >= r))])
     return out
+
+
+def share_at_or_above(curves: dict, t: float, positives: bool | None) -> float:
+    """The share of an accumulator's pixels scoring >= t: positives, negatives, or (None) all
+    of them, which needs no label (the sum of both counts)."""
+    i = int(np.searchsorted(-curves["thresholds"], -t, side="right")) - 1
+    if i < 0:
+        return 0.0
+    if positives is None:
+        return float(curves["tp"][i] + curves["fp"][i]) / (curves["num_pos"] + curves["num_neg"])
+    key, num = ("tp", "num_pos") if positives else ("fp", "num_neg")
+    return float(curves[key][i]) / max(1, curves[num])
+
+
+def estimated_prior(paste_curves: dict, test_curves: dict, t: float) -> float:
+    """P from E(t) = (1 - P) FPR(t) + P TPR(t) (module docstring), clipped to [1e-4, 0.2]."""
+    tpr = share_at_or_above(paste_curves, t, True)
+    fpr = share_at_or_above(paste_curves, t, False)
+    excess = share_at_or_above(test_curves, t, None) - fpr
+    return float(np.clip(excess / max(tpr - fpr, 1e-9), 1e-4, 0.2))
+
+
+def estimated_candidates(acc, pooled, floor: float) -> dict:
+    """`prior_est_q` and `prior_est_r50` thresholds, and the estimated shares themselves."""
+    from cmaae_jax import calibration
+
+    paste_c, test_c = acc.curves(), pooled.curves()
+    tpr = paste_c["tp"] / paste_c["num_pos"]
+    anchors = {"q": floor, "r50": float(paste_c["thresholds"][int(np.argmax(tpr >= 0.5))])}
+    shares = {name: estimated_prior(paste_c, test_c, t) for name, t in anchors.items()}
+    thresholds = {
+        f"prior_est_{name}": calibration.prior_f1_threshold(acc, p) for name, p in shares.items()
+    }
+    return thresholds, shares
 
 
 def measure(run: pathlib.Path) -> dict:
@@ -74,19 +113,27 @@ def measure(run: pathlib.Path) -> dict:
     finally:
         calibration.paste_threshold = paste_threshold
     floor = chosen.candidates["quantile"]
-    found = candidates(seen["normal"], seen["pasted"], seen["masks"], floor)
+    acc = calibration.paste_accumulator(seen["normal"], seen["pasted"], seen["masks"])
+    found = candidates(acc, floor)
     found.update({f"{k}_floored": max(v, floor) for k, v in found.items() if k != "quantile"})
     with tempfile.TemporaryDirectory() as tmp:
         pooled, per_type = evaluate._score_test(
             scorer, splits["test"], floor, chosen.ref, pathlib.Path(tmp), 0
         )
+    estimated, shares = estimated_candidates(acc, pooled, floor)
+    found.update(estimated)
     f1 = {}
     for name, t in found.items():
         for kind, r in per_type.result(t).items():
             f1.setdefault(kind, {"f1_max": r["pixel_f1_max"]})[name] = r["pixel_f1"]
     pooled_f1 = {name: pooled.result(t)["pixel_f1"] for name, t in found.items()}
     pooled_f1["f1_max"] = pooled.result()["pixel_f1_max"]
-    return {"thresholds": found, "per_type_f1": f1, "pooled_f1": pooled_f1}
+    return {
+        "thresholds": found,
+        "per_type_f1": f1,
+        "pooled_f1": pooled_f1,
+        "estimated_share": shares,
+    }
 
 
 def main():
