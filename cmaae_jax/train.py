@@ -176,12 +176,15 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str
     while another still compiles, and gloo's 30 s set-up would fail. Their step stays the
     pmapped function (its ahead-of-time executable expects global shapes, the calls give
     this process's), whose first call then finds the compiled step in the cache.
-    `cpu_scheduler` (config train.cpu_scheduler) orders the step's instructions on a CPU."""
+    `cpu_scheduler` (config train.cpu_scheduler) orders the step's instructions on a CPU
+    with one process; several keep XLA's order (the pmapped call takes no compiler options,
+    and compiled with others its cache entry would not be the one the call looks up)."""
+    single = jax.process_count() == 1
     platform = jax.local_devices()[0].platform
-    options = devices.cpu_compiler_options(cpu_scheduler, platform)
+    options = devices.cpu_compiler_options(cpu_scheduler, platform) if single else None
     compiled = step_fn.lower(rstate, *args).compile(compiler_options=options)
     state_lib.release_freed_host_memory()
-    if jax.process_count() == 1:
+    if single:
         return compiled
     ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{tag}")
     return step_fn
