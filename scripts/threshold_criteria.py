@@ -72,13 +72,12 @@ def estimated_prior(paste_curves: dict, test_curves: dict, t: float) -> float:
     return float(np.clip(excess / max(tpr - fpr, 1e-9), 1e-4, 0.2))
 
 
-def estimated_candidates(acc, pooled, floor: float) -> dict:
-    """`prior_est_q` and `prior_est_r50` thresholds, and the estimated shares themselves."""
+def estimated_candidates(acc, pooled, anchors: dict) -> tuple[dict, dict]:
+    """`prior_est_<name>` thresholds, P estimated at each anchor threshold (name: t), and
+    the estimated shares themselves."""
     from cmaae_jax import calibration
 
     paste_c, test_c = acc.curves(), pooled.curves()
-    tpr = paste_c["tp"] / paste_c["num_pos"]
-    anchors = {"q": floor, "r50": float(paste_c["thresholds"][int(np.argmax(tpr >= 0.5))])}
     shares = {name: estimated_prior(paste_c, test_c, t) for name, t in anchors.items()}
     thresholds = {
         f"prior_est_{name}": calibration.prior_f1_threshold(acc, p) for name, p in shares.items()
@@ -120,7 +119,8 @@ def measure(run: pathlib.Path) -> dict:
         pooled, per_type = evaluate._score_test(
             scorer, splits["test"], floor, chosen.ref, pathlib.Path(tmp), 0
         )
-    estimated, shares = estimated_candidates(acc, pooled, floor)
+    anchors = {"q": floor, "r50": found["recall_0.5"]}  # where the pastes' TPR reaches 0.5
+    estimated, shares = estimated_candidates(acc, pooled, anchors)
     found.update(estimated)
     f1 = {}
     for name, t in found.items():
