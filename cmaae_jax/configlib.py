@@ -14,6 +14,7 @@ from cmaae_jax import (
     memory,
     model,
     natural_images,
+    patches,
     reference,
     scoring,
 )
@@ -96,6 +97,7 @@ def _validate_train(t, num_devices):
             f"divide over {num_devices} devices (on a CPU, launch/train.py --cpu_devices=N "
             f"sets their number; 0 for one)",
         )
+    _one_of(t.get("crop_placement", "uniform"), patches.CROP_PLACEMENTS, "train.crop_placement")
     _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
     _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b1/b2", (t.b1, t.b2), "must be in [0, 1)")
     _one_of(t.stage2_target, losses.STAGE2_TARGETS, "train.stage2_target")

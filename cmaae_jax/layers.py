@@ -88,9 +88,10 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     the padded input is first rearranged space-to-depth, which makes it a stride-1 sum with
     (k/2)x(k/2) taps over 4*cin channels. With that input flattened over (b, row, column)
     into one matrix X, and g zero-padded onto the same grid and flattened (G), every tap is a
-    shift by a constant number of rows: dW[tap] = X^T @ G shifted down by `off(tap)` rows.
-    The shifted copies of G side by side make it one matmul X^T @ [G_t0 | G_t1 | ...], with
-    no im2col of the (larger) input. Valid output positions never wrap into the next row or
+    shift by a constant number of rows: dW[tap] = X shifted up by `off(tap)` rows, ^T @ G.
+    The shifted copies of the side with fewer channels, side by side, make it one matmul:
+    [X_t0 | X_t1 | ...]^T @ G, or X^T @ [G_t0 | G_t1 | ...] with G shifted down instead, with
+    no im2col of the other side. Valid output positions never wrap into the next row or
     image, and G is zero at the others.
     """
     b, oh, ow, cout = g_BxhxwxO.shape
@@ -106,8 +107,13 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     g = jnp.pad(g_BxhxwxO, ((0, 0), (0, hq - oh), (0, wq - ow), (0, 0))).reshape(-1, cout)
     rows, last = g.shape[0], (kk - 1) * wq + kk - 1
     x = jnp.pad(x.reshape(-1, c), ((0, last), (0, 0)))  # [rows + last, c]
-    g = jnp.pad(g, ((last, last), (0, 0)))
     offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
+    if c < cout:  # shift X: [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
+        x_shifted = jnp.concatenate([x[o : o + rows] for o in offsets], axis=1)
+        dw = jax.lax.dot_general(x_shifted, g, (((0,), (0,)), ((), ())))
+        dw = dw.reshape(kk, kk, stride, stride, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+        return dw.reshape(k, k, cin, cout)
+    g = jnp.pad(g, ((last, last), (0, 0)))
     g_shifted = jnp.concatenate([g[last - o : last - o + rows + last] for o in offsets], axis=1)
     dw = jax.lax.dot_general(x, g_shifted, (((0,), (0,)), ((), ())))  # [c, taps * cout]
     # rows (sy, sx, cin), columns (dy, dx, cout); tap ky = stride*dy + sy, kx likewise.

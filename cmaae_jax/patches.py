@@ -5,7 +5,7 @@ non-overlapping grid, row-major per image (the order of `split_patches` in the P
 reference), the patches are reconstructed in one batch and stitched back with `from_grid`.
 With a stride below the patch size, `to_windows` cuts overlapping windows and `from_windows`
 blends their reconstructions with a smooth (Hann) window weight, removing the grid seams.
-For training, `random_crops` takes uniformly placed crops and applies the same positions to
+For training, `random_crops` takes randomly placed crops and applies the same positions to
 any aligned arrays (clean target, mask), so input and target never drift apart.
 """
 
@@ -15,6 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+
+# train.crop_placement: how a training crop's corner is drawn. `uniform` (the paper): uniform
+# over all corners, so a pixel d < p from a side lies in (d + 1)/p as many crops as one
+# further in. `cover`: a uniform pixel of the valid region at a uniform place in the crop,
+# moved inward where the crop would leave it, so a pixel on a side lies in about half as
+# many crops as one further in, and every pixel >= p/2 from the sides in as many.
+CROP_PLACEMENTS = ("uniform", "cover")
 
 
 def _check_divisible(h: int, w: int, p: int):
@@ -68,15 +75,18 @@ def random_crops(
     *others: Array,
     limits_Nx2: Array | None = None,
     focus: tuple[Array, int] | None = None,
+    placement: str = "uniform",
 ) -> tuple[Array, ...]:
-    """`crops_per_image` uniformly placed p x p crops of every image, the same ones of `others`.
+    """`crops_per_image` randomly placed p x p crops of every image, the same ones of `others`.
 
-    Top-left corners are drawn uniformly over all valid positions (0..H-p, 0..W-p),
-    independently for each crop. jit-able with `crops_per_image` and `p` static. With
-    `limits_Nx2` (int [N, 2], the valid (h, w) of each image, e.g. a keep_aspect image padded
-    into an H x W canvas) the corners of image n lie in 0..h_n-p, 0..w_n-p (0 on a side
-    shorter than p), so a crop never leaves the valid region where it fits in it; without
-    them the random draws are exactly those of the unlimited crops.
+    Top-left corners are drawn independently for each crop: with `placement="uniform"` (the
+    paper) uniformly over all valid positions (0..H-p, 0..W-p); with `"cover"` as
+    `CROP_PLACEMENTS` says, within the same positions. jit-able with `crops_per_image`, `p`
+    and `placement` static. With `limits_Nx2` (int [N, 2], the valid (h, w) of each image,
+    e.g. a keep_aspect image padded into an H x W canvas) the corners of image n lie in
+    0..h_n-p, 0..w_n-p (0 on a side shorter than p), so a crop never leaves the valid region
+    where it fits in it; without them the uniform draws are exactly those of the unlimited
+    crops.
 
     Args:
       key: PRNG key.
@@ -88,6 +98,7 @@ def random_crops(
       focus: optional (mask [N, H, W] bool, count static): the first `count` crops of each
         image are instead placed by `corners_on_mask`, each containing a random True pixel of
         the mask (an image without one keeps its uniform corners); the others are unchanged.
+      placement: one of `CROP_PLACEMENTS` (static).
 
     Returns:
       A tuple (crops of images [N*crops_per_image, p, p, C], then one entry per array in
@@ -100,12 +111,18 @@ def random_crops(
     for other in others:
         if other.shape[:3] != (n, h, w):
             raise ValueError(f"aligned array of shape {other.shape} does not match {(n, h, w)}")
+    if placement not in CROP_PLACEMENTS:
+        raise ValueError(f"crop placement {placement!r} is not one of {CROP_PLACEMENTS}")
     key_y, key_x = jax.random.split(key)
-    if limits_Nx2 is None:
+    top_Nx2 = _top_limits(n, h, w, p, limits_Nx2)
+    if placement == "cover":
+        sides_Nx2 = top_Nx2 + p if limits_Nx2 is None else jnp.asarray(limits_Nx2, jnp.int32)
+        ys = _covering_corners(key_y, n, crops_per_image, p, sides_Nx2[:, :1], top_Nx2[:, :1])
+        xs = _covering_corners(key_x, n, crops_per_image, p, sides_Nx2[:, 1:], top_Nx2[:, 1:])
+    elif limits_Nx2 is None:
         ys = jax.random.randint(key_y, (n, crops_per_image), 0, h - p + 1)
         xs = jax.random.randint(key_x, (n, crops_per_image), 0, w - p + 1)
     else:
-        top_Nx2 = _top_limits(n, h, w, p, limits_Nx2)
         ys = jax.random.randint(key_y, (n, crops_per_image), 0, top_Nx2[:, :1] + 1)
         xs = jax.random.randint(key_x, (n, crops_per_image), 0, top_Nx2[:, 1:] + 1)
     if focus is not None and focus[1] > 0:
@@ -120,6 +137,15 @@ def random_crops(
         crops = crop_all(arr, ys, xs, p)
         out.append(crops.reshape((n * crops_per_image, p, p) + arr.shape[3:]))
     return tuple(out)
+
+
+def _covering_corners(key, n: int, count: int, p: int, side_Nx1: Array, top_Nx1: Array):
+    """Corners along one axis, int [n, count], for `placement="cover"`: a uniform pixel of
+    the valid side (0..side-1) at a uniform offset in the crop (0..p-1), clipped to 0..top."""
+    key_pixel, key_offset = jax.random.split(key)
+    pixel = jax.random.randint(key_pixel, (n, count), 0, jnp.maximum(side_Nx1, 1))
+    offset = jax.random.randint(key_offset, (n, count), 0, p)
+    return jnp.clip(pixel - offset, 0, top_Nx1)
 
 
 def _top_limits(n: int, h: int, w: int, p: int, limits_Nx2: Array | None) -> Array:

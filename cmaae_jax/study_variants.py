@@ -98,6 +98,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied", "train.crops_per_image": 4},
         None,
     ),
+    "varied_cover": (
+        "varied pastes, crops placed so that the image's sides are seen about as often",
+        {"anomaly.paste_shape": "varied", "train.crop_placement": "cover"},
+        None,
+    ),
     "ae_varied": (
         "plain auto-encoder (no memory) trained with varied pastes",
         {"model.variant": "ae", "anomaly.paste_shape": "varied"},

@@ -89,7 +89,14 @@ def device_step(config, net, stage: int, tx):
         aligned = (target, mask) if train_head else (target,)  # the mask only for the head
         focus = (mask, focus_count(config)) if stage == 2 else None
         x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64 = patches.random_crops(
-            k_crop, inp, t.crops_per_image, 64, *aligned, limits_Nx2=sizes_nx2, focus=focus
+            k_crop,
+            inp,
+            t.crops_per_image,
+            64,
+            *aligned,
+            limits_Nx2=sizes_nx2,
+            focus=focus,
+            placement=t.get("crop_placement", "uniform"),
         )
 
         def loss_fn(params, net):

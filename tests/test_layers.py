@@ -127,6 +127,9 @@ def test_module_init_matches_pytorch_default_bounds():
         ((2, 7, 9, 4), 4, 2, 1, 3),  # odd padded sides: an extra zero row / column
         ((2, 6, 10, 4), 3, 1, 1, 3),
         ((3, 4, 4, 2), 4, 1, 0, 3),
+        ((2, 8, 8, 1), 4, 2, 1, 8),  # 4 channels after space-to-depth < 8: X is shifted
+        ((2, 7, 9, 2), 4, 2, 1, 9),  # the same with odd padded sides
+        ((2, 6, 10, 2), 3, 1, 1, 5),  # stride 1, X shifted
     ],
 )
 def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
@@ -141,12 +144,14 @@ def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
     )
 
 
-@pytest.mark.parametrize("hw", [8, 16])  # 16: outputs >= 8x8 take the row-shift weight gradient
-def test_fast_conv_forward_and_gradients_equal_lax_at_training_sizes(hw):
+# 16: outputs >= 8x8 take the row-shift weight gradient; (3, 32) as the model's first encoder
+# and last decoder layers, whose narrow side (3 channels) is the one shifted.
+@pytest.mark.parametrize("hw,cin,cout", [(8, 6, 8), (16, 6, 8), (16, 3, 32)])
+def test_fast_conv_forward_and_gradients_equal_lax_at_training_sizes(hw, cin, cout):
     kx, kw, kg = jax.random.split(jax.random.key(5), 3)
-    x = jax.random.normal(kx, (2, hw, hw, 6))
-    w = jax.random.normal(kw, (4, 4, 6, 8))
-    g = jax.random.normal(kg, (2, hw // 2, hw // 2, 8))
+    x = jax.random.normal(kx, (2, hw, hw, cin))
+    w = jax.random.normal(kw, (4, 4, cin, cout))
+    g = jax.random.normal(kg, (2, hw // 2, hw // 2, cout))
     loss = lambda impl: lambda x, w: jnp.sum(layers.conv2d(x, w, 2, 1, impl=impl) * g)
     fast = jax.value_and_grad(loss("matmul"), argnums=(0, 1))(x, w)
     ref = jax.value_and_grad(loss("xla"), argnums=(0, 1))(x, w)
@@ -154,9 +159,9 @@ def test_fast_conv_forward_and_gradients_equal_lax_at_training_sizes(hw):
     for a, b in zip(fast[1], ref[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
     # the transposed conv, whose weight gradient is the same sum with x and g exchanged
-    xt = jax.random.normal(kx, (2, hw // 2, hw // 2, 8))
-    wt = jax.random.normal(kw, (4, 4, 8, 6))
-    gt = jax.random.normal(kg, (2, hw, hw, 6))
+    xt = jax.random.normal(kx, (2, hw // 2, hw // 2, cout))
+    wt = jax.random.normal(kw, (4, 4, cout, cin))
+    gt = jax.random.normal(kg, (2, hw, hw, cin))
     loss_t = lambda f: lambda x, w: jnp.sum(f(x, w, 2, 1) * gt)
     fast = jax.grad(loss_t(layers.conv_transpose2d), argnums=(0, 1))(xt, wt)
     ref = jax.grad(loss_t(_lax_reference), argnums=(0, 1))(xt, wt)

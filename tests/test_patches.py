@@ -92,6 +92,51 @@ def test_random_crops_cover_every_valid_position_including_the_last():
     assert corners == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
+def _coverage_by_enumeration(side, p, placement):
+    """P(pixel in crop) per position along one axis, over every equally likely draw."""
+    top, cover = side - p, np.zeros(side)
+    if placement == "uniform":
+        corners = list(range(top + 1))
+    else:  # a pixel u of the side at offset o in the crop, moved inward
+        corners = [min(max(u - o, 0), top) for u in range(side) for o in range(p)]
+    for c in corners:
+        cover[c : c + p] += 1
+    return cover / len(corners)
+
+
+@pytest.mark.parametrize("placement", patches.CROP_PLACEMENTS)
+def test_crop_placement_covers_each_pixel_as_enumerated(placement):
+    # Canvas 20 x 96 whose valid region is 20 x 80 (a keep_aspect image); 16 x 16 crops.
+    # Pixel values encode their column, so each crop's first column gives its corner.
+    p, valid_w, n_crops = 16, 80, 6000
+    img = np.tile(np.arange(96, dtype=np.float32), (1, 20, 1))[..., None]
+    (crops,) = patches.random_crops(
+        jax.random.key(7),
+        img,
+        n_crops,
+        p,
+        limits_Nx2=jnp.array([[20, valid_w]]),
+        placement=placement,
+    )
+    xs = np.asarray(crops)[:, 0, 0, 0].astype(int)
+    assert xs.min() >= 0 and xs.max() <= valid_w - p  # never beyond the valid region
+    seen = np.zeros(valid_w)
+    for x in xs:
+        seen[x : x + p] += 1
+    expected = _coverage_by_enumeration(valid_w, p, placement)
+    np.testing.assert_allclose(seen / n_crops, expected, atol=0.03)
+    edge_share = expected[0] / expected[valid_w // 2]
+    if placement == "uniform":
+        assert edge_share == pytest.approx(1 / p)  # 1 corner holds the first column, p the middle
+    else:
+        assert 0.45 < edge_share < 0.6  # about half as often, by the enumeration
+
+
+def test_unknown_crop_placement_is_rejected():
+    with pytest.raises(ValueError, match="crop placement"):
+        patches.random_crops(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), 1, 16, placement="x")
+
+
 def test_random_crops_reject_misaligned_or_too_small_inputs():
     x = jnp.zeros((2, 32, 32, 3))
     with pytest.raises(ValueError, match="does not match"):

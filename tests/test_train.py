@@ -102,6 +102,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("eval__paste_prior", -0.1),
         ("anomaly__focus_crops", 1.5),
         ("train__cpu_scheduler", "fastest"),
+        ("train__crop_placement", "edges"),
         ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
     ],
 )
@@ -112,17 +113,24 @@ def test_impossible_config_values_name_the_field(data_root, field, value):
 
 
 def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch):
-    # 0.5 of 4 crops per image: 2 placed on the pastes, in stage 2 only.
-    config = tiny_config(data_root, anomaly__focus_crops=0.5, train__crops_per_image=4)
+    # 0.5 of 4 crops per image: 2 placed on the pastes, in stage 2 only; the crop placement
+    # in both stages.
+    config = tiny_config(
+        data_root,
+        anomaly__focus_crops=0.5,
+        train__crops_per_image=4,
+        train__crop_placement="cover",
+    )
     assert train.focus_count(config) == 2
     config.anomaly.focus_crops = 0.3  # rounded: 1.2 -> 1
     assert train.focus_count(config) == 1
     config.anomaly.focus_crops = 0.5
-    seen, real = [], train.patches.random_crops
+    seen, placements, real = [], [], train.patches.random_crops
 
-    def spy(*args, focus=None, **kwargs):
+    def spy(*args, focus=None, placement="uniform", **kwargs):
         seen.append(None if focus is None else (focus[0].shape, focus[0].dtype, focus[1]))
-        return real(*args, focus=focus, **kwargs)
+        placements.append(placement)
+        return real(*args, focus=focus, placement=placement, **kwargs)
 
     monkeypatch.setattr(train.patches, "random_crops", spy)
     thinnest, real_synthesize = [], train.gaaga.synthesize
@@ -144,6 +152,7 @@ def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch
         )
         jax.eval_shape(step, train.replicate(s), images, bank, train.replicate(jax.random.key(0)))
     assert seen == [None, ((1, 64, 64), jnp.bool_, 2)]
+    assert placements == ["cover", "cover"]
     assert thinnest == [3.0]  # stage 2 only
 
 
