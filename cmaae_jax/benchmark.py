@@ -122,7 +122,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n**3 / statistics.median(t) / 1e9
 
 
-def bench_train(args, base_config):
+def stage1_step(args, base_config):
+    """The benchmark's training step, not yet compiled: stage 1 on 64x64 images, one crop
+    each (the batch of patches is the batch of images), as `args` (Options) set it. Returns
+    (net, step_fn, replicated state, step args (images, bank, key) on the devices)."""
     config = copy.deepcopy(base_config)
     config.data.image_size = 64
     config.train.crops_per_image = 1
@@ -144,16 +147,19 @@ def bench_train(args, base_config):
     bank = train.replicate(jax.numpy.zeros((1, 1, 1, 3)))
     key = train.replicate(jax.random.key(0))
     rstate = train.replicate(state)  # in the step's own layout: the second call reuses it
-    del state  # as train.train: no host copy beside the replicas
+    return net, step_fn, rstate, (images, bank, key)  # as train.train: no host copy of state
+
+
+def bench_train(args, base_config):
+    net, step_fn, rstate, step_args = stage1_step(args, base_config)
     holder = {"state": rstate}
 
     def one_step():
-        holder["state"], metrics = step_fn(holder["state"], images, bank, key)
+        holder["state"], metrics = step_fn(holder["state"], *step_args)
         jax.block_until_ready((holder["state"], metrics))
         return metrics
 
     t0 = time.perf_counter()
-    step_args = (images, bank, key)
     step_fn = train.compile_step(step_fn, rstate, step_args, cpu_scheduler=args.cpu_scheduler)
     analysis = step_fn.memory_analysis()  # XLA's buffer sizes, per device (None: unknown)
     temp_mb = analysis.temp_size_in_bytes / 1e6 if analysis is not None else None

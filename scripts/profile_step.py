@@ -2,8 +2,9 @@
 
     python scripts/profile_step.py --batch 512 [--trace-dir /tmp/step_trace] [--top 70]
 
-Builds the benchmark's stage-1 step (64x64 images, one crop each, 2 virtual CPU devices,
-the default config), compiles it as `train.train` does, runs 3 steps, traces 2 with
+Builds the benchmark's stage-1 step (`benchmark.stage1_step`: 64x64 images, one crop each,
+the default config and the benchmark's options, 2 virtual CPU devices), compiles it as
+`train.train` does, runs 3 steps, traces 2 with
 `jax.profiler` (XLA:CPU's per-op trace events switched on) and prints the time per step of
 each op (both device threads summed), with its output shape and the JAX source op it came
 from (the compiled step's HLO metadata), then the sums by op kind. Run it on quiet cores.
@@ -23,31 +24,24 @@ os.environ.setdefault(
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def traced_step(batch: int, trace_dir: str):
-    import jax
-    import numpy as np
+TRACED_STEPS = 2
 
-    from cmaae_jax import model, train
-    from cmaae_jax import state as state_lib
+
+def traced_step(batch: int, trace_dir: str) -> str:
+    """Traces TRACED_STEPS steps of the benchmark's step; returns the compiled step's HLO."""
+    import jax
+
+    from cmaae_jax import benchmark, train
     from configs import default
 
-    config = default.get_config()
-    config.data.image_size, config.train.crops_per_image = 64, 1
-    config.train.batch_size = batch
-    d = jax.local_device_count()
-    net = model.from_config(config)
-    state = state_lib.init_state(config, net)
-    step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
-    images = np.random.default_rng(0).integers(0, 256, (d, batch // d, 64, 64, 3), np.uint8)
-    args = (jax.pmap(lambda x: x)(images), train.replicate(jax.numpy.zeros((1, 1, 1, 3))))
-    args = (*args, train.replicate(jax.random.key(0)))
-    state = train.replicate(state)
-    compiled = train.compile_step(step, state, args, cpu_scheduler=config.train.cpu_scheduler)
+    options = benchmark.Options(batch=batch)
+    _, step, state, args = benchmark.stage1_step(options, default.get_config())
+    compiled = train.compile_step(step, state, args, cpu_scheduler=options.cpu_scheduler)
     for _ in range(3):  # warm-up
         state, metrics = compiled(state, *args)
         jax.block_until_ready(metrics)
     jax.profiler.start_trace(trace_dir)
-    for _ in range(2):  # traced
+    for _ in range(TRACED_STEPS):
         state, metrics = compiled(state, *args)
         jax.block_until_ready(metrics)
     jax.profiler.stop_trace()
@@ -64,7 +58,7 @@ def op_times(trace_dir: str) -> collections.Counter:
             if "XLAEigen" in line.name or "PjRtCpuClient" in line.name:
                 for event in line.events:
                     if not event.name.startswith("ThunkExecutor"):
-                        times[event.name] += event.duration_ns / 2e6  # ms per step (2 steps)
+                        times[event.name] += event.duration_ns / 1e6 / TRACED_STEPS
     return times
 
 
