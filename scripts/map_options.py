@@ -138,10 +138,45 @@ def _resize(map_hxw, shape):
     return np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR))
 
 
+BORDER_PX = 32  # border profiles: distances 0..31 px from a side, 32 = the interior
+
+
+def _side_distance(n, cap=BORDER_PX):
+    i = np.arange(n)
+    return np.minimum(np.minimum(i, n - 1 - i), cap)
+
+
+def _border_profile(val_maps, mode):
+    """A function map -> map dividing each pixel by the normal maps' ratio at its distance
+    from the image's sides (val pixels at that distance against the interior's): `border`
+    by the nearest side (means), `border_q` likewise with 0.99-quantiles, `border_axes` by
+    a column factor times a row factor (means). Sizes may differ; no defect label is read."""
+    stat = (lambda v: np.quantile(v, 0.99)) if mode == "border_q" else np.mean
+
+    def profile(dist_of):
+        dists = [dist_of(v.shape) for v in val_maps]
+        pooled = np.concatenate([v.ravel() for v in val_maps])
+        d_all = np.concatenate([d.ravel() for d in dists])
+        ratio = np.array([stat(pooled[d_all == d]) for d in range(BORDER_PX + 1)])
+        return ratio / ratio[-1]
+
+    if mode == "border_axes":
+        fy = profile(lambda s: np.broadcast_to(_side_distance(s[0])[:, None], s))
+        fx = profile(lambda s: np.broadcast_to(_side_distance(s[1])[None, :], s))
+        factor = lambda s: np.outer(fy[_side_distance(s[0])], fx[_side_distance(s[1])])
+    else:
+        f = profile(lambda s: np.minimum.outer(_side_distance(s[0]), _side_distance(s[1])))
+        factor = lambda s: f[np.minimum.outer(_side_distance(s[0]), _side_distance(s[1]))]
+    print(f"{mode} profile ready", flush=True)
+    return lambda m: m / factor(m.shape)
+
+
 def _reference(val_maps, mode, side=256):
     """A function map -> map applying the per-position reference `mode` of `val_maps`."""
     if mode == "none":
         return lambda m: m
+    if mode.startswith("border"):
+        return _border_profile(val_maps, mode)
     canvas = np.stack([_resize(v, (side, side)) for v in val_maps])
     mu, var = canvas.mean(0), canvas.var(0)
     if mode == "meanvar":  # regularised: sqrt(var + median var), no position amplified > ~1.4x
@@ -199,6 +234,7 @@ def score(data, sigma, normalize, reference):
     row = {
         "aupro": {t: r["pixel_aupro"] for t, r in unthresholded.items()},
         "f1max": {t: r["pixel_f1_max"] for t, r in unthresholded.items()},
+        "image_auroc": {t: r["image_auroc"] for t, r in unthresholded.items()},
     }
     for name, value in rules.items():
         row[name] = {t: r["pixel_f1"] for t, r in acc.result(value).items()}
@@ -246,11 +282,15 @@ def analyse(path, sigmas, normalizations, references, types=TYPES):
                 row = score(data, sigma, normalize, reference)
                 mean4 = {k: float(np.mean([v[t] for t in types])) for k, v in row.items()}
                 per_type = " ".join(f"{t} {row['aupro'][t]:.3f}" for t in types)
-                rules = " ".join(f"{k} {v:.4f}" for k, v in mean4.items() if k != "aupro")
+                rules = " ".join(
+                    f"{k} {v:.4f}" for k, v in mean4.items() if k not in ("aupro", "image_auroc")
+                )
+                f1 = " ".join(f"{t} {row['f1max'][t]:.3f}" for t in types)
                 print(
                     f"{os.path.basename(path)} sigma={sigma:g} normalize={normalize} "
                     f"reference={reference}: mean4 AUPRO {mean4['aupro']:.3f} ({per_type}); "
-                    f"mean4 F1: {rules}",
+                    f"mean4 F1: {rules}; F1 max ({f1}); image AUROC "
+                    f"{mean4['image_auroc']:.3f}",
                     flush=True,
                 )
 
