@@ -104,6 +104,8 @@ def _validate_train(t, num_devices):
     _one_of(t.get("lr_schedule", "constant"), state_lib.LR_SCHEDULES, "train.lr_schedule")
     _one_of(t.get("remat", "none"), state_lib.REMAT_OPTIONS, "train.remat")
     _one_of(t.get("cpu_scheduler", "default"), tuple(devices.CPU_SCHEDULERS), "train.cpu_scheduler")
+    ema = t.get("ema_decay", 0.0)
+    _check(0 <= ema < 1, "train.ema_decay", ema, "must be in [0, 1) (0: no moving average)")
     warmup = t.get("warmup_fraction", 0.05)
     _check(0 <= warmup < 1, "train.warmup_fraction", warmup, "must be in [0, 1)")
     _at_least(t.checkpoint_every, 1, "train.checkpoint_every")

@@ -33,10 +33,11 @@ TRAINED_FIELDS = {
     "model.segment_head": False,
     "data.image_size": None,
     "data.resize": "square",
+    "train.ema_decay": 0.0,
 }
 # Fields added to TRAINED_FIELDS after checkpoints existed: at their default they stay out of
 # the digest, so that those checkpoints (whose digest never saw them) still restore.
-ADDED_LATER = ("model.segment_head",)
+ADDED_LATER = ("model.segment_head", "train.ema_decay")
 # Fields a trained run may be evaluated with other values of (recorded in eval/metrics.json).
 SCORE_SECTION = "score"
 
@@ -51,6 +52,26 @@ class TrainState:
     params: dict
     batch_stats: dict
     opt_state: optax.OptState
+    ema: dict | None = None  # train.ema_decay > 0: the stage's moving average of `params`
+
+
+def ema_decay(config) -> float:
+    """config train.ema_decay: 0 (the paper) keeps no average; else the decay d of
+    ema <- d * ema + (1 - d) * params after every step, restarted at each stage's start."""
+    return float(config.train.get("ema_decay", 0.0))
+
+
+def update_ema(config, ema, params):
+    """The moving average after a step (None when the run keeps none)."""
+    d = ema_decay(config)
+    if ema is None or d == 0:
+        return ema
+    return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+
+
+def eval_params(state: TrainState) -> dict:
+    """The parameters a trained run is scored with: the moving average when it kept one."""
+    return state.params if state.ema is None else state.ema
 
 
 def make_optimizer(config, params, stage: int) -> optax.GradientTransformation:
@@ -103,14 +124,20 @@ def init_state(config, net) -> TrainState:
     variables = model.init(net, jax.random.key(config.train.seed))
     params = variables["params"]
     tx = make_optimizer(config, params, 1)
-    state = TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
+    ema = jax.tree.map(jnp.copy, params) if ema_decay(config) > 0 else None
+    state = TrainState(
+        jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), ema
+    )
     release_freed_host_memory()
     return state
 
 
 def to_stage2(config, state: TrainState) -> TrainState:
+    """A fresh Adam state for stage 2, and the moving average restarted from the parameters
+    stage 2 starts from (stage 1's average is not what stage 2 trains)."""
     tx = make_optimizer(config, state.params, 2)
-    return state.replace(opt_state=tx.init(state.params))
+    ema = jax.tree.map(jnp.copy, state.params) if ema_decay(config) > 0 else None
+    return state.replace(opt_state=tx.init(state.params), ema=ema)
 
 
 def field(config, name: str):

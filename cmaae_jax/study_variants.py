@@ -103,6 +103,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied", "train.crop_placement": "cover"},
         None,
     ),
+    "varied_ema": (
+        "varied pastes, scored with a moving average of the parameters (decay 0.99)",
+        {"anomaly.paste_shape": "varied", "train.ema_decay": 0.99},
+        None,
+    ),
     "ae_varied": (
         "plain auto-encoder (no memory) trained with varied pastes",
         {"model.variant": "ae", "anomaly.paste_shape": "varied"},

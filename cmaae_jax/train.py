@@ -129,7 +129,8 @@ def device_step(config, net, stage: int, tx):
         updates = jax.tree.map(lambda u: u * factor, updates)
         params = optax.apply_updates(state.params, updates)
         metrics = jax.lax.pmean({"loss": loss, **parts}, AXIS)
-        new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state)
+        ema = state_lib.update_ema(config, state.ema, params)
+        new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state, ema)
         return new, metrics
 
     return step

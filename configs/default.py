@@ -67,6 +67,7 @@ def get_config():
     c.train.b2 = 0.999  # Adam beta2
     c.train.lr_schedule = "constant"  # constant (paper) | cosine (per stage: warm-up, half cosine)
     c.train.warmup_fraction = 0.05  # cosine: share of each stage's steps spent warming up
+    c.train.ema_decay = 0.0  # > 0: score with a moving average of the params (0 = paper)
     c.train.remat = "none"  # none | conv_outputs (recompute BatchNorm/ReLU: less host memory)
     c.train.cpu_scheduler = "memory"  # XLA:CPU op order: memory (less host memory) | default
     c.train.log_every = 20  # steps between metric-log lines

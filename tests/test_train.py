@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import configlib, devices, model, train
+from cmaae_jax import checkpoint, configlib, devices, inference, model, train
 from cmaae_jax import state as state_lib
 
 
@@ -82,6 +82,39 @@ def test_resumed_run_ends_with_the_same_parameters(data_root, tmp_path):
     assert len(log) >= 8 and (part / "loss.png").exists() and (part / "config.json").exists()
 
 
+def test_moving_average_follows_each_stages_parameters_and_resumes_exactly(data_root, tmp_path):
+    d = 0.75
+    steps = dict(train__stage1_steps=2, train__stage2_steps=3, train__ema_decay=d)
+    config = tiny_config(data_root, train__checkpoint_every=1, train__keep_checkpoints=9, **steps)
+    full = train.train(config, str(tmp_path / "full"))
+    net = model.from_config(config)
+    mgr = checkpoint.manager(tmp_path / "full", async_save=False)
+    params = [_flat(state_lib.init_state(config, net).params)]
+    params += [_flat(state_lib.restore_state(config, net, mgr, s)[1].params) for s in range(1, 6)]
+    mgr.close()
+    expected = {}
+    for k in params[0]:  # by hand: restarted from the parameters each stage starts from
+        e = params[0][k].astype(np.float64)
+        for s in range(1, 6):
+            e = params[2][k].astype(np.float64) if s == 3 else e  # stage 2 starts after step 2
+            e = d * e + (1 - d) * params[s][k]
+        expected[k] = e
+    ema = _flat(full.ema)
+    assert ema.keys() == expected.keys()
+    for k in ema:
+        np.testing.assert_allclose(ema[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    key = "['decoder']['deconv6']['kernel']"
+    assert not np.allclose(ema[key], params[5][key])  # an average, not the last step
+    _, variables = inference.restore_variables(config, str(tmp_path / "full"))
+    for k, v in _flat(variables["params"]).items():
+        np.testing.assert_array_equal(v, ema[k], err_msg=k)  # scored with the average
+    part = tmp_path / "part"  # interrupted in stage 2, resumed: the same average, bit for bit
+    train.train(tiny_config(data_root, **{**steps, "train__stage2_steps": 1}), str(part))
+    resumed = _flat(train.train(tiny_config(data_root, **steps), str(part)).ema)
+    for k in ema:
+        np.testing.assert_array_equal(resumed[k], ema[k], err_msg=k)
+
+
 def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
     config = tiny_config(data_root, train__batch_size=6, train__crops_per_image=1)
     with pytest.raises(configlib.ConfigError, match="train.batch_size"):
@@ -104,6 +137,8 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("train__cpu_scheduler", "fastest"),
         ("train__crop_placement", "edges"),
         ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
+        ("train__ema_decay", 1.0),
+        ("train__ema_decay", -0.5),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
