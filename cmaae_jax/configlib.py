@@ -146,6 +146,7 @@ def _validate_score_eval(s, e):
     _one_of(s.get("normalize", "none"), scoring.NORMALIZE, "score.normalize")
     _one_of(s.get("reference", "none"), reference.REFERENCES, "score.reference")
     _at_least(s.get("reference_images", 64), 1, "score.reference_images")
+    _one_of(s.get("weights", "average"), state_lib.WEIGHTS, "score.weights")
     stride = s.get("stride", 64)
     _check(
         isinstance(stride, int) and stride in scoring.STRIDES,

@@ -22,7 +22,8 @@ def restore_variables(config, workdir, step: int | None = None):
             f"launch/train.py --workdir {workdir}"
         )
     s, state, _ = found
-    return s, {"params": state_lib.eval_params(state), "batch_stats": state.batch_stats}
+    params = state_lib.eval_params(state, config.score.get("weights", "average"))
+    return s, {"params": params, "batch_stats": state.batch_stats}
 
 
 class Scorer:

@@ -69,9 +69,15 @@ def update_ema(config, ema, params):
     return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
 
 
-def eval_params(state: TrainState) -> dict:
-    """The parameters a trained run is scored with: the moving average when it kept one."""
-    return state.params if state.ema is None else state.ema
+WEIGHTS = ("average", "last")  # config score.weights
+
+
+def eval_params(state: TrainState, weights: str = "average") -> dict:
+    """The parameters a trained run is scored with (config score.weights): `average`, the
+    moving average when the run kept one (else the last step's), or `last`, the last step's."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"score.weights must be one of {WEIGHTS}, got {weights!r}")
+    return state.params if state.ema is None or weights == "last" else state.ema
 
 
 def make_optimizer(config, params, stage: int) -> optax.GradientTransformation:

@@ -108,6 +108,11 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
         {"anomaly.paste_shape": "varied", "train.ema_decay": 0.99},
         None,
     ),
+    "varied_ema_last": (
+        "varied_ema's checkpoints scored with the last step's parameters (paired with it)",
+        {"anomaly.paste_shape": "varied", "train.ema_decay": 0.99, "score.weights": "last"},
+        "varied_ema",
+    ),
     "ae_varied": (
         "plain auto-encoder (no memory) trained with varied pastes",
         {"model.variant": "ae", "anomaly.paste_shape": "varied"},

@@ -82,6 +82,7 @@ def get_config():
     c.score.reference_images = 64  # training images whose maps make the reference
     c.score.stride = 16  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
     c.score.batch_images = 8  # images scored per device per call
+    c.score.weights = "average"  # average (train.ema_decay's, if kept) | last (the last step's)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.val_fraction = 0.1  # share of train/good held out to calibrate the threshold

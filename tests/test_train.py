@@ -108,6 +108,10 @@ def test_moving_average_follows_each_stages_parameters_and_resumes_exactly(data_
     _, variables = inference.restore_variables(config, str(tmp_path / "full"))
     for k, v in _flat(variables["params"]).items():
         np.testing.assert_array_equal(v, ema[k], err_msg=k)  # scored with the average
+    last_config = tiny_config(data_root, score__weights="last", **steps)
+    _, variables = inference.restore_variables(last_config, str(tmp_path / "full"))
+    for k, v in _flat(variables["params"]).items():
+        np.testing.assert_array_equal(v, _flat(full.params)[k], err_msg=k)
     part = tmp_path / "part"  # interrupted in stage 2, resumed: the same average, bit for bit
     train.train(tiny_config(data_root, **{**steps, "train__stage2_steps": 1}), str(part))
     resumed = _flat(train.train(tiny_config(data_root, **steps), str(part)).ema)
@@ -139,6 +143,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
         ("train__ema_decay", 1.0),
         ("train__ema_decay", -0.5),
+        ("score__weights", "best"),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
