@@ -61,11 +61,16 @@ def ema_decay(config) -> float:
     return float(config.train.get("ema_decay", 0.0))
 
 
+def fresh_ema(config, params):
+    """The moving average at a stage's start: a copy of `params`, or None when none is kept."""
+    return jax.tree.map(jnp.copy, params) if ema_decay(config) > 0 else None
+
+
 def update_ema(config, ema, params):
     """The moving average after a step (None when the run keeps none)."""
+    if ema is None:
+        return None
     d = ema_decay(config)
-    if ema is None or d == 0:
-        return ema
     return jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
 
 
@@ -130,9 +135,12 @@ def init_state(config, net) -> TrainState:
     variables = model.init(net, jax.random.key(config.train.seed))
     params = variables["params"]
     tx = make_optimizer(config, params, 1)
-    ema = jax.tree.map(jnp.copy, params) if ema_decay(config) > 0 else None
     state = TrainState(
-        jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params), ema
+        jnp.zeros((), jnp.int32),
+        params,
+        variables["batch_stats"],
+        tx.init(params),
+        fresh_ema(config, params),
     )
     release_freed_host_memory()
     return state
@@ -142,8 +150,7 @@ def to_stage2(config, state: TrainState) -> TrainState:
     """A fresh Adam state for stage 2, and the moving average restarted from the parameters
     stage 2 starts from (stage 1's average is not what stage 2 trains)."""
     tx = make_optimizer(config, state.params, 2)
-    ema = jax.tree.map(jnp.copy, state.params) if ema_decay(config) > 0 else None
-    return state.replace(opt_state=tx.init(state.params), ema=ema)
+    return state.replace(opt_state=tx.init(state.params), ema=fresh_ema(config, state.params))
 
 
 def field(config, name: str):

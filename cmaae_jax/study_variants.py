@@ -110,7 +110,7 @@ VARIANTS = {  # in run order: the main comparison (full vs plain AE) first
     ),
     "varied_ema_last": (
         "varied_ema's checkpoints scored with the last step's parameters (paired with it)",
-        {"anomaly.paste_shape": "varied", "train.ema_decay": 0.99, "score.weights": "last"},
+        {"score.weights": "last"},
         "varied_ema",
     ),
     "ae_varied": (

@@ -110,8 +110,9 @@ def test_moving_average_follows_each_stages_parameters_and_resumes_exactly(data_
         np.testing.assert_array_equal(v, ema[k], err_msg=k)  # scored with the average
     last_config = tiny_config(data_root, score__weights="last", **steps)
     _, variables = inference.restore_variables(last_config, str(tmp_path / "full"))
+    last = _flat(full.params)
     for k, v in _flat(variables["params"]).items():
-        np.testing.assert_array_equal(v, _flat(full.params)[k], err_msg=k)
+        np.testing.assert_array_equal(v, last[k], err_msg=k)
     part = tmp_path / "part"  # interrupted in stage 2, resumed: the same average, bit for bit
     train.train(tiny_config(data_root, **{**steps, "train__stage2_steps": 1}), str(part))
     resumed = _flat(train.train(tiny_config(data_root, **steps), str(part)).ema)
