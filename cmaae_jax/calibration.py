@@ -28,6 +28,9 @@ THRESHOLD_RULES = ("quantile", "head", "pastes")  # config eval.threshold_rule
 # The segment head's map is softplus(logit) = -log(1 - p): p = 0.5 is log 2.
 HEAD_THRESHOLD = math.log(2.0)
 PASTE_KEY = 1  # folded into the training seed: the `pastes` rule's pastes differ from training's
+# The held-out check (metrics.json "held_out", eval/held_out.json): how the maps separate the
+# GAAGA-pasted held-out images' pasted pixels from the clean held-out images' pixels.
+HELD_OUT_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 
 
 def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
@@ -93,6 +96,18 @@ def paste_accumulator(normal_maps, pasted_maps, paste_masks) -> metrics.PixelAcc
     for amap, mask in zip(pasted_maps, paste_masks, strict=True):
         acc.update(amap, mask)
     return acc
+
+
+def held_out_check(normal_maps, pasted_maps, paste_masks) -> dict:
+    """`HELD_OUT_KEYS` over `paste_accumulator`'s pixels, and the image AUROC of the clean
+    against the pasted held-out images (image score: the map's maximum). No defect label is
+    used: a quality estimate for data without labelled defects, and to compare runs."""
+    acc = paste_accumulator(normal_maps, pasted_maps, paste_masks)
+    result = acc.result()
+    labels = np.r_[np.zeros(len(normal_maps), bool), np.ones(len(pasted_maps), bool)]
+    scores = [float(np.max(m)) for m in (*normal_maps, *pasted_maps)]
+    result["image_auroc"] = metrics.binary_auroc(np.asarray(scores), labels)
+    return {k: result[k] for k in HELD_OUT_KEYS}
 
 
 def paste_threshold(normal_maps, pasted_maps, paste_masks, prior: float = 0.0) -> float:

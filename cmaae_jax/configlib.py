@@ -167,6 +167,8 @@ def _validate_score_eval(s, e):
     )
     prior = e.get("paste_prior", 0.0)
     _check(0 <= prior < 1, "eval.paste_prior", prior, "must be in [0, 1)")
+    check = e.get("held_out_check", False)
+    _check(isinstance(check, bool), "eval.held_out_check", check, "must be True or False")
 
 
 def validate(config, num_devices: int | None = None):

@@ -148,6 +148,8 @@ def summary_lines(result: dict | None, workdir) -> list[str]:
         lines += [_row(k, _number(result[k])) for k in metrics.HEADLINE_KEYS]
         rule = f" ({result['threshold_rule']})" if "threshold_rule" in result else ""
         lines.append(_row("threshold", f"{result['threshold']:.4g}{rule}"))
+        if "held_out" in result:
+            lines += held_out_lines(result)
     lines += ["files", _row("workdir", workdir), _row("log", workdir_lib.log_path(workdir))]
     if (workdir / workdir_lib.LOSS_PLOT).is_file():
         lines.append(_row("loss curve", workdir / workdir_lib.LOSS_PLOT))
@@ -155,6 +157,13 @@ def summary_lines(result: dict | None, workdir) -> list[str]:
         lines.append(_row("metrics", workdir_lib.eval_metrics_path(workdir)))
         lines.append(_row("pictures", workdir_lib.eval_dir(workdir) / workdir_lib.PICTURES))
     return lines
+
+
+def held_out_lines(result: dict) -> list[str]:
+    """The held-out check's rows: the maps on pastes over held-out normal images (no label)."""
+    check = result["held_out"]
+    head = "held-out check (GAAGA pastes on held-out normal images; no defect label)"
+    return [head] + [_row(k, _number(v)) for k, v in check.items()]
 
 
 def print_summary(result: dict | None, workdir) -> None:

@@ -54,15 +54,24 @@ def pasted_held_out(scorer, val, config, bar=None):
     return valid_maps(scorer, pasted, bar=bar), masks
 
 
+def scores_pastes(config) -> bool:
+    """Whether calibration scores the held-out images' pasted copies (the `pastes` rule or
+    `eval.held_out_check`)."""
+    rule = config.eval.get("threshold_rule", "quantile")
+    return rule == "pastes" or config.eval.get("held_out_check", False)
+
+
 class Calibration(NamedTuple):
     """What `calibrate` chose from normal images: the threshold, the reference (None: none
-    used) and its record, and the rule's candidate thresholds by name (the quantile's; with
-    `pastes` also the pastes' best-F1 one, before the floor)."""
+    used) and its record, the rule's candidate thresholds by name (the quantile's; with
+    `pastes` also the pastes' best-F1 one, before the floor), and the held-out check
+    (`calibration.held_out_check`; empty without `eval.held_out_check`)."""
 
     threshold: float
     ref: np.ndarray | None
     reference_record: dict
     candidates: dict
+    held_out: dict
 
 
 def calibrate(scorer, splits, config, bar=None) -> Calibration:
@@ -94,16 +103,23 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
     pooled = np.concatenate([m.ravel() for m in held_out])
     threshold = calibration.label_free_threshold(rule, pooled, quantile)
     candidates = {rule if rule == "head" else "quantile": threshold}
+    check = {}
+    if not scores_pastes(config):
+        return Calibration(threshold, ref, record, candidates, check)
+    maps, masks = pasted_held_out(scorer, val, config, bar)
+    maps = reference.subtract(ref, maps)
+    if config.eval.get("held_out_check", False):
+        check = calibration.held_out_check(held_out, maps, masks)
+        logging.info("held-out check (pastes on held-out normal images): %s", check)
     if rule == "pastes":
         prior = config.eval.get("paste_prior", 0.0)
-        maps, masks = pasted_held_out(scorer, val, config, bar)
-        best = calibration.paste_threshold(held_out, reference.subtract(ref, maps), masks, prior)
+        best = calibration.paste_threshold(held_out, maps, masks, prior)
         logging.info(
             "pastes rule (prior %g): threshold %.6g, quantile's %.6g", prior, best, threshold
         )
         candidates["pastes"] = best
         threshold = calibration.pastes_rule(threshold, best, prior)
-    return Calibration(threshold, ref, record, candidates)
+    return Calibration(threshold, ref, record, candidates, check)
 
 
 def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
@@ -148,6 +164,38 @@ def _save_reference(path, ref):
         path.unlink(missing_ok=True)
 
 
+def check_held_out(config, workdir, step: int | None = None) -> dict:
+    """The label-free part of `evaluate` alone: restores a checkpoint, calibrates on the
+    held-out normal images and their pasted copies, and writes `<workdir>/eval/held_out.json`
+    (threshold, candidates, `held_out` check); the test split is not scored."""
+    config, overrides = state_lib.bind_config(config, workdir)
+    with config.unlocked():
+        config.eval.held_out_check = True
+    configlib.validate(config)
+    t0 = time.perf_counter()
+    ckpt_step, variables = inference.restore_variables(config, workdir, step)
+    splits = datasets.load_splits(config)
+    scorer = inference.Scorer(config, variables)
+    primary = jax.process_index() == 0
+    total = splits["val"].num_images * (1 + scores_pastes(config))
+    with console.progress(total, "held-out", disable=not primary) as bar:
+        chosen = calibrate(scorer, splits, config, bar)
+    result = {
+        "held_out": chosen.held_out,
+        "threshold": float(chosen.threshold),
+        "threshold_candidates": {k: float(v) for k, v in chosen.candidates.items()},
+        "checkpoint_step": int(ckpt_step),
+        "num_held_out_images": int(splits["val"].num_images),
+        "config_overrides": overrides,
+        "eval_seconds": time.perf_counter() - t0,
+    }
+    if primary:
+        path = workdir_lib.held_out_path(workdir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
 def evaluate(config, workdir, step: int | None = None) -> dict:
     """Restores a checkpoint, scores the test split, writes `<workdir>/eval/metrics.json`.
 
@@ -164,7 +212,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     test = splits["test"]
     primary = jax.process_index() == 0  # every process scores; only the primary writes
     rule = config.eval.get("threshold_rule", "quantile")
-    total = splits["val"].num_images * (1 + (rule == "pastes")) + test.num_images
+    total = splits["val"].num_images * (1 + scores_pastes(config)) + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
         chosen = calibrate(scorer, splits, config, bar)
         threshold, ref = chosen.threshold, chosen.ref
@@ -194,6 +242,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
             rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
         ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
+        held_out=chosen.held_out,
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),
         per_type={

@@ -87,6 +87,7 @@ def run_one(base, root: pathlib.Path, name: str, seed: int) -> dict:
         "batch_size": config.train.batch_size,
         **{k: result[k] for k in (*KEYS, "pixel_ap", "eval_seconds", "threshold")},
         "per_type": _per_type(result),
+        "held_out": result["held_out"],
     }
     record_path.write_text(json.dumps(record, indent=2))
     return record

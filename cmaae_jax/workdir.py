@@ -6,6 +6,7 @@
 <workdir>/loss.png             the training curve
 <workdir>/log.txt              every library's log (INFO and up) of the commands run on it
 <workdir>/eval/metrics.json    evaluation metrics and the label-free threshold
+<workdir>/eval/held_out.json   the label-free check alone (evaluate --held_out_only)
 <workdir>/eval/pictures/       overlays of the evaluation
 <workdir>/eval/reference.npy   the per-position reference evaluation chose (reference.FILE)
 """
@@ -23,6 +24,7 @@ TRAIN_LOG = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 EVAL = "eval"
 EVAL_METRICS = "metrics.json"
+HELD_OUT = "held_out.json"
 PICTURES = "pictures"
 PR_CURVE = "pr_curve.png"
 LOG = "log.txt"
@@ -46,6 +48,10 @@ def eval_dir(workdir) -> pathlib.Path:
 
 def eval_metrics_path(workdir) -> pathlib.Path:
     return eval_dir(workdir) / EVAL_METRICS
+
+
+def held_out_path(workdir) -> pathlib.Path:
+    return eval_dir(workdir) / HELD_OUT
 
 
 def log_path(workdir, process: int = 0) -> pathlib.Path:

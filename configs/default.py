@@ -89,5 +89,6 @@ def get_config():
     c.eval.threshold_rule = "pastes"  # pastes (GAAGA on held-out) | quantile | head (segment p=.5)
     c.eval.threshold_quantile = 0.999  # quantile rule: this quantile of held-out normal pixels
     c.eval.paste_prior = 0.005  # pastes: assumed share of defect pixels (0: as pasted, floored)
+    c.eval.held_out_check = True  # metrics of GAAGA pastes on held-out images (no defect label)
     c.eval.max_pictures = 40  # overlay pictures written by evaluate.py
     return c

@@ -12,7 +12,7 @@ import pytest
 from conftest import xla_flags
 from PIL import Image
 
-from cmaae_jax import metrics
+from cmaae_jax import calibration, metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,13 @@ def test_train_evaluate_predict(trained):
     # the default rule: the pastes' threshold at the assumed defect share, no floor
     assert set(m["threshold_candidates"]) == {"quantile", "pastes"}
     assert m["threshold_candidates"]["pastes"] == m["threshold"]
+    # the held-out check: in metrics.json, and alone (no test split scored) the same numbers
+    assert set(m["held_out"]) == set(calibration.HELD_OUT_KEYS)
+    assert m["held_out"]["pixel_auroc"] > 0.7  # the pastes stand out on a trained model
+    proc_h = _run("launch/evaluate.py", *args, "--held_out_only")
+    h = json.loads((work / "eval" / "held_out.json").read_text())
+    assert h["held_out"] == m["held_out"] and h["threshold"] == m["threshold"]
+    assert f"  pixel_aupro   {h['held_out']['pixel_aupro']:.3f}" in proc_h.stdout.splitlines()
     assert f"  pixel_auroc   {m['pixel_auroc']:.3f}" in proc.stdout.splitlines()  # the summary
     # Better than chance: random maps give AUROC 0.5 and F1 about the defect fraction (< 0.05).
     assert m["pixel_auroc"] > 0.7 and m["image_auroc"] > 0.6

@@ -112,7 +112,7 @@ def test_metrics_and_threshold_count_only_valid_pixels(tmp_path):
     config = ml_collections.ConfigDict(
         {"score": {"reference": "none"}, "eval": {"threshold_quantile": 0.9}}
     )
-    threshold, ref, record, _ = evaluate.calibrate(fake, {"val": split}, config)
+    threshold, ref, record, *_ = evaluate.calibrate(fake, {"val": split}, config)
     assert ref is None and record == {"setting": "none", "used": False}
     assert threshold == pytest.approx(np.quantile(scores, 0.9), rel=1e-6) and threshold < 2
     acc, per_type = evaluate._score_test(fake, split, threshold, None, tmp_path, max_pictures=5)
@@ -340,7 +340,7 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
         eval__threshold_quantile=quantile,
         eval__paste_prior=prior,
     )
-    threshold, ref, _, candidates = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
+    threshold, ref, _, candidates, _ = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
     assert ref is None and calls == [([list(s) for s in sizes], 64, "rect")]
 
     # brute force: every valid clean pixel negative, pasted pixels labelled by the masks

@@ -401,3 +401,39 @@ def test_paste_threshold_is_the_best_f1_threshold_by_brute_force():
     assert calibration.paste_threshold(normal, pasted, masks, 0.001) >= got  # rarer: higher
     with pytest.raises(ValueError, match="paste_prior"):
         calibration.paste_threshold(normal, pasted, masks, 1.0)
+
+
+def test_held_out_check_by_brute_force():
+    """Pixel AUROC by counting pairs, F1 max over every threshold, image AUROC by hand."""
+    rng = np.random.default_rng(1)
+    normal = [rng.random((5, 4)).astype(np.float32), rng.random((3, 6)).astype(np.float32)]
+    pasted = [rng.random((5, 4)).astype(np.float32) for _ in range(2)]
+    masks = [np.zeros((5, 4), bool) for _ in range(2)]
+    masks[0][1:3, 1:3] = True  # two regions, 4 and 2 pixels
+    masks[1][4, 2:4] = True
+    pasted[0][masks[0]] += 0.5
+    pasted[1][masks[1]] += 0.3
+    scores = np.concatenate([a.ravel() for a in normal + pasted])
+    labels = np.concatenate([np.zeros(38, bool)] + [m.ravel() for m in masks])
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+
+    def f1(t):
+        tp = np.sum(labels & (scores >= t))
+        return 2 * tp / (np.sum(scores >= t) + labels.sum())
+
+    got = calibration.held_out_check(normal, pasted, masks)
+    assert tuple(got) == calibration.HELD_OUT_KEYS
+    assert got["pixel_auroc"] == pytest.approx(pairs / (pos.size * neg.size))
+    assert got["pixel_f1_max"] == pytest.approx(max(f1(t) for t in np.unique(scores)))
+    # images: 2 clean against 2 pasted by their maxima, ranked by hand
+    clean_max = [float(a.max()) for a in normal]
+    pasted_max = [float(a.max()) for a in pasted]
+    wins = sum((p > c) + 0.5 * (p == c) for p in pasted_max for c in clean_max)
+    assert got["image_auroc"] == pytest.approx(wins / 4)
+    assert 0.0 <= got["pixel_aupro"] <= 1.0
+    # a map that ranks every pasted pixel above every other: all four are 1
+    perfect = [m.astype(np.float32) + 2.0 for m in masks]
+    assert calibration.held_out_check(normal, perfect, masks) == pytest.approx(
+        dict.fromkeys(calibration.HELD_OUT_KEYS, 1.0)
+    )

@@ -103,7 +103,7 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
             "eval": {"threshold_quantile": 0.99},
         }
     )
-    threshold, ref, record, _ = evaluate.calibrate(_IndexScorer(maps), splits, config)
+    threshold, ref, record, *_ = evaluate.calibrate(_IndexScorer(maps), splits, config)
     want_ref = (maps[0] + maps[2] + maps[4]) / 3  # 3 of 5 training images, evenly spaced
     np.testing.assert_allclose(ref, want_ref, rtol=1e-6, atol=1e-6)
     assert record["used"]
@@ -112,7 +112,7 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
     # held-out images of another (valid) size: auto uses no reference
     splits["val"] = _split(range(5, 8), valid=(16, 12))
     scorer = _IndexScorer(maps)
-    threshold, ref, record, _ = evaluate.calibrate(scorer, splits, config)
+    threshold, ref, record, *_ = evaluate.calibrate(scorer, splits, config)
     assert ref is None and not record["used"] and not record["one_size"]
     assert sorted(scorer.scored) == [5, 6, 7]  # no training image scored for nothing
     pooled = np.concatenate([maps[i][:, :12].ravel() for i in (5, 6, 7)])
