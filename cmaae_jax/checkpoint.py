@@ -18,6 +18,7 @@ with a traceback. A filter on asyncio's logger drops exactly those whose error i
 checkpoint's OCDBT database. The failure itself is the warning that names the step.
 """
 
+import dataclasses
 import hashlib
 import logging as std_logging
 import shutil
@@ -155,6 +156,40 @@ def _drop_abandoned_reads():
         log.addFilter(_DropAbandonedCheckpointReads())
 
 
+def _present_fields(abstract):
+    """A dataclass state's fields as a dict without those that are None (optional fields a
+    config leaves out, e.g. TrainState.ema): the layout of a checkpoint written before such
+    a field existed. None when there is no such field."""
+    if not dataclasses.is_dataclass(abstract):
+        return None
+    fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+    present = {k: v for k, v in fields.items() if v is not None}
+    return present if len(present) < len(fields) else None
+
+
+def _restore_tree(mgr: ocp.CheckpointManager, step: int, abstract):
+    """The state of checkpoint `step` restored into `abstract`; a checkpoint that lacks the
+    fields `abstract` leaves None (written before they existed) restores into the others."""
+
+    def restore(item):
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(item))
+        return mgr.restore(step, args=args)["state"]
+
+    try:
+        return restore(abstract)
+    except ValueError:
+        present = _present_fields(abstract)
+        if present is None:
+            raise
+        try:
+            restored = restore(present)
+        except ValueError:
+            pass  # not that: report the first error
+        else:
+            return dataclasses.replace(abstract, **restored)
+        raise
+
+
 def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
     """(state, meta) of checkpoint `step`, or None (with a warning) when it cannot be used."""
     try:
@@ -163,8 +198,7 @@ def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
     except Exception as e:  # any unreadable checkpoint is skipped, loudly
         return _skip(mgr, step, e)
     try:
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        state = mgr.restore(step, args=args)["state"]
+        state = _restore_tree(mgr, step, abstract)
     except ValueError as e:
         if "shape" in str(e).lower() or "structure" in str(e).lower():
             raise CheckpointError(

@@ -3,6 +3,7 @@ model is refused, and score-only changes are applied and recorded."""
 
 import json
 
+import jax
 import pytest
 from conftest import tiny_config
 
@@ -98,6 +99,40 @@ def test_a_checkpoint_with_the_old_digest_still_restores(tmp_path):
     other = tiny_config(tmp_path / "data", model__latent_dim=16, model__memory_size=8)
     with pytest.raises(checkpoint.CheckpointError, match="another"):  # shape or digest
         state.restore_state(other, model.from_config(other), mgr)
+    mgr.close()
+
+
+def test_a_checkpoint_written_before_the_average_existed_restores(tmp_path):
+    # Checkpoints before train.ema_decay had no `ema` entry in their tree: written here as
+    # that tree, they restore with ema None and the same arrays, and score with them.
+    import dataclasses
+
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    config = tiny_config(tmp_path / "data", model__latent_dim=16)
+    net = model.from_config(config)
+    initial = state.init_state(config, net)
+    assert initial.ema is None
+    old_tree = {f.name: getattr(initial, f.name) for f in dataclasses.fields(initial)}
+    del old_tree["ema"]
+    mgr = checkpoint.manager(tmp_path, async_save=False)
+    meta = state.checkpoint_meta(config, 1)
+    # the old TrainState's digest: its leaves in field order (ema None adds none)
+    meta["state_sha256"] = checkpoint.state_digest(initial)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(old_tree), meta=ocp.args.JsonSave(meta))
+    mgr.save(3, args=args, force=True)
+    mgr.wait_until_finished()
+    step, restored, _ = state.restore_state(config, net, mgr)
+    mgr.close()
+    assert step == 3 and restored.ema is None
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(initial), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a config that keeps an average needs one: that checkpoint is refused, not half-read
+    averaged = tiny_config(tmp_path / "data", model__latent_dim=16, train__ema_decay=0.9)
+    mgr = checkpoint.manager(tmp_path, async_save=False)
+    with pytest.raises(checkpoint.CheckpointError):
+        state.restore_state(averaged, model.from_config(averaged), mgr)
     mgr.close()
 
 
