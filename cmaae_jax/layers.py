@@ -121,15 +121,45 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     return dw.reshape(k, k, cin, cout)
 
 
-def _weight_grad(x, g, k, stride, padding):
-    """The faster, on XLA:CPU, of `conv_weight_grad` and XLA's own weight gradient.
+# Rows of the flattened (image, row, column) grid per chunk of `chunked_weight_grad`: the
+# shifted copies of a chunk stay in cache and their buffers are reused from chunk to chunk.
+CHUNK_ROWS = 8192
 
-    Measured per layer at batch 512: for stride 2 the matmul wins by 1.5-3x onto >=16x16
-    outputs and is on par at 8x8; XLA's is faster onto 4x4 outputs, and on par for the
-    3x3 stride-1 layers, where the shifted copies of g would cost 9x its memory.
+
+def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    """The largest divisor of `batch` whose images hold at most `chunk_rows` grid rows (1 at
+    least): how many images each step of `chunked_weight_grad` takes."""
+    fits = max(1, chunk_rows // max(1, rows_per_image))
+    return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
+
+
+def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=CHUNK_ROWS):
+    """`conv_weight_grad` summed over chunks of the batch in a loop (`lax.scan`).
+
+    The same sum in another order of float additions. Over the whole batch the shifted
+    copies are large fresh buffers, which XLA:CPU writes at a fraction of its copy speed (and
+    page-faults); a chunk's fit in cache and are reused by the next chunk.
     """
-    if stride == 2 and g.shape[1] * g.shape[2] >= 64:
-        return conv_weight_grad(x, g, k, stride, padding)
+    b, h, w, _ = x_BxHxWxC.shape
+    rows = (h + 2 * padding) * (w + 2 * padding) // (stride * stride)
+    chunk = batch_chunk(b, rows, chunk_rows)
+    if chunk == b:
+        return conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding)
+    xs = x_BxHxWxC.reshape(b // chunk, chunk, *x_BxHxWxC.shape[1:])
+    gs = g_BxhxwxO.reshape(b // chunk, chunk, *g_BxhxwxO.shape[1:])
+
+    def add(dw, xg):
+        return dw + conv_weight_grad(xg[0], xg[1], k, stride, padding), None
+
+    zero = jnp.zeros((k, k, x_BxHxWxC.shape[-1], g_BxhxwxO.shape[-1]), g_BxhxwxO.dtype)
+    return jax.lax.scan(add, zero, (xs, gs))[0]
+
+
+def _weight_grad(x, g, k, stride, padding):
+    """The faster, on XLA:CPU, of `chunked_weight_grad` and XLA's own weight gradient:
+    XLA's onto outputs smaller than 8x8 (the model's 4x4 layers), where they are on par."""
+    if g.shape[1] * g.shape[2] >= 64 and (stride == 1 or (stride == 2 and k % 2 == 0)):
+        return chunked_weight_grad(x, g, k, stride, padding)
     cin, cout = x.shape[-1], g.shape[-1]
     kernel = jnp.zeros((k, k, cin, cout), g.dtype)
     _, kernel_vjp = jax.vjp(lambda w: _lax_conv(x, w, stride, padding), kernel)

@@ -144,6 +144,33 @@ def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
     )
 
 
+def test_batch_chunk_is_the_largest_divisor_that_fits():
+    assert layers.batch_chunk(256, 1156) == 4  # 3x3 layer, 34x34 padded grid: 7 fit, 4 divides
+    assert layers.batch_chunk(256, 25) == 256  # 4x4 outputs: the whole batch fits
+    assert layers.batch_chunk(6, 100, chunk_rows=450) == 3  # 4 fit; 3 is the divisor
+    assert layers.batch_chunk(7, 100, chunk_rows=450) == 1  # prime batch: one image a chunk
+    assert layers.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
+
+
+@pytest.mark.parametrize(
+    "shape,k,s,p,cout,chunk_rows",
+    [
+        ((6, 8, 8, 3), 3, 1, 1, 4, 250),  # 100 rows per image: chunks of 2 images
+        ((6, 8, 8, 3), 3, 1, 1, 4, 350),  # chunks of 3
+        ((4, 8, 8, 2), 4, 2, 1, 5, 60),  # 25 rows after space-to-depth: chunks of 2
+        ((5, 7, 9, 4), 4, 2, 1, 3, 30),  # odd sides, a prime batch: one image a chunk
+    ],
+)
+def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk_rows):
+    kx, kw, kg = jax.random.split(jax.random.key(5), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (k, k, shape[-1], cout))
+    out, vjp = jax.vjp(lambda w: layers.conv2d(x, w, s, p, impl="xla"), w)
+    g = jax.random.normal(kg, out.shape)
+    got = jax.jit(lambda x, g: layers.chunked_weight_grad(x, g, k, s, p, chunk_rows))(x, g)
+    np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
+
+
 # 16: outputs >= 8x8 take the row-shift weight gradient; (3, 32) as the model's first encoder
 # and last decoder layers, whose narrow side (3 channels) is the one shifted.
 @pytest.mark.parametrize("hw,cin,cout", [(8, 6, 8), (16, 6, 8), (16, 3, 32)])
