@@ -173,11 +173,24 @@ def _conv_fast_dw(x, kernel, stride, padding):
     XLA:CPU computes a conv's weight gradient as a convolution over the batch, at a fraction
     of its matmul speed for large images (SPEC section 4).
     """
-    return _lax_conv(x, kernel, stride, padding)
+    return _chunked_conv(x, kernel, stride, padding)
+
+
+def _chunked_conv(x, kernel, stride, padding):
+    """`_lax_conv` over chunks of the batch (`lax.map`, `batch_chunk` images of CHUNK_ROWS
+    input pixels each): per image the same conv; a chunk's input and output stay in cache."""
+    b, h, w, c = x.shape
+    chunk = batch_chunk(b, h * w)
+    if chunk == b:
+        return _lax_conv(x, kernel, stride, padding)
+    out = jax.lax.map(
+        lambda xc: _lax_conv(xc, kernel, stride, padding), x.reshape(b // chunk, chunk, h, w, c)
+    )
+    return out.reshape(b, *out.shape[2:])
 
 
 def _conv_fwd(x, kernel, stride, padding):
-    return _lax_conv(x, kernel, stride, padding), (x, kernel)
+    return _chunked_conv(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv_bwd(stride, padding, res, g):

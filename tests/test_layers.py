@@ -171,6 +171,17 @@ def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk_rows):
     np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
 
 
+def test_chunked_forward_conv_equals_lax():
+    # 6 images of 64x64 px: 4096 input pixels each, 2 fit in CHUNK_ROWS: three chunks
+    assert layers.batch_chunk(6, 64 * 64) == 2
+    kx, kw = jax.random.split(jax.random.key(6))
+    x = jax.random.normal(kx, (6, 64, 64, 3))
+    w = jax.random.normal(kw, (4, 4, 3, 5))
+    got = jax.jit(lambda x, w: layers._chunked_conv(x, w, 2, 1))(x, w)
+    want = layers.conv2d(x, w, 2, 1, impl="xla")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # 16: outputs >= 8x8 take the row-shift weight gradient; (3, 32) as the model's first encoder
 # and last decoder layers, whose narrow side (3 channels) is the one shifted.
 @pytest.mark.parametrize("hw,cin,cout", [(8, 6, 8), (16, 6, 8), (16, 3, 32)])
