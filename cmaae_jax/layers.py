@@ -176,17 +176,21 @@ def _conv_fast_dw(x, kernel, stride, padding):
     return _chunked_conv(x, kernel, stride, padding)
 
 
-def _chunked_conv(x, kernel, stride, padding):
-    """`_lax_conv` over chunks of the batch (`lax.map`, `batch_chunk` images of CHUNK_ROWS
-    input pixels each): per image the same conv; a chunk's input and output stay in cache."""
-    b, h, w, c = x.shape
+def _by_chunks(fn, x_BxHxWxC):
+    """`fn` (image by image: no mixing across the batch) over chunks of `batch_chunk` images
+    of CHUNK_ROWS pixels (`lax.map`): the same result; a chunk's buffers stay in cache and
+    are reused by the next chunk, where the whole batch's would be fresh, page-faulting ones."""
+    b, h, w, c = x_BxHxWxC.shape
     chunk = batch_chunk(b, h * w)
     if chunk == b:
-        return _lax_conv(x, kernel, stride, padding)
-    out = jax.lax.map(
-        lambda xc: _lax_conv(xc, kernel, stride, padding), x.reshape(b // chunk, chunk, h, w, c)
-    )
+        return fn(x_BxHxWxC)
+    out = jax.lax.map(fn, x_BxHxWxC.reshape(b // chunk, chunk, h, w, c))
     return out.reshape(b, *out.shape[2:])
+
+
+def _chunked_conv(x, kernel, stride, padding):
+    """`_lax_conv` by chunks of the batch (`_by_chunks`)."""
+    return _by_chunks(lambda xc: _lax_conv(xc, kernel, stride, padding), x)
 
 
 def _conv_fwd(x, kernel, stride, padding):
@@ -200,7 +204,11 @@ def _conv_bwd(stride, padding, res, g):
         # The input gradient of a stride-2 conv is the transposed conv of g with the kernel's
         # cin/cout exchanged; sub-pixel, it is four small stride-1 convs instead of XLA's conv
         # over a zero-dilated g.
-        dx = _subpixel_k4s2p1(g, _swap_io(kernel))
+        dx = _by_chunks(lambda gc: _subpixel_k4s2p1(gc, _swap_io(kernel)), g)
+    elif stride == 1 and 2 * padding == kernel.shape[0] - 1:
+        # size-preserving stride 1 (the 3x3 layers): the conv of g with the flipped kernel
+        k = kernel.shape[0]
+        dx = _chunked_conv(g, _swap_io(kernel)[::-1, ::-1], 1, k - 1 - padding)
     else:
         _, x_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)
         (dx,) = x_vjp(g)
@@ -271,13 +279,12 @@ def conv_transpose_k4s2p1(x_BxHxWxC, kernel):
 
 
 def _convt_fwd(x, kernel):
-    return _subpixel_k4s2p1(x, kernel), (x, kernel)
+    return _by_chunks(lambda xc: _subpixel_k4s2p1(xc, kernel), x), (x, kernel)
 
 
 def _convt_bwd(res, g):
     x, kernel = res
-    adjoint = functools.partial(conv2d, stride=2, padding=1, impl="xla")
-    dx = adjoint(g, _swap_io(kernel))
+    dx = _chunked_conv(g, _swap_io(kernel), 2, 1)  # the adjoint: conv2d(g, W^T, 2, 1)
     dk_t = _weight_grad(g, x.astype(g.dtype), 4, 2, 1)  # [4, 4, cout, cin]
     return dx.astype(x.dtype), _swap_io(dk_t).astype(kernel.dtype)
 

@@ -182,6 +182,24 @@ def test_chunked_forward_conv_equals_lax():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k,s,p,transpose", [(3, 1, 1, False), (4, 2, 1, False), (4, 2, 1, True)])
+def test_chunked_layers_equal_lax_with_gradients(k, s, p, transpose):
+    # 4 images of 64x64 (4096 pixels: 2 images a chunk): forward, input and weight gradients
+    # by chunks against lax; the transposed conv from 32x32 (1024 pixels: one chunk of 4
+    # forward, its 64x64 gradient in chunks of 2)
+    side = 32 if transpose else 64
+    kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(kx, (4, side, side, 3))
+    w = jax.random.normal(kw, (k, k, 3, 4)) * 0.1
+    op = layers.conv_transpose2d if transpose else layers.conv2d
+    out, vjp = jax.vjp(lambda x, w: op(x, w, s, p, impl="matmul"), x, w)
+    want, vjp_lax = jax.vjp(lambda x, w: op(x, w, s, p, impl="xla"), x, w)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, out.shape)
+    for got, ref in zip(vjp(g), vjp_lax(g), strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
 # 16: outputs >= 8x8 take the row-shift weight gradient; (3, 32) as the model's first encoder
 # and last decoder layers, whose narrow side (3 channels) is the one shifted.
 @pytest.mark.parametrize("hw,cin,cout", [(8, 6, 8), (16, 6, 8), (16, 3, 32)])
