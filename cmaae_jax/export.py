@@ -88,13 +88,14 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
     method, scales = config.score.method, tuple(config.score.scales)
     normalize = config.score.get("normalize", "none")
     stride = config.score.get("stride", 64)
+    flip = config.score.get("flip", "none")
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
     canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(
-            net, variables, images_BxSxSx3, method, scales, normalize, stride
+            net, variables, images_BxSxSx3, method, scales, normalize, stride, flip
         )
         return maps - canvas
 

@@ -72,6 +72,7 @@ def _map_function(config, variables, reference=None):
     method, scales = config.score.method, tuple(config.score.scales)
     normalize = config.score.get("normalize", "none")
     stride = config.score.get("stride", 64)
+    flip = config.score.get("flip", "none")
     if config.data.image_size == model.PATCH:
         # One window whatever the stride; a smaller stride blends it with empty phases,
         # zero-size tensors that jax2onnx 0.17 lowers to an Add onnxruntime rejects.
@@ -82,7 +83,7 @@ def _map_function(config, variables, reference=None):
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(
-            net, variables, images_BxSxSx3, method, scales, normalize, stride
+            net, variables, images_BxSxSx3, method, scales, normalize, stride, flip
         )
         return maps - canvas
 

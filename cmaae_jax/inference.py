@@ -47,6 +47,7 @@ class Scorer:
             pmapped,
             normalize=config.score.get("normalize", "none"),
             stride=config.score.get("stride", 64),
+            flip=config.score.get("flip", "none"),
         )
         self.variables = scoring.replicate(variables) if pmapped else variables
 

@@ -34,6 +34,9 @@ Array = jax.Array
 RF_AREAS = {1: 16, 2: 64, 3: 196}
 METHODS = ("msfr", "pixel", "segment")
 NORMALIZE = ("none", "median")
+# config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
+# back (a test-time augmentation; twice the scoring work).
+FLIPS = ("none", "horizontal")
 # Window strides: divisors of the patch size down to 8. The model runs on ((H-64)/s + 1) x
 # ((W-64)/s + 1) windows per image: a 512x512 image has 64 at 64, 225 at 32, 841 at 16.
 STRIDES = tuple(s for s in range(8, PATCH + 1) if PATCH % s == 0)
@@ -48,11 +51,15 @@ def _check_scales(scales) -> tuple[int, ...]:
     return tuple(int(s) for s in scales)
 
 
-def _check_score_options(method: str, normalize: str = "none", stride: int = PATCH):
+def _check_score_options(
+    method: str, normalize: str = "none", stride: int = PATCH, flip: str = "none"
+):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
     if normalize not in NORMALIZE:
         raise ValueError(f"score.normalize must be one of {NORMALIZE}, got {normalize!r}")
+    if flip not in FLIPS:
+        raise ValueError(f"score.flip must be one of {FLIPS}, got {flip!r}")
     _check_stride(stride)
 
 
@@ -137,12 +144,15 @@ def anomaly_maps(
     scales=(1, 2, 3),
     normalize="none",
     stride: int = PATCH,
+    flip: str = "none",
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
     `stride`: window stride of the reconstruction (see `reconstruct`); static under jit.
+    `flip`: `horizontal` averages the maps with those of the mirrored images, mirrored back
+    (the reconstructions stay the images' own).
     """
-    _check_score_options(method, normalize, stride)
+    _check_score_options(method, normalize, stride, flip)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
@@ -156,7 +166,12 @@ def anomaly_maps(
             amap = msfr_map(net, variables, images_BxHxWx3, rec, scales)
         return normalize_maps(amap, normalize), rec
 
-    return model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
+    maps, rec = model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
+    if flip == "horizontal":
+        mirror = images_BxHxWx3[:, :, ::-1]
+        mirrored, _ = model_lib.per_platform(model, maps_and_reconstructions, variables, mirror)
+        maps = 0.5 * (maps + mirrored[:, :, ::-1])
+    return maps, rec
 
 
 def make_map_fn(
@@ -167,6 +182,7 @@ def make_map_fn(
     impl=None,
     normalize="none",
     stride: int = PATCH,
+    flip: str = "none",
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -186,14 +202,17 @@ def make_map_fn(
       normalize: `none` or `median` (see `normalize_maps`).
       stride: window stride among `STRIDES` (see `reconstruct`); the model's cost grows with
         the window count, ~(64/stride)^2 times the grid's.
+      flip: among `FLIPS` (see `anomaly_maps`).
     """
-    _check_score_options(method, normalize, stride)
+    _check_score_options(method, normalize, stride, flip)
     scales = _check_scales(scales)
     if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)
 
     def map_fn(variables, images_BxHxWx3):
-        return anomaly_maps(model, variables, images_BxHxWx3, method, scales, normalize, stride)[0]
+        return anomaly_maps(
+            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip
+        )[0]
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)
 

@@ -2,6 +2,7 @@
 launch/train.py (short, no absl INFO lines, warnings kept, the summary last, a log file)."""
 
 import json
+import math
 import os
 import pathlib
 import re
@@ -10,7 +11,7 @@ import sys
 
 from conftest import tiny_config, xla_flags
 
-from cmaae_jax import console, train_log
+from cmaae_jax import calibration, console, train_log
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ABSL_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ ")
@@ -81,6 +82,10 @@ def _write_config(config, path):
     return path
 
 
+def _shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
 def test_a_tiny_training_run_prints_one_screen_ending_with_the_summary(tmp_path):
     config = tiny_config(tmp_path / "data", model__latent_dim=16, eval__max_pictures=1)
     work = tmp_path / "work"
@@ -113,6 +118,8 @@ def test_a_tiny_training_run_prints_one_screen_ending_with_the_summary(tmp_path)
         f"  pixel_aupro   {m['pixel_aupro']:.3f}",
         f"  image_auroc   {m['image_auroc']:.3f}",
         f"  threshold     {m['threshold']:.4g} (quantile 0.999 of held-out normal pixel scores)",
+        "held-out check (GAAGA pastes on held-out normal images; no defect label)",
+        *(f"  {k:<14}{_shown(m['held_out'][k])}" for k in calibration.HELD_OUT_KEYS),
         "files",
         f"  workdir       {work}",
         f"  log           {work}/log.txt",

@@ -129,6 +129,18 @@ def test_anomaly_maps_methods(setup):
     assert not np.allclose(normed, want)
     with pytest.raises(ValueError, match="score.normalize"):
         scoring.make_map_fn(m, "pixel", normalize="mean")
+    # horizontal flip: the MSFR map of the mirrored images and their reconstruction,
+    # mirrored back, averaged with the images' own (random kernels are not mirror-symmetric,
+    # so the two maps differ)
+    mirror = jnp.asarray(np.asarray(images)[:, :, ::-1])
+    rec_m = _reconstruct(m, variables, mirror)
+    own = np.asarray(_msfr(m, variables, images, rec, (2,)))
+    mirrored = np.asarray(_msfr(m, variables, mirror, rec_m, (2,)))[:, :, ::-1]
+    flipped = scoring.make_map_fn(m, "msfr", (2,), flip="horizontal")(variables, images)
+    np.testing.assert_allclose(flipped, 0.5 * (own + mirrored), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(mirrored, own, rtol=0.05)
+    with pytest.raises(ValueError, match="score.flip"):
+        scoring.make_map_fn(m, "pixel", flip="vertical")
 
 
 @pytest.mark.parametrize("scales", [(), (0,), (4,), (1, 1), (1.5,)])

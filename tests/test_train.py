@@ -145,6 +145,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("train__ema_decay", 1.0),
         ("train__ema_decay", -0.5),
         ("score__weights", "best"),
+        ("score__flip", "vertical"),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
