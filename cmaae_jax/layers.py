@@ -25,7 +25,10 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
     weight gradient with the roles of input and output gradient exchanged;
   - a conv whose window covers the whole input (the 4x4 -> 1x1 last encoder layer) and a
     transposed conv of a 1x1 input (the first decoder layer) are single matmuls;
-  - a stride-1 transposed conv is the conv with the flipped kernel.
+  - a stride-1 transposed conv is the conv with the flipped kernel;
+  - weight gradients are row-shift matmuls, and every conv of the training step (forward,
+    input and weight gradients) runs over chunks of a few images in a loop, whose buffers
+    stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session).
 """
 
 import functools
@@ -33,6 +36,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from cmaae_jax import conv_chunks
 
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -74,92 +79,12 @@ def conv2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "auto"):
     return _conv_fast_dw(x_BxHxWxC, kernel, stride, padding)
 
 
-def _space_to_depth(x_BxHxWxC):
-    """[B, 2H, 2W, C] -> [B, H, W, 4C], channels ordered (row parity, column parity, c)."""
-    b, h, w, c = x_BxHxWxC.shape
-    x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // 2, w // 2, 4 * c)
-
-
-def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
-    """d/dW of <conv2d(x, W, stride, padding), g>, [k, k, cin, cout], as one matmul.
-
-    dW[ky, kx] = sum over (b, i, j) of xpad[b, s*i+ky, s*j+kx]^T g[b, i, j]. For stride 2
-    the padded input is first rearranged space-to-depth, which makes it a stride-1 sum with
-    (k/2)x(k/2) taps over 4*cin channels. With that input flattened over (b, row, column)
-    into one matrix X, and g zero-padded onto the same grid and flattened (G), every tap is a
-    shift by a constant number of rows: dW[tap] = X shifted up by `off(tap)` rows, ^T @ G.
-    The shifted copies of the side with fewer channels, side by side, make it one matmul:
-    [X_t0 | X_t1 | ...]^T @ G, or X^T @ [G_t0 | G_t1 | ...] with G shifted down instead, with
-    no im2col of the other side. Valid output positions never wrap into the next row or
-    image, and G is zero at the others.
-    """
-    b, oh, ow, cout = g_BxhxwxO.shape
-    _, h, w, cin = x_BxHxWxC.shape
-    if stride not in (1, 2) or (stride == 2 and k % 2):
-        raise NotImplementedError(f"conv_weight_grad: k={k} s={stride}")
-    extra_h, extra_w = (h + 2 * padding) % stride, (w + 2 * padding) % stride
-    p = padding
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (p, p + extra_h), (p, p + extra_w), (0, 0)))
-    x = _space_to_depth(x) if stride == 2 else x
-    kk = k // stride
-    _, hq, wq, c = x.shape
-    g = jnp.pad(g_BxhxwxO, ((0, 0), (0, hq - oh), (0, wq - ow), (0, 0))).reshape(-1, cout)
-    rows, last = g.shape[0], (kk - 1) * wq + kk - 1
-    x = jnp.pad(x.reshape(-1, c), ((0, last), (0, 0)))  # [rows + last, c]
-    offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
-    if c < cout:  # shift X: [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
-        x_shifted = jnp.concatenate([x[o : o + rows] for o in offsets], axis=1)
-        dw = jax.lax.dot_general(x_shifted, g, (((0,), (0,)), ((), ())))
-        dw = dw.reshape(kk, kk, stride, stride, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-        return dw.reshape(k, k, cin, cout)
-    g = jnp.pad(g, ((last, last), (0, 0)))
-    g_shifted = jnp.concatenate([g[last - o : last - o + rows + last] for o in offsets], axis=1)
-    dw = jax.lax.dot_general(x, g_shifted, (((0,), (0,)), ((), ())))  # [c, taps * cout]
-    # rows (sy, sx, cin), columns (dy, dx, cout); tap ky = stride*dy + sy, kx likewise.
-    dw = dw.reshape(stride, stride, cin, kk, kk, cout).transpose(3, 0, 4, 1, 2, 5)
-    return dw.reshape(k, k, cin, cout)
-
-
-# Rows of the flattened (image, row, column) grid per chunk of `chunked_weight_grad`: the
-# shifted copies of a chunk stay in cache and their buffers are reused from chunk to chunk.
-CHUNK_ROWS = 8192
-
-
-def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int = CHUNK_ROWS) -> int:
-    """The largest divisor of `batch` whose images hold at most `chunk_rows` grid rows (1 at
-    least): how many images each step of `chunked_weight_grad` takes."""
-    fits = max(1, chunk_rows // max(1, rows_per_image))
-    return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
-
-
-def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=CHUNK_ROWS):
-    """`conv_weight_grad` summed over chunks of the batch in a loop (`lax.scan`).
-
-    The same sum in another order of float additions. Over the whole batch the shifted
-    copies are large fresh buffers, which XLA:CPU writes at a fraction of its copy speed (and
-    page-faults); a chunk's fit in cache and are reused by the next chunk.
-    """
-    b, h, w, _ = x_BxHxWxC.shape
-    rows = (h + 2 * padding) * (w + 2 * padding) // (stride * stride)
-    chunk = batch_chunk(b, rows, chunk_rows)
-    if chunk == b:
-        return conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding)
-    xs = x_BxHxWxC.reshape(b // chunk, chunk, *x_BxHxWxC.shape[1:])
-    gs = g_BxhxwxO.reshape(b // chunk, chunk, *g_BxhxwxO.shape[1:])
-
-    def add(dw, xg):
-        return dw + conv_weight_grad(xg[0], xg[1], k, stride, padding), None
-
-    zero = jnp.zeros((k, k, x_BxHxWxC.shape[-1], g_BxhxwxO.shape[-1]), g_BxhxwxO.dtype)
-    return jax.lax.scan(add, zero, (xs, gs))[0]
-
-
 def _weight_grad(x, g, k, stride, padding):
-    """The faster, on XLA:CPU, of `chunked_weight_grad` and XLA's own weight gradient:
-    XLA's onto outputs smaller than 8x8 (the model's 4x4 layers), where they are on par."""
+    """The faster, on XLA:CPU, of `conv_chunks.chunked_weight_grad` and XLA's own weight
+    gradient: XLA's onto outputs smaller than 8x8 (the model's 4x4 layers), where they are
+    on par."""
     if g.shape[1] * g.shape[2] >= 64 and (stride == 1 or (stride == 2 and k % 2 == 0)):
-        return chunked_weight_grad(x, g, k, stride, padding)
+        return conv_chunks.chunked_weight_grad(x, g, k, stride, padding)
     cin, cout = x.shape[-1], g.shape[-1]
     kernel = jnp.zeros((k, k, cin, cout), g.dtype)
     _, kernel_vjp = jax.vjp(lambda w: _lax_conv(x, w, stride, padding), kernel)
@@ -176,21 +101,9 @@ def _conv_fast_dw(x, kernel, stride, padding):
     return _chunked_conv(x, kernel, stride, padding)
 
 
-def _by_chunks(fn, x_BxHxWxC):
-    """`fn` (image by image: no mixing across the batch) over chunks of `batch_chunk` images
-    of CHUNK_ROWS pixels (`lax.map`): the same result; a chunk's buffers stay in cache and
-    are reused by the next chunk, where the whole batch's would be fresh, page-faulting ones."""
-    b, h, w, c = x_BxHxWxC.shape
-    chunk = batch_chunk(b, h * w)
-    if chunk == b:
-        return fn(x_BxHxWxC)
-    out = jax.lax.map(fn, x_BxHxWxC.reshape(b // chunk, chunk, h, w, c))
-    return out.reshape(b, *out.shape[2:])
-
-
 def _chunked_conv(x, kernel, stride, padding):
-    """`_lax_conv` by chunks of the batch (`_by_chunks`)."""
-    return _by_chunks(lambda xc: _lax_conv(xc, kernel, stride, padding), x)
+    """`_lax_conv` by chunks of the batch (`conv_chunks.by_chunks`)."""
+    return conv_chunks.by_chunks(lambda xc: _lax_conv(xc, kernel, stride, padding), x)
 
 
 def _conv_fwd(x, kernel, stride, padding):
@@ -204,7 +117,7 @@ def _conv_bwd(stride, padding, res, g):
         # The input gradient of a stride-2 conv is the transposed conv of g with the kernel's
         # cin/cout exchanged; sub-pixel, it is four small stride-1 convs instead of XLA's conv
         # over a zero-dilated g.
-        dx = _by_chunks(lambda gc: _subpixel_k4s2p1(gc, _swap_io(kernel)), g)
+        dx = conv_chunks.by_chunks(lambda gc: _subpixel_k4s2p1(gc, _swap_io(kernel)), g)
     elif stride == 1 and 2 * padding == kernel.shape[0] - 1:
         # size-preserving stride 1 (the 3x3 layers): the conv of g with the flipped kernel
         k = kernel.shape[0]
@@ -279,7 +192,7 @@ def conv_transpose_k4s2p1(x_BxHxWxC, kernel):
 
 
 def _convt_fwd(x, kernel):
-    return _by_chunks(lambda xc: _subpixel_k4s2p1(xc, kernel), x), (x, kernel)
+    return conv_chunks.by_chunks(lambda xc: _subpixel_k4s2p1(xc, kernel), x), (x, kernel)
 
 
 def _convt_bwd(res, g):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import layers
+from cmaae_jax import conv_chunks, layers
 
 
 def brute_conv(x, w, s, p):
@@ -140,16 +140,16 @@ def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
     out, vjp = jax.vjp(conv, w)
     g = jax.random.normal(kg, out.shape)
     np.testing.assert_allclose(
-        layers.conv_weight_grad(x, g, k, s, p), vjp(g)[0], rtol=1e-5, atol=1e-4
+        conv_chunks.conv_weight_grad(x, g, k, s, p), vjp(g)[0], rtol=1e-5, atol=1e-4
     )
 
 
 def test_batch_chunk_is_the_largest_divisor_that_fits():
-    assert layers.batch_chunk(256, 1156) == 4  # 3x3 layer, 34x34 padded grid: 7 fit, 4 divides
-    assert layers.batch_chunk(256, 25) == 256  # 4x4 outputs: the whole batch fits
-    assert layers.batch_chunk(6, 100, chunk_rows=450) == 3  # 4 fit; 3 is the divisor
-    assert layers.batch_chunk(7, 100, chunk_rows=450) == 1  # prime batch: one image a chunk
-    assert layers.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
+    assert conv_chunks.batch_chunk(256, 1156) == 4  # 3x3 layer, 34x34 padded grid: 7 fit, 4 divides
+    assert conv_chunks.batch_chunk(256, 25) == 256  # 4x4 outputs: the whole batch fits
+    assert conv_chunks.batch_chunk(6, 100, chunk_rows=450) == 3  # 4 fit; 3 is the divisor
+    assert conv_chunks.batch_chunk(7, 100, chunk_rows=450) == 1  # prime batch: one image a chunk
+    assert conv_chunks.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
 
 
 @pytest.mark.parametrize(
@@ -167,13 +167,13 @@ def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk_rows):
     w = jax.random.normal(kw, (k, k, shape[-1], cout))
     out, vjp = jax.vjp(lambda w: layers.conv2d(x, w, s, p, impl="xla"), w)
     g = jax.random.normal(kg, out.shape)
-    got = jax.jit(lambda x, g: layers.chunked_weight_grad(x, g, k, s, p, chunk_rows))(x, g)
+    got = jax.jit(lambda x, g: conv_chunks.chunked_weight_grad(x, g, k, s, p, chunk_rows))(x, g)
     np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
 
 
 def test_chunked_forward_conv_equals_lax():
     # 6 images of 64x64 px: 4096 input pixels each, 2 fit in CHUNK_ROWS: three chunks
-    assert layers.batch_chunk(6, 64 * 64) == 2
+    assert conv_chunks.batch_chunk(6, 64 * 64) == 2
     kx, kw = jax.random.split(jax.random.key(6))
     x = jax.random.normal(kx, (6, 64, 64, 3))
     w = jax.random.normal(kw, (4, 4, 3, 5))
