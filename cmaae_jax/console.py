@@ -148,7 +148,7 @@ def summary_lines(result: dict | None, workdir) -> list[str]:
         lines += [_row(k, _number(result[k])) for k in metrics.HEADLINE_KEYS]
         rule = f" ({result['threshold_rule']})" if "threshold_rule" in result else ""
         lines.append(_row("threshold", f"{result['threshold']:.4g}{rule}"))
-        if "held_out" in result:
+        if result.get("held_out"):  # empty: eval.held_out_check off
             lines += held_out_lines(result)
     lines += ["files", _row("workdir", workdir), _row("log", workdir_lib.log_path(workdir))]
     if (workdir / workdir_lib.LOSS_PLOT).is_file():
