@@ -66,6 +66,11 @@ def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int = CHUNK_ROWS) -
     return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
 
 
+def _split(x_Bx___, chunk: int):
+    """[B, ...] -> [B / chunk, chunk, ...] (chunk divides B)."""
+    return x_Bx___.reshape(x_Bx___.shape[0] // chunk, chunk, *x_Bx___.shape[1:])
+
+
 def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=CHUNK_ROWS):
     """`conv_weight_grad` summed over chunks of the batch in a loop (`lax.scan`).
 
@@ -78,8 +83,7 @@ def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=CHU
     chunk = batch_chunk(b, rows, chunk_rows)
     if chunk == b:
         return conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding)
-    xs = x_BxHxWxC.reshape(b // chunk, chunk, *x_BxHxWxC.shape[1:])
-    gs = g_BxhxwxO.reshape(b // chunk, chunk, *g_BxhxwxO.shape[1:])
+    xs, gs = _split(x_BxHxWxC, chunk), _split(g_BxhxwxO, chunk)
 
     def add(dw, xg):
         return dw + conv_weight_grad(xg[0], xg[1], k, stride, padding), None
@@ -92,9 +96,9 @@ def by_chunks(fn, x_BxHxWxC):
     """`fn` (image by image: no mixing across the batch) over chunks of `batch_chunk` images
     of CHUNK_ROWS pixels (`lax.map`): the same result; a chunk's buffers stay in cache and
     are reused by the next chunk, where the whole batch's would be fresh, page-faulting ones."""
-    b, h, w, c = x_BxHxWxC.shape
+    b, h, w, _ = x_BxHxWxC.shape
     chunk = batch_chunk(b, h * w)
     if chunk == b:
         return fn(x_BxHxWxC)
-    out = jax.lax.map(fn, x_BxHxWxC.reshape(b // chunk, chunk, h, w, c))
+    out = jax.lax.map(fn, _split(x_BxHxWxC, chunk))
     return out.reshape(b, *out.shape[2:])

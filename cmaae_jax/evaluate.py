@@ -11,6 +11,7 @@ that came without a mask (`Split.has_masks` False) count in image metrics only: 
 is not a negative (`num_images_without_masks` says how many were left out of pixel metrics).
 """
 
+import copy
 import json
 import pathlib
 import time
@@ -164,18 +165,38 @@ def _save_reference(path, ref):
         path.unlink(missing_ok=True)
 
 
+class _Restored(NamedTuple):
+    """A run bound to its own model and restored for scoring (`_restore`)."""
+
+    config: object
+    overrides: dict
+    step: int
+    splits: dict
+    scorer: inference.Scorer
+
+
+def _restore(config, workdir, step, **eval_fields) -> _Restored:
+    """The run's config bound (`state.bind_config`) with `eval_fields` set, validated; its
+    checkpoint (`step`, or the newest) restored, the data loaded, a scorer built."""
+    config, overrides = state_lib.bind_config(config, workdir)
+    if eval_fields:
+        config = copy.deepcopy(config)  # bind_config may hand back the caller's config
+        with config.unlocked():
+            config.eval.update(eval_fields)
+    configlib.validate(config)
+    ckpt_step, variables = inference.restore_variables(config, workdir, step)
+    splits = datasets.load_splits(config)
+    return _Restored(config, overrides, ckpt_step, splits, inference.Scorer(config, variables))
+
+
 def check_held_out(config, workdir, step: int | None = None) -> dict:
     """The label-free part of `evaluate` alone: restores a checkpoint, calibrates on the
     held-out normal images and their pasted copies, and writes `<workdir>/eval/held_out.json`
     (threshold, candidates, `held_out` check); the test split is not scored."""
-    config, overrides = state_lib.bind_config(config, workdir)
-    with config.unlocked():
-        config.eval.held_out_check = True
-    configlib.validate(config)
     t0 = time.perf_counter()
-    ckpt_step, variables = inference.restore_variables(config, workdir, step)
-    splits = datasets.load_splits(config)
-    scorer = inference.Scorer(config, variables)
+    config, overrides, ckpt_step, splits, scorer = _restore(
+        config, workdir, step, held_out_check=True
+    )
     primary = jax.process_index() == 0
     total = splits["val"].num_images * (1 + scores_pastes(config))
     with console.progress(total, "held-out", disable=not primary) as bar:
@@ -203,12 +224,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     may change the data location, eval.* and score.*; score fields that differ from the
     run's are recorded under `config_overrides`.
     """
-    config, overrides = state_lib.bind_config(config, workdir)
-    configlib.validate(config)
     t0 = time.perf_counter()
-    ckpt_step, variables = inference.restore_variables(config, workdir, step)
-    splits = datasets.load_splits(config)
-    scorer = inference.Scorer(config, variables)
+    config, overrides, ckpt_step, splits, scorer = _restore(config, workdir, step)
     test = splits["test"]
     primary = jax.process_index() == 0  # every process scores; only the primary writes
     rule = config.eval.get("threshold_rule", "quantile")

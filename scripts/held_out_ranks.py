@@ -41,7 +41,7 @@ def held_out(workdir: pathlib.Path, weights: str | None) -> dict:
     return json.loads(path.read_text())["held_out"]
 
 
-def test_mean(workdir: pathlib.Path, types) -> float:
+def defect_mean(workdir: pathlib.Path, types) -> float:
     per_type = json.loads((workdir / "study.json").read_text())["per_type"]
     return float(np.mean([per_type[t]["pixel_aupro"] for t in types]))
 
@@ -58,7 +58,7 @@ def main():
         name, _, weights = spec.partition("=")
         workdir = pathlib.Path(name)
         check = held_out(workdir, weights or None)
-        rows.append({"run": spec, "test_mean_aupro": test_mean(workdir, types), **check})
+        rows.append({"run": spec, "test_mean_aupro": defect_mean(workdir, types), **check})
         print(json.dumps(rows[-1]), flush=True)
     test = [r["test_mean_aupro"] for r in rows]
     rho = {
