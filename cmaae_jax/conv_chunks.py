@@ -1,5 +1,6 @@
 """Convolution pieces XLA:CPU runs faster when written by hand: the weight gradient as one
-row-shift matmul (`conv_weight_grad`), and loops over chunks of the batch whose buffers stay
+row-shift matmul (`conv_weight_grad`), a conv of a thin input as one matmul of its patches
+(`im2col_conv`), and loops over chunks of the batch whose buffers stay
 in cache (`batch_chunk`, `chunked_weight_grad`, `by_chunks`). `cmaae_jax.layers` builds its
 CPU convolutions from them; tests/test_layers.py proves them equal to `lax`'s."""
 
@@ -52,6 +53,37 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     # rows (sy, sx, cin), columns (dy, dx, cout); tap ky = stride*dy + sy, kx likewise.
     dw = dw.reshape(stride, stride, cin, kk, kk, cout).transpose(3, 0, 4, 1, 2, 5)
     return dw.reshape(k, k, cin, cout)
+
+
+# Inputs with at most this many channels are convolved by `im2col_conv`: XLA:CPU's own conv
+# of a 3-channel input (the first encoder layer; the input gradient of the last decoder
+# layer) runs at a fraction of its speed on wider ones (BENCHMARKS.md, sixteenth session).
+THIN_CHANNELS = 4
+
+
+def im2col_conv(x_BxHxWxC, kernel, stride: int, padding: int):
+    """conv2d(x, kernel, stride, padding) as one matmul: [B*oh*ow, taps*C] @ [taps*C, cout].
+
+    A stride-2 conv with an even kernel is first made stride 1 with (k/2)x(k/2) taps over
+    the space-to-depth input (channels ordered row parity, column parity, c, as the kernel
+    rearranged to match); the patches are the taps' shifted views side by side.
+    """
+    b, h, w, cin = x_BxHxWxC.shape
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    if stride not in (1, 2) or (stride == 2 and k % 2):
+        raise NotImplementedError(f"im2col_conv: k={k} s={stride}")
+    oh, ow = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    p, extra_h, extra_w = padding, (h + 2 * padding) % stride, (w + 2 * padding) % stride
+    x = jnp.pad(x_BxHxWxC, ((0, 0), (p, p + extra_h), (p, p + extra_w), (0, 0)))
+    kk = k // stride
+    if stride == 2:
+        x = _space_to_depth(x)  # tap (dy, sy) of kernel row ky = 2 * dy + sy
+        kernel = kernel.reshape(kk, 2, kk, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+    cols = jnp.concatenate(
+        [x[:, dy : dy + oh, dx : dx + ow] for dy in range(kk) for dx in range(kk)], axis=-1
+    )
+    out = cols.reshape(b * oh * ow, -1) @ kernel.reshape(-1, cout)
+    return out.reshape(b, oh, ow, cout)
 
 
 # Rows of the flattened (image, row, column) grid per chunk of `chunked_weight_grad`: the

@@ -102,8 +102,12 @@ def _conv_fast_dw(x, kernel, stride, padding):
 
 
 def _chunked_conv(x, kernel, stride, padding):
-    """`_lax_conv` by chunks of the batch (`conv_chunks.by_chunks`)."""
-    return conv_chunks.by_chunks(lambda xc: _lax_conv(xc, kernel, stride, padding), x)
+    """`_lax_conv` by chunks of the batch (`conv_chunks.by_chunks`); a thin input's as one
+    matmul of its patches (`conv_chunks.im2col_conv`)."""
+    conv = _lax_conv
+    if x.shape[-1] <= conv_chunks.THIN_CHANNELS and (stride, kernel.shape[0] % 2) != (2, 1):
+        conv = conv_chunks.im2col_conv
+    return conv_chunks.by_chunks(lambda xc: conv(xc, kernel, stride, padding), x)
 
 
 def _conv_fwd(x, kernel, stride, padding):

@@ -1,5 +1,5 @@
-"""Shared set-up of the launch scripts: import path, device flags, the console, user errors
-as one line."""
+"""Shared set-up of the launch scripts: import path, huge pages for large host buffers (a
+restart, before anything else runs), device flags, the console, user errors as one line."""
 
 import contextlib
 import errno
@@ -9,6 +9,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that configs can `from configs import default`
+
+from cmaae_jax import devices  # noqa: E402  (after the path; imports no JAX)
+
+devices.restart_with_huge_pages()
 
 
 def define_cpu_devices_flag():
@@ -21,8 +25,6 @@ def define_cpu_devices_flag():
 
 
 def set_cpu_devices(n: int):
-    from cmaae_jax import devices
-
     with user_errors():
         devices.set_cpu_devices(n)
 

@@ -3,18 +3,19 @@
 python launch/bench_report.py runs/bench/*.json
 """
 
-import sys
+import argparse
 
-import _common  # noqa: F401  (puts the repository on sys.path)
+import _common
 
 
-def main(argv=None):
+def main():
     from cmaae_jax import bench_report
 
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
-        sys.exit("usage: python launch/bench_report.py FILE.json [FILE.json ...]")
-    print(bench_report.report(paths))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", metavar="FILE.json", help="benchmark JSONs")
+    args = parser.parse_args()
+    with _common.user_errors():
+        print(bench_report.report(args.paths))
 
 
 if __name__ == "__main__":

@@ -42,3 +42,55 @@ def test_negative_cpu_devices_is_a_user_error():
         devices.DeviceError, match=r"^--cpu_devices=-2: must be >= 0, or -1 for auto$"
     ):
         devices.set_cpu_devices(-2)
+
+
+@pytest.mark.parametrize(
+    "environ, system, libc, expected",
+    [
+        ({}, "Linux", "glibc", "glibc.malloc.hugetlb=1"),
+        (
+            {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+            "Linux",
+            "glibc",
+            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1",
+        ),
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "Linux", "glibc", None),  # the user's
+        ({"CMAAE_HUGE_PAGES": "0"}, "Linux", "glibc", None),  # opted out
+        ({}, "Darwin", "", None),
+        ({}, "Linux", "", None),  # musl: no glibc tunables
+    ],
+)
+def test_huge_pages_environment(environ, system, libc, expected):
+    env = devices.huge_pages_environment(environ, system, libc)
+    if expected is None:
+        assert env is None
+    else:
+        assert env["GLIBC_TUNABLES"] == expected
+        assert {k: v for k, v in env.items() if k != "GLIBC_TUNABLES"} == {
+            k: v for k, v in environ.items() if k != "GLIBC_TUNABLES"
+        }
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc tunables are Linux's")
+def test_restart_with_huge_pages_reexecutes_once_with_the_same_arguments():
+    # The child prints a line per start: a restart shows as two starts, the second with the
+    # tunable set; the arguments after -c reach the restarted process unchanged.
+    code = (
+        "import os, sys; print('start', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], "
+        "flush=True); devices.restart_with_huge_pages(); print('running')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CMAAE_HUGE_PAGES")}
+    proc = subprocess.run(
+        [sys.executable, "-c", f"from cmaae_jax import devices; {code}", "a", "--b=1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "start None ['a', '--b=1']",
+        "start glibc.malloc.hugetlb=1 ['a', '--b=1']",
+        "running",
+    ]

@@ -144,6 +144,16 @@ def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
     )
 
 
+@pytest.mark.parametrize("k,s,p", CASES + [(4, 2, 0)])
+@pytest.mark.parametrize("hw", [(8, 8), (7, 9)])  # odd sides: stride 2 pads one more row
+def test_im2col_conv_matches_brute_force(k, s, p, hw):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
+    w = rng.standard_normal((k, k, 3, 5)).astype(np.float32)
+    got = conv_chunks.im2col_conv(jnp.asarray(x), jnp.asarray(w), s, p)
+    np.testing.assert_allclose(got, brute_conv(x, w, s, p), rtol=1e-5, atol=1e-4)
+
+
 def test_batch_chunk_is_the_largest_divisor_that_fits():
     assert conv_chunks.batch_chunk(256, 1156) == 4  # 3x3 layer, 34x34 padded grid: 7 fit, 4 divides
     assert conv_chunks.batch_chunk(256, 25) == 256  # 4x4 outputs: the whole batch fits
