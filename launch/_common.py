@@ -1,5 +1,6 @@
-"""Shared set-up of the launch scripts: import path, huge pages for large host buffers (a
-restart, before anything else runs), device flags, the console, user errors as one line."""
+"""Shared set-up of the launch scripts: import path, a caching allocator for XLA's large host
+buffers (a restart, before anything else runs), device flags, the console, user errors as
+one line."""
 
 import contextlib
 import errno
@@ -12,7 +13,11 @@ if str(ROOT) not in sys.path:
 
 from cmaae_jax import devices  # noqa: E402  (after the path; imports no JAX)
 
-devices.restart_with_huge_pages()
+try:
+    devices.restart_with_allocator()
+except devices.DeviceError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def define_cpu_devices_flag():

@@ -44,42 +44,52 @@ def test_negative_cpu_devices_is_a_user_error():
         devices.set_cpu_devices(-2)
 
 
+TCMALLOC = "libtcmalloc_minimal.so.4"
+
+
 @pytest.mark.parametrize(
-    "environ, system, libc, expected",
+    "environ, system, library, expected",
     [
-        ({}, "Linux", "glibc", "glibc.malloc.hugetlb=1"),
-        (
-            {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
-            "Linux",
-            "glibc",
-            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1",
-        ),
-        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "Linux", "glibc", None),  # the user's
-        ({"CMAAE_HUGE_PAGES": "0"}, "Linux", "glibc", None),  # opted out
-        ({}, "Darwin", "", None),
-        ({}, "Linux", "", None),  # musl: no glibc tunables
+        ({}, "Linux", TCMALLOC, TCMALLOC),
+        ({"LD_PRELOAD": "libfoo.so"}, "Linux", TCMALLOC, f"{TCMALLOC}:libfoo.so"),
+        ({"LD_PRELOAD": "libjemalloc.so.2"}, "Linux", TCMALLOC, None),  # the user's choice
+        ({"CMAAE_ALLOCATOR": "system"}, "Linux", TCMALLOC, None),  # opted out
+        ({}, "Linux", None, None),  # not installed
+        ({}, "Darwin", TCMALLOC, None),
     ],
 )
-def test_huge_pages_environment(environ, system, libc, expected):
-    env = devices.huge_pages_environment(environ, system, libc)
+def test_allocator_environment(environ, system, library, expected):
+    env = devices.allocator_environment(environ, system, library)
     if expected is None:
         assert env is None
-    else:
-        assert env["GLIBC_TUNABLES"] == expected
-        assert {k: v for k, v in env.items() if k != "GLIBC_TUNABLES"} == {
-            k: v for k, v in environ.items() if k != "GLIBC_TUNABLES"
-        }
+        return
+    assert env["LD_PRELOAD"] == expected
+    assert env["TCMALLOC_RELEASE_RATE"] == "10"
+    rest = {k: v for k, v in env.items() if k not in devices.ALLOCATOR_SETTINGS}
+    assert rest == {**environ, "LD_PRELOAD": expected}
+    # the user's own tcmalloc settings win over the defaults
+    env = devices.allocator_environment({"TCMALLOC_RELEASE_RATE": "1"}, system, library)
+    assert env["TCMALLOC_RELEASE_RATE"] == "1"
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc tunables are Linux's")
-def test_restart_with_huge_pages_reexecutes_once_with_the_same_arguments():
-    # The child prints a line per start: a restart shows as two starts, the second with the
-    # tunable set; the arguments after -c reach the restarted process unchanged.
+def test_allocator_choice_is_checked():
+    with pytest.raises(devices.DeviceError, match=r"^CMAAE_ALLOCATOR='jemalloc': must be"):
+        devices.allocator_environment({"CMAAE_ALLOCATOR": "jemalloc"}, "Linux", TCMALLOC)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD is Linux's")
+def test_restart_with_allocator_reexecutes_once_with_the_same_arguments():
+    # The child prints a line per start: with tcmalloc installed, a restart shows as two
+    # starts, the second with it preloaded; the arguments after -c reach the restarted
+    # process unchanged. Without it (a machine without libtcmalloc-minimal4) one start.
+    import ctypes.util
+
+    library = ctypes.util.find_library(devices.ALLOCATOR_LIBRARY)
     code = (
-        "import os, sys; print('start', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], "
-        "flush=True); devices.restart_with_huge_pages(); print('running')"
+        "import os, sys; print('start', os.environ.get('LD_PRELOAD'), sys.argv[1:], "
+        "flush=True); devices.restart_with_allocator(); print('running')"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CMAAE_HUGE_PAGES")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CMAAE_ALLOCATOR")}
     proc = subprocess.run(
         [sys.executable, "-c", f"from cmaae_jax import devices; {code}", "a", "--b=1"],
         cwd=ROOT,
@@ -89,8 +99,7 @@ def test_restart_with_huge_pages_reexecutes_once_with_the_same_arguments():
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [
-        "start None ['a', '--b=1']",
-        "start glibc.malloc.hugetlb=1 ['a', '--b=1']",
-        "running",
-    ]
+    starts = ["start None ['a', '--b=1']"]
+    if library:
+        starts.append(f"start {library} ['a', '--b=1']")
+    assert proc.stdout.splitlines() == [*starts, "running"]
