@@ -96,17 +96,22 @@ def _conv_fast_dw(x, kernel, stride, padding):
     """`lax` conv forward and input gradient; weight gradient by `_weight_grad`.
 
     XLA:CPU computes a conv's weight gradient as a convolution over the batch, at a fraction
-    of its matmul speed for large images (SPEC section 4).
+    of its matmul speed for large images (SPEC section 4). Not differentiated (inference),
+    the whole batch at once: the chunks pay where the training step's buffers are large.
     """
-    return _chunked_conv(x, kernel, stride, padding)
+    return _thin_or_lax_conv(x, kernel, stride)(x, kernel, stride, padding)
+
+
+def _thin_or_lax_conv(x, kernel, stride):
+    """`_lax_conv`, or for a thin input one matmul of its patches (`conv_chunks.im2col_conv`)."""
+    if x.shape[-1] <= conv_chunks.THIN_CHANNELS and (stride, kernel.shape[0] % 2) != (2, 1):
+        return conv_chunks.im2col_conv
+    return _lax_conv
 
 
 def _chunked_conv(x, kernel, stride, padding):
-    """`_lax_conv` by chunks of the batch (`conv_chunks.by_chunks`); a thin input's as one
-    matmul of its patches (`conv_chunks.im2col_conv`)."""
-    conv = _lax_conv
-    if x.shape[-1] <= conv_chunks.THIN_CHANNELS and (stride, kernel.shape[0] % 2) != (2, 1):
-        conv = conv_chunks.im2col_conv
+    """`_thin_or_lax_conv` by chunks of the batch (`conv_chunks.by_chunks`)."""
+    conv = _thin_or_lax_conv(x, kernel, stride)
     return conv_chunks.by_chunks(lambda xc: conv(xc, kernel, stride, padding), x)
 
 
