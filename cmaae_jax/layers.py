@@ -28,7 +28,10 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
   - a stride-1 transposed conv is the conv with the flipped kernel;
   - weight gradients are row-shift matmuls, and every conv of the training step (forward,
     input and weight gradients) runs over chunks of a few images in a loop, whose buffers
-    stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session).
+    stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session); inference
+    (not differentiated) runs the whole batch at once;
+  - a conv of a thin input (3 channels: the first encoder layer, the last decoder layer's
+    input gradient) is one matmul of its patches (`conv_chunks.im2col_conv`; sixteenth).
 """
 
 import functools

@@ -9,6 +9,7 @@
         --method segment
     python scripts/map_options.py analyse /tmp/maps/seg.pkl --sigmas 0 --normalize none \
         --reference none --fixed 0.6931
+    python scripts/map_options.py images /tmp/maps/full_seed0.pkl
 
 `dump` scores the run's held-out normal images (val) and test images with its own config but
 `score.normalize=none`, `score.scales=(1,)` (and `--method`), and pickles the maps cropped to
@@ -17,8 +18,10 @@ normal test image): Gaussian smoothing of the map (sigma in pixels), per-image m
 normalisation over the valid region, a per-position reference of the normal val maps
 (mean subtracted, divided by the std, or both; `meanvar` divides by sqrt(var + median var);
 resampled to each image's size), and label-free threshold rules (quantiles of the val
-pixels, the largest val pixel, the median of the val images' maxima). Nothing here looks at
-test masks to choose anything: every option is scored.
+pixels, the largest val pixel, the median of the val images' maxima). `images` compares image
+scores (the map's maximum, the maximum after Gaussian smoothing, the mean of the top share of
+pixels) by image AUROC per type. Nothing here looks at test masks to choose anything: every
+option is scored.
 """
 
 import argparse
@@ -295,6 +298,37 @@ def analyse(path, sigmas, normalizations, references, types=TYPES):
                 )
 
 
+IMAGE_SCORES = {
+    "max": lambda m: float(m.max()),
+    "max, sigma 4": lambda m: float(_prepare(m, 4, "none").max()),
+    "max, sigma 8": lambda m: float(_prepare(m, 8, "none").max()),
+    "top 1% mean": lambda m: float(np.sort(m.ravel())[-max(1, m.size // 100) :].mean()),
+    "top 0.1% mean": lambda m: float(np.sort(m.ravel())[-max(1, m.size // 1000) :].mean()),
+    "max, 8 px rim left out": lambda m: float(m[8:-8, 8:-8].max()),
+    "max, 16 px rim left out": lambda m: float(m[16:-16, 16:-16].max()),
+}
+
+
+def image_scores(path, normalize="median", types=TYPES + ("uneven",)):
+    """Image AUROC per type (its images against every normal test image) of each image score
+    in `IMAGE_SCORES`, on maps normalised as the run scores them."""
+    from cmaae_jax import metrics
+
+    with open(path, "rb") as fh:
+        test = pickle.load(fh)["test"]
+    maps = [_prepare(m, 0, normalize) for m in test["maps"]]
+    labels, kinds = np.asarray(test["labels"]), np.asarray(test["types"])
+    for name, fn in IMAGE_SCORES.items():
+        scores = np.asarray([fn(m) for m in maps])
+        row = {}
+        for t in types:
+            keep = (labels == 0) | (kinds == t)
+            row[t] = metrics.binary_auroc(scores[keep], labels[keep])
+        mean4 = np.mean([row[t] for t in TYPES])
+        cells = " ".join(f"{t} {v:.3f}" for t, v in row.items())
+        print(f"{os.path.basename(path)} {name}: mean4 {mean4:.3f} ({cells})", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -313,6 +347,9 @@ def main():
     g = sub.add_parser("gradient")
     g.add_argument("pickle")
     g.add_argument("--sigmas", default="1,2,4")
+    i = sub.add_parser("images")
+    i.add_argument("pickle")
+    i.add_argument("--normalize", default="median")
     a = sub.add_parser("analyse")
     a.add_argument("pickle")
     a.add_argument("--sigmas", default="0,4")
@@ -328,6 +365,8 @@ def main():
         fuse(args.pickles, args.out, scale=args.scale)
     elif args.command == "border":
         border(args.pickle)
+    elif args.command == "images":
+        image_scores(args.pickle, args.normalize)
     elif args.command == "gradient":
         for sigma in args.sigmas.split(","):
             gradient(args.pickle, float(sigma))
