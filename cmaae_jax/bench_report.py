@@ -81,10 +81,12 @@ def table(batch: int, torch_runs, jax_runs) -> str:
     lines.append(f"| compile (s) | - | {_fmt(_median(jax_runs, 'compile_s'), 1)} | | < 60 | |")
     gflops = _median(jax_runs, "matmul_f32_gflops")
     others = [r.get("other_processes_cpu_s") for r in torch_runs + jax_runs]
+    allocators = {r["host_allocator"] for r in jax_runs if "host_allocator" in r}
     lines += [
         "",
         f"float32 matmul rate (JAX runs): {_fmt(gflops, 0)} GFLOP/s; other processes' CPU "
-        f"seconds per run: {', '.join(_fmt(o, 2) for o in others)} (near 0: a quiet machine)",
+        f"seconds per run: {', '.join(_fmt(o, 2) for o in others)} (near 0: a quiet machine); "
+        f"host allocator (JAX runs): {', '.join(sorted(allocators)) or '-'}",
     ]
     return "\n".join(lines)
 

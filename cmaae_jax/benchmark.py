@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from cmaae_jax import gaaga, model, scoring, train
+from cmaae_jax import devices, gaaga, model, scoring, train
 from cmaae_jax import state as state_lib
 
 
@@ -273,4 +273,5 @@ def _header(args) -> dict:
         "warmup_steps": args.warmup,
         "infer_images": args.infer_images,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_allocator": devices.preloaded_allocator(os.environ),
     }

@@ -50,6 +50,14 @@ def allocator_environment(environ, system: str, library: str | None) -> dict | N
     return env
 
 
+def preloaded_allocator(environ) -> str:
+    """The malloc replacement `LD_PRELOAD` names (its first such entry), or "system"."""
+    for lib in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":"):
+        if "malloc" in lib:
+            return os.path.basename(lib)
+    return "system"
+
+
 def restart_with_allocator():
     """Re-executes this process (same interpreter, options and arguments) with
     `allocator_environment`. The dynamic loader reads LD_PRELOAD only when a process starts,

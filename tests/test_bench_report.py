@@ -40,6 +40,7 @@ def test_ratios_and_table_of_one_sitting(tmp_path):
             infer_ms_per_image_median=99.0,
             peak_rss_mb=3500.0,
             matmul_f32_gflops=200.0,
+            host_allocator="libtcmalloc_minimal.so.4",
             **j,
         ),
         _write(tmp_path, "small", framework="jax", batch=64, train_step_s_median=0.4),
@@ -57,6 +58,9 @@ def test_ratios_and_table_of_one_sitting(tmp_path):
     assert "| 110 | 99 | 0.90x | <= 0.8x | no |" in row["MSFR map 512x512 (ms)"]
     assert "| 1750 | 3500 | 2.00x | <= 1.1x | no |" in row["peak RSS (MB)"]
     assert "200 GFLOP/s" in text
+    small, large = [line for line in text.splitlines() if line.startswith("float32")]
+    assert small.endswith("host allocator (JAX runs): -")  # a record from before the key
+    assert large.endswith("host allocator (JAX runs): libtcmalloc_minimal.so.4")
     # batch 64 has no torch run: its ratios are missing, not invented.
     assert bench_report.ratios([], groups[64]["jax"])["train"] is None
 

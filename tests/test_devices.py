@@ -72,6 +72,19 @@ def test_allocator_environment(environ, system, library, expected):
     assert env["TCMALLOC_RELEASE_RATE"] == "1"
 
 
+@pytest.mark.parametrize(
+    "preload, expected",
+    [
+        ("", "system"),
+        ("libfoo.so", "system"),
+        ("/usr/lib/libfoo.so:/usr/lib/libjemalloc.so.2", "libjemalloc.so.2"),
+        (f"{TCMALLOC} libfoo.so", TCMALLOC),  # the loader also splits on spaces
+    ],
+)
+def test_preloaded_allocator(preload, expected):
+    assert devices.preloaded_allocator({"LD_PRELOAD": preload}) == expected
+
+
 def test_allocator_choice_is_checked():
     with pytest.raises(devices.DeviceError, match=r"^CMAAE_ALLOCATOR='jemalloc': must be"):
         devices.allocator_environment({"CMAAE_ALLOCATOR": "jemalloc"}, "Linux", TCMALLOC)
