@@ -15,13 +15,13 @@
 `score.normalize=none`, `score.scales=(1,)` (and `--method`), and pickles the maps cropped to
 each image's valid region. `analyse` then compares, per defect type (its images plus every
 normal test image): Gaussian smoothing of the map (sigma in pixels), per-image median
-normalisation over the valid region, a per-position reference of the normal val maps
-(mean subtracted, divided by the std, or both; `meanvar` divides by sqrt(var + median var);
-resampled to each image's size), and label-free threshold rules (quantiles of the val
-pixels, the largest val pixel, the median of the val images' maxima). `images` compares image
-scores (the map's maximum, the maximum after Gaussian smoothing, the mean of the top share of
-pixels) by image AUROC per type. Nothing here looks at test masks to choose anything: every
-option is scored.
+normalisation over the valid region, a per-position reference of the normal val maps (mean
+subtracted, divided by the std, or both; `meanvar` divides by sqrt(var + median var); resampled
+to each image's size) or the map's own neighbourhood (`local`, `local_ratio`), and label-free
+threshold rules (quantiles of the val pixels, the largest val pixel, the median of the val
+images' maxima). `images` compares image scores (the map's maximum, the maximum after Gaussian
+smoothing, the mean of the top share of pixels) by image AUROC per type. Nothing here looks at
+test masks to choose anything: every option is scored.
 """
 
 import argparse
@@ -174,12 +174,29 @@ def _border_profile(val_maps, mode):
     return lambda m: m / factor(m.shape)
 
 
+LOCAL_PX = 65  # side of the box of `local` references
+
+
+def _local_reference(mode):
+    """A function map -> map against its own neighbourhood (no other map is read): `local`
+    subtracts the mean over a LOCAL_PX box, `local_ratio` divides by it plus the median."""
+    from scipy import ndimage
+
+    def apply(m):
+        around = ndimage.uniform_filter(m, LOCAL_PX, mode="reflect")
+        return m - around if mode == "local" else m / (around + np.median(m) + 1e-12)
+
+    return apply
+
+
 def _reference(val_maps, mode, side=256):
     """A function map -> map applying the per-position reference `mode` of `val_maps`."""
     if mode == "none":
         return lambda m: m
     if mode.startswith("border"):
         return _border_profile(val_maps, mode)
+    if mode.startswith("local"):
+        return _local_reference(mode)
     canvas = np.stack([_resize(v, (side, side)) for v in val_maps])
     mu, var = canvas.mean(0), canvas.var(0)
     if mode == "meanvar":  # regularised: sqrt(var + median var), no position amplified > ~1.4x
