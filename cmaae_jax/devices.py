@@ -43,7 +43,7 @@ def allocator_environment(environ, system: str, library: str | None) -> dict | N
     preload = environ.get("LD_PRELOAD", "")
     if system != "Linux" or choice == "system" or library is None:
         return None
-    if "malloc" in preload:  # tcmalloc, jemalloc, mimalloc: the user's choice stands
+    if preloaded_allocator(environ) != "system":  # the user's own choice stands
         return None
     env = {**ALLOCATOR_SETTINGS, **environ}
     env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
@@ -51,7 +51,8 @@ def allocator_environment(environ, system: str, library: str | None) -> dict | N
 
 
 def preloaded_allocator(environ) -> str:
-    """The malloc replacement `LD_PRELOAD` names (its first such entry), or "system"."""
+    """The malloc replacement `LD_PRELOAD` names (its first entry with "malloc" in its name:
+    tcmalloc, jemalloc, mimalloc), or "system"."""
     for lib in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":"):
         if "malloc" in lib:
             return os.path.basename(lib)

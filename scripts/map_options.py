@@ -195,7 +195,7 @@ def _reference(val_maps, mode, side=256):
         return lambda m: m
     if mode.startswith("border"):
         return _border_profile(val_maps, mode)
-    if mode.startswith("local"):
+    if mode in ("local", "local_ratio"):
         return _local_reference(mode)
     canvas = np.stack([_resize(v, (side, side)) for v in val_maps])
     mu, var = canvas.mean(0), canvas.var(0)
@@ -315,12 +315,17 @@ def analyse(path, sigmas, normalizations, references, types=TYPES):
                 )
 
 
+def _top_mean(m, share):
+    """Mean of the `share` highest pixels of a map (one at least)."""
+    return float(np.sort(m.ravel())[-max(1, int(m.size * share)) :].mean())
+
+
 IMAGE_SCORES = {
     "max": lambda m: float(m.max()),
     "max, sigma 4": lambda m: float(_prepare(m, 4, "none").max()),
     "max, sigma 8": lambda m: float(_prepare(m, 8, "none").max()),
-    "top 1% mean": lambda m: float(np.sort(m.ravel())[-max(1, m.size // 100) :].mean()),
-    "top 0.1% mean": lambda m: float(np.sort(m.ravel())[-max(1, m.size // 1000) :].mean()),
+    "top 1% mean": lambda m: _top_mean(m, 0.01),
+    "top 0.1% mean": lambda m: _top_mean(m, 0.001),
     "max, 8 px rim left out": lambda m: float(m[8:-8, 8:-8].max()),
     "max, 16 px rim left out": lambda m: float(m[16:-16, 16:-16].max()),
 }
