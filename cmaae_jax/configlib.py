@@ -11,6 +11,7 @@ from cmaae_jax import (
     gaaga,
     images,
     losses,
+    map_levels,
     memory,
     model,
     natural_images,
@@ -143,7 +144,7 @@ def _validate_anomaly(a, image_size):
 
 def _validate_score_eval(s, e):
     _one_of(s.method, scoring.METHODS, "score.method")
-    _one_of(s.get("normalize", "none"), scoring.NORMALIZE, "score.normalize")
+    _one_of(s.get("normalize", "none"), map_levels.NORMALIZE, "score.normalize")
     _one_of(s.get("flip", "none"), scoring.FLIPS, "score.flip")
     _one_of(s.get("reference", "none"), reference.REFERENCES, "score.reference")
     _at_least(s.get("reference_images", 64), 1, "score.reference_images")

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
+from cmaae_jax import map_levels, patches, segmenter
 from cmaae_jax import model as model_lib
-from cmaae_jax import patches, segmenter
 from cmaae_jax.model import PATCH
 
 Array = jax.Array
@@ -33,7 +33,6 @@ Array = jax.Array
 # Receptive-field areas of encoder layers 1..3 (4x4, 8x8, 14x14 input pixels).
 RF_AREAS = {1: 16, 2: 64, 3: 196}
 METHODS = ("msfr", "pixel", "segment")
-NORMALIZE = ("none", "median")
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
 FLIPS = ("none", "horizontal")
@@ -56,8 +55,7 @@ def _check_score_options(
 ):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
-    if normalize not in NORMALIZE:
-        raise ValueError(f"score.normalize must be one of {NORMALIZE}, got {normalize!r}")
+    map_levels.check_normalize(normalize)
     if flip not in FLIPS:
         raise ValueError(f"score.flip must be one of {FLIPS}, got {flip!r}")
     _check_stride(stride)
@@ -66,18 +64,6 @@ def _check_score_options(
 def _check_stride(stride: int):
     if not isinstance(stride, int) or stride not in STRIDES:
         raise ValueError(f"score.stride must be one of {STRIDES}, got {stride!r}")
-
-
-def normalize_maps(maps_BxHxW: Array, normalize: str) -> Array:
-    """`median`: each map divided by its own median (+1e-12), i.e. in units of the image's
-    typical residual. Residuals grow with an image's brightness and contrast (magnetic tile:
-    the brightest exposures score ~10x the darkest), so a single threshold is otherwise set
-    by the bright normal images. Label-free; maps of one image no longer compare across
-    images in absolute terms."""
-    if normalize == "none":
-        return maps_BxHxW
-    median = jnp.median(maps_BxHxW.reshape(maps_BxHxW.shape[0], -1), axis=1)
-    return maps_BxHxW / (median[:, None, None] + 1e-12)
 
 
 def reconstruct(model, variables, images_BxHxWx3: Array, stride: int = PATCH) -> Array:
@@ -164,7 +150,7 @@ def anomaly_maps(
             amap = segmenter.anomaly_score(logits)
         else:
             amap = msfr_map(net, variables, images_BxHxWx3, rec, scales)
-        return normalize_maps(amap, normalize), rec
+        return map_levels.normalize_maps(amap, normalize), rec
 
     maps, rec = model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
     if flip == "horizontal":
@@ -199,7 +185,7 @@ def make_map_fn(
         are sub-pixel (four 2x2 convs), where `xla`'s input-dilated transposed convs multiply
         inserted zeros (MSFR of a 512x512 image: decoder 63 vs 133 ms, whole map 237 vs
         312 ms, measured side by side).
-      normalize: `none` or `median` (see `normalize_maps`).
+      normalize: among `map_levels.NORMALIZE` (see `map_levels.normalize_maps`).
       stride: window stride among `STRIDES` (see `reconstruct`); the model's cost grows with
         the window count, ~(64/stride)^2 times the grid's.
       flip: among `FLIPS` (see `anomaly_maps`).

@@ -17,11 +17,12 @@ each image's valid region. `analyse` then compares, per defect type (its images 
 normal test image): Gaussian smoothing of the map (sigma in pixels), per-image median
 normalisation over the valid region, a per-position reference of the normal val maps (mean
 subtracted, divided by the std, or both; `meanvar` divides by sqrt(var + median var); resampled
-to each image's size) or the map's own neighbourhood (`local`, `local_ratio`), and label-free
-threshold rules (quantiles of the val pixels, the largest val pixel, the median of the val
-images' maxima). `images` compares image scores (the map's maximum, the maximum after Gaussian
-smoothing, the mean of the top share of pixels) by image AUROC per type. Nothing here looks at
-test masks to choose anything: every option is scored.
+to each image's size) or the map's own neighbourhood (`local`, `local_mean` (=
+`local_ratio`), `local_median`), and label-free threshold rules (quantiles of the val pixels,
+the largest val pixel, the median of the val images' maxima). `images` compares image scores
+(the map's maximum, the maximum after Gaussian smoothing, the mean of the top share of pixels)
+by image AUROC per type. Nothing here looks at test masks to choose anything: every option is
+scored.
 """
 
 import argparse
@@ -174,15 +175,34 @@ def _border_profile(val_maps, mode):
     return lambda m: m / factor(m.shape)
 
 
-LOCAL_PX = 65  # side of the box of `local` references
+LOCAL_PX = 65  # side of the box of `local` and `local_mean` (one window, PATCH + 1)
+MEDIAN_CELLS, MEDIAN_CELL = 17, 8  # `local_median`: box side in cells (136 px), cell side
+
+
+def _cell_median(m, cells=MEDIAN_CELLS, cell=MEDIAN_CELL):
+    """Median of `m` over a box of `cells` x `cells` cells around each pixel, taken on the map
+    mean-pooled in `cell` x `cell` cells (sides reflect-padded to whole cells) and resized back
+    bilinearly (scipy and PIL: an implementation apart from cmaae_jax.map_levels')."""
+    from scipy import ndimage
+
+    h, w = m.shape
+    padded = np.pad(m, ((0, -h % cell), (0, -w % cell)), mode="symmetric")
+    hc, wc = padded.shape[0] // cell, padded.shape[1] // cell
+    pooled = padded.reshape(hc, cell, wc, cell).mean((1, 3))
+    around = ndimage.median_filter(pooled, size=cells, mode="reflect")
+    return _resize(around, padded.shape)[:h, :w]
 
 
 def _local_reference(mode):
     """A function map -> map against its own neighbourhood (no other map is read): `local`
-    subtracts the mean over a LOCAL_PX box, `local_ratio` divides by it plus the median."""
+    subtracts the mean over a LOCAL_PX box; `local_mean` (the sixteenth session's
+    `local_ratio`) divides by it plus the map's median; `local_median` divides by the box
+    median (`_cell_median`) plus the map's median."""
     from scipy import ndimage
 
     def apply(m):
+        if mode == "local_median":
+            return m / (_cell_median(m) + np.median(m) + 1e-12)
         around = ndimage.uniform_filter(m, LOCAL_PX, mode="reflect")
         return m - around if mode == "local" else m / (around + np.median(m) + 1e-12)
 
@@ -195,7 +215,7 @@ def _reference(val_maps, mode, side=256):
         return lambda m: m
     if mode.startswith("border"):
         return _border_profile(val_maps, mode)
-    if mode in ("local", "local_ratio"):
+    if mode in ("local", "local_ratio", "local_mean", "local_median"):
         return _local_reference(mode)
     canvas = np.stack([_resize(v, (side, side)) for v in val_maps])
     mu, var = canvas.mean(0), canvas.var(0)

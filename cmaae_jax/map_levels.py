@@ -1,0 +1,93 @@
+"""Anomaly maps over their own level (config `score.normalize`), from each map alone.
+
+A residual grows with what the image shows, not only with what is wrong in it: magnetic tile's
+brightest exposures score ~10x the darkest, and parts of a normal image (a textured patch, a
+bright band) score high as a whole. A defect is a local excess. Every option divides the map
+[B,H,W] by a level of the same map; none reads another image or a label.
+
+* `none`: the map as it is.
+* `median`: m / median(m), the image's typical residual (per-image level).
+* `local_mean`: m / (box mean of m over `LOCAL_MEAN_PX` + median(m)): also divides out regions
+  that are high as a whole. A defect's own area is part of its box, so large defects lose
+  part of their excess; small and thin ones keep it.
+* `local_median`: m / (box median of m + median(m)), the median taken over
+  `LOCAL_MEDIAN_CELLS` x `LOCAL_MEDIAN_CELLS` cells of `LOCAL_MEDIAN_CELL` px (the map
+  mean-pooled, then resized back bilinearly): a defect covering less than half of the box does
+  not move the median at its centre.
+
+The median in the denominator keeps the division finite where the local level is near zero,
+and makes every option scale-free: a map times c gives the same normalised map. Boxes reflect
+at the sides (half-sample symmetric, as scipy.ndimage's `reflect`). Both boxes are tied to the
+model's 64 px window (one window, two windows), not tuned on test masks (RESULTS.md).
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cmaae_jax.model import PATCH
+
+Array = jax.Array
+
+NORMALIZE = ("none", "median", "local_mean", "local_median")  # config score.normalize
+LOCAL_MEAN_PX = PATCH + 1  # side of the `local_mean` box (odd: centred on its pixel)
+LOCAL_MEDIAN_CELL = 8  # `local_median`: the map is mean-pooled in cells of this side (px)
+LOCAL_MEDIAN_CELLS = 2 * PATCH // LOCAL_MEDIAN_CELL + 1  # box side in cells (17: 136 px)
+EPS = 1e-12
+
+
+def check_normalize(normalize: str):
+    if normalize not in NORMALIZE:
+        raise ValueError(f"score.normalize must be one of {NORMALIZE}, got {normalize!r}")
+
+
+def _reflect(maps_BxHxW: Array, half: int) -> Array:
+    return jnp.pad(maps_BxHxW, ((0, 0), (half, half), (half, half)), mode="symmetric")
+
+
+def box_mean(maps_BxHxW: Array, side: int) -> Array:
+    """Mean over the `side` x `side` box centred on each pixel (odd `side`), sides reflected;
+    two one-axis window sums (O(side) work per pixel, not O(side^2))."""
+    if side % 2 != 1:
+        raise ValueError(f"box side must be odd, got {side}")
+    padded = _reflect(maps_BxHxW.astype(jnp.float32), side // 2)
+    rows = lax.reduce_window(padded, 0.0, lax.add, (1, side, 1), (1, 1, 1), "VALID")
+    sums = lax.reduce_window(rows, 0.0, lax.add, (1, 1, side), (1, 1, 1), "VALID")
+    return sums / float(side * side)
+
+
+def cell_median(maps_BxHxW: Array, cells: int = LOCAL_MEDIAN_CELLS, cell=LOCAL_MEDIAN_CELL):
+    """Median over a `cells` x `cells` box of `cell`-px cells around each pixel: the map is
+    mean-pooled in cells (H and W multiples of `cell`), the median taken per cell over its box
+    (sides reflected), and the cell medians resized back to H x W bilinearly (half-pixel
+    centres, `scoring.resize_bilinear`'s convention)."""
+    b, h, w = maps_BxHxW.shape
+    if h % cell or w % cell or cells % 2 != 1:
+        raise ValueError(f"map {h}x{w} must be whole {cell}-px cells; box {cells} must be odd")
+    pooled = maps_BxHxW.astype(jnp.float32).reshape(b, h // cell, cell, w // cell, cell)
+    pooled_Bxhxw = pooled.mean(axis=(2, 4))
+    padded = _reflect(pooled_Bxhxw, cells // 2)
+    hc, wc = h // cell, w // cell
+    shifted_KxBxhxw = jnp.stack(
+        [padded[:, i : i + hc, j : j + wc] for i in range(cells) for j in range(cells)]
+    )
+    around_Bxhxw = jnp.median(shifted_KxBxhxw, axis=0)
+    return jax.image.resize(around_Bxhxw, (b, h, w), "bilinear", antialias=False)
+
+
+def normalize_maps(maps_BxHxW: Array, normalize: str) -> Array:
+    """The maps over their level, by `normalize` among `NORMALIZE` (module docstring)."""
+    check_normalize(normalize)
+    if normalize == "none":
+        return maps_BxHxW
+    b, h, w = maps_BxHxW.shape
+    chex.assert_rank(maps_BxHxW, 3)
+    median_Bx1x1 = jnp.median(maps_BxHxW.reshape(b, -1), axis=1)[:, None, None]
+    if normalize == "median":
+        level = median_Bx1x1
+    elif normalize == "local_mean":
+        level = box_mean(maps_BxHxW, LOCAL_MEAN_PX) + median_Bx1x1
+    else:
+        level = cell_median(maps_BxHxW) + median_Bx1x1
+    return maps_BxHxW / (level + EPS)
