@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cmaae_jax import map_levels, patches, segmenter
 from cmaae_jax import model as model_lib
@@ -39,6 +40,7 @@ FLIPS = ("none", "horizontal")
 # Window strides: divisors of the patch size down to 8. The model runs on ((H-64)/s + 1) x
 # ((W-64)/s + 1) windows per image: a 512x512 image has 64 at 64, 225 at 32, 841 at 16.
 STRIDES = tuple(s for s in range(8, PATCH + 1) if PATCH % s == 0)
+SPREAD_AXIS = "spread"  # mesh axis of `make_map_fn(spread=True)`
 
 
 def _check_scales(scales) -> tuple[int, ...]:
@@ -66,16 +68,34 @@ def _check_stride(stride: int):
         raise ValueError(f"score.stride must be one of {STRIDES}, got {stride!r}")
 
 
-def reconstruct(model, variables, images_BxHxWx3: Array, stride: int = PATCH) -> Array:
+def spread_mesh() -> Mesh | None:
+    """A one-axis mesh over the local devices for `make_map_fn(spread=True)`; None with one."""
+    devices = jax.local_devices()
+    return Mesh(np.asarray(devices), (SPREAD_AXIS,)) if len(devices) > 1 else None
+
+
+def _laid_out(x: Array, mesh: Mesh | None, split: bool) -> Array:
+    """`x` split along its first axis over `mesh`'s devices, or whole on each (no-op without
+    a mesh). Uneven splits are padded by the partitioner."""
+    if mesh is None:
+        return x
+    spec = PartitionSpec(SPREAD_AXIS) if split else PartitionSpec()
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def reconstruct(
+    model, variables, images_BxHxWx3: Array, stride: int = PATCH, spread: Mesh | None = None
+) -> Array:
     """Reconstructs whole images window by window: windows -> model (eval) in one batch ->
     blend. `stride` 64 is the non-overlapping grid stitched back (exactly the grid path);
-    smaller strides blend overlapping windows (`patches.from_windows`)."""
+    smaller strides blend overlapping windows (`patches.from_windows`). With a `spread` mesh
+    the windows are split over its devices."""
     _check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
-    windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
+    windows = _laid_out(patches.to_windows(images_BxHxWx3, PATCH, stride), spread, True)
     rec_windows, _ = model.apply(variables, windows, train=False)
-    return patches.from_windows(rec_windows, b, h, w, stride)
+    return patches.from_windows(_laid_out(rec_windows, spread, False), b, h, w, stride)
 
 
 def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
@@ -91,24 +111,39 @@ def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
     return jax.image.resize(maps_Bxhxw, (b, h, w), "bilinear", antialias=False)
 
 
-def feature_residuals(model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers):
-    """Per-layer r_s = mean_c (F_s - F'_s)^2 at feature resolution, s = 1..num_layers."""
-    # Two encoder calls, not one on the concatenated pair: slicing the pair's features apart
-    # cost ~30 ms more per 512x512 image on CPU (measured).
-    feats = model.apply(variables, images_BxHxWx3, num_layers, method="features")
-    feats_rec = model.apply(variables, rec_BxHxWx3, num_layers, method="features")
+def feature_residuals(
+    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers, spread=None
+):
+    """Per-layer r_s = mean_c (F_s - F'_s)^2 at feature resolution, s = 1..num_layers. With a
+    `spread` mesh the images and the reconstructions are encoded on different devices."""
+    if spread is not None:
+        b = images_BxHxWx3.shape[0]
+        pair = _laid_out(jnp.concatenate([images_BxHxWx3, rec_BxHxWx3]), spread, True)
+        both = model.apply(variables, pair, num_layers, method="features")
+        feats = [_laid_out(f, spread, False)[:b] for f in both]
+        feats_rec = [_laid_out(f, spread, False)[b:] for f in both]
+    else:
+        # Two encoder calls, not one on the concatenated pair: slicing the pair's features
+        # apart cost ~30 ms more per 512x512 image on one CPU device (measured).
+        feats = model.apply(variables, images_BxHxWx3, num_layers, method="features")
+        feats_rec = model.apply(variables, rec_BxHxWx3, num_layers, method="features")
     return [
         jnp.mean(jnp.square(f.astype(jnp.float32) - f_rec.astype(jnp.float32)), axis=-1)
         for f, f_rec in zip(feats, feats_rec, strict=True)
     ]
 
 
-def msfr_map(model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3)):
-    """Multi-scale feature residual map [B,H,W] (eq. 14) of images against reconstructions."""
+def msfr_map(
+    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3), spread=None
+):
+    """Multi-scale feature residual map [B,H,W] (eq. 14) of images against reconstructions
+    (`spread`: see `feature_residuals`)."""
     scales = _check_scales(scales)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape([images_BxHxWx3, rec_BxHxWx3], (b, h, w, 3))
-    residuals = feature_residuals(model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales))
+    residuals = feature_residuals(
+        model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), spread
+    )
     total = float(sum(RF_AREAS[s] for s in scales))
     amap = jnp.zeros((b, h, w), jnp.float32)
     for s in scales:
@@ -131,25 +166,28 @@ def anomaly_maps(
     normalize="none",
     stride: int = PATCH,
     flip: str = "none",
+    spread: Mesh | None = None,
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
     `stride`: window stride of the reconstruction (see `reconstruct`); static under jit.
     `flip`: `horizontal` averages the maps with those of the mirrored images, mirrored back
     (the reconstructions stay the images' own).
+    `spread`: a mesh (`spread_mesh`) over which one call's windows and encoder passes are
+    split (under jit), so that even a single image keeps every device busy.
     """
     _check_score_options(method, normalize, stride, flip)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
-        rec = reconstruct(net, variables, images_BxHxWx3, stride)
+        rec = reconstruct(net, variables, images_BxHxWx3, stride, spread)
         if method == "pixel":
             amap = pixel_map(images_BxHxWx3, rec)
         elif method == "segment":
             logits = net.apply(variables, images_BxHxWx3, rec, method="segment")
             amap = segmenter.anomaly_score(logits)
         else:
-            amap = msfr_map(net, variables, images_BxHxWx3, rec, scales)
+            amap = msfr_map(net, variables, images_BxHxWx3, rec, scales, spread)
         return map_levels.normalize_maps(amap, normalize), rec
 
     maps, rec = model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
@@ -169,6 +207,7 @@ def make_map_fn(
     normalize="none",
     stride: int = PATCH,
     flip: str = "none",
+    spread: bool = False,
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -189,15 +228,18 @@ def make_map_fn(
       stride: window stride among `STRIDES` (see `reconstruct`); the model's cost grows with
         the window count, ~(64/stride)^2 times the grid's.
       flip: among `FLIPS` (see `anomaly_maps`).
+      spread: jitted only: split each call's work over the local devices (`anomaly_maps`),
+        for latency on few images; pmap spreads whole images instead.
     """
     _check_score_options(method, normalize, stride, flip)
     scales = _check_scales(scales)
+    mesh = spread_mesh() if spread and not pmapped else None
     if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)
 
     def map_fn(variables, images_BxHxWx3):
         return anomaly_maps(
-            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip
+            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh
         )[0]
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)

@@ -259,3 +259,20 @@ def test_bad_stride_is_rejected_by_scoring_and_config(setup):
             configlib.validate(config)
     config.score.stride = 16
     configlib.validate(config)
+
+
+@pytest.mark.parametrize("method,n", [("msfr", 1), ("pixel", 2)])
+def test_spread_map_fn_equals_the_single_device_one(setup, method, n):
+    # Windows split over the 4 virtual devices (9 windows at stride 32: uneven), the images
+    # and their reconstructions encoded on different devices; the same maps.
+    m, variables, _ = setup
+    images = _images(n, seed=3)
+    want = scoring.make_map_fn(m, method, (1, 2), stride=32)(variables, images)
+    spread = scoring.make_map_fn(m, method, (1, 2), stride=32, spread=True)
+    np.testing.assert_allclose(
+        spread(variables, images), want, rtol=1e-5, atol=1e-6 * float(jnp.max(want))
+    )
+    hlo = spread.lower(variables, images).compile().as_text()
+    assert "num_partitions=4" in hlo
+    # each device reconstructs ceil(9 n / 4) windows, not all 9 n
+    assert f"f32[{-(-9 * n // 4)},64,64,3]" in hlo
