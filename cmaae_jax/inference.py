@@ -32,7 +32,10 @@ class Scorer:
     Images come as one array [N, H, W, 3] or as a list of [H_i, W_i, 3] (keep_aspect Splits;
     sides multiples of 64). A list is grouped by shape and each group scored in batches of
     the same fixed size, so the map function compiles once per distinct shape; the maps come
-    back in input order.
+    back in input order. With several devices, a chunk of at most half the fixed size (one
+    image to predict, the rest of a shape group) is scored image by image with the work of
+    each image split over the devices (`make_map_fn(spread=True)`) instead of being padded
+    with blank images: a single image costs one image's work, not a chunk's.
     """
 
     def __init__(self, config, variables):
@@ -40,22 +43,36 @@ class Scorer:
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
-        self.fn = scoring.make_map_fn(
-            self.net,
-            config.score.method,
-            tuple(config.score.scales),
-            pmapped,
+        options = dict(
+            method=config.score.method,
+            scales=tuple(config.score.scales),
             normalize=config.score.get("normalize", "none"),
             stride=config.score.get("stride", 64),
             flip=config.score.get("flip", "none"),
         )
+        self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = scoring.replicate(variables) if pmapped else variables
+        self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
+        self.spread_variables = variables
+
+    def _few(self, chunk_u8) -> np.ndarray | None:
+        """Maps of a chunk scored image by image over all devices, or None if it is not few."""
+        if self.spread_fn is None or len(chunk_u8) > self.chunk // 2:
+            return None
+        floats = np.asarray(images.to_float(chunk_u8), np.float32)
+        return np.concatenate(
+            [np.asarray(self.spread_fn(self.spread_variables, x[None])) for x in floats]
+        )
 
     def _stacked(self, images_NxHxWx3_u8) -> np.ndarray:
         """Maps [N, H, W] of images [N, H, W, 3] of one shape."""
         out = []
         for lo in range(0, len(images_NxHxWx3_u8), self.chunk):
             chunk = images_NxHxWx3_u8[lo : lo + self.chunk]
+            few = self._few(chunk)
+            if few is not None:
+                out.append(few)
+                continue
             padded, n = scoring.pad_batch(
                 np.asarray(images.to_float(chunk), np.float32), self.chunk
             )

@@ -20,6 +20,7 @@ from cmaae_jax import (
     metrics,
     model,
     predict,
+    scoring,
     train,
 )
 from cmaae_jax import sampler as sampler_lib
@@ -68,6 +69,17 @@ def test_scorer_maps_mixed_shapes_in_input_order_like_one_by_one(scorer):
     same = scorer([imgs[0], imgs[2]])  # one shape: stacked, as for an array
     assert isinstance(same, np.ndarray) and same.shape == (2, 64, 128)
     np.testing.assert_allclose(same, np.stack([maps[0], maps[2]]), rtol=1e-5, atol=1e-7)
+
+
+def test_few_images_are_spread_over_the_devices_with_the_same_maps(scorer):
+    # A chunk is 4 images here: 6 images of one shape are one padded pmapped chunk and two
+    # images scored one by one with their windows split over the 4 devices (Scorer._few).
+    imgs = np.random.default_rng(1).integers(0, 256, (6, 64, 128, 3), dtype=np.uint8)
+    single = scoring.make_map_fn(scorer.net, "msfr", (1,), stride=16)  # the config's options
+    want = np.asarray(single(scorer.spread_variables, images.to_float(imgs)))
+    got = scorer(imgs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.max()))
+    assert scorer._few(imgs[:2]) is not None and scorer._few(imgs[:3]) is None
 
 
 class _FixedScorer:
