@@ -195,7 +195,8 @@ def bench_train(args, base_config):
 
 def bench_infer(args, net, variables):
     s = args.image_size
-    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3))
+    # As the Scorer maps a few images: each call's work split over the local devices.
+    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True)
     rng = np.random.default_rng(1)
     out = {}
     for label, b in (("", 1), ("_batched", args.infer_batch)):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from cmaae_jax import map_levels, patches, segmenter
 from cmaae_jax import model as model_lib
@@ -74,13 +74,20 @@ def spread_mesh() -> Mesh | None:
     return Mesh(np.asarray(devices), (SPREAD_AXIS,)) if len(devices) > 1 else None
 
 
-def _laid_out(x: Array, mesh: Mesh | None, split: bool) -> Array:
-    """`x` split along its first axis over `mesh`'s devices, or whole on each (no-op without
-    a mesh). Uneven splits are padded by the partitioner."""
+def _split_over(mesh: Mesh | None, fn, variables, x_Nx___: Array):
+    """`fn(variables, x)` with `x` split along its first axis over `mesh`'s devices, each
+    device running `fn` on its share (shard_map; `x` zero-padded to a multiple of the device
+    count, the padding dropped from every output); `fn(variables, x)` itself without a mesh.
+    Outputs must keep `x`'s first axis."""
     if mesh is None:
-        return x
-    spec = PartitionSpec(SPREAD_AXIS) if split else PartitionSpec()
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        return fn(variables, x_Nx___)
+    n, d = x_Nx___.shape[0], mesh.size
+    padded = jnp.pad(x_Nx___, [(0, -n % d)] + [(0, 0)] * (x_Nx___.ndim - 1))
+    split = PartitionSpec(SPREAD_AXIS)
+    out = jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
+        variables, padded
+    )
+    return jax.tree.map(lambda o: o[:n], out)
 
 
 def reconstruct(
@@ -93,9 +100,11 @@ def reconstruct(
     _check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
-    windows = _laid_out(patches.to_windows(images_BxHxWx3, PATCH, stride), spread, True)
-    rec_windows, _ = model.apply(variables, windows, train=False)
-    return patches.from_windows(_laid_out(rec_windows, spread, False), b, h, w, stride)
+    windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
+    rec_windows = _split_over(
+        spread, lambda v, x: model.apply(v, x, train=False)[0], variables, windows
+    )
+    return patches.from_windows(rec_windows, b, h, w, stride)
 
 
 def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
@@ -118,10 +127,14 @@ def feature_residuals(
     `spread` mesh the images and the reconstructions are encoded on different devices."""
     if spread is not None:
         b = images_BxHxWx3.shape[0]
-        pair = _laid_out(jnp.concatenate([images_BxHxWx3, rec_BxHxWx3]), spread, True)
-        both = model.apply(variables, pair, num_layers, method="features")
-        feats = [_laid_out(f, spread, False)[:b] for f in both]
-        feats_rec = [_laid_out(f, spread, False)[b:] for f in both]
+        pair = jnp.concatenate([images_BxHxWx3, rec_BxHxWx3])
+        both = _split_over(
+            spread,
+            lambda v, x: model.apply(v, x, num_layers, method="features"),
+            variables,
+            pair,
+        )
+        feats, feats_rec = [f[:b] for f in both], [f[b:] for f in both]
     else:
         # Two encoder calls, not one on the concatenated pair: slicing the pair's features
         # apart cost ~30 ms more per 512x512 image on one CPU device (measured).

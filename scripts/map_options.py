@@ -326,10 +326,12 @@ def analyse(path, sigmas, normalizations, references, types=TYPES):
                     f"{k} {v:.4f}" for k, v in mean4.items() if k not in ("aupro", "image_auroc")
                 )
                 f1 = " ".join(f"{t} {row['f1max'][t]:.3f}" for t in types)
+                q = f"q{QUANTILES[0]}"
+                free = " ".join(f"{t} {row[q][t]:.3f}" for t in types)
                 print(
                     f"{os.path.basename(path)} sigma={sigma:g} normalize={normalize} "
                     f"reference={reference}: mean4 AUPRO {mean4['aupro']:.3f} ({per_type}); "
-                    f"mean4 F1: {rules}; F1 max ({f1}); image AUROC "
+                    f"mean4 F1: {rules}; F1 max ({f1}); F1 {q} ({free}); image AUROC "
                     f"{mean4['image_auroc']:.3f}",
                     flush=True,
                 )
