@@ -197,6 +197,7 @@ def bench_infer(args, net, variables):
     s = args.image_size
     # As the Scorer maps a few images: each call's work split over the local devices.
     map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True)
+    variables = scoring.spread_variables(variables)
     rng = np.random.default_rng(1)
     out = {}
     for label, b in (("", 1), ("_batched", args.infer_batch)):

@@ -53,7 +53,7 @@ class Scorer:
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = scoring.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
-        self.spread_variables = variables
+        self.spread_variables = scoring.spread_variables(variables) if pmapped else None
 
     def _few(self, chunk_u8) -> np.ndarray | None:
         """Maps of a chunk scored image by image over all devices, or None if it is not few."""

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cmaae_jax import map_levels, patches, segmenter
 from cmaae_jax import model as model_lib
@@ -72,6 +72,16 @@ def spread_mesh() -> Mesh | None:
     """A one-axis mesh over the local devices for `make_map_fn(spread=True)`; None with one."""
     devices = jax.local_devices()
     return Mesh(np.asarray(devices), (SPREAD_AXIS,)) if len(devices) > 1 else None
+
+
+def spread_variables(variables):
+    """`variables` placed whole on every device of `spread_mesh()` (as a `spread` map fn
+    takes them: arrays committed to one device would not mix with the mesh); unchanged with
+    one device."""
+    mesh = spread_mesh()
+    if mesh is None:
+        return variables
+    return jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
 
 
 def _split_over(mesh: Mesh | None, fn, variables, x_Nx___: Array):
