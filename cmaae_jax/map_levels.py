@@ -81,8 +81,8 @@ def normalize_maps(maps_BxHxW: Array, normalize: str) -> Array:
     check_normalize(normalize)
     if normalize == "none":
         return maps_BxHxW
-    b, h, w = maps_BxHxW.shape
     chex.assert_rank(maps_BxHxW, 3)
+    b = maps_BxHxW.shape[0]
     median_Bx1x1 = jnp.median(maps_BxHxW.reshape(b, -1), axis=1)[:, None, None]
     if normalize == "median":
         level = median_Bx1x1
