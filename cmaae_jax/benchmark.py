@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from cmaae_jax import devices, gaaga, model, scoring, train
+from cmaae_jax import devices, gaaga, model, scoring, spread, train
 from cmaae_jax import state as state_lib
 
 
@@ -197,7 +197,7 @@ def bench_infer(args, net, variables):
     s = args.image_size
     # As the Scorer maps a few images: each call's work split over the local devices.
     map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True)
-    variables = scoring.spread_variables(variables)
+    variables = spread.put_variables(variables)
     rng = np.random.default_rng(1)
     out = {}
     for label, b in (("", 1), ("_batched", args.infer_batch)):

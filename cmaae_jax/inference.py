@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from cmaae_jax import checkpoint, images, model, scoring
+from cmaae_jax import checkpoint, images, model, scoring, spread
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
@@ -53,7 +53,7 @@ class Scorer:
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = scoring.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
-        self.spread_variables = scoring.spread_variables(variables) if pmapped else None
+        self.spread_variables = spread.put_variables(variables) if pmapped else None
 
     def _few(self, chunk_u8) -> np.ndarray | None:
         """Maps of a chunk scored image by image over all devices, or None if it is not few."""

@@ -18,15 +18,18 @@ methods (`score.method`):
 the device count, shards it, runs the pmapped function and drops the padding.
 """
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from cmaae_jax import map_levels, patches, segmenter
 from cmaae_jax import model as model_lib
+from cmaae_jax import spread as spread_lib
 from cmaae_jax.model import PATCH
 
 Array = jax.Array
@@ -40,7 +43,9 @@ FLIPS = ("none", "horizontal")
 # Window strides: divisors of the patch size down to 8. The model runs on ((H-64)/s + 1) x
 # ((W-64)/s + 1) windows per image: a 512x512 image has 64 at 64, 225 at 32, 841 at 16.
 STRIDES = tuple(s for s in range(8, PATCH + 1) if PATCH % s == 0)
-SPREAD_AXIS = "spread"  # mesh axis of `make_map_fn(spread=True)`
+# Input rows beyond a band that encoder layers 1..3 read (`spread_lib.split_rows`): the last
+# two rows of layer 3 (4 px apart) before a cut see its zero padding through layers 1-2.
+ROW_MARGIN = 8
 
 
 def _check_scales(scales) -> tuple[int, ...]:
@@ -68,51 +73,19 @@ def _check_stride(stride: int):
         raise ValueError(f"score.stride must be one of {STRIDES}, got {stride!r}")
 
 
-def spread_mesh() -> Mesh | None:
-    """A one-axis mesh over the local devices for `make_map_fn(spread=True)`; None with one."""
-    devices = jax.local_devices()
-    return Mesh(np.asarray(devices), (SPREAD_AXIS,)) if len(devices) > 1 else None
-
-
-def spread_variables(variables):
-    """`variables` placed whole on every device of `spread_mesh()` (as a `spread` map fn
-    takes them: arrays committed to one device would not mix with the mesh); unchanged with
-    one device."""
-    mesh = spread_mesh()
-    if mesh is None:
-        return variables
-    return jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-
-
-def _split_over(mesh: Mesh | None, fn, variables, x_Nx___: Array):
-    """`fn(variables, x)` with `x` split along its first axis over `mesh`'s devices, each
-    device running `fn` on its share (shard_map; `x` zero-padded to a multiple of the device
-    count, the padding dropped from every output); `fn(variables, x)` itself without a mesh.
-    Outputs must keep `x`'s first axis."""
-    if mesh is None:
-        return fn(variables, x_Nx___)
-    n, d = x_Nx___.shape[0], mesh.size
-    padded = jnp.pad(x_Nx___, [(0, -n % d)] + [(0, 0)] * (x_Nx___.ndim - 1))
-    split = PartitionSpec(SPREAD_AXIS)
-    out = jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
-        variables, padded
-    )
-    return jax.tree.map(lambda o: o[:n], out)
-
-
 def reconstruct(
-    model, variables, images_BxHxWx3: Array, stride: int = PATCH, spread: Mesh | None = None
+    model, variables, images_BxHxWx3: Array, stride: int = PATCH, mesh: Mesh | None = None
 ) -> Array:
     """Reconstructs whole images window by window: windows -> model (eval) in one batch ->
     blend. `stride` 64 is the non-overlapping grid stitched back (exactly the grid path);
-    smaller strides blend overlapping windows (`patches.from_windows`). With a `spread` mesh
+    smaller strides blend overlapping windows (`patches.from_windows`). With a `mesh`
     the windows are split over its devices."""
     _check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
     windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
-    rec_windows = _split_over(
-        spread, lambda v, x: model.apply(v, x, train=False)[0], variables, windows
+    rec_windows = spread_lib.split_batch(
+        mesh, lambda v, x: model.apply(v, x, train=False)[0], variables, windows
     )
     return patches.from_windows(rec_windows, b, h, w, stride)
 
@@ -130,43 +103,50 @@ def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
     return jax.image.resize(maps_Bxhxw, (b, h, w), "bilinear", antialias=False)
 
 
+def _residual(f_BxhxwxC: Array, f_rec_BxhxwxC: Array) -> Array:
+    """mean_c (F - F')^2 in float32: [B,h,w]."""
+    diff = f_BxhxwxC.astype(jnp.float32) - f_rec_BxhxwxC.astype(jnp.float32)
+    return jnp.mean(jnp.square(diff), axis=-1)
+
+
 def feature_residuals(
-    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers, spread=None
+    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers, mesh=None
 ):
     """Per-layer r_s = mean_c (F_s - F'_s)^2 at feature resolution, s = 1..num_layers. With a
-    `spread` mesh the images and the reconstructions are encoded on different devices."""
-    if spread is not None:
-        b = images_BxHxWx3.shape[0]
-        pair = jnp.concatenate([images_BxHxWx3, rec_BxHxWx3])
-        both = _split_over(
-            spread,
-            lambda v, x: model.apply(v, x, num_layers, method="features"),
-            variables,
-            pair,
-        )
-        feats, feats_rec = [f[:b] for f in both], [f[b:] for f in both]
-    else:
+    `mesh`, each device encodes a band of rows of both (`spread_lib.split_rows`), or, where
+    the rows do not split, the images and the reconstructions on different devices."""
+
+    def encode(v, x_BxHxWx3):
+        return model.apply(v, x_BxHxWx3, num_layers, method="features")
+
+    def residuals(v, images, rec):
         # Two encoder calls, not one on the concatenated pair: slicing the pair's features
         # apart cost ~30 ms more per 512x512 image on one CPU device (measured).
-        feats = model.apply(variables, images_BxHxWx3, num_layers, method="features")
-        feats_rec = model.apply(variables, rec_BxHxWx3, num_layers, method="features")
-    return [
-        jnp.mean(jnp.square(f.astype(jnp.float32) - f_rec.astype(jnp.float32)), axis=-1)
-        for f, f_rec in zip(feats, feats_rec, strict=True)
-    ]
+        return [_residual(*fs) for fs in zip(encode(v, images), encode(v, rec), strict=True)]
+
+    if mesh is None:
+        return residuals(variables, images_BxHxWx3, rec_BxHxWx3)
+    factor = math.prod(layer[2] for layer in model_lib.ENCODER[:num_layers])  # strides
+    if spread_lib.row_bands(images_BxHxWx3.shape[1], mesh.size, ROW_MARGIN, factor):
+        pair = jnp.concatenate([images_BxHxWx3, rec_BxHxWx3], axis=-1)
+        band_fn = lambda v, p: residuals(v, p[..., :3], p[..., 3:])  # noqa: E731
+        return spread_lib.split_rows(mesh, band_fn, variables, pair, ROW_MARGIN, factor)
+    b = images_BxHxWx3.shape[0]
+    both = spread_lib.split_batch(
+        mesh, encode, variables, jnp.concatenate([images_BxHxWx3, rec_BxHxWx3])
+    )
+    return [_residual(f[:b], f[b:]) for f in both]
 
 
 def msfr_map(
-    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3), spread=None
+    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3), mesh=None
 ):
     """Multi-scale feature residual map [B,H,W] (eq. 14) of images against reconstructions
-    (`spread`: see `feature_residuals`)."""
+    (`mesh`: see `feature_residuals`)."""
     scales = _check_scales(scales)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape([images_BxHxWx3, rec_BxHxWx3], (b, h, w, 3))
-    residuals = feature_residuals(
-        model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), spread
-    )
+    residuals = feature_residuals(model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), mesh)
     total = float(sum(RF_AREAS[s] for s in scales))
     amap = jnp.zeros((b, h, w), jnp.float32)
     for s in scales:
@@ -189,28 +169,28 @@ def anomaly_maps(
     normalize="none",
     stride: int = PATCH,
     flip: str = "none",
-    spread: Mesh | None = None,
+    mesh: Mesh | None = None,
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
     `stride`: window stride of the reconstruction (see `reconstruct`); static under jit.
     `flip`: `horizontal` averages the maps with those of the mirrored images, mirrored back
     (the reconstructions stay the images' own).
-    `spread`: a mesh (`spread_mesh`) over which one call's windows and encoder passes are
+    `mesh`: a mesh (`spread_lib.local_mesh`) over which one call's windows and encoder passes are
     split (under jit), so that even a single image keeps every device busy.
     """
     _check_score_options(method, normalize, stride, flip)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
-        rec = reconstruct(net, variables, images_BxHxWx3, stride, spread)
+        rec = reconstruct(net, variables, images_BxHxWx3, stride, mesh)
         if method == "pixel":
             amap = pixel_map(images_BxHxWx3, rec)
         elif method == "segment":
             logits = net.apply(variables, images_BxHxWx3, rec, method="segment")
             amap = segmenter.anomaly_score(logits)
         else:
-            amap = msfr_map(net, variables, images_BxHxWx3, rec, scales, spread)
+            amap = msfr_map(net, variables, images_BxHxWx3, rec, scales, mesh)
         return map_levels.normalize_maps(amap, normalize), rec
 
     maps, rec = model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
@@ -256,7 +236,7 @@ def make_map_fn(
     """
     _check_score_options(method, normalize, stride, flip)
     scales = _check_scales(scales)
-    mesh = spread_mesh() if spread and not pmapped else None
+    mesh = spread_lib.local_mesh() if spread and not pmapped else None
     if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)
 

@@ -265,7 +265,7 @@ def test_bad_stride_is_rejected_by_scoring_and_config(setup):
 @pytest.mark.parametrize("method,n", [("msfr", 1), ("pixel", 2)])
 def test_spread_map_fn_equals_the_single_device_one(setup, method, n):
     # Windows split over the 4 virtual devices (9 windows at stride 32: uneven), the images
-    # and their reconstructions encoded on different devices; the same maps.
+    # and their reconstructions encoded by bands of rows (tests/test_spread.py); the same maps.
     m, variables, _ = setup
     images = _images(n, seed=3)
     want = scoring.make_map_fn(m, method, (1, 2), stride=32)(variables, images)
@@ -275,7 +275,7 @@ def test_spread_map_fn_equals_the_single_device_one(setup, method, n):
     )
     hlo = spread.lower(variables, images).compile().as_text()
     assert "num_partitions=4" in hlo
-    # every convolution runs on one device's share: ceil(9 n / 4) windows, or ceil(2 n / 4)
-    # of the image/reconstruction pair, never all 9 n windows
+    # every convolution runs on one device's share: ceil(9 n / 4) windows, or a band of rows
+    # of the n images (leading dimension n = 1), never all 9 n windows
     leading = {int(d) for d in re.findall(r"= f32\[(\d+),[^=]*? convolution\(", hlo)}
     assert leading and leading <= {-(-9 * n // 4), -(-2 * n // 4)}, leading

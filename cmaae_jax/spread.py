@@ -1,0 +1,91 @@
+"""One call's work split over the local devices (`make_map_fn(spread=True)`), for latency.
+
+pmap spreads whole images over the devices; a single image would keep one device busy and
+leave the others idle. Under one jit, `split_batch` runs a function on each device's share of
+a batch (the windows of an image), and `split_rows` runs a fully convolutional function on
+overlapping row bands of whole images, each device keeping its own band's output rows, so
+that only small outputs cross between devices. Both are `jax.shard_map` over a one-axis mesh
+of the local devices; with one device (`local_mesh()` is None) callers run the function
+itself.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+AXIS = "spread"  # the mesh axis
+
+
+def local_mesh() -> Mesh | None:
+    """A one-axis mesh over the local devices; None with one device."""
+    devices = jax.local_devices()
+    return Mesh(np.asarray(devices), (AXIS,)) if len(devices) > 1 else None
+
+
+def put_variables(variables):
+    """`variables` placed whole on every device of `local_mesh()` (as a spread function takes
+    them: arrays committed to one device would not mix with the mesh); unchanged with one
+    device."""
+    mesh = local_mesh()
+    if mesh is None:
+        return variables
+    return jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+
+
+def split_batch(mesh: Mesh | None, fn, variables, x_Nx___):
+    """`fn(variables, x)` with `x` split along its first axis over `mesh`'s devices (`x`
+    zero-padded to a multiple of the device count, the padding dropped from every output);
+    `fn(variables, x)` itself without a mesh. Outputs must keep `x`'s first axis."""
+    if mesh is None:
+        return fn(variables, x_Nx___)
+    n, d = x_Nx___.shape[0], mesh.size
+    padded = jnp.pad(x_Nx___, [(0, -n % d)] + [(0, 0)] * (x_Nx___.ndim - 1))
+    split = PartitionSpec(AXIS)
+    out = jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
+        variables, padded
+    )
+    return jax.tree.map(lambda o: o[:n], out)
+
+
+def row_bands(height: int, devices: int, margin: int, factor: int):
+    """(slab length, slab starts) of `split_rows`, or None where the rows do not split: each
+    device's band of height / devices rows (a multiple of `factor`) is read with at least
+    `margin` rows beyond each side that is not the image's own edge, all slabs of one length
+    (two devices: band + margin; more: band + 2 margin, edge slabs shifted inwards)."""
+    band = height // devices
+    length = band + (margin if devices == 2 else 2 * margin)
+    if height % devices or band % factor or margin % factor or length > height:
+        return None
+    starts = [min(max(i * band - margin, 0), height - length) for i in range(devices)]
+    return length, starts
+
+
+def split_rows(mesh: Mesh, fn, variables, x_BxHxWxC, margin: int, factor: int):
+    """The outputs of a fully convolutional `fn(variables, x) -> [o_k [B, H/f_k, W/f_k]]`
+    (f_k dividing `factor`) computed band by band: device i reads rows
+    starts[i]..starts[i]+length of `x` (`row_bands`) and keeps its band's output rows. Exact
+    when no output row of a band depends on an input row more than `margin` rows outside it
+    (the reach of `fn`'s receptive field and zero padding); the caller checks `row_bands`."""
+    b, h = x_BxHxWxC.shape[:2]
+    d = mesh.size
+    length, starts = row_bands(h, d, margin, factor)
+    band = h // d
+    slabs = jnp.stack([x_BxHxWxC[:, s : s + length] for s in starts])
+    offsets = jnp.asarray([i * band - s for i, s in enumerate(starts)], jnp.int32)
+
+    def per_device(v, slab_1xBxLxWxC):
+        i = jax.lax.axis_index(AXIS)
+        kept = []
+        for o in fn(v, slab_1xBxLxWxC[0]):
+            f = length // o.shape[1]
+            rows = jax.lax.dynamic_slice_in_dim(o, offsets[i] // f, band // f, axis=1)
+            kept.append(rows[None])
+        return kept
+
+    split = PartitionSpec(AXIS)
+    out = jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
+        variables, slabs
+    )
+    # [devices, B, band rows, W] -> [B, all rows, W]
+    return [jnp.moveaxis(o, 0, 1).reshape(b, d * o.shape[2], o.shape[3]) for o in out]
