@@ -35,7 +35,9 @@ class Scorer:
     back in input order. With several devices, a chunk of at most half the fixed size (one
     image to predict, the rest of a shape group) is scored image by image with the work of
     each image split over the devices (`make_map_fn(spread=True)`) instead of being padded
-    with blank images: a single image costs one image's work, not a chunk's.
+    with blank images: a single image costs one image's work, not a chunk's. On CPU devices
+    every chunk is scored so (`spread_every_chunk`): there it was also faster for full
+    chunks (BENCHMARKS.md, eighteenth session); accelerators take whole images per device.
     """
 
     def __init__(self, config, variables):
@@ -54,10 +56,14 @@ class Scorer:
         self.variables = scoring.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
         self.spread_variables = spread.put_variables(variables) if pmapped else None
+        self.spread_every_chunk = pmapped and jax.local_devices()[0].platform == "cpu"
 
     def _few(self, chunk_u8) -> np.ndarray | None:
-        """Maps of a chunk scored image by image over all devices, or None if it is not few."""
-        if self.spread_fn is None or len(chunk_u8) > self.chunk // 2:
+        """Maps of a chunk scored image by image over all devices, or None if it goes to the
+        pmapped function (one device; or a chunk over half the fixed size off CPU)."""
+        if self.spread_fn is None:
+            return None
+        if not self.spread_every_chunk and len(chunk_u8) > self.chunk // 2:
             return None
         floats = np.asarray(images.to_float(chunk_u8), np.float32)
         return np.concatenate(
