@@ -3,8 +3,9 @@
     python launch/train.py --config configs/magnetic_tile.py --workdir runs/magnetic_tile
 
 Images have varied sizes (about 100-630 x 220-400 px); keep_aspect (the default) scales the
-long side to data.image_size without squashing. This budget (256 px, batch 256, 1500 + 750
-steps) has not been run here; RESULTS.md has the measured rows at batch 64, 1200 + 600 steps.
+long side to data.image_size without squashing. RESULTS.md has the measured rows at batch 64,
+1200 + 600 steps (the study's budget) and this batch and these steps at 512 px (eighteenth
+session); this config's 256 px has not been run at this budget.
 """
 
 import pathlib
