@@ -58,7 +58,7 @@ class Scorer:
         self.spread_variables = spread.put_variables(variables) if pmapped else None
         self.spread_every_chunk = pmapped and jax.local_devices()[0].platform == "cpu"
 
-    def _few(self, chunk_u8) -> np.ndarray | None:
+    def _one_by_one(self, chunk_u8) -> np.ndarray | None:
         """Maps of a chunk scored image by image over all devices, or None if it goes to the
         pmapped function (one device; or a chunk over half the fixed size off CPU)."""
         if self.spread_fn is None:
@@ -75,9 +75,9 @@ class Scorer:
         out = []
         for lo in range(0, len(images_NxHxWx3_u8), self.chunk):
             chunk = images_NxHxWx3_u8[lo : lo + self.chunk]
-            few = self._few(chunk)
-            if few is not None:
-                out.append(few)
+            spread_maps = self._one_by_one(chunk)
+            if spread_maps is not None:
+                out.append(spread_maps)
                 continue
             padded, n = scoring.pad_batch(
                 np.asarray(images.to_float(chunk), np.float32), self.chunk

@@ -75,7 +75,7 @@ def test_scorer_maps_mixed_shapes_in_input_order_like_one_by_one(scorer):
 def test_few_images_are_spread_over_the_devices_with_the_same_maps(scorer, every_chunk):
     # A chunk is 4 images here: off CPU, 6 images of one shape are one padded pmapped chunk
     # and two images scored one by one with their windows split over the 4 devices
-    # (Scorer._few); on CPU all six one by one.
+    # (Scorer._one_by_one); on CPU all six one by one.
     assert scorer.spread_every_chunk  # the tests' devices are CPU devices
     imgs = np.random.default_rng(1).integers(0, 256, (6, 64, 128, 3), dtype=np.uint8)
     single = scoring.make_map_fn(scorer.net, "msfr", (1,), stride=16)  # the config's options
@@ -83,8 +83,8 @@ def test_few_images_are_spread_over_the_devices_with_the_same_maps(scorer, every
     scorer.spread_every_chunk = every_chunk
     try:
         got = scorer(imgs)
-        assert scorer._few(imgs[:2]) is not None
-        assert (scorer._few(imgs[:3]) is None) != every_chunk
+        assert scorer._one_by_one(imgs[:2]) is not None
+        assert (scorer._one_by_one(imgs[:3]) is None) != every_chunk
     finally:
         scorer.spread_every_chunk = True
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.max()))
