@@ -16,6 +16,7 @@ from cmaae_jax import (
     model,
     natural_images,
     patches,
+    pyramid,
     reference,
     scoring,
 )
@@ -146,6 +147,13 @@ def _validate_score_eval(s, e):
     _one_of(s.method, scoring.METHODS, "score.method")
     _one_of(s.get("normalize", "none"), map_levels.NORMALIZE, "score.normalize")
     _one_of(s.get("flip", "none"), scoring.FLIPS, "score.flip")
+    levels = tuple(s.get("pyramid", (1,)))
+    _check(
+        len(set(levels)) == len(levels) and {1} <= set(levels) <= set(pyramid.FACTORS),
+        "score.pyramid",
+        levels,
+        f"distinct shrink factors among {pyramid.FACTORS}, 1 among them",
+    )
     _one_of(s.get("reference", "none"), reference.REFERENCES, "score.reference")
     _at_least(s.get("reference_images", 64), 1, "score.reference_images")
     _one_of(s.get("weights", "average"), state_lib.WEIGHTS, "score.weights")

@@ -85,18 +85,13 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
     from cmaae_jax import model, scoring  # the loader must not need them
 
     net = model.from_config(config)
-    method, scales = config.score.method, tuple(config.score.scales)
-    normalize = config.score.get("normalize", "none")
-    stride = config.score.get("stride", 64)
-    flip = config.score.get("flip", "none")
+    options = scoring.map_options(config.score)
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
     canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
-        maps, _ = scoring.anomaly_maps(
-            net, variables, images_BxSxSx3, method, scales, normalize, stride, flip
-        )
+        maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
         return maps - canvas
 
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
@@ -117,6 +112,7 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
         "normalize": config.score.get("normalize", "none"),
         "resize": config.data.get("resize", "square"),
         "stride": config.score.get("stride", 64),
+        "pyramid": list(config.score.get("pyramid", (1,))),
         "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
         "input_scaling": SCALING,
         "output": {"shape": [batch, size, size], "dtype": "float32"},

@@ -69,22 +69,17 @@ def _map_function(config, variables, reference=None):
     from cmaae_jax import model, scoring
 
     net = model.from_config(config).clone(impl="xla", dtype=jnp.float32)
-    method, scales = config.score.method, tuple(config.score.scales)
-    normalize = config.score.get("normalize", "none")
-    stride = config.score.get("stride", 64)
-    flip = config.score.get("flip", "none")
+    options = scoring.map_options(config.score)
     if config.data.image_size == model.PATCH:
         # One window whatever the stride; a smaller stride blends it with empty phases,
         # zero-size tensors that jax2onnx 0.17 lowers to an Add onnxruntime rejects.
-        stride = model.PATCH
+        options["stride"] = model.PATCH
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
     canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
-        maps, _ = scoring.anomaly_maps(
-            net, variables, images_BxSxSx3, method, scales, normalize, stride, flip
-        )
+        maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
         return maps - canvas
 
     return image_to_map

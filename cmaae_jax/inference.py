@@ -45,13 +45,7 @@ class Scorer:
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
-        options = dict(
-            method=config.score.method,
-            scales=tuple(config.score.scales),
-            normalize=config.score.get("normalize", "none"),
-            stride=config.score.get("stride", 64),
-            flip=config.score.get("flip", "none"),
-        )
+        options = scoring.map_options(config.score)
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = scoring.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None

@@ -27,7 +27,7 @@ import numpy as np
 from flax import jax_utils
 from jax.sharding import Mesh
 
-from cmaae_jax import map_levels, patches, segmenter
+from cmaae_jax import map_levels, patches, pyramid, segmenter
 from cmaae_jax import model as model_lib
 from cmaae_jax import spread as spread_lib
 from cmaae_jax.model import PATCH
@@ -58,7 +58,11 @@ def _check_scales(scales) -> tuple[int, ...]:
 
 
 def _check_score_options(
-    method: str, normalize: str = "none", stride: int = PATCH, flip: str = "none"
+    method: str,
+    normalize: str = "none",
+    stride: int = PATCH,
+    flip: str = "none",
+    levels=(1,),
 ):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
@@ -66,6 +70,20 @@ def _check_score_options(
     if flip not in FLIPS:
         raise ValueError(f"score.flip must be one of {FLIPS}, got {flip!r}")
     _check_stride(stride)
+    pyramid.check_pyramid(levels)
+
+
+def map_options(score_config) -> dict:
+    """The image-to-map options of a config's `score` section, as keyword arguments of
+    `anomaly_maps` and `make_map_fn` (absent fields: their defaults before they existed)."""
+    return dict(
+        method=score_config.method,
+        scales=tuple(score_config.scales),
+        normalize=score_config.get("normalize", "none"),
+        stride=score_config.get("stride", PATCH),
+        flip=score_config.get("flip", "none"),
+        levels=tuple(score_config.get("pyramid", (1,))),
+    )
 
 
 def _check_stride(stride: int):
@@ -170,27 +188,33 @@ def anomaly_maps(
     stride: int = PATCH,
     flip: str = "none",
     mesh: Mesh | None = None,
+    levels=(1,),
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
     `stride`: window stride of the reconstruction (see `reconstruct`); static under jit.
     `flip`: `horizontal` averages the maps with those of the mirrored images, mirrored back
     (the reconstructions stay the images' own).
+    `levels`: the image scales scored (`score.pyramid`; see `pyramid`), combined before
+    `normalize`; the reconstructions are the full scale's.
     `mesh`: a mesh (`spread_lib.local_mesh`) over which one call's windows and encoder passes are
     split (under jit), so that even a single image keeps every device busy.
     """
-    _check_score_options(method, normalize, stride, flip)
+    _check_score_options(method, normalize, stride, flip, levels)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
-    def maps_and_reconstructions(net, variables, images_BxHxWx3):
-        rec = reconstruct(net, variables, images_BxHxWx3, stride, mesh)
+    def raw_map(net, variables, x_BxHxWx3):
+        rec = reconstruct(net, variables, x_BxHxWx3, stride, mesh)
         if method == "pixel":
-            amap = pixel_map(images_BxHxWx3, rec)
-        elif method == "segment":
-            logits = net.apply(variables, images_BxHxWx3, rec, method="segment")
-            amap = segmenter.anomaly_score(logits)
-        else:
-            amap = msfr_map(net, variables, images_BxHxWx3, rec, scales, mesh)
+            return pixel_map(x_BxHxWx3, rec), rec
+        if method == "segment":
+            logits = net.apply(variables, x_BxHxWx3, rec, method="segment")
+            return segmenter.anomaly_score(logits), rec
+        return msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh), rec
+
+    def maps_and_reconstructions(net, variables, images_BxHxWx3):
+        level_fn = lambda x: raw_map(net, variables, x)  # noqa: E731
+        amap, rec = pyramid.pyramid_maps(level_fn, images_BxHxWx3, levels)
         return map_levels.normalize_maps(amap, normalize), rec
 
     maps, rec = model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
@@ -211,6 +235,7 @@ def make_map_fn(
     stride: int = PATCH,
     flip: str = "none",
     spread: bool = False,
+    levels=(1,),
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -233,8 +258,9 @@ def make_map_fn(
       flip: among `FLIPS` (see `anomaly_maps`).
       spread: jitted only: split each call's work over the local devices (`anomaly_maps`),
         for latency on few images; pmap spreads whole images instead.
+      levels: the image scales scored (`score.pyramid`; see `anomaly_maps`).
     """
-    _check_score_options(method, normalize, stride, flip)
+    _check_score_options(method, normalize, stride, flip, levels)
     scales = _check_scales(scales)
     mesh = spread_lib.local_mesh() if spread and not pmapped else None
     if impl is not None and impl != getattr(model, "impl", impl):
@@ -242,7 +268,7 @@ def make_map_fn(
 
     def map_fn(variables, images_BxHxWx3):
         return anomaly_maps(
-            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh
+            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh, levels
         )[0]
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)

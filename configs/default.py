@@ -81,6 +81,7 @@ def get_config():
     c.score.reference = "auto"  # none | mean (map minus normal per-position mean) | auto (eval)
     c.score.reference_images = 64  # training images whose maps make the reference
     c.score.stride = 16  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
+    c.score.pyramid = (1,)  # image scales scored: 1 as loaded, 2 halved, 4; geometric mean
     c.score.flip = "none"  # none | horizontal (average with the mirrored image's map: 2x work)
     c.score.batch_images = 8  # images scored per device per call
     c.score.weights = "average"  # average (train.ema_decay's, if kept) | last (the last step's)
