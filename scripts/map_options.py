@@ -10,6 +10,10 @@
     python scripts/map_options.py analyse /tmp/maps/seg.pkl --sigmas 0 --normalize none \
         --reference none --fixed 0.6931
     python scripts/map_options.py images /tmp/maps/full_seed0.pkl
+    python scripts/map_options.py dump runs/study512b/varied/seed4 /tmp/maps/s4_at256.pkl \
+        --image-size 256
+    python scripts/map_options.py fuse /tmp/maps/s4_pyr.pkl /tmp/maps/s4.pkl \
+        /tmp/maps/s4_at256.pkl --scale median --combine geo
 
 `dump` scores the run's held-out normal images (val) and test images with its own config but
 `score.normalize=none`, `score.scales=(1,)` (and `--method`), and pickles the maps cropped to
@@ -42,8 +46,9 @@ def _padded(image_hxwx3, margin):
     return images.pad_to(framed, images.padded_size(framed.shape[:2]))
 
 
-def dump(workdir, out, method, stride=None, margin=0):
-    """Pickles each val/test image's map, mask, grey image (float16), label and type."""
+def dump(workdir, out, method, stride=None, margin=0, image_size=None):
+    """Pickles each val/test image's map, mask, grey image (float16), label and type. With
+    `image_size` the images are loaded at that size (the model stays the run's)."""
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     from cmaae_jax import datasets, inference
     from cmaae_jax import workdir as workdir_lib
@@ -54,6 +59,9 @@ def dump(workdir, out, method, stride=None, margin=0):
         if stride:
             config.score.stride = stride
     _, variables = inference.restore_variables(config, workdir)
+    if image_size:
+        with config.unlocked():
+            config.data.image_size = image_size
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
     result = {}
@@ -281,11 +289,12 @@ def score(data, sigma, normalize, reference):
     return row
 
 
-def fuse(paths, out, quantile=0.999, scale="quantile"):
-    """Pickles the fusion of dumps of the same images (e.g. a run's MSFR and segment maps):
-    each map divided by the `quantile` of its own dump's pooled val pixels (label-free; with
-    `scale="median"` by its own median instead), then the mean over the dumps. Masks, images
-    and labels are the first dump's."""
+def fuse(paths, out, quantile=0.999, scale="quantile", combine="mean"):
+    """Pickles the fusion of dumps of the same images (e.g. a run's MSFR and segment maps, or
+    one run's maps at two image sizes): each map resized to the first dump's size, divided by
+    the `quantile` of its own dump's pooled val pixels (label-free; with `scale="median"` by
+    its own median instead), then the mean over the dumps (`combine="geo"`: their geometric
+    mean). Masks, images and labels are the first dump's."""
     from cmaae_jax import calibration
 
     dumps = []
@@ -302,15 +311,25 @@ def fuse(paths, out, quantile=0.999, scale="quantile"):
     ]
     fused = {name: dict(dumps[0][name]) for name in ("val", "test")}
     for name in fused:
-        per_dump = [
-            [m / (np.median(m) + 1e-12 if scale == "median" else s) for m in d[name]["maps"]]
-            for d, s in zip(dumps, scales, strict=True)
+        shapes = [m.shape for m in dumps[0][name]["maps"]]
+
+        def scaled(maps, s, shapes=shapes):
+            sized = [
+                m if m.shape == hw else _resize(m, hw) for m, hw in zip(maps, shapes, strict=True)
+            ]
+            return [m / (np.median(m) + 1e-12 if scale == "median" else s) for m in sized]
+
+        per_dump = [scaled(d[name]["maps"], s) for d, s in zip(dumps, scales, strict=True)]
+        fused[name]["maps"] = [
+            np.exp(np.mean(np.log(np.maximum(ms, 1e-12)), axis=0))
+            if combine == "geo"
+            else np.mean(ms, axis=0)
+            for ms in zip(*per_dump, strict=True)
         ]
-        fused[name]["maps"] = [np.mean(ms, axis=0) for ms in zip(*per_dump, strict=True)]
     with open(out, "wb") as fh:
         pickle.dump(fused, fh)
     over = "own medians" if scale == "median" else f"val q{quantile} ({scales})"
-    print(f"{out}: mean of {len(paths)} maps over their {over}")
+    print(f"{out}: {combine} of {len(paths)} maps over their {over}")
 
 
 def analyse(path, sigmas, normalizations, references, types=TYPES):
@@ -382,10 +401,12 @@ def main():
     d.add_argument("--method", default="msfr")
     d.add_argument("--stride", type=int, default=None, help="score.stride (default: the run's)")
     d.add_argument("--margin", type=int, default=0, help="reflect-pad every side by this")
+    d.add_argument("--image-size", type=int, default=None, help="load the images at this size")
     f = sub.add_parser("fuse")
     f.add_argument("out")
     f.add_argument("pickles", nargs="+")
     f.add_argument("--scale", default="quantile", help="quantile (val q0.999) | median (own)")
+    f.add_argument("--combine", default="mean", help="mean | geo (geometric mean)")
     b = sub.add_parser("border")
     b.add_argument("pickle")
     g = sub.add_parser("gradient")
@@ -404,9 +425,9 @@ def main():
     a.add_argument("--fixed", default="", help="fixed thresholds, e.g. 0.6931 (head p = 0.5)")
     args = ap.parse_args()
     if args.command == "dump":
-        dump(args.workdir, args.out, args.method, args.stride, args.margin)
+        dump(args.workdir, args.out, args.method, args.stride, args.margin, args.image_size)
     elif args.command == "fuse":
-        fuse(args.pickles, args.out, scale=args.scale)
+        fuse(args.pickles, args.out, scale=args.scale, combine=args.combine)
     elif args.command == "border":
         border(args.pickle)
     elif args.command == "images":
