@@ -39,9 +39,10 @@ def main(source, target, *changes):
                 value = text
             config[section][field] = value
     result = evaluate.evaluate(config, str(target))
-    types = ("blowhole", "break", "crack", "fray")
-    mean4 = sum(result["per_type"][t]["pixel_aupro"] for t in types) / len(types)
-    print(f"{target}: mean4 AUPRO {mean4:.4f}")
+    per_type = result["per_type"]
+    types = [t for t in ("blowhole", "break", "crack", "fray") if t in per_type] or list(per_type)
+    mean = sum(per_type[t]["pixel_aupro"] for t in types) / len(types)
+    print(f"{target}: mean AUPRO over {', '.join(types)}: {mean:.4f}")
 
 
 if __name__ == "__main__":
