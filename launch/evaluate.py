@@ -24,11 +24,13 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest
 _HELD_OUT_ONLY = flags.DEFINE_bool(
     "held_out_only", False, "Only the label-free check on held-out images (eval/held_out.json)."
 )
+_CPU = _common.define_cpu_devices_flag()
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
     del argv
+    _common.set_cpu_devices(_CPU.value)
     _common.setup_console(_WORKDIR.value)
     with _common.user_errors():
         if _HELD_OUT_ONLY.value:

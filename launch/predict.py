@@ -17,11 +17,13 @@ _INPUT = flags.DEFINE_string("input", None, "A folder, an image file or a glob p
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "Override the calibrated threshold.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_CPU = _common.define_cpu_devices_flag()
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
 def main(argv):
     del argv
+    _common.set_cpu_devices(_CPU.value)
     _common.setup_console(_WORKDIR.value)
     with _common.user_errors():
         summary = predict.predict(

@@ -14,11 +14,12 @@ import pathlib
 import shutil
 import sys
 
-from cmaae_jax import evaluate
+from cmaae_jax import devices, evaluate
 from cmaae_jax import workdir as workdir_lib
 
 
 def main(source, target, *changes):
+    devices.set_cpu_devices(-1)  # the launchers' virtual CPU devices (a run's own speed)
     source, target = pathlib.Path(source), pathlib.Path(target)
     if workdir_lib.eval_metrics_path(target).is_file():
         print(f"{target}: scored already")
