@@ -148,12 +148,7 @@ def _validate_score_eval(s, e):
     _one_of(s.get("normalize", "none"), map_levels.NORMALIZE, "score.normalize")
     _one_of(s.get("flip", "none"), scoring.FLIPS, "score.flip")
     levels = tuple(s.get("pyramid", (1,)))
-    _check(
-        len(set(levels)) == len(levels) and {1} <= set(levels) <= set(pyramid.FACTORS),
-        "score.pyramid",
-        levels,
-        f"distinct shrink factors among {pyramid.FACTORS}, 1 among them",
-    )
+    _check(pyramid.is_pyramid(levels), "score.pyramid", levels, pyramid.HELP)
     _one_of(s.get("reference", "none"), reference.REFERENCES, "score.reference")
     _at_least(s.get("reference_images", 64), 1, "score.reference_images")
     _one_of(s.get("weights", "average"), state_lib.WEIGHTS, "score.weights")

@@ -27,15 +27,19 @@ FACTORS = (1, 2, 4)  # shrink factors a pyramid may hold (64-multiple sides divi
 TINY = 1e-12  # floor of a map before its logarithm (maps are >= 0; a zero stays ~zero)
 
 
-def check_pyramid(pyramid) -> tuple[int, ...]:
-    """The pyramid as a tuple of distinct factors among `FACTORS`, or one clear error."""
+HELP = f"distinct shrink factors among {FACTORS}, 1 among them"  # what a pyramid must be
+
+
+def is_pyramid(pyramid) -> bool:
     levels = tuple(pyramid)
-    if len(set(levels)) != len(levels) or not {1} <= set(levels) <= set(FACTORS):
-        raise ValueError(
-            f"score.pyramid must be distinct shrink factors among {FACTORS}, 1 among them; "
-            f"got {pyramid}"
-        )
-    return tuple(sorted(int(f) for f in levels))
+    return len(set(levels)) == len(levels) and {1} <= set(levels) <= set(FACTORS)
+
+
+def check_pyramid(pyramid) -> tuple[int, ...]:
+    """The pyramid as a sorted tuple of its factors, or one clear error."""
+    if not is_pyramid(pyramid):
+        raise ValueError(f"score.pyramid must be {HELP}; got {pyramid}")
+    return tuple(sorted(int(f) for f in pyramid))
 
 
 def shrink(images_BxHxWx3: Array, factor: int) -> Array:
@@ -69,7 +73,7 @@ def combine(maps_LxBxHxW: list[Array]) -> Array:
 def pyramid_maps(map_fn, images_BxHxWx3: Array, pyramid):
     """`map_fn` (images [B,h,w,3] -> (maps [B,h,w], extra)) at every level of `pyramid`:
     (the levels' maps combined, the full-scale level's `extra`)."""
-    b, h, w, _ = images_BxHxWx3.shape
+    _, h, w, _ = images_BxHxWx3.shape
     full_maps, extra = map_fn(images_BxHxWx3)
     levels = [full_maps]
     for factor in check_pyramid(pyramid)[1:]:

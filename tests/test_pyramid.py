@@ -23,6 +23,12 @@ def test_shrink_is_block_means_reflected_to_whole_patches():
     # below and to the right: the mirror image, the last row / column repeated first
     np.testing.assert_allclose(got[:, 32:64, :96], means[:, ::-1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[:, :32, 96:128], means[:, :, 95:63:-1], rtol=1e-5, atol=1e-6)
+    # factor 4: 16 x 48 block means padded by more than their own size (48 rows), which
+    # numpy's symmetric padding continues by reflecting again
+    quarter = x[:1, :, :, :1].reshape(1, 16, 4, 48, 4, 1).mean((2, 4))
+    want = np.pad(quarter, ((0, 0), (0, 48), (0, 16), (0, 0)), mode="symmetric")
+    got4 = np.asarray(pyramid.shrink(jnp.asarray(x[:1, :, :, :1]), 4))
+    np.testing.assert_allclose(got4, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="pyramid factor 4"):
         pyramid.shrink(jnp.zeros((1, 66, 64, 3)), 4)
 
