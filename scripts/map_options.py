@@ -289,12 +289,21 @@ def score(data, sigma, normalize, reference):
     return row
 
 
+def _combine(maps, combine):
+    """mean | geo (geometric mean) | max_geo (the first map where it is higher, else geo)."""
+    if combine == "mean":
+        return np.mean(maps, axis=0)
+    geo = np.exp(np.mean(np.log(np.maximum(maps, 1e-12)), axis=0))
+    return np.maximum(maps[0], geo) if combine == "max_geo" else geo
+
+
 def fuse(paths, out, quantile=0.999, scale="quantile", combine="mean"):
     """Pickles the fusion of dumps of the same images (e.g. a run's MSFR and segment maps, or
     one run's maps at two image sizes): each map resized to the first dump's size, divided by
     the `quantile` of its own dump's pooled val pixels (label-free; with `scale="median"` by
-    its own median instead), then the mean over the dumps (`combine="geo"`: their geometric
-    mean). Masks, images and labels are the first dump's."""
+    its own median instead), then combined over the dumps (`_combine`: mean, geometric mean,
+    or the first map where it exceeds the geometric mean). Masks, images and labels are the
+    first dump's."""
     from cmaae_jax import calibration
 
     dumps = []
@@ -320,12 +329,7 @@ def fuse(paths, out, quantile=0.999, scale="quantile", combine="mean"):
             return [m / (np.median(m) + 1e-12 if scale == "median" else s) for m in sized]
 
         per_dump = [scaled(d[name]["maps"], s) for d, s in zip(dumps, scales, strict=True)]
-        fused[name]["maps"] = [
-            np.exp(np.mean(np.log(np.maximum(ms, 1e-12)), axis=0))
-            if combine == "geo"
-            else np.mean(ms, axis=0)
-            for ms in zip(*per_dump, strict=True)
-        ]
+        fused[name]["maps"] = [_combine(ms, combine) for ms in zip(*per_dump, strict=True)]
     with open(out, "wb") as fh:
         pickle.dump(fused, fh)
     over = "own medians" if scale == "median" else f"val q{quantile} ({scales})"
@@ -406,7 +410,7 @@ def main():
     f.add_argument("out")
     f.add_argument("pickles", nargs="+")
     f.add_argument("--scale", default="quantile", help="quantile (val q0.999) | median (own)")
-    f.add_argument("--combine", default="mean", help="mean | geo (geometric mean)")
+    f.add_argument("--combine", default="mean", help="mean | geo | max_geo")
     b = sub.add_parser("border")
     b.add_argument("pickle")
     g = sub.add_parser("gradient")
