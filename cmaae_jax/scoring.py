@@ -18,6 +18,7 @@ methods (`score.method`):
 the device count, shards it, runs the pmapped function and drops the padding.
 """
 
+import functools
 import math
 
 import chex
@@ -213,7 +214,7 @@ def anomaly_maps(
         return msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh), rec
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
-        level_fn = lambda x: raw_map(net, variables, x)  # noqa: E731
+        level_fn = functools.partial(raw_map, net, variables)
         amap, rec = pyramid.pyramid_maps(level_fn, images_BxHxWx3, levels)
         return map_levels.normalize_maps(amap, normalize), rec
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import configlib, model, pyramid, scoring
+from cmaae_jax import configlib, model, pyramid, scoring, spread
 from configs import default
 
 
@@ -108,10 +108,8 @@ def test_spread_pyramid_equals_the_single_device_one(net):
     x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, size=(1, 128, 192, 3)), jnp.float32)
     options = dict(method="msfr", scales=(1, 2), stride=32, levels=(1, 2))
     alone = scoring.make_map_fn(m, **options)(variables, x)
-    spread = scoring.make_map_fn(m, spread=True, **options)
-    from cmaae_jax import spread as spread_lib
-
-    got = spread(spread_lib.put_variables(variables), x)
+    spread_fn = scoring.make_map_fn(m, spread=True, **options)
+    got = spread_fn(spread.put_variables(variables), x)
     np.testing.assert_allclose(got, alone, rtol=2e-4, atol=1e-7)
 
 
