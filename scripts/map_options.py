@@ -289,11 +289,22 @@ def score(data, sigma, normalize, reference):
     return row
 
 
+BAND_SIGMA_PX = 4.0  # `band`: the Gaussian that splits the first map's log into level and detail
+
+
 def _combine(maps, combine):
-    """mean | geo (geometric mean) | max_geo (the first map where it is higher, else geo)."""
+    """mean | geo (geometric mean) | max_geo (the first map where it is higher, else geo) |
+    band (the geometric mean of the maps' levels, the first map's own detail: log m =
+    log m1 + mean_k(G log m_k - G log m1), G a Gaussian of BAND_SIGMA_PX)."""
     if combine == "mean":
         return np.mean(maps, axis=0)
-    geo = np.exp(np.mean(np.log(np.maximum(maps, 1e-12)), axis=0))
+    logs = np.log(np.maximum(maps, 1e-12))
+    if combine == "band":
+        from scipy import ndimage
+
+        levels = [ndimage.gaussian_filter(lg, BAND_SIGMA_PX, mode="reflect") for lg in logs]
+        return np.exp(logs[0] + np.mean(levels, axis=0) - levels[0])
+    geo = np.exp(np.mean(logs, axis=0))
     return np.maximum(maps[0], geo) if combine == "max_geo" else geo
 
 
@@ -410,7 +421,7 @@ def main():
     f.add_argument("out")
     f.add_argument("pickles", nargs="+")
     f.add_argument("--scale", default="quantile", help="quantile (val q0.999) | median (own)")
-    f.add_argument("--combine", default="mean", help="mean | geo | max_geo")
+    f.add_argument("--combine", default="mean", help="mean | geo | max_geo | band")
     b = sub.add_parser("border")
     b.add_argument("pickle")
     g = sub.add_parser("gradient")
