@@ -97,15 +97,20 @@ def dump(workdir, out, stat_images):
     train = splits["train"]
     picks = np.linspace(0, train.num_images - 1, min(stat_images, train.num_images)).astype(int)
     stats = _statistics(_residuals(fn, variables, train, picks))
-    print(f"statistics from {len(picks)} training images; channel mean squares "
-          f"{stats[0].min():.3g}-{stats[0].max():.3g}", flush=True)
+    print(
+        f"statistics from {len(picks)} training images; channel mean squares "
+        f"{stats[0].min():.3g}-{stats[0].max():.3g}",
+        flush=True,
+    )
     results = {v: {} for v in VARIANTS}
     for name in ("val", "test"):
         split = splits[name]
         res = _residuals(fn, variables, split, range(split.num_images))
         common = dict(
-            images=[split.valid_map(i, split.images[i]).astype(np.float32).mean(-1)
-                    .astype(np.float16) for i in range(split.num_images)],
+            images=[
+                split.valid_map(i, split.images[i]).astype(np.float32).mean(-1).astype(np.float16)
+                for i in range(split.num_images)
+            ],
             masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
             labels=np.asarray(split.labels),
             types=split.defect_types,

@@ -96,8 +96,10 @@ def dump(workdir, out, bank_images, stride):
         split = splits[name]
         codes = _codes(fn, variables, split, range(split.num_images))
         common = dict(
-            images=[split.valid_map(i, split.images[i]).astype(np.float32).mean(-1)
-                    .astype(np.float16) for i in range(split.num_images)],
+            images=[
+                split.valid_map(i, split.images[i]).astype(np.float32).mean(-1).astype(np.float16)
+                for i in range(split.num_images)
+            ],
             masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
             labels=np.asarray(split.labels),
             types=split.defect_types,
