@@ -40,8 +40,9 @@ def _residual_fn(config):
     return jax.jit(lambda v, x: model.per_platform(net, residual, v, x))
 
 
-def _residuals(fn, variables, split, indices):
-    """[(d [h2, w2, C] float32 over the padded canvas, (H, W) canvas, (h, w) valid)]."""
+def per_image(fn, variables, split, indices):
+    """[(fn's output for the image's padded canvas, (H, W) canvas, (h, w) valid)] for each
+    image of `split` at `indices` (here: d [h2, w2, C], the residual vectors)."""
     from cmaae_jax import images
 
     out = []
@@ -51,6 +52,20 @@ def _residuals(fn, variables, split, indices):
         x = np.asarray(images.to_float(canvas[None]), np.float32)
         out.append((np.asarray(fn(variables, x)), canvas.shape[:2], crop.shape[:2]))
     return out
+
+
+def dump_fields(split) -> dict:
+    """What a map_options.py dump keeps of a split besides the maps."""
+    n = split.num_images
+    return dict(
+        images=[
+            split.valid_map(i, split.images[i]).astype(np.float32).mean(-1).astype(np.float16)
+            for i in range(n)
+        ],
+        masks=[split.valid_map(i, split.masks[i]) for i in range(n)],
+        labels=np.asarray(split.labels),
+        types=split.defect_types,
+    )
 
 
 def _statistics(stat_residuals):
@@ -96,7 +111,7 @@ def dump(workdir, out, stat_images):
     fn = _residual_fn(config)
     train = splits["train"]
     picks = np.linspace(0, train.num_images - 1, min(stat_images, train.num_images)).astype(int)
-    stats = _statistics(_residuals(fn, variables, train, picks))
+    stats = _statistics(per_image(fn, variables, train, picks))
     print(
         f"statistics from {len(picks)} training images; channel mean squares "
         f"{stats[0].min():.3g}-{stats[0].max():.3g}",
@@ -105,16 +120,8 @@ def dump(workdir, out, stat_images):
     results = {v: {} for v in VARIANTS}
     for name in ("val", "test"):
         split = splits[name]
-        res = _residuals(fn, variables, split, range(split.num_images))
-        common = dict(
-            images=[
-                split.valid_map(i, split.images[i]).astype(np.float32).mean(-1).astype(np.float16)
-                for i in range(split.num_images)
-            ],
-            masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
-            labels=np.asarray(split.labels),
-            types=split.defect_types,
-        )
+        res = per_image(fn, variables, split, range(split.num_images))
+        common = dump_fields(split)
         for v in VARIANTS:
             maps = [_to_map(_feature_score(d, v, stats), cv, vd) for d, cv, vd in res]
             results[v][name] = dict(maps=maps, **common)

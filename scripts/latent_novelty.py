@@ -20,6 +20,7 @@ import os
 import pickle
 
 import numpy as np
+from channel_residuals import dump_fields, per_image
 
 VARIANTS = ("knn", "knn_l2", "memory")
 
@@ -37,19 +38,6 @@ def _code_fn(config, stride):
         return z.reshape(windows.shape[0], -1)
 
     return jax.jit(lambda v, x: model.per_platform(net, codes, v, x))
-
-
-def _codes(fn, variables, split, indices):
-    """[(z [n, D] of the canvas's windows, canvas (H, W), valid (h, w))]."""
-    from cmaae_jax import images
-
-    out = []
-    for i in indices:
-        crop = split.valid_map(i, split.images[i])
-        canvas = images.pad_to(crop, images.padded_size(crop.shape[:2]))
-        x = np.asarray(images.to_float(canvas[None]), np.float32)
-        out.append((np.asarray(fn(variables, x)), canvas.shape[:2], crop.shape[:2]))
-    return out
 
 
 def _unit(z):
@@ -87,23 +75,15 @@ def dump(workdir, out, bank_images, stride):
     fn = _code_fn(config, stride)
     train = splits["train"]
     picks = np.linspace(0, train.num_images - 1, min(bank_images, train.num_images)).astype(int)
-    bank = np.concatenate([z for z, _, _ in _codes(fn, variables, train, picks)])
+    bank = np.concatenate([z for z, _, _ in per_image(fn, variables, train, picks)])
     memory = np.asarray(variables["params"]["memory"]["items"])
     print(f"bank: {bank.shape[0]} codes of {len(picks)} training images", flush=True)
     bank_unit, memory_unit = _unit(bank), _unit(memory)
     results = {v: {} for v in VARIANTS}
     for name in ("val", "test"):
         split = splits[name]
-        codes = _codes(fn, variables, split, range(split.num_images))
-        common = dict(
-            images=[
-                split.valid_map(i, split.images[i]).astype(np.float32).mean(-1).astype(np.float16)
-                for i in range(split.num_images)
-            ],
-            masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
-            labels=np.asarray(split.labels),
-            types=split.defect_types,
-        )
+        codes = per_image(fn, variables, split, range(split.num_images))
+        common = dump_fields(split)
         for v in VARIANTS:
             maps = [
                 _to_map(_window_scores(z, v, bank_unit, bank, memory_unit), cv, vd, stride)
