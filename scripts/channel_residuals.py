@@ -68,6 +68,21 @@ def dump_fields(split) -> dict:
     )
 
 
+def write_dumps(out, splits, variant_maps):
+    """Writes `<out>_<variant>.pkl` (map_options.py dumps) of the val and test splits, the
+    maps of each variant from `variant_maps(split)` ({variant: [maps]})."""
+    results = {}
+    for name in ("val", "test"):
+        split = splits[name]
+        common = dump_fields(split)
+        for v, maps in variant_maps(split).items():
+            results.setdefault(v, {})[name] = dict(maps=maps, **common)
+        print(f"{name}: {split.num_images} images", flush=True)
+    for v, result in results.items():
+        with open(f"{out}_{v}.pkl", "wb") as fh:
+            pickle.dump(result, fh)
+
+
 def _statistics(stat_residuals):
     """(mean square per channel, mean, inverse covariance) of the valid feature pixels."""
     vectors = []
@@ -117,18 +132,14 @@ def dump(workdir, out, stat_images):
         f"{stats[0].min():.3g}-{stats[0].max():.3g}",
         flush=True,
     )
-    results = {v: {} for v in VARIANTS}
-    for name in ("val", "test"):
-        split = splits[name]
+
+    def variant_maps(split):
         res = per_image(fn, variables, split, range(split.num_images))
-        common = dump_fields(split)
-        for v in VARIANTS:
-            maps = [_to_map(_feature_score(d, v, stats), cv, vd) for d, cv, vd in res]
-            results[v][name] = dict(maps=maps, **common)
-        print(f"{name}: {split.num_images} images", flush=True)
-    for v in VARIANTS:
-        with open(f"{out}_{v}.pkl", "wb") as fh:
-            pickle.dump(results[v], fh)
+        return {
+            v: [_to_map(_feature_score(d, v, stats), cv, vd) for d, cv, vd in res] for v in VARIANTS
+        }
+
+    write_dumps(out, splits, variant_maps)
 
 
 def main():

@@ -17,10 +17,9 @@ map_options.py dumps (`<out>_<variant>.pkl`). No test mask is read.
 
 import argparse
 import os
-import pickle
 
 import numpy as np
-from channel_residuals import dump_fields, per_image
+from channel_residuals import per_image, write_dumps
 
 VARIANTS = ("knn", "knn_l2", "memory")
 
@@ -79,21 +78,13 @@ def dump(workdir, out, bank_images, stride):
     memory = np.asarray(variables["params"]["memory"]["items"])
     print(f"bank: {bank.shape[0]} codes of {len(picks)} training images", flush=True)
     bank_unit, memory_unit = _unit(bank), _unit(memory)
-    results = {v: {} for v in VARIANTS}
-    for name in ("val", "test"):
-        split = splits[name]
+
+    def variant_maps(split):
         codes = per_image(fn, variables, split, range(split.num_images))
-        common = dump_fields(split)
-        for v in VARIANTS:
-            maps = [
-                _to_map(_window_scores(z, v, bank_unit, bank, memory_unit), cv, vd, stride)
-                for z, cv, vd in codes
-            ]
-            results[v][name] = dict(maps=maps, **common)
-        print(f"{name}: {split.num_images} images", flush=True)
-    for v in VARIANTS:
-        with open(f"{out}_{v}.pkl", "wb") as fh:
-            pickle.dump(results[v], fh)
+        scores = lambda z, v: _window_scores(z, v, bank_unit, bank, memory_unit)  # noqa: E731
+        return {v: [_to_map(scores(z, v), cv, vd, stride) for z, cv, vd in codes] for v in VARIANTS}
+
+    write_dumps(out, splits, variant_maps)
 
 
 def main():
