@@ -19,6 +19,7 @@ import os
 import pickle
 
 import numpy as np
+from map_options import dump_fields
 
 VARIANTS = ("plain", "diag", "full")
 
@@ -54,20 +55,6 @@ def per_image(fn, variables, split, indices):
     return out
 
 
-def dump_fields(split) -> dict:
-    """What a map_options.py dump keeps of a split besides the maps."""
-    n = split.num_images
-    return dict(
-        images=[
-            split.valid_map(i, split.images[i]).astype(np.float32).mean(-1).astype(np.float16)
-            for i in range(n)
-        ],
-        masks=[split.valid_map(i, split.masks[i]) for i in range(n)],
-        labels=np.asarray(split.labels),
-        types=split.defect_types,
-    )
-
-
 def write_dumps(out, splits, variant_maps):
     """Writes `<out>_<variant>.pkl` (map_options.py dumps) of the val and test splits, the
     maps of each variant from `variant_maps(split)` ({variant: [maps]})."""
@@ -92,10 +79,9 @@ def _statistics(stat_residuals):
     v = np.concatenate(vectors).astype(np.float64)
     mean_square = np.mean(v * v, axis=0)
     mu = v.mean(axis=0)
-    cov = np.cov(v, rowvar=False) + 1e-6 * np.trace(np.cov(v, rowvar=False)) / v.shape[1] * np.eye(
-        v.shape[1]
-    )
-    return mean_square, mu, np.linalg.inv(cov)
+    cov = np.cov(v, rowvar=False)
+    ridge = 1e-6 * np.trace(cov) / v.shape[1]  # keeps near-constant channels invertible
+    return mean_square, mu, np.linalg.inv(cov + ridge * np.eye(v.shape[1]))
 
 
 def _feature_score(d, variant, stats):

@@ -46,6 +46,18 @@ def _padded(image_hxwx3, margin):
     return images.pad_to(framed, images.padded_size(framed.shape[:2]))
 
 
+def dump_fields(split) -> dict:
+    """What a dump keeps of a split besides its maps: grey images (float16), masks (both
+    cropped to each image's valid region), labels and defect types."""
+    crops = [split.valid_map(i, split.images[i]) for i in range(split.num_images)]
+    return dict(
+        images=[c.astype(np.float32).mean(-1).astype(np.float16) for c in crops],
+        masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
+        labels=np.asarray(split.labels),
+        types=split.defect_types,
+    )
+
+
 def dump(workdir, out, method, stride=None, margin=0, image_size=None):
     """Pickles each val/test image's map, mask, grey image (float16), label and type. With
     `image_size` the images are loaded at that size (the model stays the run's)."""
@@ -73,13 +85,7 @@ def dump(workdir, out, method, stride=None, margin=0, image_size=None):
             for j, i in enumerate(idx):
                 h, w = crops[i].shape[:2]
                 maps[i] = np.asarray(batch[j][margin : margin + h, margin : margin + w], np.float32)
-        result[name] = dict(
-            maps=maps,
-            images=[c.astype(np.float32).mean(-1).astype(np.float16) for c in crops],
-            masks=[split.valid_map(i, split.masks[i]) for i in range(split.num_images)],
-            labels=np.asarray(split.labels),
-            types=split.defect_types,
-        )
+        result[name] = dict(maps=maps, **dump_fields(split))
     with open(out, "wb") as fh:
         pickle.dump(result, fh)
 
