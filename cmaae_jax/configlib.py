@@ -100,6 +100,14 @@ def _validate_train(t, num_devices):
             f"sets their number; 0 for one)",
         )
     _one_of(t.get("crop_placement", "uniform"), patches.CROP_PLACEMENTS, "train.crop_placement")
+    scales = tuple(t.get("crop_scales", (1,)))
+    _check(pyramid.is_pyramid(scales), "train.crop_scales", scales, f"must be {pyramid.HELP}")
+    _check(
+        t.batch_size // t.crops_per_image // (num_devices or 1) >= len(scales),
+        "train.crop_scales",
+        scales,
+        "needs at least one image per scale on each device (batch_size / crops_per_image)",
+    )
     _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "must be > 0")
     _check(0 <= t.b1 < 1 and 0 <= t.b2 < 1, "train.b1/b2", (t.b1, t.b2), "must be in [0, 1)")
     _one_of(t.stage2_target, losses.STAGE2_TARGETS, "train.stage2_target")

@@ -35,7 +35,7 @@ from cmaae_jax import (
     losses,
     model,
     natural_images,
-    patches,
+    pyramid,
     train_log,
 )
 from cmaae_jax import sampler as sampler_lib
@@ -88,12 +88,12 @@ def device_step(config, net, stage: int, tx):
         train_head = stage == 2 and net.segment_head
         aligned = (target, mask) if train_head else (target,)  # the mask only for the head
         focus = (mask, focus_count(config)) if stage == 2 else None
-        x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64 = patches.random_crops(
+        x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64 = pyramid.scaled_crops(
             k_crop,
             inp,
             t.crops_per_image,
-            64,
             *aligned,
+            scales=tuple(t.get("crop_scales", (1,))),
             limits_Nx2=sizes_nx2,
             focus=focus,
             placement=t.get("crop_placement", "uniform"),

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import configlib, model, pyramid, scoring, spread
+from cmaae_jax import configlib, model, patches, pyramid, scoring, spread
 from configs import default
 
 
@@ -120,3 +120,58 @@ def test_map_options_read_from_a_config():
     assert options["levels"] == (1, 2) and options["stride"] == config.score.stride
     del config.score["pyramid"]  # a run saved before the option existed: one scale
     assert scoring.map_options(config.score)["levels"] == (1,)
+
+
+def _checkerboards(n: int, h: int, w: int) -> np.ndarray:
+    """Image i: a one-pixel checkerboard of 10 i and 10 i + 1 (2x2 block means: 10 i + 0.5)."""
+    board = (np.add.outer(np.arange(h), np.arange(w)) % 2).astype(np.float32)
+    return np.stack([np.repeat((10.0 * i + board)[..., None], 3, -1) for i in range(n)])
+
+
+def test_scaled_crops_split_the_images_over_the_scales():
+    x = _checkerboards(4, 128, 256)
+    x[:, :, 128:] = 1000.0  # outside the valid region (limits below): never cropped
+    limits = np.tile([[128, 128]], (4, 1))
+    mask = np.zeros((4, 128, 256), bool)
+    mask[:, ::2, ::2] = True  # one pixel of each 2x2 block
+    key = jax.random.PRNGKey(3)
+    xs, ys, ms = pyramid.scaled_crops(
+        key,
+        jnp.asarray(x),
+        5,
+        jnp.asarray(2 * x),
+        jnp.asarray(mask),
+        scales=(1, 2),
+        limits_Nx2=jnp.asarray(limits),
+    )
+    xs, ys, ms = map(np.asarray, (xs, ys, ms))
+    assert xs.shape == (20, 64, 64, 3) and ms.shape == (20, 64, 64)
+    assert xs.max() < 1000  # the valid region, halved at scale 2
+    np.testing.assert_array_equal(ys, 2 * xs)  # the target follows its image
+    full, half = xs[:10], xs[10:]  # two images' five crops at each scale, scale 1 first
+    assert np.all(full == np.round(full)) and np.all(half % 10 == 0.5)
+    images_full = {int(v) // 10 for v in np.unique(full)}
+    images_half = {int(v) // 10 for v in np.unique(half)}
+    assert len(images_full) == len(images_half) == 2 and images_full | images_half == {0, 1, 2, 3}
+    assert ms[10:].all()  # every 2x2 block holds a masked pixel
+    # at scale 1 the mask is its image's: a quarter of every crop, on checkerboard zeros
+    np.testing.assert_array_equal(ms[:10].mean((1, 2)), 0.25)
+    assert np.all(full[..., 0][ms[:10]] % 10 == 0)
+    # one scale is exactly `patches.random_crops`
+    one = pyramid.scaled_crops(key, jnp.asarray(x), 5, limits_Nx2=jnp.asarray(limits))
+    np.testing.assert_array_equal(
+        one[0], patches.random_crops(key, jnp.asarray(x), 5, 64, limits_Nx2=jnp.asarray(limits))[0]
+    )
+    with pytest.raises(ValueError, match="cannot be split"):
+        pyramid.scaled_crops(key, jnp.asarray(x[:1]), 5, scales=(1, 2))
+
+
+def test_crop_scales_are_checked_in_one_line():
+    c = default.get_config()
+    c.train.crop_scales = (1, 3)
+    with pytest.raises(ValueError, match="train.crop_scales"):
+        configlib.validate(c, num_devices=2)
+    c.train.crop_scales = (1, 2, 4)
+    c.train.batch_size, c.train.crops_per_image = 64, 16  # 4 images: 2 per device, 3 scales
+    with pytest.raises(ValueError, match="at least one image per scale"):
+        configlib.validate(c, num_devices=2)

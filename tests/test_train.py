@@ -141,6 +141,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("anomaly__focus_crops", 1.5),
         ("train__cpu_scheduler", "fastest"),
         ("train__crop_placement", "edges"),
+        ("train__crop_scales", (1, 3)),
         ("anomaly__thinnest_px", 17.0),  # the tiny config's paste is 32: at most 16
         ("train__ema_decay", 1.0),
         ("train__ema_decay", -0.5),
@@ -167,14 +168,14 @@ def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch
     config.anomaly.focus_crops = 0.3  # rounded: 1.2 -> 1
     assert train.focus_count(config) == 1
     config.anomaly.focus_crops = 0.5
-    seen, placements, real = [], [], train.patches.random_crops
+    seen, placements, real = [], [], train.pyramid.patches.random_crops
 
     def spy(*args, focus=None, placement="uniform", **kwargs):
         seen.append(None if focus is None else (focus[0].shape, focus[0].dtype, focus[1]))
         placements.append(placement)
         return real(*args, focus=focus, placement=placement, **kwargs)
 
-    monkeypatch.setattr(train.patches, "random_crops", spy)
+    monkeypatch.setattr(train.pyramid.patches, "random_crops", spy)
     thinnest, real_synthesize = [], train.gaaga.synthesize
 
     def spy_synthesize(*args):
@@ -318,3 +319,35 @@ def test_first_replica_is_the_first_devices_copy_without_an_op():
     out = per_device(jnp.ones((4, 3)))
     np.testing.assert_array_equal(train.first_replica(out), np.full(3, 10.0))
     assert isinstance(train.first_replica(out), np.ndarray)
+
+
+def test_crop_scales_crop_each_share_of_the_images_at_its_scale(data_root, monkeypatch):
+    # train.crop_scales=(1, 2): of each device's 2 images, one cropped as loaded (64 px) and
+    # one shrunk by 2 (32 px, reflected to a whole 64-px patch), in both stages.
+    devices = jax.local_device_count()
+    config = tiny_config(
+        data_root,
+        train__crop_scales=(1, 2),
+        train__crops_per_image=4,
+        train__batch_size=2 * 4 * devices,
+    )
+    canvases, real = [], train.pyramid.patches.random_crops
+
+    def spy(key, images, *args, **kwargs):
+        canvases.append(images.shape[:3])
+        return real(key, images, *args, **kwargs)
+
+    monkeypatch.setattr(train.pyramid.patches, "random_crops", spy)
+    net = model.from_config(config)
+    state = state_lib.init_state(config, net)
+    images = np.zeros((devices, 2, 64, 64, 3), np.uint8)
+    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    for stage in (1, 2):
+        s = state_lib.to_stage2(config, state) if stage == 2 else state
+        step = train.make_train_step(
+            config, net, stage, state_lib.make_optimizer(config, s.params, stage)
+        )
+        key = train.replicate(jax.random.key(0))
+        out = jax.eval_shape(step, train.replicate(s), images, bank, key)
+        assert out[1]["loss"].shape == (devices,)
+    assert canvases == [(1, 64, 64)] * 4  # one image per scale per stage
