@@ -1,0 +1,42 @@
+"""Per-type table of scored runs' records (eval/metrics.json), one row per `label=workdir`.
+
+    python scripts/records_table.py A1=runs/study512b/varied/seed10 \
+        B2=runs/study512_scales_pyramid/varied/seed10
+
+Columns: mean4 AUPRO (blowhole, break, crack, fray), each type's AUPRO, mean4 F1 max, mean4
+label-free F1 (the run's threshold rule) and mean4 image AUROC. Markdown, to stdout.
+"""
+
+import json
+import sys
+
+from cmaae_jax import workdir as workdir_lib
+
+MEAN4 = ("blowhole", "break", "crack", "fray")
+TYPES = (*MEAN4, "uneven")
+
+
+def row(label: str, workdir: str) -> str:
+    per_type = json.loads(workdir_lib.eval_metrics_path(workdir).read_text())["per_type"]
+
+    def mean4(key):
+        return sum(per_type[t][key] for t in MEAN4) / len(MEAN4)
+
+    aupro = [f"{per_type[t]['pixel_aupro']:.3f}" if t in per_type else "" for t in TYPES]
+    cells = [label, f"{mean4('pixel_aupro'):.3f}", *aupro]
+    cells += [f"{mean4(k):.4f}" for k in ("pixel_f1_max", "pixel_f1")]
+    cells.append(f"{mean4('image_auroc'):.3f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(pairs):
+    head = ["run", "mean4 AUPRO", *TYPES, "mean4 F1 max", "mean4 F1", "image AUROC"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for pair in pairs:
+        label, _, workdir = pair.partition("=")
+        print(row(label, workdir))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
