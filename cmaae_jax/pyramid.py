@@ -111,7 +111,8 @@ def scaled_crops(key, inp_NxHxWx3: Array, crops_per_image: int, *aligned, scales
     for factor, rows in zip(scales, np.array_split(np.arange(n), len(scales)), strict=True):
         pick = order[rows]
         arrays = [a[pick] for a in (inp_NxHxWx3, *aligned)]
-        arrays = [shrink(a, factor) if a.ndim == 4 else shrink_mask(a, factor) for a in arrays]
+        if factor > 1:  # the image as loaded needs no block means
+            arrays = [shrink(a, factor) if a.ndim == 4 else shrink_mask(a, factor) for a in arrays]
         part_kw = dict(kw)
         if limits is not None:
             part_kw["limits_Nx2"] = jnp.asarray(limits, jnp.int32)[pick] // factor
