@@ -74,6 +74,7 @@ def _validate_model(m, loss):
     _one_of(m.conv_impl, model.CONV_IMPLS, "model.conv_impl")
     _at_least(loss.w_rec, 0, "loss.w_rec")
     _at_least(loss.w_sparse, 0, "loss.w_sparse")
+    _at_least(loss.get("w_feat", 0.0), 0, "loss.w_feat")
     _at_least(loss.get("w_seg", 1.0), 0, "loss.w_seg")
     _one_of(m.get("segment_head", False), (False, True), "model.segment_head")
 

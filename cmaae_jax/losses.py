@@ -1,5 +1,6 @@
 """CMA-AE training loss: weighted L1 reconstruction + memory-addressing entropy (sparsity),
-and the segment head's per-pixel cross-entropy against the paste mask (stage 2)."""
+optionally the first encoder layer's feature residual (what the default MSFR map scores), and
+the segment head's per-pixel cross-entropy against the paste mask (stage 2)."""
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,20 @@ def total(target, rec, entropy_B, w_rec, w_sparse):
     rec_loss = reconstruction_l1(target, rec)
     sparse = jnp.mean(entropy_B)
     return w_rec * rec_loss + w_sparse * sparse, {"l1": rec_loss, "entropy": sparse}
+
+
+def feature_residual(net, params, target_Bx64x64x3, rec_Bx64x64x3):
+    """sum (F1(target) - F1(rec))^2 / sum F1(target)^2: the squared residual of encoder layer 1
+    (the default MSFR scale, eq. 14) relative to the target's feature energy, so the weight
+    `loss.w_feat` does not depend on the layer's scale. The layer is a fixed loss network
+    here: its parameters and the denominator carry no gradient, so only the reconstruction
+    (and through it the rest of the model) learns from this term, and the encoder cannot
+    lower it by shrinking its first layer."""
+    frozen = {"params": jax.lax.stop_gradient(params)}
+    f_target = net.apply(frozen, target_Bx64x64x3, 1, method="features")[0]
+    f_rec = net.apply(frozen, rec_Bx64x64x3, 1, method="features")[0]
+    energy = jax.lax.stop_gradient(jnp.sum(jnp.square(f_target)))
+    return jnp.sum(jnp.square(f_target - f_rec)) / (energy + 1e-12)
 
 
 def segmentation_bce(logits_BxHxW, mask_BxHxW):

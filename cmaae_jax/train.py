@@ -110,6 +110,10 @@ def device_step(config, net, stage: int, tx):
                 y_Bx64x64x3, rec, aux["entropy"], config.loss.w_rec, config.loss.w_sparse
             )
             parts = {**parts, **model.code_statistics(aux)}
+            if config.loss.get("w_feat", 0.0) > 0:
+                feat = losses.feature_residual(net, params, y_Bx64x64x3, rec)
+                loss = loss + config.loss.w_feat * feat
+                parts = {**parts, "feat": feat}
             if train_head:  # the head sees the repair without sending gradient into it
                 logits = net.apply(
                     {"params": params}, x_Bx64x64x3, jax.lax.stop_gradient(rec), method="segment"

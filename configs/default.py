@@ -43,6 +43,7 @@ def get_config():
     c.loss = ml_collections.ConfigDict()
     c.loss.w_rec = 50.0  # weight of the L1 reconstruction loss
     c.loss.w_sparse = 0.01  # weight of the memory-addressing entropy loss
+    c.loss.w_feat = 0.0  # > 0: weight of layer 1's relative feature residual (0 = paper)
     c.loss.w_seg = 1.0  # weight of the segment head's cross-entropy (stage 2, own parameters)
 
     c.anomaly = ml_collections.ConfigDict()

@@ -252,6 +252,42 @@ def test_loss_is_weighted_l1_plus_mean_entropy():
     np.testing.assert_allclose(loss, 50 * 0.625 + 0.01 * 0.3, rtol=1e-6)
 
 
+def _layer1_by_loops(x_HxWx3, kernel_4x4x3x32, bias_32):
+    """Encoder layer 1 by explicit loops: 4x4 kernel, stride 2, one pixel of zero padding,
+    bias, leaky ReLU 0.2."""
+    xp = np.pad(x_HxWx3, ((1, 1), (1, 1), (0, 0)))
+    h, w = x_HxWx3.shape[0] // 2, x_HxWx3.shape[1] // 2
+    out = np.zeros((h, w, kernel_4x4x3x32.shape[-1]))
+    for i in range(h):
+        for j in range(w):
+            window = xp[2 * i : 2 * i + 4, 2 * j : 2 * j + 4, :]
+            out[i, j] = np.tensordot(window, kernel_4x4x3x32, axes=3) + bias_32
+    return np.where(out > 0, out, 0.2 * out)
+
+
+def test_feature_residual_is_layer_ones_relative_error_and_trains_only_through_rec(cmam):
+    net, variables = cmam
+    params = variables["params"]
+    rng = np.random.default_rng(0)
+    target = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    rec = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    conv1 = {k: np.asarray(v, np.float64) for k, v in params["encoder"]["conv1"].items()}
+    f_t = np.stack([_layer1_by_loops(x, conv1["kernel"], conv1["bias"]) for x in target])
+    f_r = np.stack([_layer1_by_loops(x, conv1["kernel"], conv1["bias"]) for x in rec])
+    expected = np.sum((f_t - f_r) ** 2) / np.sum(f_t**2)
+    got = losses.feature_residual(net, params, jnp.asarray(target), jnp.asarray(rec))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-4)
+    assert float(losses.feature_residual(net, params, target, target)) == 0.0
+    # The layer is a fixed loss network: no gradient reaches any parameter through it ...
+    g_params = jax.grad(lambda p: losses.feature_residual(net, p, target, rec))(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_params))
+    # ... while the reconstruction gets one that lowers the term.
+    g_rec = jax.grad(lambda r: losses.feature_residual(net, params, target, r))(jnp.asarray(rec))
+    nudged = rec - 0.01 * g_rec / jnp.abs(g_rec).max()
+    stepped = losses.feature_residual(net, params, target, nudged)
+    assert float(stepped) < float(got)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_close_outputs():
     x = jax.random.uniform(jax.random.key(4), (2, 64, 64, 3), minval=-1, maxval=1)
     m32 = model.CMAAE(memory_size=16)

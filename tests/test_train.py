@@ -147,6 +147,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("train__ema_decay", -0.5),
         ("score__weights", "best"),
         ("score__flip", "vertical"),
+        ("loss__w_feat", -1.0),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
@@ -231,6 +232,29 @@ def _first_step(config, seed: int, key: int):
     bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
     new, m = step(train.replicate(state), images, bank, train.replicate(jax.random.key(key)))
     return float(m["loss"][0]), _flat(state.params), _flat(train.unreplicate_to_host(new).params)
+
+
+def test_feature_term_adds_its_weighted_residual_to_the_steps_loss(data_root):
+    """`loss.w_feat` adds w_feat * the layer-1 residual (tested by hand in test_model.py) to
+    the loss of the same forward pass, reports it, and changes the update."""
+    out = {}
+    for w_feat in (0.0, 2.5):
+        config = tiny_config(data_root, loss__w_feat=w_feat)
+        net = model.from_config(config)
+        state = state_lib.init_state(config, net)
+        tx = state_lib.make_optimizer(config, state.params, 1)
+        step = train.make_train_step(config, net, 1, tx)
+        images = np.random.default_rng(2).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
+        bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+        new, m = step(train.replicate(state), images, bank, train.replicate(jax.random.key(3)))
+        out[w_feat] = ({k: float(v[0]) for k, v in m.items()}, _flat(new.params))
+    plain, (with_feat, params_feat) = out[0.0][0], out[2.5]
+    assert "feat" not in plain and with_feat["feat"] > 0
+    assert with_feat["l1"] == pytest.approx(plain["l1"], rel=1e-6)
+    expected = plain["loss"] + 2.5 * with_feat["feat"]
+    assert with_feat["loss"] == pytest.approx(expected, rel=1e-5)
+    moved = [np.abs(params_feat[k] - v).max() for k, v in out[0.0][1].items()]
+    assert max(moved) > 1e-6
 
 
 def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with(data_root):
