@@ -141,6 +141,8 @@ def _validate_anomaly(a, image_size):
         thinnest,
         f"must be in [0, anomaly.patch_size / 2 = {a.patch_size / 2}]",
     )
+    opacity = a.get("min_opacity", 1.0)
+    _check(0 < opacity <= 1, "anomaly.min_opacity", opacity, "must be in (0, 1]")
     share = a.get("focus_crops", 0.0)
     _check(0 <= share <= 1, "anomaly.focus_crops", share, "must be in [0, 1]")
     src = a.natural_source

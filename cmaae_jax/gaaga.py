@@ -161,9 +161,11 @@ def _patches_one(u, image, valid_hw, bank, patch_size, blur_sigma, paste_shape, 
     return patches, masks, places, u[5][0] < 0.5
 
 
-def _paste_all(normal, patches, masks, places, blur_first):
+def _paste_all(normal, patches, masks, places, blur_first, opacity_Bx2=None):
     """Pastes the (natural, blurred) patches [B, P, P, C] through masks [B, P, P] at places
     [B, 2, (y, x)], in the order blur_first [B] sets (the second may cover part of the first).
+    `opacity_Bx2` (natural, blurred; None: 1) blends each paste over what lies under it:
+    region + opacity * (patch - region) inside the mask.
 
     A loop over the batch keeps every update an in-place slice update (under vmap they become
     scatters over whole images). The changed-pixel mask compares final and original images on
@@ -181,6 +183,8 @@ def _paste_all(normal, patches, masks, places, blur_first):
             patch = jnp.where(j == 0, patches[0][b], patches[1][b])
             shape = jnp.where(j == 0, masks[0][b], masks[1][b])
             region = jax.lax.dynamic_slice(out, window(out, b, j), (1, p, p, channels))
+            if opacity_Bx2 is not None:
+                patch = region[0] + opacity_Bx2[b, j] * (patch - region[0])
             region = jnp.where(shape[None, ..., None], patch[None], region)
             out = jax.lax.dynamic_update_slice(out, region, window(out, b, j))
         for j in range(2):  # image b is final now
@@ -195,7 +199,15 @@ def _paste_all(normal, patches, masks, places, blur_first):
 
 
 def synthesize(
-    key, normal, bank, patch_size, blur_sigma, paste_shape="blob", limits_Bx2=None, thinnest_px=0.0
+    key,
+    normal,
+    bank,
+    patch_size,
+    blur_sigma,
+    paste_shape="blob",
+    limits_Bx2=None,
+    thinnest_px=0.0,
+    min_opacity=1.0,
 ):
     """GAAGA on a batch: returns (anomalous [B,S,S,C], clean [B,S,S,C], mask [B,S,S] bool).
 
@@ -207,7 +219,9 @@ def synthesize(
     canvas, as keep_aspect pads it) keeps the pastes on the image (`paste_places`); without
     it, or with full-canvas limits, the pastes are those of square images. `thinnest_px`
     (static, `varied` only): the smallest half-axis in pixels (0: VARIED_MIN_AXIS of half
-    the side).
+    the side). `min_opacity` (static): below 1, each paste is blended over the image with its
+    own opacity, uniform in [min_opacity, 1] (drawn from `fold_in(key, 1)`, so the shapes and
+    places are those of the hard pastes); 1 is the paper's hard paste.
     """
     if paste_shape not in PASTE_SHAPES:
         raise ValueError(f"paste_shape must be one of {PASTE_SHAPES}, got {paste_shape!r}")
@@ -226,7 +240,11 @@ def synthesize(
     def one(u, img, hw):
         return _patches_one(u, img, hw, bank, patch_size, blur_sigma, paste_shape, thinnest_px)
 
-    anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal, limits_Bx2))
+    opacity = None
+    if min_opacity < 1.0:
+        a = jax.random.uniform(jax.random.fold_in(key, 1), (normal.shape[0], 2))
+        opacity = (min_opacity + (1.0 - min_opacity) * a).astype(normal.dtype)
+    anomalous, mask = _paste_all(normal, *jax.vmap(one)(u, normal, limits_Bx2), opacity)
     return anomalous, normal, mask
 
 

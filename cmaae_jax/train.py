@@ -81,6 +81,7 @@ def device_step(config, net, stage: int, tx):
                 shape,
                 sizes_nx2,
                 a.get("thinnest_px", 0.0),
+                a.get("min_opacity", 1.0),
             )
             target = clean if t.stage2_target == "clean" else inp
         else:

@@ -53,6 +53,7 @@ def get_config():
     c.anomaly.blur_sigma = 3.0  # Gaussian-blur sigma (pixels) of the resized normal region
     c.anomaly.paste_shape = "varied"  # varied (blobs, spots, strokes) | blob | rect (eq. 1)
     c.anomaly.thinnest_px = 0.0  # varied: smallest half-axis in px (0: 1/32 of half the paste)
+    c.anomaly.min_opacity = 1.0  # < 1: each training paste blended at opacity U[this, 1]; 1 paper
     c.anomaly.focus_crops = 0.0  # stage 2: share of each image's crops holding a pasted pixel
 
     c.train = ml_collections.ConfigDict()

@@ -364,3 +364,36 @@ def test_paste_on_host_keeps_pastes_on_the_valid_region_and_reflects_them():
         cols = np.r_[np.arange(w), np.arange(w - 2, -1, -1)][: im.shape[1]]
         if len(rows) == im.shape[0] and len(cols) == im.shape[1]:
             np.testing.assert_array_equal(o, valid[rows][:, cols])
+
+
+def test_pastes_below_full_opacity_blend_over_the_image_at_the_same_places():
+    """A zero image and a bank of ones: the blurred patch (a region of the zero image) changes
+    nothing, so wherever the natural paste shows at full opacity it reads 1, and at
+    `min_opacity=a` it reads the image's own natural-paste opacity, one number in [a, 1]."""
+    n = 32
+    zeros = jnp.zeros((n, SIZE, SIZE, 3))
+    ones = jnp.ones((3, SIZE, SIZE, 3))
+    syn = jax.jit(
+        gaaga.synthesize,
+        static_argnames=("patch_size", "blur_sigma", "paste_shape", "min_opacity"),
+    )
+    key = jax.random.key(3)
+    hard, _, m_hard = (np.asarray(v) for v in syn(key, zeros, ones, PATCH, SIGMA, "varied"))
+    same, _, m_same = syn(key, zeros, ones, PATCH, SIGMA, "varied", min_opacity=1.0)
+    np.testing.assert_array_equal(same, hard)
+    np.testing.assert_array_equal(m_same, m_hard)
+    assert np.all(hard[m_hard] == 1.0) and np.all(hard[~m_hard] == 0.0)
+    soft, _, m_soft = (
+        np.asarray(v) for v in syn(key, zeros, ones, PATCH, SIGMA, "varied", min_opacity=0.3)
+    )
+    assert np.all(m_soft[m_hard])  # the same places; the blurred paste may now show too
+    assert np.all(soft[~m_soft] == 0.0) and np.all(soft[m_soft] > 0.0)
+    alphas = []
+    for b in range(n):
+        values = soft[b][m_hard[b]].ravel()
+        if values.size:
+            np.testing.assert_allclose(values, values[0], rtol=1e-6)
+            alphas.append(values[0])
+    alphas = np.array(alphas)
+    assert len(alphas) > n // 2 and np.all((alphas >= 0.3 - 1e-6) & (alphas <= 1.0))
+    assert alphas.min() < 0.5 and alphas.max() > 0.8  # spread over [0.3, 1]

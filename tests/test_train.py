@@ -148,6 +148,8 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("score__weights", "best"),
         ("score__flip", "vertical"),
         ("loss__w_feat", -1.0),
+        ("anomaly__min_opacity", 0.0),
+        ("anomaly__min_opacity", 1.5),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
@@ -156,7 +158,7 @@ def test_impossible_config_values_name_the_field(data_root, field, value):
         configlib.validate(config)
 
 
-def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch):
+def test_stage2_passes_its_crop_share_thinnest_stroke_and_opacity(data_root, monkeypatch):
     # 0.5 of 4 crops per image: 2 placed on the pastes, in stage 2 only; the crop placement
     # in both stages.
     config = tiny_config(
@@ -180,11 +182,12 @@ def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch
     thinnest, real_synthesize = [], train.gaaga.synthesize
 
     def spy_synthesize(*args):
-        thinnest.append(args[7])
+        thinnest.append(args[7:9])
         return real_synthesize(*args)
 
     monkeypatch.setattr(train.gaaga, "synthesize", spy_synthesize)
     config.anomaly.thinnest_px = 3.0
+    config.anomaly.min_opacity = 0.4
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
     images = np.zeros((4, 1, 64, 64, 3), np.uint8)
@@ -197,7 +200,7 @@ def test_stage2_passes_its_crop_share_and_thinnest_stroke(data_root, monkeypatch
         jax.eval_shape(step, train.replicate(s), images, bank, train.replicate(jax.random.key(0)))
     assert seen == [None, ((1, 64, 64), jnp.bool_, 2)]
     assert placements == ["cover", "cover"]
-    assert thinnest == [3.0]  # stage 2 only
+    assert thinnest == [(3.0, 0.4)]  # stage 2 only
 
 
 def test_cosine_schedule_factors_by_hand(data_root):
