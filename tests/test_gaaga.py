@@ -11,7 +11,9 @@ from cmaae_jax import gaaga, synthetic
 
 SIZE, PATCH, SIGMA, BATCH = 128, 64, 2.0, 4
 
-synthesize = jax.jit(gaaga.synthesize, static_argnames=("patch_size", "blur_sigma", "paste_shape"))
+synthesize = jax.jit(
+    gaaga.synthesize, static_argnames=("patch_size", "blur_sigma", "paste_shape", "min_opacity")
+)
 run = functools.partial(synthesize, patch_size=PATCH, blur_sigma=SIGMA)
 
 
@@ -373,18 +375,14 @@ def test_pastes_below_full_opacity_blend_over_the_image_at_the_same_places():
     n = 32
     zeros = jnp.zeros((n, SIZE, SIZE, 3))
     ones = jnp.ones((3, SIZE, SIZE, 3))
-    syn = jax.jit(
-        gaaga.synthesize,
-        static_argnames=("patch_size", "blur_sigma", "paste_shape", "min_opacity"),
-    )
     key = jax.random.key(3)
-    hard, _, m_hard = (np.asarray(v) for v in syn(key, zeros, ones, PATCH, SIGMA, "varied"))
-    same, _, m_same = syn(key, zeros, ones, PATCH, SIGMA, "varied", min_opacity=1.0)
+    hard, _, m_hard = (np.asarray(v) for v in synthesize(key, zeros, ones, PATCH, SIGMA, "varied"))
+    same, _, m_same = synthesize(key, zeros, ones, PATCH, SIGMA, "varied", min_opacity=1.0)
     np.testing.assert_array_equal(same, hard)
     np.testing.assert_array_equal(m_same, m_hard)
     assert np.all(hard[m_hard] == 1.0) and np.all(hard[~m_hard] == 0.0)
     soft, _, m_soft = (
-        np.asarray(v) for v in syn(key, zeros, ones, PATCH, SIGMA, "varied", min_opacity=0.3)
+        np.asarray(v) for v in synthesize(key, zeros, ones, PATCH, SIGMA, "varied", min_opacity=0.3)
     )
     assert np.all(m_soft[m_hard])  # the same places; the blurred paste may now show too
     assert np.all(soft[~m_soft] == 0.0) and np.all(soft[m_soft] > 0.0)
