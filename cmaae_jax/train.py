@@ -60,32 +60,68 @@ def make_train_step(config, net, stage: int, tx):
     return jax.pmap(device_step(config, net, stage, tx), axis_name=AXIS, donate_argnums=(0,))
 
 
+def stage_inputs(config, stage: int, key, clean, bank, sizes_nx2=None):
+    """(input, target, paste mask or None) images of one device's batch: stage 1 the clean
+    images; stage 2 GAAGA's pastes on them, with the clean images (or the pasted ones,
+    `train.stage2_target=input`) as the target."""
+    if stage != 2:
+        return clean, clean, None
+    a = config.anomaly
+    inp, clean, mask = gaaga.synthesize(
+        key,
+        clean,
+        bank,
+        a.patch_size,
+        a.blur_sigma,
+        a.get("paste_shape", "blob"),
+        sizes_nx2,
+        a.get("thinnest_px", 0.0),
+        a.get("min_opacity", 1.0),
+    )
+    return inp, clean if config.train.stage2_target == "clean" else inp, mask
+
+
+def make_loss_fn(config, batch_stats, x_Bx64x64x3, y_Bx64x64x3, mask_Bx64x64=None):
+    """loss_fn(params, net) -> (loss, (metric parts, new batch_stats)) of one batch of crops:
+    eq. 11's terms, `loss.w_feat`'s feature residual and, given the crops' paste mask, the
+    segment head's cross-entropy (the head sees the repair without sending gradient into it)."""
+    t, w = config.train, config.loss
+
+    def loss_fn(params, net):
+        apply = functools.partial(net.apply, train=True, mutable=["batch_stats"])
+        if t.get("remat", "none") != "none":
+            apply = jax.checkpoint(apply, policy=REMAT_POLICIES[t.remat])
+        (rec, aux), upd = apply({"params": params, "batch_stats": batch_stats}, x_Bx64x64x3)
+        loss, parts = losses.total(y_Bx64x64x3, rec, aux["entropy"], w.w_rec, w.w_sparse)
+        parts = {**parts, **model.code_statistics(aux)}
+        if w.get("w_feat", 0.0) > 0:
+            feat = losses.feature_residual(net, params, y_Bx64x64x3, rec)
+            loss = loss + w.w_feat * feat
+            parts = {**parts, "feat": feat}
+        if mask_Bx64x64 is not None:
+            logits = net.apply(
+                {"params": params}, x_Bx64x64x3, jax.lax.stop_gradient(rec), method="segment"
+            )
+            seg = losses.segmentation_bce(logits, mask_Bx64x64)
+            loss = loss + w.get("w_seg", 1.0) * seg
+            parts = {**parts, "seg_bce": seg}
+        return loss, (parts, upd["batch_stats"])
+
+    return loss_fn
+
+
 def device_step(config, net, stage: int, tx):
     """The step of one device (arguments without the leading device axis), its collectives
     over the axis `AXIS`: what `make_train_step` pmaps."""
-    t, a = config.train, config.anomaly
+    t = config.train
     net = net.clone(axis_name=AXIS)
 
     def step(state, images_u8, bank, key, sizes_nx2=None):
         key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
         k_anomaly, k_crop = jax.random.split(key)
-        clean = images.to_float(images_u8)
-        if stage == 2:
-            shape = a.get("paste_shape", "blob")
-            inp, clean, mask = gaaga.synthesize(
-                k_anomaly,
-                clean,
-                bank,
-                a.patch_size,
-                a.blur_sigma,
-                shape,
-                sizes_nx2,
-                a.get("thinnest_px", 0.0),
-                a.get("min_opacity", 1.0),
-            )
-            target = clean if t.stage2_target == "clean" else inp
-        else:
-            inp = target = clean
+        inp, target, mask = stage_inputs(
+            config, stage, k_anomaly, images.to_float(images_u8), bank, sizes_nx2
+        )
         train_head = stage == 2 and net.segment_head
         aligned = (target, mask) if train_head else (target,)  # the mask only for the head
         focus = (mask, focus_count(config)) if stage == 2 else None
@@ -99,30 +135,7 @@ def device_step(config, net, stage: int, tx):
             focus=focus,
             placement=t.get("crop_placement", "uniform"),
         )
-
-        def loss_fn(params, net):
-            apply = functools.partial(net.apply, train=True, mutable=["batch_stats"])
-            if t.get("remat", "none") != "none":
-                apply = jax.checkpoint(apply, policy=REMAT_POLICIES[t.remat])
-            (rec, aux), upd = apply(
-                {"params": params, "batch_stats": state.batch_stats}, x_Bx64x64x3
-            )
-            loss, parts = losses.total(
-                y_Bx64x64x3, rec, aux["entropy"], config.loss.w_rec, config.loss.w_sparse
-            )
-            parts = {**parts, **model.code_statistics(aux)}
-            if config.loss.get("w_feat", 0.0) > 0:
-                feat = losses.feature_residual(net, params, y_Bx64x64x3, rec)
-                loss = loss + config.loss.w_feat * feat
-                parts = {**parts, "feat": feat}
-            if train_head:  # the head sees the repair without sending gradient into it
-                logits = net.apply(
-                    {"params": params}, x_Bx64x64x3, jax.lax.stop_gradient(rec), method="segment"
-                )
-                seg = losses.segmentation_bce(logits, m_Bx64x64[0])
-                loss = loss + config.loss.get("w_seg", 1.0) * seg
-                parts = {**parts, "seg_bce": seg}
-            return loss, (parts, upd["batch_stats"])
+        loss_fn = make_loss_fn(config, state.batch_stats, x_Bx64x64x3, y_Bx64x64x3, *m_Bx64x64)
 
         def value_and_grad(net, params):
             return jax.value_and_grad(loss_fn, has_aux=True)(params, net)
