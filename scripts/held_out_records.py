@@ -19,12 +19,13 @@ import pathlib
 import numpy as np
 import scipy.stats
 
-KEYS = ("pixel_aupro", "pixel_auroc", "pixel_f1_max", "image_auroc")
+from cmaae_jax import calibration
+from cmaae_jax import workdir as workdir_lib
 
 
 def load(record: pathlib.Path, types) -> dict | None:
     """{'group', 'name', 'test', held-out keys} of one record, None without the check."""
-    metrics = json.loads((record / "eval" / "metrics.json").read_text())
+    metrics = json.loads(workdir_lib.eval_metrics_path(record).read_text())
     held = metrics.get("held_out")
     if not held:
         return None
@@ -33,7 +34,7 @@ def load(record: pathlib.Path, types) -> dict | None:
         "group": str(record.parent),
         "name": str(record),
         "test": test,
-        **{k: float(held[k]) for k in KEYS},
+        **{k: float(held[k]) for k in calibration.HELD_OUT_KEYS},
     }
 
 
@@ -59,7 +60,7 @@ def main():
     types = args.types.split(",")
     seen, rows = set(), []
     for r in map(pathlib.Path, args.records):
-        key = (r / "eval" / "metrics.json").resolve()
+        key = workdir_lib.eval_metrics_path(r).resolve()
         if key in seen or not key.is_file():
             continue
         seen.add(key)
@@ -68,7 +69,7 @@ def main():
             rows.append(row)
     test = [r["test"] for r in rows]
     print(f"{len(rows)} records with the held-out check")
-    for k in KEYS:
+    for k in calibration.HELD_OUT_KEYS:
         rho = scipy.stats.spearmanr(test, [r[k] for r in rows])[0]
         print(f"Spearman(test mean AUPRO, held-out {k}) = {rho:.2f}")
     right, pairs, gains = pair_choices(rows)
