@@ -49,6 +49,8 @@ def traced_step(batch: int, trace_dir: str) -> str:
 
 
 def op_times(trace_dir: str) -> collections.Counter:
+    """Each op's exclusive time per step (ms): a loop's events nest its body's ops, so
+    each event's duration less that of the events inside it on the same thread."""
     import jax
 
     path = glob.glob(trace_dir + "/**/*.xplane.pb", recursive=True)[0]
@@ -56,10 +58,26 @@ def op_times(trace_dir: str) -> collections.Counter:
     for plane in jax.profiler.ProfileData.from_file(path).planes:
         for line in plane.lines:
             if "XLAEigen" in line.name or "PjRtCpuClient" in line.name:
-                for event in line.events:
-                    if not event.name.startswith("ThunkExecutor"):
-                        times[event.name] += event.duration_ns / 1e6 / TRACED_STEPS
+                events = sorted(
+                    (e.start_ns, e.start_ns + e.duration_ns, e.name)
+                    for e in line.events
+                    if not e.name.startswith("ThunkExecutor")
+                )
+                add_exclusive_times(events, times)
     return times
+
+
+def add_exclusive_times(events, times: collections.Counter) -> None:
+    """Adds each (start, end, name) event's exclusive duration (ms per traced step)."""
+    open_events = []  # [end, name] of the events that enclose the current one
+    for start, end, name in sorted(events, key=lambda e: (e[0], -e[1])):
+        while open_events and open_events[-1][0] <= start:
+            open_events.pop()
+        ms = (end - start) / 1e6 / TRACED_STEPS
+        times[name] += ms
+        if open_events:
+            times[open_events[-1][1]] -= ms
+        open_events.append([end, name])
 
 
 def hlo_info(hlo_text: str) -> dict:
