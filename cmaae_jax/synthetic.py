@@ -17,7 +17,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 FAMILIES = ("wood", "carpet", "tile", "noise", "part")  # part: aligned, as in a fixture
-DEFECT_KINDS = ("scratch", "hole", "spot", "cut", "contamination")
+DEFECT_KINDS = ("scratch", "hole", "spot", "cut", "contamination")  # the demo's test kinds
+CRACK = "crack"  # thin (1-2 px), faint, branching: the hardest kind, on its own category
+# data.category of the synthetic format -> (texture family, defect kinds of its test split)
+CATEGORIES = {**{f: (f, DEFECT_KINDS) for f in FAMILIES}, "part_crack": ("part", (CRACK,))}
 MASK_TOLERANCE = 12  # a defect mask marks pixels where some channel changed by more (0..255)
 MIN_COVERAGE, MAX_COVERAGE = 0.002, 0.05  # share of the image a defect covers
 
@@ -166,11 +169,38 @@ def _stroke(rng, size, length, width, curvature):
     return np.clip(0.5 - _stroke_field(size, points, half), 0.0, 1.0)
 
 
+def _walk(rng, start, angle, steps):
+    """`steps` points one pixel apart from `start`, the heading wandering from `angle`."""
+    heading = angle + np.cumsum(rng.normal(0.0, 0.12, steps))
+    return start + np.cumsum(np.stack([np.sin(heading), np.cos(heading)], -1), 0), heading
+
+
+def _crack(rng, size):
+    """Soft alpha of a thin crack: a line wandering both ways from a point of the middle
+    (0.3-0.6 x size pixels long, 1-2 px wide), with one thinner branch; ends tapered."""
+    n, angle = int(rng.uniform(0.3, 0.6) * size) // 2 * 2, rng.uniform(0, 6.3)
+    centre = rng.uniform(0.3 * size, 0.7 * size, 2)
+    back, _ = _walk(rng, centre, angle + np.pi, n // 2)
+    ahead, heading = _walk(rng, centre, angle, n // 2)
+    main = np.concatenate([back[::-1], ahead])
+    at, m = int(rng.integers(0, n // 4)), int(rng.uniform(0.3, 0.6) * n)
+    turn = rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 0.9)
+    branch, _ = _walk(rng, ahead[at], heading[at] + turn, m)
+    t_main, t_branch = np.linspace(0, 1, n), np.linspace(0, 1, m)
+    half = rng.uniform(0.5, 0.9) * np.concatenate(
+        [np.minimum(1.0, 3 * np.minimum(t_main, 1 - t_main) + 0.3), 0.7 * (1 - 0.7 * t_branch)]
+    )
+    field = _stroke_field(size, np.concatenate([main, branch]), half)
+    return np.clip(0.5 - field, 0.0, 1.0)
+
+
 def _paint(img, kind, rng):
     """Returns the float image with one defect painted in (no masking yet)."""
     size = img.shape[0]
     out = img.astype(np.float64)
     mean = out.reshape(-1, 3).mean(0)
+    if kind == CRACK:  # darker than its surroundings by 35-60 grey levels at its core
+        return out - rng.uniform(35, 60) * _crack(rng, size)[..., None]
     if kind == "scratch":
         width = max(2.0, size / 120)
         alpha = _stroke(rng, size, rng.uniform(0.25, 0.5) * size, width, rng.uniform(0.1, 0.3))
@@ -199,7 +229,7 @@ def _paint(img, kind, rng):
         alpha = _blob(rng, size, centre, radius, wobble=0.35)
         foreign = natural_images(1, size, int(rng.integers(2**31)))[0].astype(np.float64)
         return out * (1 - alpha[..., None]) + foreign * alpha[..., None]
-    raise ValueError(f"unknown defect kind {kind!r}; expected one of {DEFECT_KINDS}")
+    raise ValueError(f"unknown defect kind {kind!r}; expected one of {DEFECT_KINDS + (CRACK,)}")
 
 
 def add_defect(img, kind, rng):
@@ -222,7 +252,9 @@ def add_defect(img, kind, rng):
 
 def _sample_rng(seed, category, split, index):
     """The generator of one image of the tree: independent of how many images are written."""
-    return np.random.default_rng([seed, FAMILIES.index(category), int(split == "test"), index])
+    return np.random.default_rng(
+        [seed, list(CATEGORIES).index(category), int(split == "test"), index]
+    )
 
 
 def _save_png(path, array):
@@ -231,14 +263,15 @@ def _save_png(path, array):
 
 
 def _write_tree(tmp, category, num_train, num_test, seed, image_size):
+    family, kinds = CATEGORIES[category]
     for i in range(num_train):
-        img = texture(category, image_size, _sample_rng(seed, category, "train", i))
+        img = texture(family, image_size, _sample_rng(seed, category, "train", i))
         _save_png(tmp / "train" / "good" / f"{i:03d}.png", img)
-    counts = dict.fromkeys(DEFECT_KINDS + ("good",), 0)
+    counts = dict.fromkeys(kinds + ("good",), 0)
     for i in range(num_test):
         rng = _sample_rng(seed, category, "test", i)
-        img = texture(category, image_size, rng)
-        kind = DEFECT_KINDS[i % len(DEFECT_KINDS)] if i < num_test // 2 else "good"
+        img = texture(family, image_size, rng)
+        kind = kinds[i % len(kinds)] if i < num_test // 2 else "good"
         stem = f"{counts[kind]:03d}"
         counts[kind] += 1
         if kind != "good":
@@ -251,11 +284,14 @@ def write_mvtec_tree(root, category, num_train, num_test, seed, image_size):
     """Writes a synthetic dataset in MVTec AD layout and returns `<root>/<category>`.
 
     `train/good/NNN.png`, `test/good/NNN.png`, `test/<kind>/NNN.png`, `ground_truth/<kind>/
-    NNN_mask.png` (0 / 255); num_test // 2 test images are defective, kinds in turn. Built in a
+    NNN_mask.png` (0 / 255); num_test // 2 test images are defective, the category's kinds in
+    turn (`CATEGORIES`). Built in a
     hidden temporary folder next to it and renamed into place: an interrupted write leaves no
     partial tree. An existing tree is returned as is."""
-    if category not in FAMILIES:
-        raise ValueError(f"unknown synthetic category {category!r}; expected one of {FAMILIES}")
+    if category not in CATEGORIES:
+        raise ValueError(
+            f"unknown synthetic category {category!r}; expected one of {tuple(CATEGORIES)}"
+        )
     root = pathlib.Path(root)
     target = root / category
     if target.is_dir():

@@ -18,7 +18,7 @@ def get_config():
     c.data = ml_collections.ConfigDict()
     c.data.format = "mvtec"  # mvtec | dagm | folder | synthetic
     c.data.root = ""  # dataset root (for synthetic: where the generated tree is written)
-    c.data.category = ""  # MVTec category, DAGM class ("Class7"), or synthetic texture family
+    c.data.category = ""  # MVTec category, DAGM class ("Class7"), or synthetic.CATEGORIES key
     c.data.image_size = 512  # S: images resized to S x S (keep_aspect: long side S); k * 64
     c.data.resize = "keep_aspect"  # keep_aspect (long side S, reflect-padded) | square (paper)
     c.data.use_tfds = False  # read a prepared TFDS dataset (mvtec/dagm) instead of the folders

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from cmaae_jax import synthetic
 
@@ -51,6 +52,25 @@ def test_defect_mask_is_exactly_the_changed_pixels(family, kind):
     assert synthetic.MIN_COVERAGE <= mask.mean() <= synthetic.MAX_COVERAGE
 
 
+def test_cracks_are_thin_faint_darker_lines_and_their_masks_exact():
+    survived = []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        img = synthetic.texture("part", SIZE, rng)
+        cracked, mask = synthetic.add_defect(img, synthetic.CRACK, rng)
+        clean = synthetic.texture("part", SIZE, np.random.default_rng(seed))
+        change = cracked.astype(np.int32) - clean.astype(np.int32)
+        np.testing.assert_array_equal(np.abs(change).max(-1) > 0, mask == 1)
+        assert (change <= 0).all()  # only darker
+        depth = -change.min(-1)[mask == 1]
+        assert (depth > synthetic.MASK_TOLERANCE).all() and depth.max() <= 60
+        assert depth.mean() < 40  # fainter than a scratch (70-100 grey levels at its core)
+        assert synthetic.MIN_COVERAGE <= mask.mean() <= synthetic.MAX_COVERAGE
+        # One erosion by the 3x3 cross keeps ~1/3 of a 3-px line, all but crossings of a 1-2 px one.
+        survived.append(ndimage.binary_erosion(mask).sum() / mask.sum())
+    assert max(survived) < 0.3 and np.median(survived) < 0.1
+
+
 def test_unknown_family_and_kind_are_errors():
     with pytest.raises(ValueError, match="family"):
         synthetic.texture("marble", SIZE, 0)
@@ -85,6 +105,18 @@ def test_write_mvtec_tree_layout_counts_and_masks(tmp_path):
     np.testing.assert_array_equal(
         good, synthetic.texture("tile", SIZE, synthetic._sample_rng(2, "tile", "train", 3))
     )
+
+
+def test_part_crack_category_is_the_part_with_cracks_only(tmp_path):
+    root = synthetic.write_mvtec_tree(tmp_path, "part_crack", 2, 4, seed=1, image_size=SIZE)
+    assert sorted(p.name for p in (root / "test").iterdir()) == ["crack", "good"]
+    assert len(list((root / "test" / "crack").glob("*.png"))) == 2
+    rng = synthetic._sample_rng(1, "part_crack", "train", 1)
+    np.testing.assert_array_equal(
+        _read(root / "train" / "good" / "001.png"), synthetic.texture("part", SIZE, rng)
+    )
+    part = synthetic.texture("part", SIZE, synthetic._sample_rng(1, "part", "train", 1))
+    assert not np.array_equal(part, _read(root / "train" / "good" / "001.png"))  # own samples
 
 
 def test_write_mvtec_tree_is_deterministic_and_not_rewritten(tmp_path, monkeypatch):
