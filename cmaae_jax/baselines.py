@@ -8,6 +8,9 @@ images with the same pastes (`calibration.pasted_split`).
   neighbourhood (sigma in pixels of the resized image): finds small dark/bright spots and
   thin lines, blind to large smooth defects.
 * `mean_image`: |I - mean of the training images|, pixel by pixel: needs aligned images.
+* `mean_image_z`: the same over the training images' spread at that pixel, sqrt(var + median
+  var) (a variation model, as industrial inspection of aligned parts uses it: the part's edges
+  and markings, which vary from image to image, count less than flat surface).
 
 Both work on the grey level (mean over RGB) in [0, 1], on each image's valid region
 (`data.resize=keep_aspect` pads images; the padding is cropped off first and never counts).
@@ -21,7 +24,7 @@ from PIL import Image
 
 from cmaae_jax import calibration, metrics
 
-METHODS = ("local_contrast", "mean_image")
+METHODS = ("local_contrast", "mean_image", "mean_image_z")
 
 
 def grey(images_NxHxWx3_u8) -> np.ndarray:
@@ -38,11 +41,25 @@ def mean_image(images_NxHxWx3_u8, train_images_NxHxWx3_u8) -> np.ndarray:
     return np.abs(grey(images_NxHxWx3_u8) - grey(train_images_NxHxWx3_u8).mean(0))
 
 
+def spread(greys_NxHxW) -> np.ndarray:
+    """sqrt(var + median var) per position of a stack of images: no position's residual is
+    amplified more than 1/sqrt(median var)."""
+    var = np.var(np.asarray(greys_NxHxW, np.float64), axis=0)
+    return np.sqrt(var + np.median(var)).astype(np.float32)
+
+
+def mean_image_z(images_NxHxWx3_u8, train_images_NxHxWx3_u8) -> np.ndarray:
+    train = grey(train_images_NxHxWx3_u8)
+    return mean_image(images_NxHxWx3_u8, train_images_NxHxWx3_u8) / spread(train)
+
+
 def maps(method: str, images, train_images, sigma: float) -> np.ndarray:
     if method == "local_contrast":
         return local_contrast(images, sigma)
     if method == "mean_image":
         return mean_image(images, train_images)
+    if method == "mean_image_z":
+        return mean_image_z(images, train_images)
     raise ValueError(f"baseline method must be one of {METHODS}, got {method!r}")
 
 
@@ -54,11 +71,12 @@ def _resize(grey_HxW, hw) -> np.ndarray:
     return np.asarray(img.resize((int(hw[1]), int(hw[0])), Image.BILINEAR), np.float32)
 
 
-def _mean_template(train) -> np.ndarray:
-    """Mean grey of the training images' valid regions, resized to the largest valid size."""
+def _templates(train):
+    """(mean, spread) of the grey training images' valid regions, resized to the largest
+    valid size."""
     hw = tuple(int(v) for v in train.sizes.max(axis=0))
     greys = [_resize(grey(train.valid_map(i, im)), hw) for i, im in enumerate(train.images)]
-    return np.mean(greys, axis=0, dtype=np.float32)
+    return np.mean(greys, axis=0, dtype=np.float32), spread(greys)
 
 
 def split_maps(method: str, split, train, sigma: float) -> list:
@@ -71,8 +89,9 @@ def split_maps(method: str, split, train, sigma: float) -> list:
     greys = [grey(split.valid_map(i, im)) for i, im in enumerate(split.images)]
     if method == "local_contrast":
         return [np.abs(g - scipy.ndimage.gaussian_filter(g, sigma, mode="reflect")) for g in greys]
-    template = _mean_template(train)
-    return [np.abs(g - _resize(template, g.shape)) for g in greys]
+    mean, sd = _templates(train)
+    sd = sd if method == "mean_image_z" else np.ones_like(sd)
+    return [np.abs(g - _resize(mean, g.shape)) / _resize(sd, g.shape) for g in greys]
 
 
 def label_free_threshold(splits, method, sigma: float, quantile: float, config=None) -> float:

@@ -1,4 +1,4 @@
-"""Non-learned reference maps (local contrast, mean image) on a config's dataset.
+"""Non-learned reference maps (local contrast, mean image, its z-score) on a config's dataset.
 
     python launch/baselines.py --config configs/study.py --json runs/baselines_128.json
 
@@ -28,7 +28,7 @@ def main(argv):
     with _common.user_errors():
         splits = datasets.load_splits(config)
         runs = {f"local_contrast_s{s}": ("local_contrast", float(s)) for s in _SIGMAS.value}
-        runs["mean_image"] = ("mean_image", 0.0)
+        runs.update(mean_image=("mean_image", 0.0), mean_image_z=("mean_image_z", 0.0))
         q = config.eval.threshold_quantile
         results = {
             name: baselines.evaluate(splits, m, s, q, config) for name, (m, s) in runs.items()

@@ -20,6 +20,16 @@ def test_mean_image_by_hand():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_mean_image_z_by_hand():
+    # Two positions: one that never varies in training (var 0), one that varies (var 0.01).
+    train = np.zeros((2, 1, 2, 3), np.uint8)
+    train[0, 0, 1], train[1, 0, 1] = 0, 51  # grey 0 and 0.2: mean 0.1, var 0.01
+    img = np.full((1, 1, 2, 3), 51, np.uint8)  # grey 0.2 at both positions
+    median_var = 0.005  # median of (0, 0.01)
+    want = [[0.2 / np.sqrt(median_var), 0.1 / np.sqrt(0.01 + median_var)]]
+    np.testing.assert_allclose(baselines.mean_image_z(img, train), [want], rtol=1e-5)
+
+
 def test_local_contrast_of_a_flat_image_is_zero_and_peaks_at_a_spot():
     img = np.full((1, 16, 16, 3), 120, np.uint8)
     assert np.abs(baselines.local_contrast(img, 2.0)).max() == pytest.approx(0.0, abs=1e-6)
