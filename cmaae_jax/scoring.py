@@ -37,7 +37,9 @@ Array = jax.Array
 
 # Receptive-field areas of encoder layers 1..3 (4x4, 8x8, 14x14 input pixels).
 RF_AREAS = {1: 16, 2: 64, 3: 196}
-METHODS = ("msfr", "pixel", "segment")
+# score.method; msfr_pixel: the mean of the MSFR and pixel maps, each over its image's median
+# (thin defects on aligned parts: RESULTS.md, twenty-fifth session)
+METHODS = ("msfr", "pixel", "segment", "msfr_pixel")
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
 FLIPS = ("none", "horizontal")
@@ -211,7 +213,12 @@ def anomaly_maps(
         if method == "segment":
             logits = net.apply(variables, x_BxHxWx3, rec, method="segment")
             return segmenter.anomaly_score(logits), rec
-        return msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh), rec
+        msfr = msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh)
+        if method == "msfr_pixel":
+            pixel = pixel_map(x_BxHxWx3, rec)
+            over_median = functools.partial(map_levels.normalize_maps, normalize="median")
+            return 0.5 * (over_median(msfr) + over_median(pixel)), rec
+        return msfr, rec
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
         level_fn = functools.partial(raw_map, net, variables)

@@ -128,6 +128,14 @@ def test_anomaly_maps_methods(setup):
         normed, want / np.median(want, axis=(1, 2), keepdims=True), rtol=1e-5
     )
     assert not np.allclose(normed, want)
+    # msfr_pixel: the MSFR and pixel maps, each over its own image median (numpy), averaged
+    both = scoring.make_map_fn(m, "msfr_pixel", (2,))(variables, images)
+    msfr = np.asarray(_msfr(m, variables, images, rec, (2,)), np.float64)
+    want_both = 0.5 * (
+        msfr / np.median(msfr, axis=(1, 2), keepdims=True)
+        + want / np.median(want, axis=(1, 2), keepdims=True)
+    )
+    np.testing.assert_allclose(both, want_both, rtol=1e-4)
     with pytest.raises(ValueError, match="score.normalize"):
         scoring.make_map_fn(m, "pixel", normalize="mean")
     # horizontal flip: the MSFR map of the mirrored images and their reconstruction,
