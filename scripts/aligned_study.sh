@@ -2,7 +2,8 @@
 # Map options on the aligned part and on its thin faint cracks (RESULTS.md, twenty-fifth
 # session; docs/results/part_crack/PLAN_part_crack.md). Resumable: a finished run, dump or
 # baseline file is skipped. Run from the repository root with nothing else on the cores;
-# the analyses are printed (docs/results/part_crack/analysis.txt).
+# the analyses are printed (docs/results/part_crack/analysis.txt). End-to-end scorings of the
+# runs with other score options: scripts/score_variant.py (RESULTS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 maps=/tmp/maps
@@ -25,13 +26,10 @@ study() {  # category, its defect types, seeds...
       --scale median --combine mean
     python scripts/map_options.py fuse "${m}_py.pkl" "$m.pkl" "${m}_at128.pkl" \
       --scale median --combine geo
-    echo "== $category seed $s: MSFR (A: mean, Z: meanvar)"
-    python scripts/map_options.py analyse "$m.pkl" --sigmas 0 --normalize none \
-      --reference mean,meanvar --types "$types" --quantiles 0.999
-    for f in mp py pixel; do
-      echo "== $category seed $s: $f"
-      python scripts/map_options.py analyse "${m}_$f.pkl" --sigmas 0 --normalize none \
-        --reference mean --types "$types" --quantiles 0.999
+    for f in "" _mp _py _pixel; do  # A, MP, PY, pixel: minus the mean; Z, MPZ, -, PZ: meanvar
+      echo "== $category seed $s: msfr$f"
+      python scripts/map_options.py analyse "$m$f.pkl" --sigmas 0 --normalize none \
+        --reference mean,meanvar --types "$types" --quantiles 0.999
     done
   done
   [ -f "runs/aligned25/${category}_baselines.json" ] || python launch/baselines.py \
