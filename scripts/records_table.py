@@ -2,9 +2,12 @@
 
     python scripts/records_table.py A1=runs/study512b/varied/seed10 \
         B2=runs/study512_scales_pyramid/varied/seed10
+    python scripts/records_table.py --pooled A=runs/aligned25/part_crack_s0
 
 Columns: mean4 AUPRO (blowhole, break, crack, fray), each type's AUPRO, mean4 F1 max, mean4
-label-free F1 (the run's threshold rule) and mean4 image AUROC. Markdown, to stdout.
+label-free F1 (the run's threshold rule) and mean4 image AUROC. With `--pooled` (any data):
+the pooled AUPRO, F1 max, label-free F1, image AUROC and the reference evaluation applied.
+Markdown, to stdout.
 """
 
 import json
@@ -29,7 +32,23 @@ def row(label: str, workdir: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+POOLED = ("pixel_aupro", "pixel_f1_max", "pixel_f1", "image_auroc")
+
+
+def pooled_row(label: str, workdir: str) -> str:
+    record = json.loads(workdir_lib.eval_metrics_path(workdir).read_text())
+    applied = record.get("reference", {})
+    kind = applied.get("kind", "mean") if applied.get("used") else "none"
+    return "| " + " | ".join([label, *(f"{record[k]:.3f}" for k in POOLED), kind]) + " |"
+
+
 def main(pairs):
+    if pairs and pairs[0] == "--pooled":
+        head = ["run", "AUPRO", "F1 max", "label-free F1", "image AUROC", "reference"]
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        for pair in pairs[1:]:
+            print(pooled_row(*pair.split("=", 1)))
+        return
     head = ["run", "mean4 AUPRO", *TYPES, "mean4 F1 max", "mean4 F1", "image AUROC"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
