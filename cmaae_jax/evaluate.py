@@ -95,11 +95,11 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
         picked = np.unique(np.linspace(0, train.num_images - 1, count).round().astype(int))
         sizes = np.concatenate([train.sizes[picked], val.sizes])
         one_size = len({tuple(int(v) for v in hw) for hw in sizes}) == 1
-        if one_size or setting == "mean":  # auto uses no reference for mixed sizes: skip it
+        if one_size or setting != "auto":  # auto uses no reference for mixed sizes: skip it
             ref = reference.build(valid_maps(scorer, train, picked))
-    used, record = reference.choose(setting, ref, held_out, quantile, one_size)
-    ref = ref if used else None
-    held_out = reference.subtract(ref, held_out)
+    kind, record = reference.choose(setting, ref, held_out, quantile, one_size)
+    ref = reference.of_kind(ref, kind)
+    held_out = reference.apply(ref, held_out)
     rule = config.eval.get("threshold_rule", "quantile")
     pooled = np.concatenate([m.ravel() for m in held_out])
     threshold = calibration.label_free_threshold(rule, pooled, quantile)
@@ -108,7 +108,7 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
     if not scores_pastes(config):
         return Calibration(threshold, ref, record, candidates, check)
     maps, masks = pasted_held_out(scorer, val, config, bar)
-    maps = reference.subtract(ref, maps)
+    maps = reference.apply(ref, maps)
     if config.eval.get("held_out_check", False):
         check = calibration.held_out_check(held_out, maps, masks)
         logging.info("held-out check (pastes on held-out normal images): %s", check)
@@ -134,7 +134,7 @@ def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=Non
     written = 0
     for idx, maps in scorer.batches(test.images):
         for pos, maps_g, masks_g in test.valid_groups(idx, maps):
-            maps_g = reference.subtract(ref, maps_g)
+            maps_g = reference.apply(ref, maps_g)
             acc.update(maps_g, masks_g, test.labels[pos], known[pos])
             types = [test.defect_types[i] for i in pos]
             per_type.update(maps_g, masks_g, types, test.labels[pos], known[pos])
@@ -142,7 +142,7 @@ def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=Non
             bar.update(len(idx))
         for i, amap in zip(idx, maps, strict=True):
             if test.labels[i] == 1 and written < max_pictures:
-                amap = reference.subtract(ref, test.valid_map(i, amap))
+                amap = reference.apply(ref, test.valid_map(i, amap))
                 name = f"{test.defect_types[i]}_{pathlib.Path(test.paths[i]).stem}.png"
                 pictures.save_overlay(
                     picture_dir / name,

@@ -53,17 +53,20 @@ def sidecar_path(path) -> pathlib.Path:
     return path.with_name(path.name + ".json")
 
 
-def reference_canvas(ref_HxW, size: int) -> np.ndarray:
-    """The per-position reference (`score.reference`, built by evaluation at the valid map
-    size h x w) at the top left of the S x S canvas, zeros elsewhere (the padding the
-    loaders crop off). The exported function subtracts it, so its maps are the library's for
-    images of that size; the loaders refuse other sizes (`check_reference_size`)."""
-    ref_HxW = np.asarray(ref_HxW, np.float32)
-    h, w = ref_HxW.shape
+def reference_canvas(ref, size: int) -> np.ndarray:
+    """The per-position reference ([2, h, w]: mean and spread, `score.reference`, built by
+    evaluation at the valid map size h x w) at the top left of the S x S canvas [2, S, S]; the
+    padding the loaders crop off gets mean 0 and spread 1. The exported function applies it,
+    so its maps are the library's for images of that size; the loaders refuse other sizes
+    (`check_reference_size`). None gives the canvas that changes nothing."""
+    canvas = np.stack([np.zeros((size, size), np.float32), np.ones((size, size), np.float32)])
+    if ref is None:
+        return canvas
+    ref = np.asarray(ref, np.float32)
+    h, w = ref.shape[-2:]
     if h > size or w > size:
-        raise ExportError(f"reference of shape {ref_HxW.shape} does not fit the {size} canvas")
-    canvas = np.zeros((size, size), np.float32)
-    canvas[:h, :w] = ref_HxW
+        raise ExportError(f"reference of shape {(h, w)} does not fit the {size} canvas")
+    canvas[:, :h, :w] = ref
     return canvas
 
 
@@ -81,18 +84,18 @@ def check_reference_size(meta: dict, sizes) -> None:
 
 def export_map_fn(config, variables, batch: int, platforms=None, reference=None):
     """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S];
-    minus `reference` ([h, w] per-position normal map, `reference_canvas`) when given."""
+    minus the per-position mean, over the spread, of `reference` ([2, h, w]) when given."""
     from cmaae_jax import model, scoring  # the loader must not need them
 
     net = model.from_config(config)
     options = scoring.map_options(config.score)
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
-    canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
+    mean, spread = jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
-        return maps - canvas
+        return (maps - mean) / spread
 
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
@@ -101,7 +104,11 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
 def describe(config, threshold: float, batch: int, reference=None) -> dict:
     """What every export format records: threshold, score settings, input and output."""
     size = config.data.image_size
-    ref = None if reference is None else {"shape": list(np.shape(reference))}
+    ref = None
+    if reference is not None:
+        from cmaae_jax import reference as reference_lib  # the loader must not need it
+
+        ref = {"shape": list(np.shape(reference)[-2:]), "kind": reference_lib.kind_of(reference)}
     return {
         "reference": ref,
         "threshold": float(threshold),
@@ -117,7 +124,12 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
         "input_scaling": SCALING,
         "output": {"shape": [batch, size, size], "dtype": "float32"},
         "decision": "pixel defective where map >= threshold; image score = max of its map"
-        + ("" if ref is None else "; maps already have the normal per-position mean subtracted"),
+        + (
+            ""
+            if ref is None
+            else "; maps already have the normal per-position mean subtracted"
+            + (" and are divided by its spread" if ref["kind"] == "zscore" else "")
+        ),
         "model": {
             **{k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},
             "segment_head": bool(config.model.get("segment_head", False)),

@@ -76,11 +76,11 @@ def _map_function(config, variables, reference=None):
         options["stride"] = model.PATCH
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
-    canvas = 0.0 if reference is None else jnp.asarray(reference_canvas(reference, size))
+    mean, spread = jnp.asarray(reference_canvas(reference, size))
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
-        return maps - canvas
+        return (maps - mean) / spread
 
     return image_to_map
 

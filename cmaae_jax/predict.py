@@ -156,7 +156,7 @@ class _Stream:
             for j, amap in zip(idx, maps, strict=True):
                 i, _, (h, w) = loaded[j]
                 vh, vw = images.scaled_size((h, w), self.size, self.resize)  # crop the padding
-                amap = reference.subtract(self.ref, amap[:vh, :vw])
+                amap = reference.apply(self.ref, amap[:vh, :vw])
                 rows[j] = _write_one(
                     self.out, self.files[i], amap, (h, w), self.threshold, self.names[i]
                 )

@@ -17,6 +17,12 @@ is the margin a defect must add to a typical normal pixel to cross the label-fre
 (the same quantile q, `eval.threshold_quantile`). Subtracting a reference shifts each position
 by a constant, so a defect's added score is unchanged; the reference is used when it lowers that
 margin on the held-out normal maps (which never enter the reference). No defect label is read.
+
+`zscore` also divides by the normal maps' spread at each position, sqrt(var + median var):
+where normal images differ from each other (an edge that moves with the fixture's play,
+machining marks) a residual counts less than on flat surface. What `auto` applies once it has
+decided that the images are aligned is AUTO_KIND (measured on the synthetic part and its thin
+cracks: RESULTS.md, twenty-fifth session).
 """
 
 import numpy as np
@@ -24,39 +30,67 @@ from PIL import Image
 
 from cmaae_jax import calibration
 
-REFERENCES = ("none", "mean", "auto")  # config score.reference
-FILE = "reference.npy"  # in <workdir>/eval/ when evaluation chose `mean`
+REFERENCES = ("none", "mean", "zscore", "auto")  # config score.reference
+AUTO_KIND = "zscore"  # what `auto` applies to aligned images (RESULTS.md, twenty-fifth session)
+FILE = "reference.npy"  # in <workdir>/eval/: [2, h, w], the mean and the spread (ones: `mean`)
 
 
-def resample(ref_HxW: np.ndarray, shape) -> np.ndarray:
-    """`ref_HxW` bilinearly resampled to `shape` (h, w); returned as is when it already fits."""
+def resample(ref, shape) -> np.ndarray:
+    """A [h, w] map or a [k, h, w] stack of them bilinearly resampled to `shape` (h, w);
+    returned as is when it already fits."""
+    ref = np.asarray(ref, np.float32)
     h, w = shape
-    if ref_HxW.shape == (h, w):
-        return ref_HxW
-    img = Image.fromarray(np.asarray(ref_HxW, np.float32))
-    return np.asarray(img.resize((w, h), Image.BILINEAR), np.float32)
+    if ref.shape[-2:] == (h, w):
+        return ref
+    if ref.ndim == 3:
+        return np.stack([resample(plane, shape) for plane in ref])
+    return np.asarray(Image.fromarray(ref).resize((w, h), Image.BILINEAR), np.float32)
 
 
 def build(normal_maps) -> np.ndarray:
-    """The per-position mean of valid normal maps (a list of [h_i, w_i]), each resampled to the
-    shape of the first; float32 [h_0, w_0]."""
+    """float32 [2, h_0, w_0] of valid normal maps (a list of [h_i, w_i], each resampled to the
+    shape of the first): their per-position mean and spread sqrt(var + median var), which
+    amplifies no position more than 1 / sqrt(median var) (the mean var, or 1, where the
+    median is 0)."""
     if len(normal_maps) == 0:
         raise ValueError("no normal maps to build a reference from")
     shape = np.shape(normal_maps[0])
-    total = np.zeros(shape, np.float64)
+    total, squares = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
     for m in normal_maps:
-        total += resample(np.asarray(m, np.float32), shape)
-    return (total / len(normal_maps)).astype(np.float32)
+        m = resample(np.asarray(m, np.float32), shape).astype(np.float64)
+        total, squares = total + m, squares + m * m
+    mean = total / len(normal_maps)
+    var = np.maximum(squares / len(normal_maps) - mean * mean, 0.0)
+    floor = np.median(var) or var.mean() or 1.0  # maps constant at most positions: still > 0
+    return np.stack([mean, np.sqrt(var + floor)]).astype(np.float32)
 
 
-def subtract(ref_HxW, maps):
-    """Maps minus the reference: one map [h, w], a stack [N, h, w] or a list of maps."""
-    if ref_HxW is None:
+def of_kind(ref, kind):
+    """`ref` as applied by `kind`: `zscore` as built, `mean` with a spread of ones; None for
+    no kind or no reference."""
+    if ref is None or kind is None:
+        return None
+    ref = np.array(ref, np.float32)
+    if kind == "mean":
+        ref[1] = 1.0
+    return ref
+
+
+def kind_of(ref) -> str:
+    """`mean` when the reference's spread is all ones, else `zscore`."""
+    return "mean" if np.all(np.asarray(ref)[1] == 1.0) else "zscore"
+
+
+def apply(ref, maps):
+    """(map - mean) / spread: one map [h, w], a stack [N, h, w] or a list of maps; `maps`
+    unchanged when `ref` is None."""
+    if ref is None:
         return maps
     if isinstance(maps, (list, tuple)):
-        return [subtract(ref_HxW, m) for m in maps]
+        return [apply(ref, m) for m in maps]
     maps = np.asarray(maps, np.float32)
-    return maps - resample(ref_HxW, maps.shape[-2:])
+    mean, spread = resample(ref, maps.shape[-2:])
+    return (maps - mean) / spread
 
 
 def excess(maps, quantile: float) -> float:
@@ -66,32 +100,38 @@ def excess(maps, quantile: float) -> float:
     return float(q - pooled.astype(np.float64).mean())
 
 
-def choose(setting: str, ref_HxW, held_out_maps, quantile: float, one_size: bool = True):
-    """(use the reference?, record) for `setting` none | mean | auto. `one_size`: every map
-    the reference was built from and every held-out map had the same shape. The record holds
-    both excesses on the held-out normal maps when they were computed, and `one_size`."""
+def choose(setting: str, ref, held_out_maps, quantile: float, one_size: bool = True):
+    """(kind applied: `mean` | `zscore` | None, record) for `setting` none | mean | zscore |
+    auto. `one_size`: every map the reference was built from and every held-out map had the
+    same shape. `auto` applies AUTO_KIND where the mean narrows the held-out normal tail; the
+    record holds both excesses on the held-out normal maps when they were computed."""
     if setting not in REFERENCES:
         raise ValueError(f"score.reference must be one of {REFERENCES}, got {setting!r}")
     record = {"setting": setting}
     if setting == "none":
-        return False, {**record, "used": False}
+        return None, {**record, "used": False}
     without = excess(held_out_maps, quantile)
     record.update(one_size=one_size, excess_none=without)
-    if ref_HxW is None:  # auto on images of several sizes: evaluation built none
-        return False, {**record, "used": False}
-    with_ref = excess(subtract(ref_HxW, list(held_out_maps)), quantile)
-    used = setting == "mean" or (one_size and with_ref < without)
-    record.update(used=used, excess_mean=with_ref)
-    return used, record
+    if ref is None:  # auto on images of several sizes: evaluation built none
+        return None, {**record, "used": False}
+    with_ref = excess(apply(of_kind(ref, "mean"), list(held_out_maps)), quantile)
+    used = setting != "auto" or (one_size and with_ref < without)
+    kind = (AUTO_KIND if setting == "auto" else setting) if used else None
+    record.update(used=used, excess_mean=with_ref, kind=kind)
+    return kind, record
 
 
-def save(path, ref_HxW) -> None:
-    """Writes the reference atomically (a reader never sees half a file)."""
+def save(path, ref) -> None:
+    """Writes the reference [2, h, w] atomically (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.asarray(ref_HxW, np.float32))
+    np.save(tmp, np.asarray(ref, np.float32))
     tmp.replace(path)
 
 
 def load(path):
-    """The saved reference, or None when there is none."""
-    return np.load(path) if path.is_file() else None
+    """The saved reference [2, h, w], or None when there is none. A [h, w] file (written
+    before the spread was kept) is a mean: its spread is ones."""
+    if not path.is_file():
+        return None
+    ref = np.load(path)
+    return np.stack([ref, np.ones_like(ref)]) if ref.ndim == 2 else ref

@@ -113,7 +113,7 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     picked = test.select([i for ids in chosen.values() for i in ids])
     maps = scorer(picked.images)
     for j, amap in enumerate(maps):  # cropped to the valid region (keep_aspect padding)
-        amap = reference.subtract(ref, picked.valid_map(j, amap))
+        amap = reference.apply(ref, picked.valid_map(j, amap))
         stem = pathlib.Path(picked.paths[j]).stem
         pictures.save_overlay(
             out / f"{picked.defect_types[j]}_{stem}.png",

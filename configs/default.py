@@ -83,7 +83,8 @@ def get_config():
     c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline) | segment (the head)
     c.score.scales = (1,)  # encoder layers used by MSFR: (1,) finest, 4x4 px; paper (1, 2, 3)
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
-    c.score.reference = "auto"  # none | mean (map minus normal per-position mean) | auto (eval)
+    c.score.reference = "auto"  # none | mean (minus normal per-position mean) | zscore | auto
+    # zscore: minus the mean, over the spread; auto: reference.AUTO_KIND for aligned images
     c.score.reference_images = 64  # training images whose maps make the reference
     c.score.stride = 16  # test-time window stride: 64 = paper's grid; 32|16|8 blend overlaps
     c.score.pyramid = (1,)  # image scales scored: 1 as loaded, 2 halved, 4; geometric mean

@@ -1,4 +1,4 @@
-"""The per-position reference of normal maps (score.reference): build, subtract, choose, carry."""
+"""The per-position reference of normal maps (score.reference): build, apply, choose, carry."""
 
 import ml_collections
 import numpy as np
@@ -10,18 +10,28 @@ from cmaae_jax import configlib, evaluate, export, inference, layouts, predict, 
 from cmaae_jax import workdir as workdir_lib
 
 
-def test_build_is_the_per_position_mean_and_subtract_removes_it():
+def test_build_is_the_per_position_mean_and_spread_and_apply_uses_them():
     a = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     b = np.array([[3.0, 2.0], [1.0, 0.0]], np.float32)
     ref = reference.build([a, b])
-    np.testing.assert_array_equal(ref, [[2.0, 2.0], [2.0, 2.0]])
-    np.testing.assert_array_equal(reference.subtract(ref, a), [[-1, 0], [1, 2]])
-    stack = reference.subtract(ref, np.stack([a, b]))
+    var = np.array([[1.0, 0.0], [1.0, 4.0]])  # by hand; its median is 1
+    spread = np.sqrt(var + 1.0)
+    np.testing.assert_allclose(ref, [np.full((2, 2), 2.0), spread], rtol=1e-6)
+    assert reference.kind_of(ref) == "zscore"
+    np.testing.assert_allclose(reference.apply(ref, a), (a - 2.0) / spread, rtol=1e-6)
+    mean_only = reference.of_kind(ref, "mean")
+    assert reference.kind_of(mean_only) == "mean" and reference.kind_of(ref) == "zscore"
+    np.testing.assert_array_equal(reference.apply(mean_only, a), [[-1, 0], [1, 2]])
+    stack = reference.apply(mean_only, np.stack([a, b]))
     np.testing.assert_array_equal(stack[1], [[1, 0], [-1, -2]])
-    assert reference.subtract(None, a) is a
+    assert reference.apply(None, a) is a and reference.of_kind(ref, None) is None
     # a map of another size: the reference is resampled; a constant stays that constant
-    const = reference.build([np.full((4, 6), 2.5, np.float32)])
-    np.testing.assert_allclose(reference.subtract(const, np.full((8, 3), 3.0)), 0.5, atol=1e-6)
+    const = reference.build([np.full((4, 6), 2.5, np.float32)] * 2)
+    np.testing.assert_array_equal(const[1], 1.0)  # no variance anywhere: a spread of 1
+    steps = [np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32)]
+    steps[1][0, :2] = 2.0  # varies at 2 of 16 positions (var 1): median var 0, mean var 1/8
+    np.testing.assert_allclose(reference.build(steps)[1, 1], np.sqrt(1 / 8), rtol=1e-6)
+    np.testing.assert_allclose(reference.apply(const, np.full((8, 3), 3.0)), 0.5, atol=1e-6)
 
 
 def _maps(structure, rng, n, shift=False):
@@ -44,28 +54,29 @@ def test_auto_uses_the_reference_only_where_it_narrows_the_normal_tail():
     structure[10:12, :] = 3.0  # an edge of the part, badly reconstructed in every image
     train, held_out = _maps(structure, rng, 20), _maps(structure, rng, 10)
     ref = reference.build(train)
-    used, rec = reference.choose("auto", ref, held_out, 0.99)
-    assert used and rec["used"]
+    kind, rec = reference.choose("auto", ref, held_out, 0.99)
+    assert kind == reference.AUTO_KIND == rec["kind"] and rec["used"]
     assert rec["excess_none"] == pytest.approx(_excess(held_out, 0.99), rel=1e-5)
-    minus = [m - ref for m in held_out]
+    minus = [m - ref[0] for m in held_out]  # the decision is the mean's
     assert rec["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-5)
     assert rec["excess_mean"] < 0.5 * rec["excess_none"]
     # images of different sizes: auto never uses it, mean still does
-    used, rec = reference.choose("auto", ref, held_out, 0.99, one_size=False)
-    assert not used and not rec["one_size"] and rec["excess_mean"] < rec["excess_none"]
-    assert reference.choose("mean", ref, held_out, 0.99, one_size=False)[0]
+    kind, rec = reference.choose("auto", ref, held_out, 0.99, one_size=False)
+    assert kind is None and not rec["one_size"] and rec["excess_mean"] < rec["excess_none"]
+    assert reference.choose("mean", ref, held_out, 0.99, one_size=False)[0] == "mean"
+    assert reference.choose("zscore", ref, held_out, 0.99, one_size=False)[0] == "zscore"
     # pure noise (nothing aligned): the reference only adds its own noise -> not used
     flat = np.zeros((32, 32), np.float32)
     noise_ref = reference.build(_maps(flat, rng, 3))
-    used, rec = reference.choose("auto", noise_ref, _maps(flat, rng, 10), 0.99)
-    assert not used and rec["excess_mean"] > rec["excess_none"]
+    kind, rec = reference.choose("auto", noise_ref, _maps(flat, rng, 10), 0.99)
+    assert kind is None and rec["excess_mean"] > rec["excess_none"]
     # `mean` always uses it, `none` never computes it
-    assert reference.choose("mean", noise_ref, _maps(flat, rng, 2), 0.99)[0]
-    assert reference.choose("none", None, [], 0.99) == (False, {"setting": "none", "used": False})
+    assert reference.choose("mean", noise_ref, _maps(flat, rng, 2), 0.99)[0] == "mean"
+    assert reference.choose("none", None, [], 0.99) == (None, {"setting": "none", "used": False})
     # no reference was built (auto on images of several sizes): nothing to subtract, whatever
     # the setting, and the held-out tail is still recorded
-    used, rec = reference.choose("mean", None, held_out, 0.99, one_size=False)
-    assert not used and not rec["used"] and "excess_mean" not in rec
+    kind, rec = reference.choose("mean", None, held_out, 0.99, one_size=False)
+    assert kind is None and not rec["used"] and "excess_mean" not in rec
     assert rec["excess_none"] == pytest.approx(_excess(held_out, 0.99), rel=1e-5)
     with pytest.raises(ValueError, match="score.reference"):
         reference.choose("median", ref, held_out, 0.99)
@@ -104,10 +115,14 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
         }
     )
     threshold, ref, record, *_ = evaluate.calibrate(_IndexScorer(maps), splits, config)
-    want_ref = (maps[0] + maps[2] + maps[4]) / 3  # 3 of 5 training images, evenly spaced
-    np.testing.assert_allclose(ref, want_ref, rtol=1e-6, atol=1e-6)
-    assert record["used"]
-    pooled = np.concatenate([(maps[i] - want_ref).ravel() for i in (5, 6, 7)])
+    picked = np.stack([maps[0], maps[2], maps[4]])  # 3 of 5 training images, evenly spaced
+    var = picked.astype(np.float64).var(0)
+    want = [picked.mean(0), np.sqrt(var + np.median(var))]
+    if reference.AUTO_KIND == "mean":
+        want[1] = np.ones_like(var)
+    np.testing.assert_allclose(ref, want, rtol=1e-5, atol=1e-6)
+    assert record["used"] and record["kind"] == reference.AUTO_KIND
+    pooled = np.concatenate([((maps[i] - want[0]) / want[1]).ravel() for i in (5, 6, 7)])
     assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
     # held-out images of another (valid) size: auto uses no reference
     splits["val"] = _split(range(5, 8), valid=(16, 12))
@@ -134,10 +149,11 @@ def test_export_subtracts_the_reference_and_refuses_other_sizes(tmp_path):
     _, variables = inference.restore_variables(config, workdir)
     x = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     plain = export.load(_save(tmp_path / "a.jaxexport", config, variables, None))(x)
-    ref = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
-    mapper = export.load(_save(tmp_path / "b.jaxexport", config, variables, ref))
-    assert mapper.meta["reference"] == {"shape": [64, 64]}
-    np.testing.assert_allclose(mapper(x), plain - ref, rtol=1e-5, atol=1e-6)
+    mean = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
+    mapper = export.load(_save(tmp_path / "b.jaxexport", config, variables, [mean, spread]))
+    assert mapper.meta["reference"] == {"shape": [64, 64], "kind": "zscore"}
+    np.testing.assert_allclose(mapper(x), (plain - mean) / spread, rtol=1e-5, atol=1e-6)
     with pytest.raises(export.ExportError, match="reference"):
         export.check_reference_size(mapper.meta, [(64, 48)])
 
@@ -157,10 +173,16 @@ def test_predict_subtracts_the_saved_reference(tmp_path):
         Image.fromarray(im).save(inputs / f"p{i}.png")
     _, variables = inference.restore_variables(config, workdir)
     plain = inference.Scorer(config, variables)(x)
-    ref = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    mean = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
     workdir_lib.eval_dir(workdir).mkdir(parents=True, exist_ok=True)
-    reference.save(workdir_lib.eval_dir(workdir) / reference.FILE, ref)
+    path = workdir_lib.eval_dir(workdir) / reference.FILE
+    reference.save(path, [mean, spread])
     predict.predict(workdir, str(inputs), tmp_path / "out", threshold=0.5)
     for i in range(2):
         got = np.load(tmp_path / "out" / f"p{i}_map.npy")
-        np.testing.assert_allclose(got, plain[i] - ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, (plain[i] - mean) / spread, rtol=1e-5, atol=1e-6)
+    np.save(path, mean)  # a file from before the spread was kept: a mean
+    predict.predict(workdir, str(inputs), tmp_path / "old", threshold=0.5)
+    got = np.load(tmp_path / "old" / "p0_map.npy")
+    np.testing.assert_allclose(got, plain[0] - mean, rtol=1e-5, atol=1e-6)
