@@ -126,3 +126,16 @@ def test_cli_export_onnx_then_run_without_jax(workdir, tmp_path):
     config = workdir_lib.load_config(workdir)  # msfr, no normalization, stride 32
     _, variables = inference.restore_variables(config, workdir)
     _assert_close(np.load(tmp_path / "maps.npy"), _library_maps(config, variables, x))
+
+
+def test_onnx_applies_a_zscore_reference(workdir, tmp_path):
+    config = workdir_lib.load_config(workdir)
+    _, variables = inference.restore_variables(config, workdir)
+    mean = np.linspace(0, 1e-3, 64 * 64, dtype=np.float32).reshape(64, 64)
+    spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
+    path = tmp_path / "z.onnx"
+    side = export_onnx.save_onnx(path, config, variables, 0.1, batch=2, reference=[mean, spread])
+    assert side["reference"] == {"shape": [64, 64], "kind": "zscore"}
+    x = _images(2, seed=4)
+    got = export_onnx.load_onnx(path)(x)
+    _assert_close(got, (_library_maps(config, variables, x) - mean) / spread)
