@@ -35,5 +35,5 @@ study() {  # category, its defect types, seeds...
   [ -f "runs/aligned25/${category}_baselines.json" ] || python launch/baselines.py \
     --config configs/demo.py "${data[@]}" --json "runs/aligned25/${category}_baselines.json"
 }
-study part_crack crack 0 1 2 3 4
+study part_crack crack 0 1 2 3 4 5 6
 study part contamination,cut,hole,scratch,spot 0 1 2
