@@ -22,7 +22,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from cmaae_jax import calibration, metrics
+from cmaae_jax import calibration, metrics, reference
 
 METHODS = ("local_contrast", "mean_image", "mean_image_z")
 
@@ -42,10 +42,8 @@ def mean_image(images_NxHxWx3_u8, train_images_NxHxWx3_u8) -> np.ndarray:
 
 
 def spread(greys_NxHxW) -> np.ndarray:
-    """sqrt(var + median var) per position of a stack of images: no position's residual is
-    amplified more than 1/sqrt(median var)."""
-    var = np.var(np.asarray(greys_NxHxW, np.float64), axis=0)
-    return np.sqrt(var + np.median(var)).astype(np.float32)
+    """The per-position spread of a stack of images (`reference.spread` of their variance)."""
+    return reference.spread(np.var(np.asarray(greys_NxHxW, np.float64), axis=0)).astype(np.float32)
 
 
 def mean_image_z(images_NxHxWx3_u8, train_images_NxHxWx3_u8) -> np.ndarray:

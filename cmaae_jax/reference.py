@@ -49,9 +49,7 @@ def resample(ref, shape) -> np.ndarray:
 
 def build(normal_maps) -> np.ndarray:
     """float32 [2, h_0, w_0] of valid normal maps (a list of [h_i, w_i], each resampled to the
-    shape of the first): their per-position mean and spread sqrt(var + median var), which
-    amplifies no position more than 1 / sqrt(median var) (the mean var, or 1, where the
-    median is 0)."""
+    shape of the first): their per-position mean and `spread`."""
     if len(normal_maps) == 0:
         raise ValueError("no normal maps to build a reference from")
     shape = np.shape(normal_maps[0])
@@ -61,8 +59,15 @@ def build(normal_maps) -> np.ndarray:
         total, squares = total + m, squares + m * m
     mean = total / len(normal_maps)
     var = np.maximum(squares / len(normal_maps) - mean * mean, 0.0)
-    floor = np.median(var) or var.mean() or 1.0  # maps constant at most positions: still > 0
-    return np.stack([mean, np.sqrt(var + floor)]).astype(np.float32)
+    return np.stack([mean, spread(var)]).astype(np.float32)
+
+
+def spread(var) -> np.ndarray:
+    """sqrt(var + median var) of a per-position variance: no position is amplified more than
+    1 / sqrt(median var) (the mean var, or 1, where the median is 0)."""
+    var = np.asarray(var, np.float64)
+    floor = np.median(var) or var.mean() or 1.0  # constant at most positions: still > 0
+    return np.sqrt(var + floor)
 
 
 def of_kind(ref, kind):

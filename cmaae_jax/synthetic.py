@@ -285,9 +285,8 @@ def write_mvtec_tree(root, category, num_train, num_test, seed, image_size):
 
     `train/good/NNN.png`, `test/good/NNN.png`, `test/<kind>/NNN.png`, `ground_truth/<kind>/
     NNN_mask.png` (0 / 255); num_test // 2 test images are defective, the category's kinds in
-    turn (`CATEGORIES`). Built in a
-    hidden temporary folder next to it and renamed into place: an interrupted write leaves no
-    partial tree. An existing tree is returned as is."""
+    turn (`CATEGORIES`). Built in a hidden temporary folder next to it and renamed into place:
+    an interrupted write leaves no partial tree. An existing tree is returned as is."""
     if category not in CATEGORIES:
         raise ValueError(
             f"unknown synthetic category {category!r}; expected one of {tuple(CATEGORIES)}"
