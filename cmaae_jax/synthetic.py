@@ -16,11 +16,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-FAMILIES = ("wood", "carpet", "tile", "noise", "part")  # part: aligned, as in a fixture
+# part and cast: aligned, as in a fixture (cast: the same fixture, a rough surface with pores)
+FAMILIES = ("wood", "carpet", "tile", "noise", "part", "cast")
 DEFECT_KINDS = ("scratch", "hole", "spot", "cut", "contamination")  # the demo's test kinds
 CRACK = "crack"  # thin (1-2 px), faint, branching: the hardest kind, on its own category
-# data.category of the synthetic format -> (texture family, defect kinds of its test split)
-CATEGORIES = {**{f: (f, DEFECT_KINDS) for f in FAMILIES}, "part_crack": ("part", (CRACK,))}
+# data.category of the synthetic format -> (texture family, defect kinds of its test split).
+# New categories go last: a category's position seeds its images (`_sample_rng`).
+CATEGORIES = {
+    **{f: (f, DEFECT_KINDS) for f in FAMILIES[:5]},
+    "part_crack": ("part", (CRACK,)),
+    "cast": ("cast", DEFECT_KINDS),
+    "cast_crack": ("cast", (CRACK,)),
+}
 MASK_TOLERANCE = 12  # a defect mask marks pixels where some channel changed by more (0..255)
 MIN_COVERAGE, MAX_COVERAGE = 0.002, 0.05  # share of the image a defect covers
 
@@ -104,10 +111,9 @@ def _edge(signed_distance_px):
     return np.clip(0.5 - signed_distance_px, 0.0, 1.0)
 
 
-def _part(rng, size):
-    """A machined plate held in a fixture: the same plate, two bores and a slot in every image
-    (shifted by at most 1% of the side), fine machining marks and surface noise that vary. The
-    one aligned family: a per-position reference of normal maps is meaningful here only."""
+def _fixture(rng, size):
+    """The fixture's frame: (y, x) in units of the side, shifted by at most 1% of it, the
+    plate's inside-ness and its openings' (two bores and a slot), each [size, size]."""
     dy, dx = rng.uniform(-0.01, 0.01, 2)
     y, x = np.mgrid[0:size, 0:size] / size
     y, x = y - dy, x - dx
@@ -115,15 +121,48 @@ def _part(rng, size):
     plate = _edge(box(0.5, 0.5, 0.3, 0.38))
     holes = sum(_edge((np.hypot(y - 0.5, x - cx) - 0.08) * size) for cx in (0.3, 0.7))
     slot = _edge(box(0.74, 0.5, 0.02, 0.15))
+    return y, x, plate, np.clip(holes + slot, 0.0, 1.0)
+
+
+def _part(rng, size):
+    """A machined plate held in a fixture: the same plate, two bores and a slot in every image
+    (shifted by at most 1% of the side), fine machining marks and surface noise that vary. An
+    aligned family: a per-position reference of normal maps is meaningful here."""
+    y, x, plate, openings = _fixture(rng, size)
     marks = np.sin(2 * np.pi * (90 * x + 0.4 * _fractal(rng, size, 3, 2)) + rng.uniform(0, 6.3))
     metal = 0.85 + 0.03 * marks + 0.02 * _fractal(rng, size, size // 16, 2)
     ground = 0.5 + 0.02 * _fractal(rng, size, 4, 2)
-    t = ground + (metal - ground) * plate * (1.0 - np.clip(holes + slot, 0.0, 1.0))
+    t = ground + (metal - ground) * plate * (1.0 - openings)
     light = np.array([206.0, 210.0, 216.0]) + rng.normal(0, 2, 3)
     return _colourise(t, light * 0.0, light)
 
 
-_TEXTURES = {"wood": _wood, "carpet": _carpet, "tile": _tile, "noise": _noise, "part": _part}
+def _cast(rng, size):
+    """A cast plate in the part's fixture: a rough grain of 1-8 px (at 256 px) and 10-30 pores
+    (dark pits of 1-3 px at random places, 15-35 grey levels deep) that differ in every image:
+    normal detail that no model reproduces exactly, as fine and as dark as a thin crack."""
+    _, _, plate, openings = _fixture(rng, size)
+    scale = size / 256
+    pores = np.zeros((size, size))
+    for _ in range(int(rng.integers(10, 31))):
+        centre = rng.uniform(0.22 * size, 0.78 * size, 2)
+        radius = rng.uniform(0.6, 1.5) * scale
+        pores = np.maximum(pores, rng.uniform(0.1, 0.22) * _blob(rng, size, centre, radius, 0.1))
+    metal = 0.66 + 0.035 * _fractal(rng, size, size // 8, 3) - pores
+    ground = 0.45 + 0.02 * _fractal(rng, size, 4, 2)
+    t = ground + (metal - ground) * plate * (1.0 - openings)
+    light = np.array([172.0, 166.0, 160.0]) + rng.normal(0, 2, 3)
+    return _colourise(t, light * 0.0, light)
+
+
+_TEXTURES = {
+    "wood": _wood,
+    "carpet": _carpet,
+    "tile": _tile,
+    "noise": _noise,
+    "part": _part,
+    "cast": _cast,
+}
 
 
 def texture(family, size, rng):

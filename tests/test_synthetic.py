@@ -107,16 +107,33 @@ def test_write_mvtec_tree_layout_counts_and_masks(tmp_path):
     )
 
 
-def test_part_crack_category_is_the_part_with_cracks_only(tmp_path):
-    root = synthetic.write_mvtec_tree(tmp_path, "part_crack", 2, 4, seed=1, image_size=SIZE)
+@pytest.mark.parametrize("category, family", [("part_crack", "part"), ("cast_crack", "cast")])
+def test_crack_categories_are_their_family_with_cracks_only(tmp_path, category, family):
+    root = synthetic.write_mvtec_tree(tmp_path, category, 2, 4, seed=1, image_size=SIZE)
     assert sorted(p.name for p in (root / "test").iterdir()) == ["crack", "good"]
     assert len(list((root / "test" / "crack").glob("*.png"))) == 2
-    rng = synthetic._sample_rng(1, "part_crack", "train", 1)
+    rng = synthetic._sample_rng(1, category, "train", 1)
     np.testing.assert_array_equal(
-        _read(root / "train" / "good" / "001.png"), synthetic.texture("part", SIZE, rng)
+        _read(root / "train" / "good" / "001.png"), synthetic.texture(family, SIZE, rng)
     )
-    part = synthetic.texture("part", SIZE, synthetic._sample_rng(1, "part", "train", 1))
-    assert not np.array_equal(part, _read(root / "train" / "good" / "001.png"))  # own samples
+    other = synthetic.texture(family, SIZE, synthetic._sample_rng(1, family, "train", 1))
+    assert not np.array_equal(other, _read(root / "train" / "good" / "001.png"))  # own samples
+
+
+def test_cast_is_the_part_s_fixture_with_a_surface_that_differs_between_images_and_pores():
+    size = 256
+    parts = np.stack([synthetic.texture("part", size, s).mean(-1) for s in range(3)])
+    casts = np.stack([synthetic.texture("cast", size, s).mean(-1) for s in range(3)])
+    for y, x in ((0.5, 0.3), (0.5, 0.7), (0.74, 0.5), (0.1, 0.1)):  # bores, slot, ground
+        centre, plate = (int(y * size), int(x * size)), (int(0.3 * size), int(0.5 * size))
+        assert (casts[:, centre[0], centre[1]] < casts[:, plate[0], plate[1]] - 25).all()
+        assert (parts[:, centre[0], centre[1]] < parts[:, plate[0], plate[1]] - 25).all()
+    # On the plate away from every edge, two cast samples differ (grain and pores).
+    inside = np.s_[int(0.25 * size) : int(0.38 * size), int(0.2 * size) : int(0.8 * size)]
+    assert (casts[0] - casts[1])[inside].std() > 6
+    # Pores: small dark pits, many more pixels far below the plate's median than on the part.
+    pits = lambda img: (img[inside] < np.median(img[inside]) - 20).sum()
+    assert sum(map(pits, casts)) > 5 * max(1, sum(map(pits, parts)))
 
 
 def test_write_mvtec_tree_is_deterministic_and_not_rewritten(tmp_path, monkeypatch):
