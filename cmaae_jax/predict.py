@@ -74,7 +74,7 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
 
     Raises PredictError (naming the files) when none of the inputs could be read.
     """
-    config = workdir_lib.load_config(workdir)
+    config = workdir_lib.load_scoring_config(workdir)
     threshold = find_threshold(workdir, threshold)
     files = list_inputs(inputs)
     out = pathlib.Path(output)

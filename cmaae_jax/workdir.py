@@ -72,3 +72,23 @@ def load_config(workdir) -> ml_collections.ConfigDict:
             f"{path} not found: is {workdir} a training workdir (launch/train.py --workdir)?"
         )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_scoring_config(workdir) -> ml_collections.ConfigDict:
+    """The run's config with the score fields its evaluation used: `eval/metrics.json`'s
+    `config_overrides` ({"score.field": [trained, used]}) applied. The threshold and the
+    reference that evaluation wrote belong to those fields, so predict and export score with
+    them. Without an evaluation (or overrides): the run's config."""
+    config = load_config(workdir)
+    path = eval_metrics_path(workdir)
+    if not path.is_file():
+        return config
+    try:
+        overrides = json.loads(path.read_text()).get("config_overrides") or {}
+    except (ValueError, AttributeError) as e:
+        raise WorkdirError(f"{path} is not a readable evaluation record ({e})") from e
+    with config.unlocked():
+        for key, (_, used) in overrides.items():
+            section, field = key.split(".", 1)
+            config[section][field] = used
+    return config

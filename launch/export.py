@@ -37,7 +37,7 @@ def main(argv):
     output = _OUTPUT.value or f"{_WORKDIR.value}/export/cmaae.{suffix}"
     _common.setup_console(_WORKDIR.value)
     with _common.user_errors():
-        config = workdir_lib.load_config(_WORKDIR.value)
+        config = workdir_lib.load_scoring_config(_WORKDIR.value)
         threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)
         if _BATCH.value < 1:
             raise export.ExportError(f"--batch={_BATCH.value}: must be at least 1")

@@ -1,5 +1,7 @@
 """The per-position reference of normal maps (score.reference): build, apply, choose, carry."""
 
+import json
+
 import ml_collections
 import numpy as np
 import pytest
@@ -186,3 +188,29 @@ def test_predict_subtracts_the_saved_reference(tmp_path):
     predict.predict(workdir, str(inputs), tmp_path / "old", threshold=0.5)
     got = np.load(tmp_path / "old" / "p0_map.npy")
     np.testing.assert_allclose(got, plain[0] - mean, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
+    """evaluate --config.score.method=pixel wrote the threshold for pixel maps: predict (and
+    launch/export.py) score pixel maps too, not the trained run's MSFR."""
+    workdir = untrained_workdir(tmp_path / "run")
+    config = workdir_lib.load_config(workdir)
+    assert config.score.method == "msfr"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    x = np.random.default_rng(4).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    Image.fromarray(x[0]).save(inputs / "p.png")
+    _, variables = inference.restore_variables(config, workdir)
+    msfr = inference.Scorer(config, variables)(x)[0]
+    config.score.method = "pixel"
+    pixel = inference.Scorer(config, variables)(x)[0]
+    assert np.abs(pixel - msfr).max() > 1e-3  # the two maps differ: the test can tell them
+    record = {"threshold": 0.5, "config_overrides": {"score.method": ["msfr", "pixel"]}}
+    workdir_lib.eval_dir(workdir).mkdir()
+    workdir_lib.eval_metrics_path(workdir).write_text(json.dumps(record))
+    predict.predict(workdir, str(inputs), tmp_path / "out")
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "p_map.npy"), pixel, rtol=1e-5)
+    assert workdir_lib.load_scoring_config(workdir).score.method == "pixel"
+    workdir_lib.eval_metrics_path(workdir).write_text("{not json")
+    with pytest.raises(workdir_lib.WorkdirError, match="metrics.json"):
+        workdir_lib.load_scoring_config(workdir)
