@@ -255,7 +255,7 @@ def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
     launch/export.py) score pixel maps too, not the trained run's MSFR."""
     workdir = untrained_workdir(tmp_path / "run")
     config = workdir_lib.load_config(workdir)
-    assert config.score.method == "msfr"
+    assert config.score.method == "auto"  # msfr here: no reference
     inputs = tmp_path / "in"
     inputs.mkdir()
     x = np.random.default_rng(4).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
@@ -265,7 +265,7 @@ def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
     config.score.method = "pixel"
     pixel = inference.Scorer(config, variables)(x)[0]
     assert np.abs(pixel - msfr).max() > 1e-3  # the two maps differ: the test can tell them
-    record = {"threshold": 0.5, "config_overrides": {"score.method": ["msfr", "pixel"]}}
+    record = {"threshold": 0.5, "config_overrides": {"score.method": ["auto", "pixel"]}}
     workdir_lib.eval_dir(workdir).mkdir()
     workdir_lib.eval_metrics_path(workdir).write_text(json.dumps(record))
     predict.predict(workdir, str(inputs), tmp_path / "out")
