@@ -155,7 +155,7 @@ def _validate_anomaly(a, image_size):
 
 
 def _validate_score_eval(s, e):
-    _one_of(s.method, scoring.METHODS, "score.method")
+    _one_of(s.method, (*scoring.METHODS, scoring.AUTO), "score.method")
     _one_of(s.get("normalize", "none"), map_levels.NORMALIZE, "score.normalize")
     _one_of(s.get("flip", "none"), scoring.FLIPS, "score.flip")
     levels = tuple(s.get("pyramid", (1,)))

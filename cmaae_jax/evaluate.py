@@ -30,6 +30,7 @@ from cmaae_jax import (
     metrics,
     pictures,
     reference,
+    scoring,
 )
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
@@ -65,26 +66,24 @@ def scores_pastes(config) -> bool:
 class Calibration(NamedTuple):
     """What `calibrate` chose from normal images: the threshold, the reference (None: none
     used) and its record, the rule's candidate thresholds by name (the quantile's; with
-    `pastes` also the pastes' best-F1 one, before the floor), and the held-out check
-    (`calibration.held_out_check`; empty without `eval.held_out_check`)."""
+    `pastes` also the pastes' best-F1 one, before the floor), the held-out check
+    (`calibration.held_out_check`; empty without `eval.held_out_check`), and the map method
+    and scorer they belong to (`score.method=auto` resolved)."""
 
     threshold: float
     ref: np.ndarray | None
     reference_record: dict
     candidates: dict
     held_out: dict
+    method: str
+    scorer: object
 
 
-def calibrate(scorer, splits, config, bar=None) -> Calibration:
-    """The reference (`score.reference`) from up to `score.reference_images` training images,
-    its choice and the label-free threshold from the held-out val images; no defect label."""
+def _reference(scorer, splits, config, setting, bar=None):
+    """(held-out normal maps with the reference applied, the reference or None, its record):
+    `setting` (score.reference) from up to `score.reference_images` training images' maps."""
     val = splits["val"]
-    if val.num_images == 0:
-        raise datasets.DatasetError(
-            "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
-        )
     held_out = valid_maps(scorer, val, bar=bar)
-    setting = config.score.get("reference", "none")
     quantile = config.eval.threshold_quantile
     ref, one_size = None, True
     if setting != "none":
@@ -99,15 +98,38 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
             ref = reference.build(valid_maps(scorer, train, picked))
     kind, record = reference.choose(setting, ref, held_out, quantile, one_size)
     ref = reference.of_kind(ref, kind)
-    held_out = reference.apply(ref, held_out)
+    return reference.apply(ref, held_out), ref, record
+
+
+def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
+    """The reference (`score.reference`) and the label-free threshold from the held-out val
+    images and up to `score.reference_images` training images; no defect label.
+    `score.method=auto`: where a reference is applied, `rescorer(method)` gives the scorer of
+    `scoring.ALIGNED_METHOD`, whose maps then make the reference (of the kind decided on the
+    first maps) and the threshold."""
+    if splits["val"].num_images == 0:
+        raise datasets.DatasetError(
+            "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
+        )
+    setting = config.score.get("reference", "none")
+    held_out, ref, record = _reference(scorer, splits, config, setting, bar)
+    setting = config.score.get("method", "msfr")
+    method = scoring.resolve_method(setting, aligned=ref is not None)
+    if method != scoring.resolve_method(setting, aligned=False):
+        if rescorer is None:
+            raise ValueError("score.method=auto on aligned images: calibrate needs a rescorer")
+        scorer = rescorer(method)
+        held_out, ref, _ = _reference(scorer, splits, config, record["kind"], bar)
+        record = {**record, "method": method}
     rule = config.eval.get("threshold_rule", "quantile")
+    quantile = config.eval.threshold_quantile
     pooled = np.concatenate([m.ravel() for m in held_out])
     threshold = calibration.label_free_threshold(rule, pooled, quantile)
     candidates = {rule if rule == "head" else "quantile": threshold}
     check = {}
     if not scores_pastes(config):
-        return Calibration(threshold, ref, record, candidates, check)
-    maps, masks = pasted_held_out(scorer, val, config, bar)
+        return Calibration(threshold, ref, record, candidates, check, method, scorer)
+    maps, masks = pasted_held_out(scorer, splits["val"], config, bar)
     maps = reference.apply(ref, maps)
     if config.eval.get("held_out_check", False):
         check = calibration.held_out_check(held_out, maps, masks)
@@ -120,7 +142,7 @@ def calibrate(scorer, splits, config, bar=None) -> Calibration:
         )
         candidates["pastes"] = best
         threshold = calibration.pastes_rule(threshold, best, prior)
-    return Calibration(threshold, ref, record, candidates, check)
+    return Calibration(threshold, ref, record, candidates, check, method, scorer)
 
 
 def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
@@ -166,13 +188,15 @@ def _save_reference(path, ref):
 
 
 class _Restored(NamedTuple):
-    """A run bound to its own model and restored for scoring (`_restore`)."""
+    """A run bound to its own model and restored for scoring (`_restore`), with its
+    `rescorer`."""
 
     config: object
     overrides: dict
     step: int
     splits: dict
     scorer: inference.Scorer
+    rescore: object
 
 
 def _restore(config, workdir, step, **eval_fields) -> _Restored:
@@ -186,7 +210,33 @@ def _restore(config, workdir, step, **eval_fields) -> _Restored:
     configlib.validate(config)
     ckpt_step, variables = inference.restore_variables(config, workdir, step)
     splits = datasets.load_splits(config)
-    return _Restored(config, overrides, ckpt_step, splits, inference.Scorer(config, variables))
+    scorer = inference.Scorer(config, variables)
+    return _Restored(config, overrides, ckpt_step, splits, scorer, rescorer(config, variables))
+
+
+def rescorer(config, variables):
+    """method -> a scorer of `variables` with `config`'s score options and that map method
+    (`calibrate` resolving `score.method=auto`)."""
+
+    def build(method):
+        changed = copy.deepcopy(config)
+        with changed.unlocked():
+            changed.score.method = method
+        return inference.Scorer(changed, variables)
+
+    return build
+
+
+def _with_method(overrides: dict, setting: str, method: str) -> dict:
+    """The score overrides with the map method used: where it is not what the trained
+    config's method gives by itself (`score.method=auto` resolved for aligned images, or a
+    command line's change), [trained, used], which predict and export read back."""
+    key = f"{state_lib.SCORE_SECTION}.method"
+    trained = overrides.get(key, [setting])[0]
+    out = {k: v for k, v in overrides.items() if k != key}
+    if method != scoring.resolve_method(trained, aligned=False):
+        out[key] = [trained, method]
+    return out
 
 
 def check_held_out(config, workdir, step: int | None = None) -> dict:
@@ -194,20 +244,21 @@ def check_held_out(config, workdir, step: int | None = None) -> dict:
     held-out normal images and their pasted copies, and writes `<workdir>/eval/held_out.json`
     (threshold, candidates, `held_out` check); the test split is not scored."""
     t0 = time.perf_counter()
-    config, overrides, ckpt_step, splits, scorer = _restore(
+    config, overrides, ckpt_step, splits, scorer, rescore = _restore(
         config, workdir, step, held_out_check=True
     )
     primary = jax.process_index() == 0
     total = splits["val"].num_images * (1 + scores_pastes(config))
     with console.progress(total, "held-out", disable=not primary) as bar:
-        chosen = calibrate(scorer, splits, config, bar)
+        chosen = calibrate(scorer, splits, config, bar, rescore)
     result = {
         "held_out": chosen.held_out,
         "threshold": float(chosen.threshold),
         "threshold_candidates": {k: float(v) for k, v in chosen.candidates.items()},
         "checkpoint_step": int(ckpt_step),
         "num_held_out_images": int(splits["val"].num_images),
-        "config_overrides": overrides,
+        "config_overrides": _with_method(overrides, config.score.method, chosen.method),
+        "method": chosen.method,
         "eval_seconds": time.perf_counter() - t0,
     }
     if primary:
@@ -225,14 +276,14 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     run's are recorded under `config_overrides`.
     """
     t0 = time.perf_counter()
-    config, overrides, ckpt_step, splits, scorer = _restore(config, workdir, step)
+    config, overrides, ckpt_step, splits, scorer, rescore = _restore(config, workdir, step)
     test = splits["test"]
     primary = jax.process_index() == 0  # every process scores; only the primary writes
     rule = config.eval.get("threshold_rule", "quantile")
     total = splits["val"].num_images * (1 + scores_pastes(config)) + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
-        chosen = calibrate(scorer, splits, config, bar)
-        threshold, ref = chosen.threshold, chosen.ref
+        chosen = calibrate(scorer, splits, config, bar, rescore)
+        threshold, ref, scorer = chosen.threshold, chosen.ref, chosen.scorer
         out = workdir_lib.eval_dir(workdir)
         (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
         if primary:
@@ -247,12 +298,12 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     )
     result.update(
         threshold=float(threshold),
-        config_overrides=overrides,
+        config_overrides=_with_method(overrides, config.score.method, chosen.method),
         num_images=int(test.num_images),
         num_defective=int(np.sum(test.labels)),
         num_images_without_masks=int(np.sum(~test.mask_known())),
         checkpoint_step=int(ckpt_step),
-        method=config.score.method,
+        method=chosen.method,
         scales=list(config.score.scales),
         reference=chosen.reference_record,
         threshold_rule=calibration.describe(

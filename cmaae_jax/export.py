@@ -103,10 +103,12 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
 
 def describe(config, threshold: float, batch: int, reference=None) -> dict:
     """What every export format records: threshold, score settings, input and output."""
+    from cmaae_jax import scoring  # the loader must not need it
+
     size = config.data.image_size
     ref = None
     if reference is not None:
-        from cmaae_jax import reference as reference_lib  # the loader must not need it
+        from cmaae_jax import reference as reference_lib
 
         ref = {"shape": list(np.shape(reference)[-2:]), "kind": reference_lib.kind_of(reference)}
     return {
@@ -114,7 +116,7 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
         "threshold": float(threshold),
         "image_size": size,
         "batch": batch,
-        "method": config.score.method,
+        "method": scoring.map_options(config.score)["method"],  # `auto`: as evaluation resolved
         "scales": list(config.score.scales),
         "normalize": config.score.get("normalize", "none"),
         "resize": config.data.get("resize", "square"),

@@ -15,8 +15,11 @@ For images of one size,
 
 is the margin a defect must add to a typical normal pixel to cross the label-free threshold
 (the same quantile q, `eval.threshold_quantile`). Subtracting a reference shifts each position
-by a constant, so a defect's added score is unchanged; the reference is used when it lowers that
-margin on the held-out normal maps (which never enter the reference). No defect label is read.
+by a constant, so a defect's added score is unchanged; the images count as aligned when it
+lowers that margin on the held-out normal maps (which never enter the reference) by
+MIN_NARROWING at least. No defect label is read. `score.method=auto` also changes the map
+method for aligned images (`scoring.ALIGNED_METHOD`), so a false "aligned" costs more than a
+reference: hence the margin.
 
 `zscore` also divides by the normal maps' spread at each position, sqrt(var + median var):
 where normal images differ from each other (an edge that moves with the fixture's play,
@@ -32,6 +35,9 @@ from cmaae_jax import calibration
 
 REFERENCES = ("none", "mean", "zscore", "auto")  # config score.reference
 AUTO_KIND = "zscore"  # what `auto` applies to aligned images (RESULTS.md, twenty-fifth session)
+# `auto` finds images aligned when the mean narrows the held-out normal tail by this share at
+# least (aligned synthetic parts 0.18-0.61, unaligned wood 0.018: RESULTS.md, twenty-sixth)
+MIN_NARROWING = 0.1
 FILE = "reference.npy"  # in <workdir>/eval/: [2, h, w], the mean and the spread (ones: `mean`)
 
 
@@ -108,7 +114,8 @@ def excess(maps, quantile: float) -> float:
 def choose(setting: str, ref, held_out_maps, quantile: float, one_size: bool = True):
     """(kind applied: `mean` | `zscore` | None, record) for `setting` none | mean | zscore |
     auto. `one_size`: every map the reference was built from and every held-out map had the
-    same shape. `auto` applies AUTO_KIND where the mean narrows the held-out normal tail; the
+    same shape. `auto` applies AUTO_KIND where the mean narrows the held-out normal tail by
+    MIN_NARROWING at least; the
     record holds both excesses on the held-out normal maps when they were computed."""
     if setting not in REFERENCES:
         raise ValueError(f"score.reference must be one of {REFERENCES}, got {setting!r}")
@@ -120,7 +127,7 @@ def choose(setting: str, ref, held_out_maps, quantile: float, one_size: bool = T
     if ref is None:  # auto on images of several sizes: evaluation built none
         return None, {**record, "used": False}
     with_ref = excess(apply(of_kind(ref, "mean"), list(held_out_maps)), quantile)
-    used = setting != "auto" or (one_size and with_ref < without)
+    used = setting != "auto" or (one_size and with_ref <= (1.0 - MIN_NARROWING) * without)
     kind = (AUTO_KIND if setting == "auto" else setting) if used else None
     record.update(used=used, excess_mean=with_ref, kind=kind)
     return kind, record

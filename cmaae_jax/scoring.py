@@ -40,6 +40,11 @@ RF_AREAS = {1: 16, 2: 64, 3: 196}
 # score.method; msfr_pixel: the mean of the MSFR and pixel maps, each over its image's median
 # (thin defects on aligned parts: RESULTS.md, twenty-fifth session)
 METHODS = ("msfr", "pixel", "segment", "msfr_pixel")
+# score.method=auto: ALIGNED_METHOD where a per-position reference is applied (score.reference;
+# its `auto` applies one to images it finds aligned), msfr elsewhere. Evaluation resolves it
+# and records the method used (RESULTS.md, twenty-sixth session).
+AUTO = "auto"
+ALIGNED_METHOD = "msfr_pixel"
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
 FLIPS = ("none", "horizontal")
@@ -76,11 +81,20 @@ def _check_score_options(
     pyramid.check_pyramid(levels)
 
 
+def resolve_method(setting: str, aligned: bool) -> str:
+    """The map method of `score.method=setting`: `auto` resolved (ALIGNED_METHOD for images a
+    per-position reference is applied to, msfr otherwise); any other setting as it is."""
+    if setting != AUTO:
+        return setting
+    return ALIGNED_METHOD if aligned else "msfr"
+
+
 def map_options(score_config) -> dict:
     """The image-to-map options of a config's `score` section, as keyword arguments of
-    `anomaly_maps` and `make_map_fn` (absent fields: their defaults before they existed)."""
+    `anomaly_maps` and `make_map_fn` (absent fields: their defaults before they existed;
+    `auto` before evaluation resolved it: msfr)."""
     return dict(
-        method=score_config.method,
+        method=resolve_method(score_config.method, aligned=False),
         scales=tuple(score_config.scales),
         normalize=score_config.get("normalize", "none"),
         stride=score_config.get("stride", PATCH),

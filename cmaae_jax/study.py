@@ -103,8 +103,9 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     _, variables = inference.restore_variables(config, str(workdir))
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
-    calibration = evaluate.calibrate(scorer, splits, config)
-    threshold, ref = calibration.threshold, calibration.ref
+    rescore = evaluate.rescorer(config, variables)
+    calibration = evaluate.calibrate(scorer, splits, config, rescorer=rescore)
+    threshold, ref, scorer = calibration.threshold, calibration.ref, calibration.scorer
     test = splits["test"]
     chosen = {}
     for i, kind in enumerate(test.defect_types):

@@ -14,6 +14,8 @@ PAPER = {
     "score.stride": 64,
     "score.normalize": "none",
     "score.scales": (1, 2, 3),
+    "score.method": "msfr",
+    "score.reference": "none",
 }
 # The segment head's settings (its rows below).
 SEGMENT = {

@@ -80,7 +80,8 @@ def get_config():
     c.train.keep_checkpoints = 3  # number of checkpoints kept
 
     c.score = ml_collections.ConfigDict()
-    c.score.method = "msfr"  # msfr (eq. 14) | pixel (|I - I'| baseline) | segment (the head)
+    c.score.method = "auto"  # msfr (eq. 14) | pixel (|I - I'|) | segment (the head) | msfr_pixel
+    # | auto: msfr, and scoring.ALIGNED_METHOD where score.reference applies a reference
     c.score.scales = (1,)  # encoder layers used by MSFR: (1,) finest, 4x4 px; paper (1, 2, 3)
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
     c.score.reference = "auto"  # none | mean (minus normal per-position mean) | zscore | auto

@@ -23,7 +23,8 @@ def _images(n, seed=0):
 
 def _library_maps(config, variables, images_u8):
     net = model.from_config(config)
-    fn = scoring.make_map_fn(net, config.score.method, tuple(config.score.scales))
+    method = {"auto": "msfr"}.get(config.score.method, config.score.method)  # no reference
+    fn = scoring.make_map_fn(net, method, tuple(config.score.scales))
     return np.asarray(fn(variables, images.to_float(images_u8)))
 
 

@@ -30,7 +30,8 @@ def _library_maps(config, variables, images_u8):
     """The library's maps (the model's own CPU convolutions), images scaled by hand."""
     s = config.score
     fn = scoring.make_map_fn(
-        model.from_config(config), s.method, tuple(s.scales), normalize=s.normalize,
+        model.from_config(config), {"auto": "msfr"}.get(s.method, s.method), tuple(s.scales),
+        normalize=s.normalize,
         stride=s.stride,
     )  # fmt: skip
     return np.asarray(fn(variables, images_u8.astype(np.float32) / 127.5 - 1.0))
@@ -128,14 +129,16 @@ def test_cli_export_onnx_then_run_without_jax(workdir, tmp_path):
     _assert_close(np.load(tmp_path / "maps.npy"), _library_maps(config, variables, x))
 
 
-def test_onnx_applies_a_zscore_reference(workdir, tmp_path):
+def test_onnx_applies_a_zscore_reference_to_the_aligned_method(workdir, tmp_path):
     config = workdir_lib.load_config(workdir)
+    config.score.method = scoring.ALIGNED_METHOD  # what `auto` scores aligned images with
     _, variables = inference.restore_variables(config, workdir)
     mean = np.linspace(0, 1e-3, 64 * 64, dtype=np.float32).reshape(64, 64)
     spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
     path = tmp_path / "z.onnx"
     side = export_onnx.save_onnx(path, config, variables, 0.1, batch=2, reference=[mean, spread])
     assert side["reference"] == {"shape": [64, 64], "kind": "zscore"}
+    assert side["method"] == scoring.ALIGNED_METHOD
     x = _images(2, seed=4)
     got = export_onnx.load_onnx(path)(x)
     _assert_close(got, (_library_maps(config, variables, x) - mean) / spread)

@@ -360,7 +360,9 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
         eval__threshold_quantile=quantile,
         eval__paste_prior=prior,
     )
-    threshold, ref, _, candidates, _ = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
+    threshold, ref, _, candidates, *_ = evaluate.calibrate(
+        _BrightnessScorer(), {"val": val}, config
+    )
     assert ref is None and calls == [([list(s) for s in sizes], 64, "rect")]
 
     # brute force: every valid clean pixel negative, pasted pixels labelled by the masks

@@ -8,7 +8,16 @@ import pytest
 from conftest import untrained_workdir
 from PIL import Image
 
-from cmaae_jax import configlib, evaluate, export, inference, layouts, predict, reference
+from cmaae_jax import (
+    configlib,
+    evaluate,
+    export,
+    inference,
+    layouts,
+    predict,
+    reference,
+    scoring,
+)
 from cmaae_jax import workdir as workdir_lib
 
 
@@ -72,6 +81,19 @@ def test_auto_uses_the_reference_only_where_it_narrows_the_normal_tail():
     noise_ref = reference.build(_maps(flat, rng, 3))
     kind, rec = reference.choose("auto", noise_ref, _maps(flat, rng, 10), 0.99)
     assert kind is None and rec["excess_mean"] > rec["excess_none"]
+    # a faint structure: the mean narrows the tail, by less than the margin for a few of these
+    shares = []
+    for amplitude in (0.06, 0.1, 0.15, 0.2, 0.3):
+        faint = np.zeros((32, 32), np.float32)
+        faint[10:12, :] = amplitude
+        train, held = _maps(faint, rng, 20), _maps(faint, rng, 10)
+        mean_ref = reference.build(train)
+        share = 1 - _excess([m - mean_ref[0] for m in held], 0.99) / _excess(held, 0.99)
+        kind, _ = reference.choose("auto", mean_ref, held, 0.99)
+        assert (kind is not None) == (share >= reference.MIN_NARROWING), (amplitude, share)
+        shares.append(share)
+    assert min(shares) < reference.MIN_NARROWING < max(shares)
+    assert any(0 < x < reference.MIN_NARROWING for x in shares)  # narrowed, not enough
     # `mean` always uses it, `none` never computes it
     assert reference.choose("mean", noise_ref, _maps(flat, rng, 2), 0.99)[0] == "mean"
     assert reference.choose("none", None, [], 0.99) == (None, {"setting": "none", "used": False})
@@ -136,6 +158,44 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
     assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
 
 
+def test_auto_method_rescores_aligned_images_with_the_aligned_method():
+    """score.method=auto: the reference decision is made on the first (msfr) maps; where it
+    applies a reference, the aligned method's maps make the reference and the threshold."""
+    rng = np.random.default_rng(5)
+    structure = np.zeros((16, 16), np.float32)
+    structure[:, 7] = 5.0
+    first = _maps(structure, rng, 8)
+    second = [np.asarray(3.0 * m[::-1] + 1.0, np.float32) for m in _maps(structure, rng, 8)]
+    splits = {"train": _split(range(0, 5)), "val": _split(range(5, 8))}
+    config = ml_collections.ConfigDict(
+        {
+            "score": {"method": "auto", "reference": "auto", "reference_images": 3},
+            "eval": {"threshold_quantile": 0.99},
+        }
+    )
+    asked = []
+
+    def rescorer(method):
+        asked.append(method)
+        return _IndexScorer(second)
+
+    chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
+    assert asked == [scoring.ALIGNED_METHOD] and chosen.method == scoring.ALIGNED_METHOD
+    picked = np.stack([second[0], second[2], second[4]]).astype(np.float64)
+    mean, var = picked.mean(0), picked.var(0)
+    spread = np.sqrt(var + np.median(var))
+    np.testing.assert_allclose(chosen.ref, [mean, spread], rtol=1e-5, atol=1e-5)
+    pooled = np.concatenate([((second[i] - mean) / spread).ravel() for i in (5, 6, 7)])
+    assert chosen.threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
+    minus = [m - np.mean([first[0], first[2], first[4]], 0) for m in first[5:]]
+    assert chosen.reference_record["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-4)
+    assert chosen.reference_record["method"] == scoring.ALIGNED_METHOD
+    # images of several sizes: no reference, msfr maps, no rescoring
+    splits["val"] = _split(range(5, 8), valid=(16, 12))
+    chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
+    assert asked == [scoring.ALIGNED_METHOD] and chosen.method == "msfr" and chosen.ref is None
+
+
 def test_config_rejects_unknown_reference(tmp_path):
     from conftest import tiny_config
 
@@ -195,7 +255,7 @@ def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
     launch/export.py) score pixel maps too, not the trained run's MSFR."""
     workdir = untrained_workdir(tmp_path / "run")
     config = workdir_lib.load_config(workdir)
-    assert config.score.method == "msfr"
+    assert config.score.method == "auto"  # msfr here: no reference
     inputs = tmp_path / "in"
     inputs.mkdir()
     x = np.random.default_rng(4).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
@@ -205,7 +265,7 @@ def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
     config.score.method = "pixel"
     pixel = inference.Scorer(config, variables)(x)[0]
     assert np.abs(pixel - msfr).max() > 1e-3  # the two maps differ: the test can tell them
-    record = {"threshold": 0.5, "config_overrides": {"score.method": ["msfr", "pixel"]}}
+    record = {"threshold": 0.5, "config_overrides": {"score.method": ["auto", "pixel"]}}
     workdir_lib.eval_dir(workdir).mkdir()
     workdir_lib.eval_metrics_path(workdir).write_text(json.dumps(record))
     predict.predict(workdir, str(inputs), tmp_path / "out")
@@ -214,3 +274,26 @@ def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
     workdir_lib.eval_metrics_path(workdir).write_text("{not json")
     with pytest.raises(workdir_lib.WorkdirError, match="metrics.json"):
         workdir_lib.load_scoring_config(workdir)
+
+
+def test_auto_method_on_aligned_images_is_recorded_and_predict_follows_it(tmp_path):
+    """score.reference=zscore (the user says aligned) with score.method=auto: evaluation
+    scores ALIGNED_METHOD maps, records the method, and predict maps the same way."""
+    workdir = untrained_workdir(
+        tmp_path / "run", score__method="auto", score__reference="zscore", score__reference_images=4
+    )
+    result = evaluate.evaluate(None, str(workdir))
+    method = scoring.ALIGNED_METHOD
+    assert result["method"] == method and result["reference"]["method"] == method
+    assert result["config_overrides"] == {"score.method": ["auto", method]}
+    config = workdir_lib.load_scoring_config(workdir)
+    assert config.score.method == method
+    ref = reference.load(workdir_lib.eval_dir(workdir) / reference.FILE)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    x = np.random.default_rng(6).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    Image.fromarray(x[0]).save(inputs / "p.png")
+    _, variables = inference.restore_variables(config, workdir)
+    want = reference.apply(ref, inference.Scorer(config, variables)(x)[0])
+    predict.predict(workdir, str(inputs), tmp_path / "out")
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "p_map.npy"), want, rtol=1e-5, atol=1e-6)

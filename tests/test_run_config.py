@@ -43,10 +43,11 @@ def test_score_fields_are_applied_and_recorded(sigmoid_run):
     pixel = tiny_config(root / "data", model__gate="sigmoid", model__latent_dim=16)
     pixel.score.method = "pixel"
     result = evaluate.evaluate(pixel, str(work))
-    assert result["config_overrides"] == {"score.method": ["msfr", "pixel"]}
+    trained = config.score.method  # the default, `auto`: msfr on these (no reference)
+    assert result["config_overrides"] == {"score.method": [trained, "pixel"]}
     assert result["method"] == "pixel"
     saved = json.loads(workdir_lib.eval_metrics_path(work).read_text())
-    assert saved["config_overrides"] == {"score.method": ["msfr", "pixel"]}
+    assert saved["config_overrides"] == {"score.method": [trained, "pixel"]}
     assert result["pixel_auroc"] != evaluate.evaluate(None, str(work))["pixel_auroc"]
 
 
