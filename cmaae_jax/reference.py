@@ -36,7 +36,7 @@ from cmaae_jax import calibration
 REFERENCES = ("none", "mean", "zscore", "auto")  # config score.reference
 AUTO_KIND = "zscore"  # what `auto` applies to aligned images (RESULTS.md, twenty-fifth session)
 # `auto` finds images aligned when the mean narrows the held-out normal tail by this share at
-# least (aligned synthetic parts 0.18-0.61, unaligned wood 0.018: RESULTS.md, twenty-sixth)
+# least (aligned synthetic parts 0.18-0.89, unaligned wood 0.018: RESULTS.md, twenty-sixth)
 MIN_NARROWING = 0.1
 FILE = "reference.npy"  # in <workdir>/eval/: [2, h, w], the mean and the spread (ones: `mean`)
 
@@ -115,8 +115,8 @@ def choose(setting: str, ref, held_out_maps, quantile: float, one_size: bool = T
     """(kind applied: `mean` | `zscore` | None, record) for `setting` none | mean | zscore |
     auto. `one_size`: every map the reference was built from and every held-out map had the
     same shape. `auto` applies AUTO_KIND where the mean narrows the held-out normal tail by
-    MIN_NARROWING at least; the
-    record holds both excesses on the held-out normal maps when they were computed."""
+    MIN_NARROWING at least; the record holds both excesses on the held-out normal maps when
+    they were computed."""
     if setting not in REFERENCES:
         raise ValueError(f"score.reference must be one of {REFERENCES}, got {setting!r}")
     record = {"setting": setting}
