@@ -85,10 +85,13 @@ def load_scoring_config(workdir) -> ml_collections.ConfigDict:
         return config
     try:
         overrides = json.loads(path.read_text()).get("config_overrides") or {}
-    except (ValueError, AttributeError) as e:
-        raise WorkdirError(f"{path} is not a readable evaluation record ({e})") from e
+        used = {tuple(key.split(".", 1)): value for key, (_, value) in overrides.items()}
+    except (ValueError, AttributeError, TypeError) as e:
+        raise WorkdirError(
+            f"{path} holds no readable evaluation record ({type(e).__name__}: {e}); run "
+            f"launch/evaluate.py again"
+        ) from e
     with config.unlocked():
-        for key, (_, used) in overrides.items():
-            section, field = key.split(".", 1)
-            config[section][field] = used
+        for (section, field), value in used.items():
+            config[section][field] = value
     return config

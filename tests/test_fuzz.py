@@ -258,7 +258,7 @@ def test_predict_skips_each_bad_input_with_its_reason(tmp_path):
     for stem in scored.values():
         assert (out / f"{stem}_map.npy").is_file() and (out / f"{stem}_mask.png").is_file()
     assert "scored 4 of 11 images" in stdout
-    messages = ["no input files found", "a training workdir", "no threshold", "no readable thr"]
+    messages = ["no input files found", "a training workdir", "no threshold", "no readable"]
     for (code, _, err), message in zip(errors, messages, strict=True):
         assert code == 2 and "Traceback" not in err, err[-2000:]
         assert err.strip().splitlines()[-1].startswith("error: ") and message in err, err[-500:]

@@ -271,9 +271,10 @@ def test_predict_scores_with_the_fields_evaluation_used(tmp_path):
     predict.predict(workdir, str(inputs), tmp_path / "out")
     np.testing.assert_allclose(np.load(tmp_path / "out" / "p_map.npy"), pixel, rtol=1e-5)
     assert workdir_lib.load_scoring_config(workdir).score.method == "pixel"
-    workdir_lib.eval_metrics_path(workdir).write_text("{not json")
-    with pytest.raises(workdir_lib.WorkdirError, match="metrics.json"):
-        workdir_lib.load_scoring_config(workdir)
+    for torn in ("{not json", '{"config_overrides": {"score.method": "pixel"}}'):
+        workdir_lib.eval_metrics_path(workdir).write_text(torn)
+        with pytest.raises(workdir_lib.WorkdirError, match="metrics.json holds no readable"):
+            workdir_lib.load_scoring_config(workdir)
 
 
 def test_auto_method_on_aligned_images_is_recorded_and_predict_follows_it(tmp_path):
