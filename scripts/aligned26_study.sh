@@ -28,5 +28,5 @@ study() {  # category, seeds...
 }
 study cast_crack 0 1
 study cast 0 1
-study part_crack 7
+study part_crack 7 2 3  # 2, 3: the seeds where Z's pastes threshold failed (twenty-fifth session)
 study part 3
