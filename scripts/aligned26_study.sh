@@ -28,5 +28,19 @@ study() {  # category, seeds...
 }
 study cast_crack 0 1
 study cast 0 1
-study part_crack 7 2 3  # 2, 3: the seeds where Z's pastes threshold failed (twenty-fifth session)
+study part_crack 7
 study part 3
+# Seeds 2, 3 of part_crack (Z's pastes threshold failed there, twenty-fifth session), trained
+# after score.method=auto landed: the run's own evaluation is the new default (`auto`: MPZ).
+data=(--config.data.category=part_crack --config.data.root=$out/data
+  --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60)
+for s in 2 3; do
+  w=$out/part_crack_s$s
+  [ -f "$w/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
+    --workdir "$w" "${data[@]}" --config.train.seed="$s"
+  python scripts/score_variant.py "$w" "${w}_z" score.method=msfr
+  python scripts/score_variant.py "$w" "${w}_pz" score.method=pixel
+  cp "$w/eval/metrics.json" "$records/part_crack_s${s}_auto.json"
+  cp "${w}_z/eval/metrics.json" "$records/part_crack_s${s}_z.json"
+  cp "${w}_pz/eval/metrics.json" "$records/part_crack_s${s}_pz.json"
+done
