@@ -15,6 +15,9 @@ criteria on the pastes would give, alone and floored at the quantile rule's thre
 - `prior_P`: best F1 if defect pixels were a share P of all pixels: with TPR(t) over the
   pasted pixels and FPR(t) over every normal pixel, F1 = 2 P TPR / (P TPR + P + (1-P) FPR);
 - `recall_R`: the highest threshold that still flags a share R of the pasted pixels;
+- `near_X`: the lowest threshold whose F1 at P = 0.005 (the default `eval.paste_prior`) is
+  within a share X of the best (`prior_0.005` takes the highest threshold of the best): the
+  pastes' F1 is flat over a wide range on z-scored maps, and real defects are fainter;
 - `prior_est_q`, `prior_est_r50`: `prior_P` with P estimated from the unlabelled test
   images: the share E(t) of all test pixels at or above t is (1 - P) FPR(t) + P TPR(t), so
   P = (E - FPR) / (TPR - FPR) (clipped to [1e-4, 0.2]), read at the quantile rule's
@@ -35,6 +38,17 @@ import numpy as np
 
 PRIORS = (0.001, 0.005, 0.02)
 RECALLS = (0.25, 0.5)
+NEAR = (0.05, 0.1, 0.2)  # `near_X`: within a share X of the best F1 at P = NEAR_PRIOR
+NEAR_PRIOR = 0.005
+
+
+def near_best_threshold(acc, prior: float, share: float) -> float:
+    """The lowest threshold whose F1_P is at least (1 - share) x the best F1_P."""
+    c = acc.curves()  # thresholds descending
+    tpr = c["tp"] / c["num_pos"]
+    fpr = c["fp"] / max(1, c["num_neg"])
+    f1 = 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)
+    return float(c["thresholds"][np.flatnonzero(f1 >= (1 - share) * f1.max())[-1]])
 
 
 def candidates(acc, floor: float) -> dict:
@@ -49,6 +63,8 @@ def candidates(acc, floor: float) -> dict:
         out[f"prior_{p:g}"] = calibration.prior_f1_threshold(acc, p)
     for r in RECALLS:  # thresholds descend: the first that reaches the recall
         out[f"recall_{r:g}"] = float(c["thresholds"][int(np.argmax(tpr >= r))])
+    for x in NEAR:
+        out[f"near_{x:g}"] = near_best_threshold(acc, NEAR_PRIOR, x)
     return out
 
 
