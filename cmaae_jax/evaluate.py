@@ -111,11 +111,12 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
-    setting = config.score.get("reference", "none")
-    held_out, ref, record = _reference(scorer, splits, config, setting, bar)
-    setting = config.score.get("method", "msfr")
-    method = scoring.resolve_method(setting, aligned=ref is not None)
-    if method != scoring.resolve_method(setting, aligned=False):
+    held_out, ref, record = _reference(
+        scorer, splits, config, config.score.get("reference", "none"), bar
+    )
+    method_setting = config.score.get("method", "msfr")
+    method = scoring.resolve_method(method_setting, aligned=ref is not None)
+    if method != scoring.resolve_method(method_setting, aligned=False):
         if rescorer is None:
             raise ValueError("score.method=auto on aligned images: calibrate needs a rescorer")
         scorer = rescorer(method)
@@ -188,7 +189,7 @@ def _save_reference(path, ref):
 
 
 class _Restored(NamedTuple):
-    """A run bound to its own model and restored for scoring (`_restore`), with its
+    """A run bound to its own model and restored for scoring (`_restore`); `rescore`: its
     `rescorer`."""
 
     config: object

@@ -103,13 +103,12 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
 
 def describe(config, threshold: float, batch: int, reference=None) -> dict:
     """What every export format records: threshold, score settings, input and output."""
-    from cmaae_jax import scoring  # the loader must not need it
+    from cmaae_jax import reference as reference_lib  # the loader needs neither
+    from cmaae_jax import scoring
 
     size = config.data.image_size
     ref = None
     if reference is not None:
-        from cmaae_jax import reference as reference_lib
-
         ref = {"shape": list(np.shape(reference)[-2:]), "kind": reference_lib.kind_of(reference)}
     return {
         "reference": ref,

@@ -8,39 +8,32 @@ cd "$(dirname "$0")/.."
 out=runs/aligned26
 records=docs/results/aligned26/records
 mkdir -p "$records"
-study() {  # category, seeds...
-  local category=$1
-  shift
-  local data=(--config.data.category="$category" --config.data.root=$out/data
-    --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60)
-  for s in "$@"; do
-    local w=$out/${category}_s$s
-    [ -f "$w/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
-      --workdir "$w" "${data[@]}" --config.train.seed="$s"
-    python scripts/score_variant.py "$w" "${w}_mpz" score.method=msfr_pixel
-    python scripts/score_variant.py "$w" "${w}_pz" score.method=pixel
-    cp "$w/eval/metrics.json" "$records/${category}_s${s}_z.json"
-    cp "${w}_mpz/eval/metrics.json" "$records/${category}_s${s}_mpz.json"
-    cp "${w}_pz/eval/metrics.json" "$records/${category}_s${s}_pz.json"
+run() {  # category, seed, label of the run's own evaluation, variant=score.method ...
+  local category=$1 s=$2 own=$3
+  shift 3
+  local w=$out/${category}_s$s
+  [ -f "$w/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
+    --workdir "$w" --config.data.category="$category" --config.data.root=$out/data \
+    --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60 \
+    --config.train.seed="$s"
+  cp "$w/eval/metrics.json" "$records/${category}_s${s}_$own.json"
+  for v in "$@"; do
+    python scripts/score_variant.py "$w" "${w}_${v%%=*}" "score.method=${v#*=}"
+    cp "${w}_${v%%=*}/eval/metrics.json" "$records/${category}_s${s}_${v%%=*}.json"
   done
-  [ -f "$records/${category}_baselines.json" ] || python launch/baselines.py \
-    --config configs/demo.py "${data[@]}" --json "$records/${category}_baselines.json"
 }
-study cast_crack 0 1
-study cast 0 1
-study part_crack 7
-study part 3
+baselines() {  # category
+  [ -f "$records/$1_baselines.json" ] || python launch/baselines.py --config configs/demo.py \
+    --config.data.category="$1" --config.data.root=$out/data \
+    --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60 \
+    --json "$records/$1_baselines.json"
+}
+# Trained before score.method=auto landed: the run's own evaluation is Z.
+for c in "cast_crack 0" "cast_crack 1" "cast 0" "cast 1" "part_crack 7" "part 3"; do
+  run $c z mpz=msfr_pixel pz=pixel
+done
+for c in cast_crack cast part_crack part; do baselines $c; done
 # Seeds 2, 3 of part_crack (Z's pastes threshold failed there, twenty-fifth session), trained
 # after score.method=auto landed: the run's own evaluation is the new default (`auto`: MPZ).
-data=(--config.data.category=part_crack --config.data.root=$out/data
-  --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60)
-for s in 2 3; do
-  w=$out/part_crack_s$s
-  [ -f "$w/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
-    --workdir "$w" "${data[@]}" --config.train.seed="$s"
-  python scripts/score_variant.py "$w" "${w}_z" score.method=msfr
-  python scripts/score_variant.py "$w" "${w}_pz" score.method=pixel
-  cp "$w/eval/metrics.json" "$records/part_crack_s${s}_auto.json"
-  cp "${w}_z/eval/metrics.json" "$records/part_crack_s${s}_z.json"
-  cp "${w}_pz/eval/metrics.json" "$records/part_crack_s${s}_pz.json"
-done
+run part_crack 2 auto z=msfr pz=pixel
+run part_crack 3 auto z=msfr pz=pixel
