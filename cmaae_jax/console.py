@@ -148,6 +148,8 @@ def summary_lines(result: dict | None, workdir) -> list[str]:
         lines += [_row(k, _number(result[k])) for k in metrics.HEADLINE_KEYS]
         rule = f" ({result['threshold_rule']})" if "threshold_rule" in result else ""
         lines.append(_row("threshold", f"{result['threshold']:.4g}{rule}"))
+        if "method" in result:
+            lines.append(_row("map", map_description(result)))
         if result.get("held_out"):  # empty: eval.held_out_check off
             lines += held_out_lines(result)
     lines += ["files", _row("workdir", workdir), _row("log", workdir_lib.log_path(workdir))]
@@ -157,6 +159,16 @@ def summary_lines(result: dict | None, workdir) -> list[str]:
         lines.append(_row("metrics", workdir_lib.eval_metrics_path(workdir)))
         lines.append(_row("pictures", workdir_lib.eval_dir(workdir) / workdir_lib.PICTURES))
     return lines
+
+
+# reference kind -> how the summary says it was applied (score.reference)
+_APPLIED = {"mean": "minus the normal per-position mean", "zscore": "z-scored per position"}
+
+
+def map_description(result: dict) -> str:
+    """The map method an evaluation used and the reference it applied, in words."""
+    kind = (result.get("reference") or {}).get("kind")
+    return ", ".join([result["method"], _APPLIED.get(kind, "no per-position reference")])
 
 
 def held_out_lines(result: dict) -> list[str]:

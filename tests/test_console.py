@@ -32,6 +32,8 @@ def test_summary_table_lines(tmp_path):
         "image_auroc": 1.0,
         "threshold": 0.0123456,
         "threshold_rule": "quantile 0.999 of held-out normal pixel scores",
+        "method": "msfr_pixel",
+        "reference": {"setting": "auto", "used": True, "kind": "zscore"},
     }
     w = str(tmp_path)
     assert console.summary_lines(result, tmp_path) == [
@@ -43,6 +45,7 @@ def test_summary_table_lines(tmp_path):
         "  pixel_aupro   n/a",
         "  image_auroc   1.000",
         "  threshold     0.01235 (quantile 0.999 of held-out normal pixel scores)",
+        "  map           msfr_pixel, z-scored per position",
         "files",
         f"  workdir       {w}",
         f"  log           {w}/log.txt",
@@ -50,6 +53,11 @@ def test_summary_table_lines(tmp_path):
         f"  metrics       {w}/eval/metrics.json",
         f"  pictures      {w}/eval/pictures",
     ]
+    unaligned = {"method": "msfr", "reference": {"setting": "auto", "used": False, "kind": None}}
+    assert console.map_description(unaligned) == "msfr, no per-position reference"
+    assert console.map_description({"method": "pixel"}) == "pixel, no per-position reference"
+    mean = {"method": "msfr", "reference": {"kind": "mean"}}
+    assert console.map_description(mean) == "msfr, minus the normal per-position mean"
     assert console.summary_lines(None, "runs/x") == [
         "files",
         "  workdir       runs/x",
@@ -118,6 +126,7 @@ def test_a_tiny_training_run_prints_one_screen_ending_with_the_summary(tmp_path)
         f"  pixel_aupro   {m['pixel_aupro']:.3f}",
         f"  image_auroc   {m['image_auroc']:.3f}",
         f"  threshold     {m['threshold']:.4g} (quantile 0.999 of held-out normal pixel scores)",
+        "  map           msfr, no per-position reference",  # tiny_config: score.reference=none
         "held-out check (GAAGA pastes on held-out normal images; no defect label)",
         *(f"  {k:<14}{_shown(m['held_out'][k])}" for k in calibration.HELD_OUT_KEYS),
         "files",
