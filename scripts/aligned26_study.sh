@@ -37,3 +37,7 @@ for c in cast_crack cast part_crack part; do baselines $c; done
 # after score.method=auto landed: the run's own evaluation is the new default (`auto`: MPZ).
 run part_crack 2 auto z=msfr pz=pixel
 run part_crack 3 auto z=msfr pz=pixel
+# After the build, fresh seeds of each family with the new default against Z (no decision).
+run cast_crack 2 auto z=msfr
+run cast 2 auto z=msfr
+run part 4 auto z=msfr
