@@ -120,7 +120,7 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
         if rescorer is None:
             raise ValueError("score.method=auto on aligned images: calibrate needs a rescorer")
         scorer = rescorer(method)
-        held_out, ref, _ = _reference(scorer, splits, config, record["kind"], bar)
+        held_out, ref, _ = _reference(scorer, splits, config, record["kind"])  # off the bar
         record = {**record, "method": method}
     rule = config.eval.get("threshold_rule", "quantile")
     quantile = config.eval.threshold_quantile
