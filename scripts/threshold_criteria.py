@@ -29,7 +29,6 @@ No test mask enters a threshold; masks only score them. Each run's record is wri
 """
 
 import argparse
-import copy
 import json
 import pathlib
 import tempfile
@@ -106,11 +105,7 @@ def measure(run: pathlib.Path) -> dict:
     from cmaae_jax import calibration, datasets, evaluate, inference
     from cmaae_jax import workdir as workdir_lib
 
-    own = json.loads(workdir_lib.eval_metrics_path(run).read_text())
-    config = copy.deepcopy(workdir_lib.load_config(run))
-    for key, (_, used) in own.get("config_overrides", {}).items():
-        section, name = key.split(".")
-        config[section][name] = tuple(used) if isinstance(used, list) else used
+    config = workdir_lib.load_scoring_config(run)  # the score fields of its evaluation
     config.eval.threshold_rule = "pastes"
     _, variables = inference.restore_variables(config, str(run))
     splits = datasets.load_splits(config)

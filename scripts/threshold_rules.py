@@ -13,7 +13,6 @@ without its floor (the pastes' best-F1 threshold alone; shadows `<...>__unfloore
 """
 
 import argparse
-import copy
 import json
 import pathlib
 
@@ -45,12 +44,8 @@ def shadow_evaluate(run: pathlib.Path, out: pathlib.Path, rule: str, suffix="") 
         link = workdir_lib.checkpoints_dir(shadow)
         if not link.exists():
             link.symlink_to(workdir_lib.checkpoints_dir(run).resolve())
-        config = workdir_lib.load_config(run)
-        workdir_lib.save_config(shadow, config)
-        config = copy.deepcopy(config)
-        for key, (_, used) in own.get("config_overrides", {}).items():
-            section, name = key.split(".")
-            config[section][name] = tuple(used) if isinstance(used, list) else used
+        workdir_lib.save_config(shadow, workdir_lib.load_config(run))
+        config = workdir_lib.load_scoring_config(run)  # the score fields of its evaluation
         config.eval.threshold_rule = rule
         evaluate.evaluate(config, str(shadow))
     return own, json.loads(done.read_text())
