@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-# part and cast: aligned, as in a fixture (cast: the same fixture, a rough surface with pores)
-FAMILIES = ("wood", "carpet", "tile", "noise", "part", "cast")
+# part and cast: aligned, as in a fixture (cast: the same fixture, a rough surface with pores;
+# cast_lit: the cast under light that drifts between photographs)
+FAMILIES = ("wood", "carpet", "tile", "noise", "part", "cast", "cast_lit")
 DEFECT_KINDS = ("scratch", "hole", "spot", "cut", "contamination")  # the demo's test kinds
 CRACK = "crack"  # thin (1-2 px), faint, branching: the hardest kind, on its own category
 # data.category of the synthetic format -> (texture family, defect kinds of its test split).
@@ -27,6 +28,8 @@ CATEGORIES = {
     "part_crack": ("part", (CRACK,)),
     "cast": ("cast", DEFECT_KINDS),
     "cast_crack": ("cast", (CRACK,)),
+    "cast_lit": ("cast_lit", DEFECT_KINDS),
+    "cast_lit_crack": ("cast_lit", (CRACK,)),
 }
 MASK_TOLERANCE = 12  # a defect mask marks pixels where some channel changed by more (0..255)
 MIN_COVERAGE, MAX_COVERAGE = 0.002, 0.05  # share of the image a defect covers
@@ -155,6 +158,20 @@ def _cast(rng, size):
     return _colourise(t, light * 0.0, light)
 
 
+def _lighting(rng, size):
+    """A photograph's illumination, [size, size]: a gain of 0.8-1.2 (exposure) times a linear
+    ramp of up to +-15% between two opposite sides, in a random direction (the lamp)."""
+    gain, ramp, angle = rng.uniform(0.8, 1.2), rng.uniform(0.0, 0.15), rng.uniform(0, 2 * np.pi)
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5
+    return gain * (1.0 + 2.0 * ramp * (x * np.cos(angle) + y * np.sin(angle)))
+
+
+def _cast_lit(rng, size):
+    """The cast plate under light that drifts between photographs (`_lighting`): aligned,
+    but a per-position reference meets brightness that varies by 20% and more."""
+    return _cast(rng, size) * _lighting(rng, size)[..., None]
+
+
 _TEXTURES = {
     "wood": _wood,
     "carpet": _carpet,
@@ -162,6 +179,7 @@ _TEXTURES = {
     "noise": _noise,
     "part": _part,
     "cast": _cast,
+    "cast_lit": _cast_lit,
 }
 
 

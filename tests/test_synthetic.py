@@ -22,13 +22,14 @@ def test_texture_is_deterministic_from_the_seed(family):
 
 
 def test_samples_of_a_family_are_closer_to_each_other_than_to_other_families():
+    families = [f for f in synthetic.FAMILIES if f != "cast_lit"]  # the cast, lit: below
     means = {
         f: np.stack([synthetic.texture(f, 64, s).reshape(-1, 3).mean(0) for s in range(4)])
-        for f in synthetic.FAMILIES
+        for f in families
     }
-    for f in synthetic.FAMILIES:
+    for f in families:
         spread = np.abs(means[f] - means[f].mean(0)).max()
-        for g in synthetic.FAMILIES:
+        for g in families:
             if g != f:
                 assert np.abs(means[g].mean(0) - means[f].mean(0)).max() > 2 * spread
 
@@ -107,7 +108,10 @@ def test_write_mvtec_tree_layout_counts_and_masks(tmp_path):
     )
 
 
-@pytest.mark.parametrize("category, family", [("part_crack", "part"), ("cast_crack", "cast")])
+@pytest.mark.parametrize(
+    "category, family",
+    [("part_crack", "part"), ("cast_crack", "cast"), ("cast_lit_crack", "cast_lit")],
+)
 def test_crack_categories_are_their_family_with_cracks_only(tmp_path, category, family):
     root = synthetic.write_mvtec_tree(tmp_path, category, 2, 4, seed=1, image_size=SIZE)
     assert sorted(p.name for p in (root / "test").iterdir()) == ["crack", "good"]
@@ -134,6 +138,25 @@ def test_cast_is_the_part_s_fixture_with_a_surface_that_differs_between_images_a
     # Pores: small dark pits, many more pixels far below the plate's median than on the part.
     pits = lambda img: (img[inside] < np.median(img[inside]) - 20).sum()
     assert sum(map(pits, casts)) > 5 * max(1, sum(map(pits, parts)))
+
+
+def test_cast_lit_is_the_cast_times_a_gain_and_a_linear_ramp():
+    size = 64
+    for seed in range(4):
+        cast = synthetic._cast(np.random.default_rng(seed), size)
+        lit = synthetic._cast_lit(np.random.default_rng(seed), size)
+        ratio = (lit / cast)[..., 0]  # the same draws first, then the light: one field
+        np.testing.assert_allclose(lit / cast, np.repeat(ratio[..., None], 3, -1), rtol=1e-9)
+        # The field is a plane a + b y + c x (least squares by hand), centre gain 0.8-1.2,
+        # sides within +-15% of it.
+        y, x = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5
+        design = np.stack([np.ones(size * size), y.ravel(), x.ravel()], 1)
+        coef, *_ = np.linalg.lstsq(design, ratio.ravel(), rcond=None)
+        np.testing.assert_allclose(design @ coef, ratio.ravel(), atol=1e-9)
+        assert 0.8 <= coef[0] <= 1.2
+        assert np.hypot(coef[1], coef[2]) / coef[0] <= 2 * 0.15 + 1e-9
+    gains = [synthetic.texture("cast_lit", size, s).mean() for s in range(8)]
+    assert max(gains) / min(gains) > 1.1  # exposures differ between photographs
 
 
 def test_write_mvtec_tree_is_deterministic_and_not_rewritten(tmp_path, monkeypatch):
