@@ -14,7 +14,7 @@ def get_config():
     c = default.get_config()
     c.data.format = "synthetic"
     c.data.root = "runs/demo_data"  # where the procedural MVTec-layout tree is written
-    c.data.category = "wood"  # family: wood | carpet | tile | noise | part (aligned)
+    c.data.category = "wood"  # synthetic.CATEGORIES: wood | carpet | tile | noise | part | cast ...
     c.data.image_size = 256
     c.data.synthetic_num_train = 60
     c.data.synthetic_num_test = 30
