@@ -19,7 +19,7 @@ import tqdm
 from absl import flags
 from absl import logging as absl_logging
 
-from cmaae_jax import metrics
+from cmaae_jax import metrics, reference
 from cmaae_jax import workdir as workdir_lib
 
 # absl flags that ask for absl's own log output on stderr.
@@ -166,9 +166,19 @@ _APPLIED = {"mean": "minus the normal per-position mean", "zscore": "z-scored pe
 
 
 def map_description(result: dict) -> str:
-    """The map method an evaluation used and the reference it applied, in words."""
-    kind = (result.get("reference") or {}).get("kind")
-    return ", ".join([result["method"], _APPLIED.get(kind, "no per-position reference")])
+    """The map method an evaluation used and the reference it applied, in words; with
+    `score.reference=auto`, how far its alignment test was from the margin."""
+    record = result.get("reference") or {}
+    words = ", ".join(
+        [result["method"], _APPLIED.get(record.get("kind"), "no per-position reference")]
+    )
+    share = reference.narrowing(record)
+    if record.get("setting") == "auto" and share is not None:
+        need = reference.MIN_NARROWING
+        words += (
+            f" (alignment test: normal tail {100 * share:.0f}% narrower, {100 * need:.0f}% needed)"
+        )
+    return words
 
 
 def held_out_lines(result: dict) -> list[str]:

@@ -114,6 +114,15 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     held_out, ref, record = _reference(
         scorer, splits, config, config.score.get("reference", "none"), bar
     )
+    if reference.near_miss(record):
+        logging.warning(
+            "score.reference=auto found the images unaligned, but the mean of normal maps "
+            "narrowed their tail by %.0f%% (aligned from %.0f%%): if they are aligned (a "
+            "fixture) under drifting light, --config.score.method=msfr_pixel "
+            "--config.score.reference=zscore forces the aligned map",
+            100 * reference.narrowing(record),
+            100 * reference.MIN_NARROWING,
+        )
     method_setting = config.score.get("method", "msfr")
     method = scoring.resolve_method(method_setting, aligned=ref is not None)
     if method != scoring.resolve_method(method_setting, aligned=False):

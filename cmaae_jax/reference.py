@@ -133,6 +133,23 @@ def choose(setting: str, ref, held_out_maps, quantile: float, one_size: bool = T
     return kind, record
 
 
+def narrowing(record: dict) -> float | None:
+    """The share by which the mean narrowed the held-out normal tail (1 - excess_mean /
+    excess_none) in `choose`'s record, or None where it was not computed."""
+    if record.get("excess_mean") is None or not record.get("excess_none"):
+        return None
+    return 1.0 - record["excess_mean"] / record["excess_none"]
+
+
+def near_miss(record: dict) -> bool:
+    """`auto` found the images unaligned although the mean narrowed their normal tail by half
+    MIN_NARROWING at least: aligned photographs whose exposure drifts can (RESULTS.md,
+    twenty-seventh session: 7% on one of two runs), unaligned textures did not (wood 1.8%)."""
+    share = narrowing(record)
+    unaligned = record.get("setting") == "auto" and not record.get("used")
+    return unaligned and share is not None and share >= MIN_NARROWING / 2
+
+
 def save(path, ref) -> None:
     """Writes the reference [2, h, w] atomically (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp.npy")

@@ -55,6 +55,10 @@ def test_summary_table_lines(tmp_path):
     ]
     unaligned = {"method": "msfr", "reference": {"setting": "auto", "used": False, "kind": None}}
     assert console.map_description(unaligned) == "msfr, no per-position reference"
+    tested = {**unaligned["reference"], "excess_none": 0.012, "excess_mean": 0.01116}
+    assert console.map_description({"method": "msfr", "reference": tested}) == (
+        "msfr, no per-position reference (alignment test: normal tail 7% narrower, 10% needed)"
+    )
     assert console.map_description({"method": "pixel"}) == "pixel, no per-position reference"
     mean = {"method": "msfr", "reference": {"kind": "mean"}}
     assert console.map_description(mean) == "msfr, minus the normal per-position mean"

@@ -196,6 +196,43 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     assert asked == [scoring.ALIGNED_METHOD] and chosen.method == "msfr" and chosen.ref is None
 
 
+def test_narrowing_and_near_miss_from_the_record():
+    rec = {"setting": "auto", "used": False, "excess_none": 10.0, "excess_mean": 9.3}
+    assert reference.narrowing(rec) == pytest.approx(0.07)  # 1 - 9.3 / 10, by hand
+    assert reference.near_miss(rec)  # 7%: at least half the 10% margin
+    assert not reference.near_miss({**rec, "excess_mean": 9.6})  # 4%
+    assert not reference.near_miss({**rec, "used": True, "excess_mean": 8.0})  # aligned
+    assert not reference.near_miss({**rec, "setting": "mean"})  # no test was made
+    no_test = {"setting": "auto", "used": False, "one_size": False, "excess_none": 3.0}
+    assert reference.narrowing(no_test) is None and not reference.near_miss(no_test)
+
+
+def test_calibrate_warns_where_auto_narrowly_finds_the_images_unaligned(caplog):
+    splits = {"train": _split(range(0, 5)), "val": _split(range(5, 8))}
+    config = ml_collections.ConfigDict(
+        {
+            "score": {"reference": "auto", "reference_images": 5},
+            "eval": {"threshold_quantile": 0.99},
+        }
+    )
+    seen = set()
+    rng = np.random.default_rng(0)
+    for amplitude in np.linspace(0.0, 0.3, 16):
+        structure = np.ones((16, 16), np.float32)
+        structure[:, 7] += amplitude
+        maps = _maps(structure, rng, 8)
+        minus = [m - np.mean(maps[:5], 0) for m in maps[5:]]
+        share = 1 - _excess(minus, 0.99) / _excess(maps[5:], 0.99)  # by hand
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            evaluate.calibrate(_IndexScorer(maps), splits, config)
+        warned = any("narrowed their tail" in r.getMessage() for r in caplog.records)
+        band = reference.MIN_NARROWING / 2 <= share < reference.MIN_NARROWING
+        assert warned == band, (amplitude, share)
+        seen.add(band)
+    assert seen == {True, False}
+
+
 def test_config_rejects_unknown_reference(tmp_path):
     from conftest import tiny_config
 
