@@ -15,8 +15,12 @@ every metric is exact (ties included). Past that, the keys are coarsened by drop
 mantissa bits (one bit at a time) until the bins fit: a bin then spans a relative score range
 of 2**(shift - 23), i.e. a log-scale histogram whose resolution adapts to the data and needs
 no score range in advance. Curve points stay exact at the bins' lower edges (every pixel of a
-bin is >= its lower edge); only pixels sharing a bin count as tied. Memory: 28 bytes a bin
-(32 MB at the default 2**20 bins) plus temporaries of one group of at most `group_pixels`.
+bin is >= its lower edge); only pixels sharing a bin count as tied. New groups' bins wait
+until they number `max_bins` and are then merged at once (a merge sorts every bin kept, so
+merging after each image made evaluation's host time grow with the test set), which ends at
+the same shift: the least that keeps all the data's bins within `max_bins`. Memory: 28 bytes
+a bin (32 MB at the default 2**20 bins), twice that with the bins waiting, plus temporaries of
+one group of at most `group_pixels`.
 
 `pixel_f1` at the deployable threshold is exact whatever the binning when that threshold is
 passed to the constructor (`thresholds=`): the accumulator then also counts TP/FP for it.
@@ -97,6 +101,8 @@ class PixelAccumulator:
         self.neg = np.zeros(0, np.int64)
         self.pos = np.zeros(0, np.int64)
         self.pro = np.zeros(0, np.float64)
+        self._waiting: list[tuple] = []  # groups' (keys, neg, pos, pro) not merged yet
+        self._waiting_bins = 0
         self.num_regions = 0
         self.image_scores: list[float] = []
         self.image_labels: list[bool] = []
@@ -105,6 +111,7 @@ class PixelAccumulator:
     @property
     def bins_exact(self) -> bool:
         """True while every bin holds a single float32 score (all metrics exact)."""
+        self._flush()
         return self.shift == 0
 
     def update(self, maps, masks, labels=None, has_mask=None) -> None:
@@ -149,13 +156,21 @@ class PixelAccumulator:
             keys[masks], return_inverse=True, return_counts=True
         )
         pos_weights = np.bincount(inverse.ravel(), weights=weights[masks], minlength=len(pos_keys))
-        zeros_n, zeros_p = np.zeros(len(neg_keys)), np.zeros(len(pos_keys))
-        self._merge(
-            np.concatenate([self.keys, neg_keys, pos_keys]),
-            np.concatenate([self.neg, neg_counts, zeros_p.astype(np.int64)]),
-            np.concatenate([self.pos, zeros_n.astype(np.int64), pos_counts]),
-            np.concatenate([self.pro, zeros_n, pos_weights]),
-        )
+        no_n, no_p = np.zeros(len(neg_keys), np.int64), np.zeros(len(pos_keys), np.int64)
+        self._waiting.append((neg_keys, neg_counts, no_n, no_n.astype(np.float64)))
+        self._waiting.append((pos_keys, no_p, pos_counts, pos_weights))
+        self._waiting_bins += len(neg_keys) + len(pos_keys)
+        if self._waiting_bins >= self.max_bins:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Merges the waiting groups' bins into the kept ones, then coarsens while there are
+        more than `max_bins`."""
+        if not self._waiting:
+            return
+        columns = zip((self.keys, self.neg, self.pos, self.pro), *self._waiting, strict=True)
+        self._waiting, self._waiting_bins = [], 0
+        self._merge(*(np.concatenate(column) for column in columns))
         while len(self.keys) > self.max_bins:
             self.shift += 1
             self._merge(self.keys >> np.uint32(1), self.neg, self.pos, self.pro)
@@ -173,6 +188,7 @@ class PixelAccumulator:
         Keys: `thresholds`, `tp`, `fp` (pixels >= threshold), `pro` (mean per-region overlap),
         `num_pos`, `num_neg`, `num_regions`.
         """
+        self._flush()
         return {
             "thresholds": key_values(self.keys, self.shift)[::-1],
             "tp": np.cumsum(self.pos[::-1]),

@@ -297,6 +297,26 @@ def test_coarsened_bins_stay_bounded_and_close():
         assert p == pytest.approx(tp / pred.sum()) and r == pytest.approx(tp / masks.sum())
 
 
+def test_image_by_image_updates_coarsen_to_the_least_shift_that_fits():
+    """Bins wait and merge at once; the shift that ends is the least keeping every bin of all
+    the data within max_bins, as one update of everything gives."""
+    rng = np.random.default_rng(8)
+    maps = rng.gamma(2.0, 1.0, size=(12, 24, 24)).astype(np.float32)
+    masks = np.zeros(maps.shape, np.uint8)
+    masks[::2, 5:12, 6:15] = 1
+    one = metrics.PixelAccumulator(thresholds=[2.0], max_bins=100)
+    one.update(maps, masks)
+    by_image = metrics.PixelAccumulator(thresholds=[2.0], max_bins=100)
+    for i in range(len(maps)):
+        by_image.update(maps[i], masks[i])
+    a, b = one.result(2.0), by_image.result(2.0)
+    for key, value in a.items():
+        assert value == pytest.approx(b[key], rel=1e-12, nan_ok=True), key
+    keys = score_keys.score_keys(maps).ravel()  # by hand: distinct keys at each shift
+    fits = [len(np.unique(keys >> np.uint32(s))) <= 100 for s in range(32)]
+    assert by_image.shift == fits.index(True) > 0 and b["num_bins"] <= 100
+
+
 def test_score_keys_order_and_round_trip():
     values = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-40, 0.25, 7.0, np.inf], np.float32)
     keys = score_keys.score_keys(values)
