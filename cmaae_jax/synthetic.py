@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 # part and cast: aligned, as in a fixture (cast: the same fixture, a rough surface with pores;
-# cast_lit: the cast under light that drifts between photographs)
-FAMILIES = ("wood", "carpet", "tile", "noise", "part", "cast", "cast_lit")
+# cast_lit: the cast under light that drifts between photographs; cast_play: in a loose fixture)
+FAMILIES = ("wood", "carpet", "tile", "noise", "part", "cast", "cast_lit", "cast_play")
 DEFECT_KINDS = ("scratch", "hole", "spot", "cut", "contamination")  # the demo's test kinds
 CRACK = "crack"  # thin (1-2 px), faint, branching: the hardest kind, on its own category
 # data.category of the synthetic format -> (texture family, defect kinds of its test split).
@@ -30,6 +30,8 @@ CATEGORIES = {
     "cast_crack": ("cast", (CRACK,)),
     "cast_lit": ("cast_lit", DEFECT_KINDS),
     "cast_lit_crack": ("cast_lit", (CRACK,)),
+    "cast_play": ("cast_play", DEFECT_KINDS),
+    "cast_play_crack": ("cast_play", (CRACK,)),
 }
 MASK_TOLERANCE = 12  # a defect mask marks pixels where some channel changed by more (0..255)
 MIN_COVERAGE, MAX_COVERAGE = 0.002, 0.05  # share of the image a defect covers
@@ -114,12 +116,20 @@ def _edge(signed_distance_px):
     return np.clip(0.5 - signed_distance_px, 0.0, 1.0)
 
 
-def _fixture(rng, size):
-    """The fixture's frame: (y, x) in units of the side, shifted by at most 1% of it, the
-    plate's inside-ness and its openings' (two bores and a slot), each [size, size]."""
-    dy, dx = rng.uniform(-0.01, 0.01, 2)
+def _fixture(rng, size, play=0.01, tilt=0.0):
+    """The fixture's frame: (y, x) in units of the side, shifted by at most `play` of it and
+    turned about the centre by at most `tilt` radians, the plate's inside-ness and its
+    openings' (two bores and a slot), each [size, size]."""
+    dy, dx = rng.uniform(-play, play, 2)
     y, x = np.mgrid[0:size, 0:size] / size
     y, x = y - dy, x - dx
+    if tilt:  # drawn only then: the other families' images stay as they were
+        turn = rng.uniform(-tilt, tilt)
+        cy, cx = y - 0.5, x - 0.5
+        y, x = (
+            0.5 + cy * np.cos(turn) - cx * np.sin(turn),
+            0.5 + cy * np.sin(turn) + cx * np.cos(turn),
+        )
     box = lambda cy, cx, hy, hx: np.maximum(np.abs(y - cy) - hy, np.abs(x - cx) - hx) * size
     plate = _edge(box(0.5, 0.5, 0.3, 0.38))
     holes = sum(_edge((np.hypot(y - 0.5, x - cx) - 0.08) * size) for cx in (0.3, 0.7))
@@ -140,11 +150,11 @@ def _part(rng, size):
     return _colourise(t, light * 0.0, light)
 
 
-def _cast(rng, size):
+def _cast(rng, size, play=0.01, tilt=0.0):
     """A cast plate in the part's fixture: a rough grain of 1-8 px (at 256 px) and 10-30 pores
     (dark pits of 1-3 px at random places, 15-35 grey levels deep) that differ in every image:
     normal detail that no model reproduces exactly, as fine and as dark as a thin crack."""
-    _, _, plate, openings = _fixture(rng, size)
+    _, _, plate, openings = _fixture(rng, size, play, tilt)
     scale = size / 256
     pores = np.zeros((size, size))
     for _ in range(int(rng.integers(10, 31))):
@@ -172,6 +182,12 @@ def _cast_lit(rng, size):
     return _cast(rng, size) * _lighting(rng, size)[..., None]
 
 
+def _cast_play(rng, size):
+    """The cast plate in a fixture with play: shifted by up to 3% of the side (the others 1%)
+    and turned by up to 2 degrees between photographs."""
+    return _cast(rng, size, play=0.03, tilt=np.deg2rad(2.0))
+
+
 _TEXTURES = {
     "wood": _wood,
     "carpet": _carpet,
@@ -180,6 +196,7 @@ _TEXTURES = {
     "part": _part,
     "cast": _cast,
     "cast_lit": _cast_lit,
+    "cast_play": _cast_play,
 }
 
 

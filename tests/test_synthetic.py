@@ -22,7 +22,8 @@ def test_texture_is_deterministic_from_the_seed(family):
 
 
 def test_samples_of_a_family_are_closer_to_each_other_than_to_other_families():
-    families = [f for f in synthetic.FAMILIES if f != "cast_lit"]  # the cast, lit: below
+    # the cast lit by drifting light or in a loose fixture: the cast's colours (tests below)
+    families = [f for f in synthetic.FAMILIES if f not in ("cast_lit", "cast_play")]
     means = {
         f: np.stack([synthetic.texture(f, 64, s).reshape(-1, 3).mean(0) for s in range(4)])
         for f in families
@@ -110,7 +111,12 @@ def test_write_mvtec_tree_layout_counts_and_masks(tmp_path):
 
 @pytest.mark.parametrize(
     "category, family",
-    [("part_crack", "part"), ("cast_crack", "cast"), ("cast_lit_crack", "cast_lit")],
+    [
+        ("part_crack", "part"),
+        ("cast_crack", "cast"),
+        ("cast_lit_crack", "cast_lit"),
+        ("cast_play_crack", "cast_play"),
+    ],
 )
 def test_crack_categories_are_their_family_with_cracks_only(tmp_path, category, family):
     root = synthetic.write_mvtec_tree(tmp_path, category, 2, 4, seed=1, image_size=SIZE)
@@ -157,6 +163,25 @@ def test_cast_lit_is_the_cast_times_a_gain_and_a_linear_ramp():
         assert np.hypot(coef[1], coef[2]) / coef[0] <= 2 * 0.15 + 1e-9
     gains = [synthetic.texture("cast_lit", size, s).mean() for s in range(8)]
     assert max(gains) / min(gains) > 1.1  # exposures differ between photographs
+
+
+def test_cast_play_moves_and_turns_the_fixture_more_than_the_cast():
+    size = 128
+    plates = {
+        name: [synthetic._fixture(np.random.default_rng(s), size, *args)[2] for s in range(6)]
+        for name, args in (("cast", ()), ("play", (0.03, np.deg2rad(2.0))))
+    }
+    moved = {name: np.mean([np.abs(p[0] - q).mean() for q in p[1:]]) for name, p in plates.items()}
+    assert moved["play"] > 2 * moved["cast"]
+    areas = [p.sum() for p in plates["play"] + plates["cast"]]
+    assert max(areas) < 1.01 * min(areas)  # shifted and turned, not scaled
+
+    # turned: on some sample the plate's top edge is not one row (a shift alone keeps it one)
+    def edge_rows(plate):
+        return {int(np.argmax(plate[:, c] > 0.5)) for c in range(size // 4, 3 * size // 4)}
+
+    assert max(len(edge_rows(p)) for p in plates["play"]) >= 3
+    assert max(len(edge_rows(p)) for p in plates["cast"]) == 1
 
 
 def test_write_mvtec_tree_is_deterministic_and_not_rewritten(tmp_path, monkeypatch):
