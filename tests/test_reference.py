@@ -217,7 +217,7 @@ def test_calibrate_warns_where_auto_narrowly_finds_the_images_unaligned(caplog):
     )
     seen = set()
     rng = np.random.default_rng(0)
-    for amplitude in np.linspace(0.0, 0.3, 16):
+    for amplitude in np.linspace(0.0, 0.3, 41):
         structure = np.ones((16, 16), np.float32)
         structure[:, 7] += amplitude
         maps = _maps(structure, rng, 8)
