@@ -197,10 +197,12 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
 
 
 def test_narrowing_and_near_miss_from_the_record():
-    rec = {"setting": "auto", "used": False, "excess_none": 10.0, "excess_mean": 9.3}
-    assert reference.narrowing(rec) == pytest.approx(0.07)  # 1 - 9.3 / 10, by hand
-    assert reference.near_miss(rec)  # 7%: at least half the 10% margin
-    assert not reference.near_miss({**rec, "excess_mean": 9.6})  # 4%
+    rec = {"setting": "auto", "used": False, "excess_none": 10.0, "excess_mean": 9.7}
+    assert reference.narrowing(rec) == pytest.approx(0.03)  # 1 - 9.7 / 10, by hand
+    margin = reference.MIN_NARROWING
+    near = {**rec, "excess_mean": 10.0 * (1 - 0.75 * margin)}
+    assert reference.near_miss(near)  # three quarters of the margin: at least half of it
+    assert not reference.near_miss({**rec, "excess_mean": 10.0 * (1 - 0.4 * margin)})
     assert not reference.near_miss({**rec, "used": True, "excess_mean": 8.0})  # aligned
     assert not reference.near_miss({**rec, "setting": "mean"})  # no test was made
     no_test = {"setting": "auto", "used": False, "one_size": False, "excess_none": 3.0}
