@@ -9,8 +9,6 @@ cd "$(dirname "$0")/.."
 out=runs/lit27
 records=docs/results/lit27/records
 source scripts/study_runs.sh
-msfr=msfr:score.method=msfr,score.reference=none
-mpz=mpz:score.method=msfr_pixel,score.reference=zscore
 for c in "cast_lit_crack 0" "cast_lit_crack 1" "cast_lit 0" "cast_lit 1"; do
   run $c auto $msfr $mpz
 done

@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 out=runs/margin27
 records=docs/results/margin27/records
 source scripts/study_runs.sh
-mpz=mpz:score.method=msfr_pixel,score.reference=zscore
 run carpet 0 auto $mpz
 run tile 0 auto $mpz
 run cast_lit_crack 2 auto $mpz

@@ -9,8 +9,6 @@ cd "$(dirname "$0")/.."
 out=runs/play27
 records=docs/results/play27/records
 source scripts/study_runs.sh
-msfr=msfr:score.method=msfr,score.reference=none
-mpz=mpz:score.method=msfr_pixel,score.reference=zscore
 for c in "cast_play_crack 0" "cast_play_crack 1" "cast_play 0"; do
   run $c auto $msfr $mpz
 done

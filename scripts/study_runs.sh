@@ -2,6 +2,10 @@
 # folder) and `records` (where each evaluation's metrics.json is copied). Resumable: a
 # finished run, scoring or baseline file is skipped.
 mkdir -p "$records"
+# The scorings plans 7-9 compare with `run`: MSFR with no reference (what `auto` gives images
+# it finds unaligned) and msfr_pixel with the z-scored reference forced (aligned).
+msfr=msfr:score.method=msfr,score.reference=none
+mpz=mpz:score.method=msfr_pixel,score.reference=zscore
 
 run() {  # category seed own_label [name:section.field=value[,section.field=value...]]...
   local category=$1 s=$2 own=$3
