@@ -117,9 +117,10 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     if reference.near_miss(record):
         logging.warning(
             "score.reference=auto found the images unaligned, but the mean of normal maps "
-            "narrowed their tail by %.0f%% (aligned from %.0f%%): if they are aligned (a "
-            "fixture) under drifting light, --config.score.method=msfr_pixel "
-            "--config.score.reference=zscore forces the aligned map",
+            "narrowed their tail by %.0f%% (aligned from %.0f%%): if they are aligned (the "
+            "same part in the same place, light or play drifting), "
+            "--config.score.method=msfr_pixel --config.score.reference=zscore forces the "
+            "aligned map",
             100 * reference.narrowing(record),
             100 * reference.MIN_NARROWING,
         )

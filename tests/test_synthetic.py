@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from cmaae_jax import synthetic
+from cmaae_jax import synthetic, textures
 
 SIZE = 128
 
@@ -149,8 +149,8 @@ def test_cast_is_the_part_s_fixture_with_a_surface_that_differs_between_images_a
 def test_cast_lit_is_the_cast_times_a_gain_and_a_linear_ramp():
     size = 64
     for seed in range(4):
-        cast = synthetic._cast(np.random.default_rng(seed), size)
-        lit = synthetic._cast_lit(np.random.default_rng(seed), size)
+        cast = textures._cast(np.random.default_rng(seed), size)
+        lit = textures._cast_lit(np.random.default_rng(seed), size)
         ratio = (lit / cast)[..., 0]  # the same draws first, then the light: one field
         np.testing.assert_allclose(lit / cast, np.repeat(ratio[..., None], 3, -1), rtol=1e-9)
         # The field is a plane a + b y + c x (least squares by hand), centre gain 0.8-1.2,
@@ -168,7 +168,7 @@ def test_cast_lit_is_the_cast_times_a_gain_and_a_linear_ramp():
 def test_cast_play_moves_and_turns_the_fixture_more_than_the_cast():
     size = 128
     plates = {
-        name: [synthetic._fixture(np.random.default_rng(s), size, *args)[2] for s in range(6)]
+        name: [textures._fixture(np.random.default_rng(s), size, *args)[2] for s in range(6)]
         for name, args in (("cast", ()), ("play", (0.03, np.deg2rad(2.0))))
     }
     moved = {name: np.mean([np.abs(p[0] - q).mean() for q in p[1:]]) for name, p in plates.items()}
