@@ -29,7 +29,7 @@ def narrowing(workdir: pathlib.Path, normalize: str) -> dict:
         config.score.normalize = normalize
     restored = evaluate._restore(config, str(workdir), None)
     _, _, record = evaluate._reference(restored.scorer, restored.splits, restored.config, "auto")
-    share = 1.0 - record["excess_mean"] / record["excess_none"]
+    share = reference.narrowing(record)
     return {**record, "narrowing": share, "aligned": share >= reference.MIN_NARROWING}
 
 
