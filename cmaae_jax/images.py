@@ -174,6 +174,13 @@ def pad_to(array_HxWx___, hw, mode="reflect"):
     return np.pad(array_HxWx___, widths, mode="reflect")
 
 
+def read_resized(path, image_size, resize="square"):
+    """The 8-bit 'L' or 'RGB' PIL image of `path` at its `scaled_size`, before any padding."""
+    img = _read_8bit(path)
+    h, w = scaled_size((img.height, img.width), image_size, resize)
+    return img.resize((w, h), Image.BILINEAR)
+
+
 def load_image(path, image_size, resize="square"):
     """Loads an image as uint8 RGB, resized as `resize` says.
 
@@ -191,9 +198,8 @@ def load_image(path, image_size, resize="square"):
       ImageError: the file is missing, empty, corrupt, truncated, declares more than
         `MAX_PIXELS` pixels, or is smaller than 64x64.
     """
-    img = _read_8bit(path)
-    h, w = scaled_size((img.height, img.width), image_size, resize)
-    img = img.resize((w, h), Image.BILINEAR)
+    img = read_resized(path, image_size, resize)
+    h, w = img.height, img.width
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)

@@ -334,3 +334,27 @@ def test_keep_aspect_masks_nearest_and_zero_padded(tmp_path):
     assert mask[:43].sum() > 0 and mask[43:].max() == 0
     image, none = images.load_pair(image_path, None, 128, "keep_aspect")
     assert none.shape == (64, 128) and none.max() == 0
+
+
+@pytest.mark.parametrize("resize", ["keep_aspect", "square"])
+def test_loading_a_read_resized_copy_gives_the_same_arrays(tmp_path, resize):
+    # scripts/resize_copy.py ships data pre-resized: a copy saved at its loaded size must
+    # load to the same image and mask (sizes chosen so the short side rounds both ways; a
+    # copy's sides must stay >= 64, which the script checks).
+    for k, (h, w) in enumerate([(200, 300), (233, 171), (401, 399), (64, 90), (331, 220)]):
+        a = _noise((h, w), seed=k)
+        m = np.zeros((h, w), np.uint8)
+        m[h // 3 : h // 2, w // 4 : w // 2 + 1] = 255
+        src, src_mask = _save(tmp_path / f"{k}.png", a), _save(tmp_path / f"{k}_m.png", m)
+        copy = images.read_resized(src, 128, resize)
+        sh, sw = images.scaled_size((h, w), 128, resize)
+        assert (copy.height, copy.width) == (sh, sw)
+        dst = tmp_path / f"{k}_copy.png"
+        copy.save(dst)
+        small = images.load_mask(src_mask, 128, resize=resize)[:sh, :sw]
+        dst_mask = _save(tmp_path / f"{k}_copy_m.png", small * 255)
+        image, mask = images.load_pair(src, src_mask, 128, resize)
+        image2, mask2 = images.load_pair(dst, dst_mask, 128, resize)
+        np.testing.assert_array_equal(image2, image)
+        np.testing.assert_array_equal(mask2, mask)
+        assert mask.sum() > 0
