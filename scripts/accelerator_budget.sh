@@ -6,10 +6,12 @@
 #   python scripts/resize_copy.py ../shared/datasets/magnetic_tile runs/mt256 --image_size 256
 #   bash scripts/accelerator_budget.sh runs/mt256 OUT_DIR
 #
-# RUNS lists NAME:MULTIPLE:DTYPE:SEED[:OVERRIDES] (OVERRIDES: section.field=value,... ; MULTIPLE times the config's 1500 + 750 steps; BASE1 and
-# BASE2 change that base), in the order to run. At DEADLINE_S seconds the run going is
-# stopped and the rest skipped; the workdirs without their checkpoints land in
-# OUT_DIR/budget.tgz, a summary in OUT_DIR.
+# The default RUNS are those the twenty-eighth session's lease could not finish (their time
+# alone on one H200: BENCHMARKS.md). RUNS lists NAME:MULTIPLE:DTYPE:SEED[:OVERRIDES], in the
+# order to run: MULTIPLE times the config's 1500 + 750 steps (BASE1, BASE2 change that base),
+# OVERRIDES as section.field=value,... At DEADLINE_S seconds the run going is stopped and the
+# rest skipped; the workdirs without their checkpoints land in OUT_DIR/budget.tgz, a summary
+# in OUT_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=$1
