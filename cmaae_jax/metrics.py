@@ -81,6 +81,23 @@ def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def _unique_inverse(keys: np.ndarray, presorted: bool = False) -> tuple:
+    """`np.unique(keys, return_inverse=True)` for keys made of sorted runs (the kept bins and
+    each waiting group's), or already sorted (`presorted`, coarsening): a stable sort finds
+    the runs (numpy's timsort) where `np.unique` sorts from scratch; the same result."""
+    order = None if presorted else np.argsort(keys, kind="stable")
+    ordered = keys if presorted else keys[order]
+    first = np.empty(len(ordered), bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    rank = np.cumsum(first) - 1
+    if presorted:
+        return ordered[first], rank
+    inverse = np.empty_like(rank)
+    inverse[order] = rank
+    return ordered[first], inverse
+
+
 class PixelAccumulator:
     """Streaming summary of (anomaly map, ground-truth mask) pairs; see the module docstring.
 
@@ -173,10 +190,10 @@ class PixelAccumulator:
         self._merge(*(np.concatenate(column) for column in columns))
         while len(self.keys) > self.max_bins:
             self.shift += 1
-            self._merge(self.keys >> np.uint32(1), self.neg, self.pos, self.pro)
+            self._merge(self.keys >> np.uint32(1), self.neg, self.pos, self.pro, presorted=True)
 
-    def _merge(self, keys, neg, pos, pro) -> None:
-        self.keys, inverse = np.unique(keys, return_inverse=True)
+    def _merge(self, keys, neg, pos, pro, presorted=False) -> None:
+        self.keys, inverse = _unique_inverse(keys, presorted)
         size = len(self.keys)
         self.neg = np.bincount(inverse, weights=neg, minlength=size).round().astype(np.int64)
         self.pos = np.bincount(inverse, weights=pos, minlength=size).round().astype(np.int64)

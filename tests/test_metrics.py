@@ -457,3 +457,23 @@ def test_held_out_check_by_brute_force():
     assert calibration.held_out_check(normal, perfect, masks) == pytest.approx(
         dict.fromkeys(calibration.HELD_OUT_KEYS, 1.0)
     )
+
+
+def test_unique_inverse_of_sorted_runs_equals_numpy_unique():
+    rng = np.random.default_rng(9)
+    runs = [np.unique(rng.integers(0, 50, n).astype(np.uint32)) for n in (0, 1, 7, 40, 3)]
+    cases = [
+        np.concatenate(runs),  # what a merge gets: the kept bins, then each group's
+        rng.integers(0, 2**32, 500, dtype=np.uint64).astype(np.uint32),  # no runs at all
+        np.zeros(0, np.uint32),
+    ]
+    for keys in cases:
+        unique, inverse = metrics._unique_inverse(keys)
+        want_unique, want_inverse = np.unique(keys, return_inverse=True)
+        np.testing.assert_array_equal(unique, want_unique)
+        np.testing.assert_array_equal(inverse, want_inverse.ravel())
+        shifted = want_unique >> np.uint32(3)  # coarsening: sorted, with new duplicates
+        unique, inverse = metrics._unique_inverse(shifted, presorted=True)
+        want_unique, want_inverse = np.unique(shifted, return_inverse=True)
+        np.testing.assert_array_equal(unique, want_unique)
+        np.testing.assert_array_equal(inverse, want_inverse.ravel())
