@@ -259,6 +259,8 @@ def _header(args) -> dict:
     return {
         "framework": "jax",
         "jax_version": jax.__version__,
+        # compile_s reads a persistent cache's hits where one is set (README, "Compiles")
+        "compilation_cache": jax.config.jax_compilation_cache_dir or "",
         "python": platform.python_version(),
         "device_kind": dev.device_kind,
         "platform": dev.platform,

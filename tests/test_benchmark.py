@@ -1,6 +1,7 @@
 """cmaae_jax/benchmark.py at a tiny size: one JSON object with the documented keys, sane values."""
 
 import json
+import os
 
 import pytest
 
@@ -39,6 +40,7 @@ def test_benchmark_json_has_the_keys_and_sane_values():
     assert 0 < result["train_step_s_median"] < 600
     assert result["train_patches_per_s"] > 0
     assert 0 <= result["compile_s"] < 600
+    assert result["compilation_cache"] == os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     assert 0 < result["infer_ms_per_image_median"] < 600_000
     assert result["infer_batched_batch"] == 2
     assert result["gaaga_images_per_s"] > 0
