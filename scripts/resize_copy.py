@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from cmaae_jax import images  # noqa: E402
+from cmaae_jax import errors, images  # noqa: E402
 
 
 def _copy_one(src, dst, image_size, resize):
@@ -41,6 +41,8 @@ def _copy_one(src, dst, image_size, resize):
 
 def resize_copy(src_root, dst_root, image_size, resize):
     src_root, dst_root = pathlib.Path(src_root), pathlib.Path(dst_root)
+    if not src_root.is_dir():
+        sys.exit(f"error: {src_root}: no such folder")
     files = sorted(p for p in src_root.rglob("*") if p.is_file())
     for src in files:
         dst = dst_root / src.relative_to(src_root)
@@ -74,10 +76,13 @@ def main():
     ap.add_argument("--resize", default="keep_aspect", choices=images.RESIZE_MODES)
     ap.add_argument("--check", action="store_true", help="load both and compare the arrays")
     args = ap.parse_args()
-    n = resize_copy(args.src, args.dst, args.image_size, args.resize)
-    print(f"{n} files written under {args.dst}")
-    if args.check:
-        print("identical arrays:", check(args.src, args.dst, args.image_size, args.resize))
+    try:
+        n = resize_copy(args.src, args.dst, args.image_size, args.resize)
+        print(f"{n} files written under {args.dst}")
+        if args.check:
+            print("identical arrays:", check(args.src, args.dst, args.image_size, args.resize))
+    except errors.UserError as e:  # a corrupt image or mask, a folder not in MVTec layout
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
