@@ -10,7 +10,7 @@
 # alone on one H200: BENCHMARKS.md). RUNS lists NAME:MULTIPLE:DTYPE:SEED[:OVERRIDES], in the
 # order to run: MULTIPLE times the config's 1500 + 750 steps (BASE1, BASE2 change that base),
 # OVERRIDES as section.field=value,... At DEADLINE_S seconds the run going is stopped and the
-# rest skipped; the workdirs without their checkpoints land in OUT_DIR/budget.tgz, a summary
+# rest skipped (a run also is when fewer than MIN_RUN_S seconds are left for it); the workdirs without their checkpoints land in OUT_DIR/budget.tgz, a summary
 # in OUT_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ DATA=$1
 OUT=$2
 WORK="${WORK:-runs/accelerator_budget}"
 DEADLINE_S="${DEADLINE_S:-520}"
+MIN_RUN_S="${MIN_RUN_S:-180}"  # a run that would start with less time left is skipped
 BASE1="${BASE1:-1500}"
 BASE2="${BASE2:-750}"
 RUNS="${RUNS:-x4_s1:4:float32:1 x4ae_s0:4:float32:0:model.variant=ae x4bf_s0:4:bfloat16:0}"
@@ -35,7 +36,7 @@ for spec in $RUNS; do
   s1=$((BASE1 * mult))
   s2=$((BASE2 * mult))
   left=$((DEADLINE_S - ($(date +%s) - start)))
-  [ "$left" -gt 10 ] || { echo "$name skipped: deadline" >> "$WORK/done.txt"; continue; }
+  [ "$left" -ge "$MIN_RUN_S" ] || { echo "$name skipped: ${left}s left" >> "$WORK/done.txt"; continue; }
   t0=$(date +%s)
   timeout "$left" "$PY" launch/train.py --config configs/magnetic_tile.py \
     --workdir "$WORK/$name" --config.data.root="$DATA" --config.train.seed="$seed" \
