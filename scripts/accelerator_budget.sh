@@ -10,8 +10,8 @@
 # alone on one H200: BENCHMARKS.md). RUNS lists NAME:MULTIPLE:DTYPE:SEED[:OVERRIDES], in the
 # order to run: MULTIPLE times the config's 1500 + 750 steps (BASE1, BASE2 change that base),
 # OVERRIDES as section.field=value,... At DEADLINE_S seconds the run going is stopped and the
-# rest skipped (a run also is when fewer than MIN_RUN_S seconds are left for it); the workdirs without their checkpoints land in OUT_DIR/budget.tgz, a summary
-# in OUT_DIR.
+# rest skipped (so is a run with fewer than MIN_RUN_S seconds left for it); the workdirs
+# without their checkpoints land in OUT_DIR/budget.tgz, a summary in OUT_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA=$1
