@@ -3,21 +3,21 @@
     python scripts/normal_hotspots.py runs/mt256_cpu/cmaae_s0 --border 16
 
 Label-free (no test image, no mask): the run's held-out normal images (`eval.val_fraction` of
-train/good) are mapped as the run's evaluation mapped them (its score fields;
-`evaluate.calibrate`: method and reference). For the pixels at or above a few levels
-(quantiles of the pooled held-out scores, and the run's label-free threshold) it prints their
-share of all held-out pixels, the share of them within `--border` pixels of their image's
-border against the border's share of the area, the sides they lie at, and the quantiles of
-the interior alone. A normal tail concentrated at the border says that false alarms come
-from the image edges (e.g. the physical edges of a part), which raise the label-free
-thresholds and the normal images' image scores (their maximum).
+train/good) are mapped as `launch/predict.py` maps images, with the score fields, the
+reference and the threshold that the run's evaluation recorded (evaluate it first). For the
+pixels at or above a few levels (quantiles of the pooled held-out scores, and that
+label-free threshold) it prints their share of all held-out pixels, the share of them within
+`--border` pixels of their image's border against the border's share of the area, the sides
+they lie at, and the quantiles of the interior alone. A normal tail concentrated at the
+border says that false alarms come from the image edges (e.g. the physical edges of a part),
+which raise the label-free thresholds and the normal images' image scores (their maximum).
 """
 
 import argparse
 
 import numpy as np
 
-from cmaae_jax import devices, evaluate, reference
+from cmaae_jax import datasets, devices, evaluate, inference, predict, reference
 from cmaae_jax import workdir as workdir_lib
 
 SIDES = ("top", "bottom", "left", "right")
@@ -59,15 +59,14 @@ def main():
     args = parser.parse_args()
     devices.set_cpu_devices(-1)  # the launchers' virtual CPU devices
     config = workdir_lib.load_scoring_config(args.workdir)  # the score fields it was evaluated with
-    restored = evaluate._restore(config, args.workdir, None)
-    chosen = evaluate.calibrate(
-        restored.scorer, restored.splits, restored.config, None, restored.rescore
-    )
-    maps = evaluate.valid_maps(chosen.scorer, restored.splits["val"])
-    maps = [np.asarray(m, np.float32) for m in reference.apply(chosen.ref, maps)]
+    _, variables = inference.restore_variables(config, args.workdir)
+    val = datasets.load_splits(config)["val"]
+    maps = evaluate.valid_maps(inference.Scorer(config, variables), val)
+    ref = reference.load(workdir_lib.eval_dir(args.workdir) / reference.FILE)
+    maps = [np.asarray(m, np.float32) for m in reference.apply(ref, maps)]
     pooled = np.concatenate([m.ravel() for m in maps])
     levels = {f"quantile {q}": float(np.quantile(pooled, q)) for q in args.quantiles}
-    levels["label-free threshold"] = float(chosen.threshold)
+    levels["label-free threshold"] = predict.find_threshold(args.workdir, None)
     print(f"{args.workdir}: {len(maps)} held-out normal images, median {np.median(pooled):.4g}")
     report(maps, levels, args.border)
     b = args.border
