@@ -1,0 +1,154 @@
+"""MSFR and the pixel residual z-scored apart, then fused, on aligned runs (RESULTS.md,
+thirtieth session). No retraining; no test mask chooses anything.
+
+    python scripts/aligned_fusions.py dump runs/aligned26/cast_crack_s2 /tmp/maps/cc_s2.pkl
+    python scripts/aligned_fusions.py analyse /tmp/maps/cc_s2.pkl [...] --json rows.json
+
+`dump` scores a run's first `score.reference_images` training images, its held-out normal
+(val) and its test images twice, by MSFR and by the pixel residual (the run's other score
+fields, `score.normalize=none`), and pickles the valid maps with the test masks, labels and
+types. `analyse` z-scores each map by a per-position reference of its own method's training
+maps (`reference.build`, as `score.reference=zscore` builds it) and compares, per run:
+MPZ (`msfr_pixel` z-scored, what `score.method=auto` gives aligned images), PZ (the pixel
+residual z-scored), MZ (MSFR z-scored) and fusions of MZ and PZ: `max`, `mean`, `zmix`
+((MZ + 2 PZ) / 3) and `l2` (the length of their positive parts). Metrics: AUPRO, F1 max and
+the F1 at the quantile 0.999 of the held-out maps, of the `crack` type for runs whose folder
+name holds "crack", else pooled over the test set.
+"""
+
+import argparse
+import json
+import os
+import pickle
+
+import numpy as np
+
+METHODS = ("msfr", "pixel")
+
+
+def dump(workdir: str, out: str) -> None:
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    from cmaae_jax import datasets, evaluate, inference
+    from cmaae_jax import workdir as workdir_lib
+
+    result = {}
+    for method in METHODS:
+        config = workdir_lib.load_config(workdir)
+        with config.unlocked():
+            config.score.normalize, config.score.method = "none", method
+        _, variables = inference.restore_variables(config, workdir)
+        splits = datasets.load_splits(config)
+        scorer = inference.Scorer(config, variables)
+        for name in ("train", "val", "test"):
+            split = splits[name]
+            n = split.num_images
+            if name == "train":
+                n = min(n, config.score.get("reference_images", 64))
+            maps = evaluate.valid_maps(scorer, split, np.arange(n))
+            part = result.setdefault(name, {})
+            part[method] = [np.asarray(m, np.float32) for m in maps]
+            if name == "test":
+                part["masks"] = [split.valid_map(i, split.masks[i]) for i in range(n)]
+                part["labels"] = np.asarray(split.labels)
+                part["types"] = split.defect_types
+    with open(out, "wb") as fh:
+        pickle.dump(result, fh)
+
+
+def _over_median(m):
+    return m / (np.median(m) + 1e-12)
+
+
+def fused_maps(data: dict) -> dict:
+    """{map name: {"val": maps, "test": maps}} of one dump."""
+    from cmaae_jax import reference
+
+    train = data["train"]
+    mixed_train = [
+        _over_median(a) + _over_median(b) for a, b in zip(*(train[m] for m in METHODS), strict=True)
+    ]
+    refs = {m: reference.build(train[m]) for m in METHODS}
+    ref_mixed = reference.build([0.5 * m for m in mixed_train])
+    out = {}
+    for split in ("val", "test"):
+        s = data[split]
+        mz, pz = (reference.apply(refs[m], s[m]) for m in METHODS)
+        mixed = [
+            0.5 * (_over_median(a) + _over_median(b))
+            for a, b in zip(s["msfr"], s["pixel"], strict=True)
+        ]
+        maps = {
+            "MPZ": reference.apply(ref_mixed, mixed),
+            "PZ": pz,
+            "MZ": mz,
+            "max": [np.maximum(a, b) for a, b in zip(mz, pz, strict=True)],
+            "mean": [0.5 * (a + b) for a, b in zip(mz, pz, strict=True)],
+            "zmix": [(a + 2 * b) / 3 for a, b in zip(mz, pz, strict=True)],
+            "l2": [
+                np.hypot(np.maximum(a, 0), np.maximum(b, 0)) for a, b in zip(mz, pz, strict=True)
+            ],
+        }
+        for name, value in maps.items():
+            out.setdefault(name, {})[split] = value
+    return out
+
+
+def measure(val_maps, test_maps, test: dict, crack: bool) -> dict:
+    """AUPRO, F1 max and the F1 at the held-out maps' quantile 0.999 (`crack`: of that type)."""
+    from cmaae_jax import calibration, metrics
+
+    q = calibration.threshold_from_normal(np.concatenate([m.ravel() for m in val_maps]), 0.999)
+    if crack:
+        acc = metrics.PerTypeAccumulator(test["types"], test["labels"], (q,))
+    else:
+        acc = metrics.PixelAccumulator(thresholds=(q,))
+    for i, m in enumerate(test_maps):
+        if crack:
+            acc.update(
+                m[None], test["masks"][i][None], [test["types"][i]], test["labels"][i : i + 1]
+            )
+        else:
+            acc.update(m[None], test["masks"][i][None], test["labels"][i : i + 1])
+    r = acc.result(q)["crack"] if crack else acc.result(q)
+    return {"aupro": r["pixel_aupro"], "f1_max": r["pixel_f1_max"], "f1_q999": r["pixel_f1"]}
+
+
+def analyse(paths, out_json=None) -> None:
+    rows = {}
+    for path in paths:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh)
+        name = os.path.basename(path)
+        crack = "crack" in name
+        rows[name] = {"crack": crack}
+        for method, maps in fused_maps(data).items():
+            r = measure(maps["val"], maps["test"], data["test"], crack)
+            rows[name][method] = r
+            print(
+                f"{name:36s} {method:5s} AUPRO {r['aupro']:.3f} F1 max {r['f1_max']:.3f} "
+                f"F1 (q0.999) {r['f1_q999']:.3f}",
+                flush=True,
+            )
+    if out_json:
+        with open(out_json, "w") as fh:
+            json.dump(rows, fh, indent=1, sort_keys=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("dump")
+    d.add_argument("workdir")
+    d.add_argument("out")
+    a = sub.add_parser("analyse")
+    a.add_argument("pickles", nargs="+")
+    a.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.command == "dump":
+        dump(args.workdir, args.out)
+    else:
+        analyse(args.pickles, args.json)
+
+
+if __name__ == "__main__":
+    main()
