@@ -169,9 +169,10 @@ def map_description(result: dict) -> str:
     """The map method an evaluation used and the reference it applied, in words; with
     `score.reference=auto`, how far its alignment test was from the margin."""
     record = result.get("reference") or {}
-    words = ", ".join(
-        [result["method"], _APPLIED.get(record.get("kind"), "no per-position reference")]
-    )
+    applied = _APPLIED.get(record.get("kind"), "no per-position reference")
+    if record.get("components") and record.get("kind"):
+        applied += " (each of " + " and ".join(record["components"]) + ", then averaged)"
+    words = ", ".join([result["method"], applied])
     share = reference.narrowing(record)
     if record.get("setting") == "auto" and share is not None:
         need = reference.MIN_NARROWING

@@ -104,9 +104,10 @@ def _reference(scorer, splits, config, setting, bar=None):
 def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     """The reference (`score.reference`) and the label-free threshold from the held-out val
     images and up to `score.reference_images` training images; no defect label.
-    `score.method=auto`: where a reference is applied, `rescorer(method)` gives the scorer of
-    `scoring.ALIGNED_METHOD`, whose maps then make the reference (of the kind decided on the
-    first maps) and the threshold."""
+    `score.method=auto`: where a reference is applied, `rescorer(method, components)` gives
+    the scorer of `scoring.ALIGNED_METHOD`, whose maps then make the reference (of the kind
+    decided on the first maps) and the threshold; msfr_pixel's maps (`auto`'s or asked for)
+    come in parts with a reference of each (`scoring.referred_by_parts`, reference.py)."""
     if splits["val"].num_images == 0:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
@@ -126,12 +127,15 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
         )
     method_setting = config.score.get("method", "msfr")
     method = scoring.resolve_method(method_setting, aligned=ref is not None)
-    if method != scoring.resolve_method(method_setting, aligned=False):
+    base = scoring.resolve_method(method_setting, aligned=False)
+    components = ref is not None and scoring.referred_by_parts(method, config.score)
+    if method != base or components:
         if rescorer is None:
-            raise ValueError("score.method=auto on aligned images: calibrate needs a rescorer")
-        scorer = rescorer(method)
+            raise ValueError("aligned msfr_pixel maps: calibrate needs a rescorer")
+        scorer = rescorer(method, components)
         held_out, ref, _ = _reference(scorer, splits, config, record["kind"])  # off the bar
-        record = {**record, "method": method}
+        record = {**record, "components": list(scoring.COMPONENTS)} if components else record
+        record = {**record, "method": method} if method != base else record
     rule = config.eval.get("threshold_rule", "quantile")
     quantile = config.eval.threshold_quantile
     pooled = np.concatenate([m.ravel() for m in held_out])
@@ -226,14 +230,15 @@ def _restore(config, workdir, step, **eval_fields) -> _Restored:
 
 
 def rescorer(config, variables):
-    """method -> a scorer of `variables` with `config`'s score options and that map method
-    (`calibrate` resolving `score.method=auto`)."""
+    """(method, components) -> a scorer of `variables` with `config`'s score options and that
+    map method (`calibrate` resolving `score.method=auto`; `components`: msfr_pixel's parts,
+    for a reference of each)."""
 
-    def build(method):
+    def build(method, components=False):
         changed = copy.deepcopy(config)
         with changed.unlocked():
             changed.score.method = method
-        return inference.Scorer(changed, variables)
+        return inference.Scorer(changed, variables, components)
 
     return build
 

@@ -54,12 +54,15 @@ def sidecar_path(path) -> pathlib.Path:
 
 
 def reference_canvas(ref, size: int) -> np.ndarray:
-    """The per-position reference ([2, h, w]: mean and spread, `score.reference`, built by
-    evaluation at the valid map size h x w) at the top left of the S x S canvas [2, S, S]; the
-    padding the loaders crop off gets mean 0 and spread 1. The exported function applies it,
-    so its maps are the library's for images of that size; the loaders refuse other sizes
-    (`check_reference_size`). None gives the canvas that changes nothing."""
-    canvas = np.stack([np.zeros((size, size), np.float32), np.ones((size, size), np.float32)])
+    """The per-position reference ([2K, h, w]: mean and spread of each of K map parts,
+    `score.reference`, built by evaluation at the valid map size h x w) at the top left of
+    the S x S canvas [2K, S, S]; the padding the loaders crop off gets mean 0 and spread 1.
+    The exported function applies it (`refer`), so its maps are the library's for images of
+    that size; the loaders refuse other sizes (`check_reference_size`). None gives the
+    canvas that changes nothing."""
+    parts = 1 if ref is None else np.shape(ref)[0] // 2
+    canvas = np.zeros((2 * parts, size, size), np.float32)
+    canvas[1::2] = 1.0
     if ref is None:
         return canvas
     ref = np.asarray(ref, np.float32)
@@ -68,6 +71,15 @@ def reference_canvas(ref, size: int) -> np.ndarray:
         raise ExportError(f"reference of shape {(h, w)} does not fit the {size} canvas")
     canvas[:, :h, :w] = ref
     return canvas
+
+
+def refer(maps, canvas):
+    """Maps [B, S, S] (or [B, S, S, K] of K parts) referred to a `reference_canvas`: minus the
+    mean, over the spread (each part, then the parts averaged), as reference.apply."""
+    if canvas.shape[0] == 2:
+        return (maps - canvas[0]) / canvas[1]
+    planes = jnp.moveaxis(canvas, 0, -1)
+    return ((maps - planes[..., 0::2]) / planes[..., 1::2]).mean(-1)
 
 
 def check_reference_size(meta: dict, sizes) -> None:
@@ -84,18 +96,20 @@ def check_reference_size(meta: dict, sizes) -> None:
 
 def export_map_fn(config, variables, batch: int, platforms=None, reference=None):
     """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S];
-    minus the per-position mean, over the spread, of `reference` ([2, h, w]) when given."""
+    minus the per-position mean, over the spread, of `reference` ([2K, h, w]: of each of K
+    map parts, then averaged) when given."""
     from cmaae_jax import model, scoring  # the loader must not need them
 
     net = model.from_config(config)
     options = scoring.map_options(config.score)
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
-    mean, spread = jnp.asarray(reference_canvas(reference, size))
+    canvas = jnp.asarray(reference_canvas(reference, size))
+    options["components"] = canvas.shape[0] > 2  # a reference of each of the map's parts
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
-        return (maps - mean) / spread
+        return refer(maps, canvas)
 
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
@@ -109,7 +123,11 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
     size = config.data.image_size
     ref = None
     if reference is not None:
-        ref = {"shape": list(np.shape(reference)[-2:]), "kind": reference_lib.kind_of(reference)}
+        ref = {
+            "shape": list(np.shape(reference)[-2:]),
+            "kind": reference_lib.kind_of(reference),
+            "parts": reference_lib.parts(reference),
+        }
     return {
         "reference": ref,
         "threshold": float(threshold),
@@ -130,6 +148,7 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
             if ref is None
             else "; maps already have the normal per-position mean subtracted"
             + (" and are divided by its spread" if ref["kind"] == "zscore" else "")
+            + (" (each of msfr_pixel's parts, then averaged)" if ref["parts"] > 1 else "")
         ),
         "model": {
             **{k: config.model[k] for k in ("variant", "memory_size", "latent_dim", "gate")},

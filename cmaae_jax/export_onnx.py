@@ -67,6 +67,7 @@ def _map_function(config, variables, reference=None):
     import jax.numpy as jnp
 
     from cmaae_jax import model, scoring
+    from cmaae_jax.export import refer
 
     net = model.from_config(config).clone(impl="xla", dtype=jnp.float32)
     options = scoring.map_options(config.score)
@@ -76,11 +77,12 @@ def _map_function(config, variables, reference=None):
         options["stride"] = model.PATCH
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
-    mean, spread = jnp.asarray(reference_canvas(reference, size))
+    canvas = jnp.asarray(reference_canvas(reference, size))
+    options["components"] = canvas.shape[0] > 2  # a reference of each of the map's parts
 
     def image_to_map(images_BxSxSx3):
         maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
-        return (maps - mean) / spread
+        return refer(maps, canvas)
 
     return image_to_map
 

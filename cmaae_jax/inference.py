@@ -40,12 +40,15 @@ class Scorer:
     chunks (BENCHMARKS.md, eighteenth session); accelerators take whole images per device.
     """
 
-    def __init__(self, config, variables):
+    def __init__(self, config, variables, components: bool = False):
+        """`components`: maps [..., H, W, 2] of `msfr_pixel`'s parts (`scoring.COMPONENTS`),
+        for a reference that z-scores each (reference.py)."""
         self.net = model.from_config(config)
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
-        options = scoring.map_options(config.score)
+        options = dict(scoring.map_options(config.score), components=components)
+        self.parts = (len(scoring.COMPONENTS),) if components else ()
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = scoring.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
@@ -83,7 +86,7 @@ class Scorer:
         return (
             np.concatenate(out)
             if out
-            else np.zeros((0,) + images_NxHxWx3_u8.shape[1:3], np.float32)
+            else np.zeros((0,) + images_NxHxWx3_u8.shape[1:3] + self.parts, np.float32)
         )
 
     def __call__(self, images_u8):

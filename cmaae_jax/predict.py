@@ -148,7 +148,8 @@ class _Stream:
             return []
         if self.scorer is None:
             _, variables = inference.restore_variables(self.config, self.workdir, self.step)
-            self.scorer = inference.Scorer(self.config, variables)
+            parts = reference.parts(self.ref) > 1  # a reference of each of the map's parts
+            self.scorer = inference.Scorer(self.config, variables, components=parts)
         batch = [x for _, x, _ in loaded]  # keep_aspect: shapes differ; grouped by the Scorer
         batch = np.stack(batch) if self.resize == "square" else batch
         rows = [None] * len(loaded)

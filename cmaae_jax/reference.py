@@ -26,6 +26,12 @@ where normal images differ from each other (an edge that moves with the fixture'
 machining marks) a residual counts less than on flat surface. What `auto` applies once it has
 decided that the images are aligned is AUTO_KIND (measured on the synthetic part and its thin
 cracks: RESULTS.md, twenty-fifth session).
+
+Maps with parts (`msfr_pixel` scored with `components`: [h, w, K], `scoring.COMPONENTS`) get
+a reference per part, [2K, h, w] (mean and spread of part 0, then of part 1, ...): each part
+is referred to its own normal statistics, then the parts are averaged. Without a reference
+their average is the map (`fuse`). Z-scoring MSFR and the pixel residual apart raised thin
+cracks' AUPRO and F1 max over z-scoring their average (RESULTS.md, thirtieth session).
 """
 
 import numpy as np
@@ -40,7 +46,7 @@ AUTO_KIND = "zscore"  # what `auto` applies to aligned images (RESULTS.md, twent
 # in a loose fixture; unaligned textures (wood, carpet, tile): 0.010-0.026 (RESULTS.md,
 # twenty-sixth and twenty-seventh sessions, plan 9; 0.1 before it)
 MIN_NARROWING = 0.05
-FILE = "reference.npy"  # in <workdir>/eval/: [2, h, w], the mean and the spread (ones: `mean`)
+FILE = "reference.npy"  # in <workdir>/eval/: [2K, h, w], K parts' mean and spread (ones: `mean`)
 
 
 def resample(ref, shape) -> np.ndarray:
@@ -56,18 +62,32 @@ def resample(ref, shape) -> np.ndarray:
 
 
 def build(normal_maps) -> np.ndarray:
-    """float32 [2, h_0, w_0] of valid normal maps (a list of [h_i, w_i], each resampled to the
-    shape of the first): their per-position mean and `spread`."""
+    """float32 [2K, h_0, w_0] of valid normal maps (a list of [h_i, w_i], or of [h_i, w_i, K]
+    maps with K parts), each resampled to the shape of the first: per part, the per-position
+    mean and `spread`."""
     if len(normal_maps) == 0:
         raise ValueError("no normal maps to build a reference from")
-    shape = np.shape(normal_maps[0])
-    total, squares = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
+    shape = np.shape(normal_maps[0])[:2]
+    total, squares = 0.0, 0.0
     for m in normal_maps:
-        m = resample(np.asarray(m, np.float32), shape).astype(np.float64)
+        m = resample(_planes(m), shape).astype(np.float64)  # [K, h_0, w_0]
         total, squares = total + m, squares + m * m
     mean = total / len(normal_maps)
     var = np.maximum(squares / len(normal_maps) - mean * mean, 0.0)
-    return np.stack([mean, spread(var)]).astype(np.float32)
+    return np.stack([p for k in range(len(mean)) for p in (mean[k], spread(var[k]))]).astype(
+        np.float32
+    )
+
+
+def _planes(map_hxw___) -> np.ndarray:
+    """A map [h, w] or [h, w, K] as K planes [K, h, w]."""
+    m = np.asarray(map_hxw___, np.float32)
+    return m[None] if m.ndim == 2 else np.moveaxis(m, -1, 0)
+
+
+def parts(ref) -> int:
+    """How many map parts `ref` refers (1 for a plain map's reference or None)."""
+    return 1 if ref is None else np.shape(ref)[0] // 2
 
 
 def spread(var) -> np.ndarray:
@@ -85,25 +105,38 @@ def of_kind(ref, kind):
         return None
     ref = np.array(ref, np.float32)
     if kind == "mean":
-        ref[1] = 1.0
+        ref[1::2] = 1.0
     return ref
 
 
 def kind_of(ref) -> str:
-    """`mean` when the reference's spread is all ones, else `zscore`."""
-    return "mean" if np.all(np.asarray(ref)[1] == 1.0) else "zscore"
+    """`mean` when the reference's spreads are all ones, else `zscore`."""
+    return "mean" if np.all(np.asarray(ref)[1::2] == 1.0) else "zscore"
 
 
 def apply(ref, maps):
     """(map - mean) / spread: one map [h, w], a stack [N, h, w] or a list of maps; `maps`
-    unchanged when `ref` is None."""
+    unchanged when `ref` is None. With a reference of K > 1 parts the maps carry them on a
+    last axis ([h, w, K] or [N, h, w, K]): each part minus its mean, over its spread, then
+    the parts averaged ([h, w] or [N, h, w])."""
     if ref is None:
         return maps
     if isinstance(maps, (list, tuple)):
         return [apply(ref, m) for m in maps]
     maps = np.asarray(maps, np.float32)
-    mean, spread = resample(ref, maps.shape[-2:])
-    return (maps - mean) / spread
+    if parts(ref) == 1:
+        mean, spread = resample(ref, maps.shape[-2:])
+        return (maps - mean) / spread
+    planes = np.moveaxis(resample(ref, maps.shape[-3:-1]), 0, -1)  # [h, w, 2K]
+    return ((maps - planes[..., 0::2]) / planes[..., 1::2]).mean(-1)
+
+
+def fuse(maps):
+    """Maps with parts on a last axis ([h, w, K], a stack or a list) as their average: the
+    map without a reference."""
+    if isinstance(maps, (list, tuple)):
+        return [fuse(m) for m in maps]
+    return np.asarray(maps, np.float32).mean(-1)
 
 
 def excess(maps, quantile: float) -> float:
@@ -124,7 +157,8 @@ def choose(setting: str, ref, held_out_maps, quantile: float, one_size: bool = T
     record = {"setting": setting}
     if setting == "none":
         return None, {**record, "used": False}
-    without = excess(held_out_maps, quantile)
+    plain = fuse(held_out_maps) if parts(ref) > 1 else held_out_maps
+    without = excess(plain, quantile)
     record.update(one_size=one_size, excess_none=without)
     if ref is None:  # auto on images of several sizes: evaluation built none
         return None, {**record, "used": False}
@@ -152,14 +186,14 @@ def near_miss(record: dict) -> bool:
 
 
 def save(path, ref) -> None:
-    """Writes the reference [2, h, w] atomically (a reader never sees half a file)."""
+    """Writes the reference [2K, h, w] atomically (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, np.asarray(ref, np.float32))
     tmp.replace(path)
 
 
 def load(path):
-    """The saved reference [2, h, w], or None when there is none. A [h, w] file (written
+    """The saved reference [2K, h, w], or None when there is none. A [h, w] file (written
     before the spread was kept) is a mean: its spread is ones."""
     if not path.is_file():
         return None

@@ -45,6 +45,10 @@ METHODS = ("msfr", "pixel", "segment", "msfr_pixel")
 # and records the method used (RESULTS.md, twenty-sixth session).
 AUTO = "auto"
 ALIGNED_METHOD = "msfr_pixel"
+# msfr_pixel's parts, in the order `anomaly_maps(components=True)` stacks them on a last axis:
+# evaluation z-scores each by its own per-position reference before averaging them
+# (reference.py; RESULTS.md, thirtieth session).
+COMPONENTS = ("msfr", "pixel")
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
 FLIPS = ("none", "horizontal")
@@ -71,9 +75,15 @@ def _check_score_options(
     stride: int = PATCH,
     flip: str = "none",
     levels=(1,),
+    components: bool = False,
 ):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
+    if components and (method != "msfr_pixel" or tuple(levels) != (1,) or normalize != "none"):
+        raise ValueError(
+            "map components are msfr_pixel's, at one level (score.pyramid=(1,)) and "
+            f"score.normalize=none; got {method!r}, {tuple(levels)}, {normalize!r}"
+        )
     map_levels.check_normalize(normalize)
     if flip not in FLIPS:
         raise ValueError(f"score.flip must be one of {FLIPS}, got {flip!r}")
@@ -87,6 +97,15 @@ def resolve_method(setting: str, aligned: bool) -> str:
     if setting != AUTO:
         return setting
     return ALIGNED_METHOD if aligned else "msfr"
+
+
+def referred_by_parts(method: str, score_config) -> bool:
+    """Whether `method`'s maps under `score_config` get a per-position reference of each of
+    their parts (`COMPONENTS`): msfr_pixel at one level, without `normalize`; other settings
+    refer the averaged map."""
+    one_level = tuple(score_config.get("pyramid", (1,))) == (1,)
+    plain = score_config.get("normalize", "none") == "none"
+    return method == "msfr_pixel" and one_level and plain
 
 
 def map_options(score_config) -> dict:
@@ -206,6 +225,7 @@ def anomaly_maps(
     flip: str = "none",
     mesh: Mesh | None = None,
     levels=(1,),
+    components: bool = False,
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
@@ -216,8 +236,10 @@ def anomaly_maps(
     `normalize`; the reconstructions are the full scale's.
     `mesh`: a mesh (`spread_lib.local_mesh`) over which one call's windows and encoder passes are
     split (under jit), so that even a single image keeps every device busy.
+    `components`: `msfr_pixel` only, one level, no `normalize`: maps [B,H,W,2], its parts
+    (`COMPONENTS`, each over its image's median) unaveraged.
     """
-    _check_score_options(method, normalize, stride, flip, levels)
+    _check_score_options(method, normalize, stride, flip, levels, components)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def raw_map(net, variables, x_BxHxWx3):
@@ -231,7 +253,8 @@ def anomaly_maps(
         if method == "msfr_pixel":
             pixel = pixel_map(x_BxHxWx3, rec)
             over_median = functools.partial(map_levels.normalize_maps, normalize="median")
-            return 0.5 * (over_median(msfr) + over_median(pixel)), rec
+            parts = (over_median(msfr), over_median(pixel))  # COMPONENTS' order
+            return (jnp.stack(parts, -1) if components else 0.5 * (parts[0] + parts[1])), rec
         return msfr, rec
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
@@ -258,6 +281,7 @@ def make_map_fn(
     flip: str = "none",
     spread: bool = False,
     levels=(1,),
+    components: bool = False,
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -281,8 +305,9 @@ def make_map_fn(
       spread: jitted only: split each call's work over the local devices (`anomaly_maps`),
         for latency on few images; pmap spreads whole images instead.
       levels: the image scales scored (`score.pyramid`; see `anomaly_maps`).
+      components: `msfr_pixel`'s parts, maps [..., H, W, 2] (see `anomaly_maps`).
     """
-    _check_score_options(method, normalize, stride, flip, levels)
+    _check_score_options(method, normalize, stride, flip, levels, components)
     scales = _check_scales(scales)
     mesh = spread_lib.local_mesh() if spread and not pmapped else None
     if impl is not None and impl != getattr(model, "impl", impl):
@@ -290,8 +315,9 @@ def make_map_fn(
 
     def map_fn(variables, images_BxHxWx3):
         return anomaly_maps(
-            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh, levels
-        )[0]
+            model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh,
+            levels, components,
+        )[0]  # fmt: skip
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)
 

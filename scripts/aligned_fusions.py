@@ -11,9 +11,11 @@ types. `analyse` z-scores each map by a per-position reference of its own method
 maps (`reference.build`, as `score.reference=zscore` builds it) and compares, per run:
 MPZ (`msfr_pixel` z-scored, what `score.method=auto` gives aligned images), PZ (the pixel
 residual z-scored), MZ (MSFR z-scored) and fusions of MZ and PZ: `max`, `mean`, `zmix`
-((MZ + 2 PZ) / 3) and `l2` (the length of their positive parts). Metrics: AUPRO, F1 max and
-the F1 at the quantile 0.999 of the held-out maps, of the `crack` type for runs whose folder
-name holds "crack", else pooled over the test set.
+((MZ + 2 PZ) / 3) and `l2` (the length of their positive parts); plan 2's, of each map over
+its image's median, z-scored apart: `PZ_med`, `zmean_med` (their mean, plan 2's candidate)
+and `zmix_med` ((MZ' + 2 PZ') / 3). Metrics: AUPRO, F1 max and the F1 at the quantile
+0.999 of the held-out maps, of the `crack` type for runs whose folder name holds "crack",
+else pooled over the test set.
 """
 
 import argparse
@@ -68,6 +70,7 @@ def fused_maps(data: dict) -> dict:
         _over_median(a) + _over_median(b) for a, b in zip(*(train[m] for m in METHODS), strict=True)
     ]
     refs = {m: reference.build(train[m]) for m in METHODS}
+    refs_med = {m: reference.build([_over_median(x) for x in train[m]]) for m in METHODS}
     ref_mixed = reference.build([0.5 * m for m in mixed_train])
     out = {}
     for split in ("val", "test"):
@@ -88,6 +91,11 @@ def fused_maps(data: dict) -> dict:
                 np.hypot(np.maximum(a, 0), np.maximum(b, 0)) for a, b in zip(mz, pz, strict=True)
             ],
         }
+        # plan 2: each map over its image's median first (as msfr_pixel's parts), then z-scored
+        mzm, pzm = (reference.apply(refs_med[m], [_over_median(x) for x in s[m]]) for m in METHODS)
+        maps["PZ_med"] = pzm
+        maps["zmean_med"] = [(a + b) / 2 for a, b in zip(mzm, pzm, strict=True)]
+        maps["zmix_med"] = [(a + 2 * b) / 3 for a, b in zip(mzm, pzm, strict=True)]
         for name, value in maps.items():
             out.setdefault(name, {})[split] = value
     return out

@@ -61,8 +61,9 @@ def main():
     config = workdir_lib.load_scoring_config(args.workdir)  # the score fields it was evaluated with
     _, variables = inference.restore_variables(config, args.workdir)
     val = datasets.load_splits(config)["val"]
-    maps = evaluate.valid_maps(inference.Scorer(config, variables), val)
     ref = reference.load(workdir_lib.eval_dir(args.workdir) / reference.FILE)
+    scorer = inference.Scorer(config, variables, components=reference.parts(ref) > 1)
+    maps = evaluate.valid_maps(scorer, val)
     maps = [np.asarray(m, np.float32) for m in reference.apply(ref, maps)]
     pooled = np.concatenate([m.ravel() for m in maps])
     levels = {f"quantile {q}": float(np.quantile(pooled, q)) for q in args.quantiles}

@@ -119,7 +119,9 @@ def measure(run: pathlib.Path) -> dict:
 
     calibration.paste_threshold = capture
     try:
-        chosen = evaluate.calibrate(scorer, splits, config)
+        chosen = evaluate.calibrate(
+            scorer, splits, config, rescorer=evaluate.rescorer(config, variables)
+        )
     finally:
         calibration.paste_threshold = paste_threshold
     floor = chosen.candidates["quantile"]
@@ -128,7 +130,7 @@ def measure(run: pathlib.Path) -> dict:
     found.update({f"{k}_floored": max(v, floor) for k, v in found.items() if k != "quantile"})
     with tempfile.TemporaryDirectory() as tmp:
         pooled, per_type = evaluate._score_test(
-            scorer, splits["test"], floor, chosen.ref, pathlib.Path(tmp), 0
+            chosen.scorer, splits["test"], floor, chosen.ref, pathlib.Path(tmp), 0
         )
     anchors = {"q": floor, "r50": found["recall_0.5"]}  # where the pastes' TPR reaches 0.5
     estimated, shares = estimated_candidates(acc, pooled, anchors)

@@ -63,6 +63,10 @@ def test_summary_table_lines(tmp_path):
     assert console.map_description({"method": "pixel"}) == "pixel, no per-position reference"
     mean = {"method": "msfr", "reference": {"kind": "mean"}}
     assert console.map_description(mean) == "msfr, minus the normal per-position mean"
+    parts = {"method": "msfr_pixel", "reference": {"kind": "zscore", "components": ["a", "b"]}}
+    assert console.map_description(parts) == (
+        "msfr_pixel, z-scored per position (each of a and b, then averaged)"
+    )
     assert console.summary_lines(None, "runs/x") == [
         "files",
         "  workdir       runs/x",

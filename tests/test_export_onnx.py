@@ -136,9 +136,12 @@ def test_onnx_applies_a_zscore_reference_to_the_aligned_method(workdir, tmp_path
     mean = np.linspace(0, 1e-3, 64 * 64, dtype=np.float32).reshape(64, 64)
     spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
     path = tmp_path / "z.onnx"
-    side = export_onnx.save_onnx(path, config, variables, 0.1, batch=2, reference=[mean, spread])
-    assert side["reference"] == {"shape": [64, 64], "kind": "zscore"}
+    ref = [mean, spread, 2 * mean, 3 * spread]  # one for each of msfr_pixel's parts
+    side = export_onnx.save_onnx(path, config, variables, 0.1, batch=2, reference=ref)
+    assert side["reference"] == {"shape": [64, 64], "kind": "zscore", "parts": 2}
     assert side["method"] == scoring.ALIGNED_METHOD
     x = _images(2, seed=4)
     got = export_onnx.load_onnx(path)(x)
-    _assert_close(got, (_library_maps(config, variables, x) - mean) / spread)
+    parts = inference.Scorer(config, variables, components=True)(x)
+    want = 0.5 * ((parts[..., 0] - mean) / spread + (parts[..., 1] - 2 * mean) / (3 * spread))
+    _assert_close(got, want)

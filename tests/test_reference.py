@@ -45,6 +45,36 @@ def test_build_is_the_per_position_mean_and_spread_and_apply_uses_them():
     np.testing.assert_allclose(reference.apply(const, np.full((8, 3), 3.0)), 0.5, atol=1e-6)
 
 
+def test_a_reference_of_each_part_z_scores_them_apart_then_averages():
+    """Maps with parts [h, w, 2] (msfr_pixel's, `scoring.COMPONENTS`): a mean and a spread per
+    part, each part referred to its own, then the parts averaged; without one, their mean."""
+    a = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    b = np.array([[3.0, 2.0], [1.0, 0.0]], np.float32)
+    first, second = np.stack([a, 10 * b], -1), np.stack([b, 10 * a], -1)  # [2, 2, 2] each
+    ref = reference.build([first, second])
+    assert ref.shape == (4, 2, 2) and reference.parts(ref) == 2 and reference.parts(None) == 1
+    var0 = np.array([[1.0, 0.0], [1.0, 4.0]])  # part 0: a and b, by hand (median var 1)
+    np.testing.assert_allclose(ref[0], 2.0)
+    np.testing.assert_allclose(ref[1], np.sqrt(var0 + 1.0), rtol=1e-6)
+    np.testing.assert_allclose(ref[2], 20.0)  # part 1: 10 b and 10 a, var 100 var0
+    np.testing.assert_allclose(ref[3], np.sqrt(100 * var0 + 100.0), rtol=1e-6)
+    want = 0.5 * ((a - 2.0) / ref[1] + (10 * b - 20.0) / ref[3])
+    np.testing.assert_allclose(reference.apply(ref, first), want, rtol=1e-6)
+    stacked = reference.apply(ref, np.stack([first, second]))
+    np.testing.assert_allclose(stacked[0], want, rtol=1e-6)
+    assert reference.apply(ref, [first, second])[1].shape == (2, 2)
+    mean_only = reference.of_kind(ref, "mean")
+    assert reference.kind_of(mean_only) == "mean" and reference.kind_of(ref) == "zscore"
+    np.testing.assert_allclose(
+        reference.apply(mean_only, first), 0.5 * ((a - 2.0) + (10 * b - 20.0)), rtol=1e-6
+    )
+    np.testing.assert_allclose(reference.fuse(first), 0.5 * (a + 10 * b))
+    # a map of another size: each part's planes resampled; constants stay constants
+    const = reference.build([np.stack([np.full((4, 6), 2.5), np.full((4, 6), 7.0)], -1)] * 2)
+    parts = np.stack([np.full((8, 3), 3.0), np.full((8, 3), 9.0)], -1)
+    np.testing.assert_allclose(reference.apply(const, parts), 0.5 * (0.5 + 2.0), atol=1e-6)
+
+
 def _maps(structure, rng, n, shift=False):
     """Normal maps: `structure` (optionally rolled to a random place) plus noise."""
     out = []
@@ -160,12 +190,15 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
 
 def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     """score.method=auto: the reference decision is made on the first (msfr) maps; where it
-    applies a reference, the aligned method's maps make the reference and the threshold."""
+    applies a reference, the aligned method's parts make a reference each and the threshold
+    is taken on their z-scores' average."""
     rng = np.random.default_rng(5)
     structure = np.zeros((16, 16), np.float32)
     structure[:, 7] = 5.0
     first = _maps(structure, rng, 8)
-    second = [np.asarray(3.0 * m[::-1] + 1.0, np.float32) for m in _maps(structure, rng, 8)]
+    part0 = [np.asarray(3.0 * m[::-1] + 1.0, np.float32) for m in _maps(structure, rng, 8)]
+    part1 = [np.asarray(0.5 * m.T, np.float32) for m in _maps(structure, rng, 8)]
+    second = [np.stack(pair, -1) for pair in zip(part0, part1, strict=True)]
     splits = {"train": _split(range(0, 5)), "val": _split(range(5, 8))}
     config = ml_collections.ConfigDict(
         {
@@ -175,25 +208,39 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     )
     asked = []
 
-    def rescorer(method):
-        asked.append(method)
+    def rescorer(method, components=False):
+        asked.append((method, components))
         return _IndexScorer(second)
 
     chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
-    assert asked == [scoring.ALIGNED_METHOD] and chosen.method == scoring.ALIGNED_METHOD
-    picked = np.stack([second[0], second[2], second[4]]).astype(np.float64)
-    mean, var = picked.mean(0), picked.var(0)
-    spread = np.sqrt(var + np.median(var))
-    np.testing.assert_allclose(chosen.ref, [mean, spread], rtol=1e-5, atol=1e-5)
-    pooled = np.concatenate([((second[i] - mean) / spread).ravel() for i in (5, 6, 7)])
-    assert chosen.threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
+    assert asked == [(scoring.ALIGNED_METHOD, True)] and chosen.method == scoring.ALIGNED_METHOD
+    z = np.zeros((3, 16, 16))
+    for part in (part0, part1):  # by hand, each part on its own
+        picked = np.stack([part[0], part[2], part[4]]).astype(np.float64)
+        mean, var = picked.mean(0), picked.var(0)
+        spread = np.sqrt(var + np.median(var))
+        k = 0 if part is part0 else 2
+        np.testing.assert_allclose(chosen.ref[k : k + 2], [mean, spread], rtol=1e-5, atol=1e-5)
+        z += 0.5 * (np.stack(part[5:]) - mean) / spread
+    assert chosen.threshold == pytest.approx(np.quantile(z, 0.99), rel=1e-5)
     minus = [m - np.mean([first[0], first[2], first[4]], 0) for m in first[5:]]
     assert chosen.reference_record["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-4)
     assert chosen.reference_record["method"] == scoring.ALIGNED_METHOD
+    assert chosen.reference_record["components"] == list(scoring.COMPONENTS)
+    # msfr_pixel asked for outright, with a reference: rescored by parts, no method change
+    config.score.method, config.score.reference = "msfr_pixel", "zscore"
+    chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
+    assert asked[-1] == ("msfr_pixel", True) and "method" not in chosen.reference_record
+    assert chosen.threshold == pytest.approx(np.quantile(z, 0.99), rel=1e-5)
+    # at two pyramid levels the parts are not apart: the (averaged) map itself is referred
+    config.score.pyramid = (1, 2)
+    chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
+    assert len(asked) == 2 and reference.parts(chosen.ref) == 1
     # images of several sizes: no reference, msfr maps, no rescoring
+    config.score.method, config.score.reference, config.score.pyramid = "auto", "auto", (1,)
     splits["val"] = _split(range(5, 8), valid=(16, 12))
     chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
-    assert asked == [scoring.ALIGNED_METHOD] and chosen.method == "msfr" and chosen.ref is None
+    assert len(asked) == 2 and chosen.method == "msfr" and chosen.ref is None
 
 
 def test_narrowing_and_near_miss_from_the_record():
@@ -253,10 +300,18 @@ def test_export_subtracts_the_reference_and_refuses_other_sizes(tmp_path):
     mean = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
     mapper = export.load(_save(tmp_path / "b.jaxexport", config, variables, [mean, spread]))
-    assert mapper.meta["reference"] == {"shape": [64, 64], "kind": "zscore"}
+    assert mapper.meta["reference"] == {"shape": [64, 64], "kind": "zscore", "parts": 1}
     np.testing.assert_allclose(mapper(x), (plain - mean) / spread, rtol=1e-5, atol=1e-6)
     with pytest.raises(export.ExportError, match="reference"):
         export.check_reference_size(mapper.meta, [(64, 48)])
+    # msfr_pixel with a reference of each part: the exported maps are the library's
+    config.score.method = "msfr_pixel"
+    parts = inference.Scorer(config, variables, components=True)(x)  # [2, 64, 64, 2]
+    ref = [mean, spread, 2 * mean, 3 * spread]
+    mapper = export.load(_save(tmp_path / "c.jaxexport", config, variables, ref))
+    assert mapper.meta["reference"]["parts"] == 2
+    want = 0.5 * ((parts[..., 0] - mean) / spread + (parts[..., 1] - 2 * mean) / (3 * spread))
+    np.testing.assert_allclose(mapper(x), want, rtol=1e-5, atol=1e-6)
 
 
 def _save(path, config, variables, ref):
@@ -328,12 +383,17 @@ def test_auto_method_on_aligned_images_is_recorded_and_predict_follows_it(tmp_pa
     assert result["config_overrides"] == {"score.method": ["auto", method]}
     config = workdir_lib.load_scoring_config(workdir)
     assert config.score.method == method
+    assert result["reference"]["components"] == list(scoring.COMPONENTS)
     ref = reference.load(workdir_lib.eval_dir(workdir) / reference.FILE)
+    assert reference.parts(ref) == len(scoring.COMPONENTS)
     inputs = tmp_path / "in"
     inputs.mkdir()
     x = np.random.default_rng(6).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     Image.fromarray(x[0]).save(inputs / "p.png")
     _, variables = inference.restore_variables(config, workdir)
-    want = reference.apply(ref, inference.Scorer(config, variables)(x)[0])
+    parts = inference.Scorer(config, variables, components=True)(x)[0]  # [64, 64, 2]
+    msfr_pixel = inference.Scorer(config, variables)(x)[0]
+    np.testing.assert_allclose(parts.mean(-1), msfr_pixel, rtol=1e-5, atol=1e-6)
+    want = reference.apply(ref, parts)
     predict.predict(workdir, str(inputs), tmp_path / "out")
     np.testing.assert_allclose(np.load(tmp_path / "out" / "p_map.npy"), want, rtol=1e-5, atol=1e-6)

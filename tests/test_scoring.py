@@ -136,6 +136,17 @@ def test_anomaly_maps_methods(setup):
         + want / np.median(want, axis=(1, 2), keepdims=True)
     )
     np.testing.assert_allclose(both, want_both, rtol=1e-4)
+    # its parts unaveraged (for a reference of each), in scoring.COMPONENTS' order
+    parts = scoring.make_map_fn(m, "msfr_pixel", (2,), components=True)(variables, images)
+    assert scoring.COMPONENTS == ("msfr", "pixel") and parts.shape == want.shape + (2,)
+    np.testing.assert_allclose(
+        parts[..., 0], msfr / np.median(msfr, axis=(1, 2), keepdims=True), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        parts[..., 1], want / np.median(want, axis=(1, 2), keepdims=True), rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="components"):
+        scoring.make_map_fn(m, "msfr", components=True)
     with pytest.raises(ValueError, match="score.normalize"):
         scoring.make_map_fn(m, "pixel", normalize="mean")
     # horizontal flip: the MSFR map of the mirrored images and their reconstruction,
