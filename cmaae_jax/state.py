@@ -223,6 +223,12 @@ def bind_config(config, workdir):
     with bound.unlocked():
         for key in ("root", "format", "category", "use_tfds", "tfds_data_dir"):
             if key in config.data:
+                if _plain(config.data[key]) != _plain(trained.data.get(key)):
+                    logging.warning(
+                        "evaluating on data.%s=%r: the run trained on %r (the --config's "
+                        "data fields replace the run's)", key, config.data[key],
+                        trained.data.get(key),
+                    )  # fmt: skip
                 bound.data[key] = config.data[key]
         bound.eval = copy.deepcopy(config.eval)
         for key, value in config[SCORE_SECTION].items():

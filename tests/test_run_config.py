@@ -1,7 +1,9 @@
 """A trained run owns its config: evaluation binds to it, a resume or an evaluation with another
 model is refused, and score-only changes are applied and recorded."""
 
+import copy
 import json
+import logging
 
 import jax
 import pytest
@@ -49,6 +51,23 @@ def test_score_fields_are_applied_and_recorded(sigmoid_run):
     saved = json.loads(workdir_lib.eval_metrics_path(work).read_text())
     assert saved["config_overrides"] == {"score.method": [trained, "pixel"]}
     assert result["pixel_auroc"] != evaluate.evaluate(None, str(work))["pixel_auroc"]
+
+
+def test_data_fields_of_a_command_line_config_are_announced(sigmoid_run, caplog):
+    """A --config's data fields replace the run's (new data to score): one warning line per
+    field that differs, naming both values; the run's own fields say nothing."""
+    root, config, work = sigmoid_run
+    other = copy.deepcopy(config)
+    other.data.category = "elsewhere"
+    with caplog.at_level(logging.WARNING):
+        bound, overrides = state.bind_config(other, str(work))
+    assert bound.data.category == "elsewhere" and overrides == {}
+    assert "data.category='elsewhere'" in caplog.text
+    assert f"the run trained on {config.data.category!r}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        state.bind_config(config, str(work))
+    assert "data." not in caplog.text
 
 
 def test_resume_with_another_gate_is_refused_and_keeps_config_json(sigmoid_run):
