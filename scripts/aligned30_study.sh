@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# Thirtieth session, plan 2 (docs/results/aligned30/PLAN.md): fresh aligned runs (demo
-# budget) and their MSFR / pixel map dumps for scripts/aligned_fusions.py. Resumable: a
-# finished run or dump is skipped. Run from the repository root with nothing else on the
-# cores; the dumps go to runs/aligned30/maps/.
+# Thirtieth session's plans 2 and 3 (docs/results/aligned30/PLAN.md): fresh aligned runs
+# (demo budget) and their MSFR / pixel map dumps for scripts/aligned_fusions.py.
+#
+#   bash scripts/aligned30_study.sh          # plan 2; dumps in runs/aligned30/maps/
+#   bash scripts/aligned30_study.sh plan3    # plan 3; dumps in runs/aligned30/maps3/
+#
+# Resumable: a finished run or dump is skipped (an interrupted run resumes from its last
+# checkpoint; delete a dump cut off mid-write). Run from the repository root with nothing
+# else on the cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+plan=${1:-plan2}
 out=runs/aligned30
-mkdir -p "$out/maps"
-train() {  # data_root category seed
-  local w=$out/$2_s$3
+case "$plan" in
+  plan2) maps=$out/maps
+    runs="lit27:cast_lit_crack:3 aligned26:cast_crack:4 aligned26:part_crack:4 lit27:cast_lit:2
+          aligned26:cast:3 lit27:cast_lit_crack:4 aligned26:cast_crack:5 aligned26:part:5" ;;
+  plan3) maps=$out/maps3
+    runs="lit27:cast_lit_crack:5 aligned26:cast_crack:6 aligned26:part_crack:5 lit27:cast_lit:3
+          aligned26:cast:4 lit27:cast_lit_crack:6 aligned26:cast_crack:7 aligned26:part:6" ;;
+  *) echo "unknown plan $plan: plan2 | plan3" >&2; exit 2 ;;
+esac
+mkdir -p "$maps"
+for r in $runs; do
+  IFS=: read -r data category seed <<< "$r"
+  w=$out/${category}_s$seed
   [ -f "$w/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
-    --workdir "$w" --config.data.category="$2" --config.data.root="$1" \
+    --workdir "$w" --config.data.category="$category" --config.data.root="runs/$data/data" \
     --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60 \
-    --config.train.seed="$3" --config.eval.max_pictures=4
-  [ -f "$out/maps/$2_s$3.pkl" ] || python scripts/aligned_fusions.py dump "$w" "$out/maps/$2_s$3.pkl"
-}
-train runs/lit27/data cast_lit_crack 3
-train runs/aligned26/data cast_crack 4
-train runs/aligned26/data part_crack 4
-train runs/lit27/data cast_lit 2
-train runs/aligned26/data cast 3
-train runs/lit27/data cast_lit_crack 4
-train runs/aligned26/data cast_crack 5
-train runs/aligned26/data part 5
+    --config.train.seed="$seed" --config.eval.max_pictures=4
+  [ -f "$maps/${category}_s$seed.pkl" ] || \
+    python scripts/aligned_fusions.py dump "$w" "$maps/${category}_s$seed.pkl"
+done
