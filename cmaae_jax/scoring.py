@@ -79,7 +79,7 @@ def _check_score_options(
 ):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
-    if components and (method != "msfr_pixel" or tuple(levels) != (1,) or normalize != "none"):
+    if components and not _has_parts(method, levels, normalize):
         raise ValueError(
             "map components are msfr_pixel's, at one level (score.pyramid=(1,)) and "
             f"score.normalize=none; got {method!r}, {tuple(levels)}, {normalize!r}"
@@ -103,9 +103,13 @@ def referred_by_parts(method: str, score_config) -> bool:
     """Whether `method`'s maps under `score_config` get a per-position reference of each of
     their parts (`COMPONENTS`): msfr_pixel at one level, without `normalize`; other settings
     refer the averaged map."""
-    one_level = tuple(score_config.get("pyramid", (1,))) == (1,)
-    plain = score_config.get("normalize", "none") == "none"
-    return method == "msfr_pixel" and one_level and plain
+    levels = score_config.get("pyramid", (1,))
+    return _has_parts(method, levels, score_config.get("normalize", "none"))
+
+
+def _has_parts(method: str, levels, normalize: str) -> bool:
+    """Whether maps of these options can come as `COMPONENTS` (`anomaly_maps`)."""
+    return method == "msfr_pixel" and tuple(levels) == (1,) and normalize == "none"
 
 
 def map_options(score_config) -> dict:
