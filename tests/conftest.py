@@ -15,9 +15,27 @@ def xla_flags(devices: int) -> str:
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(4)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compiled programs are reused across tests (and runs): the same tiny training step is built by
-# several tests, and compiling it dominates their time on a 2-core CPU.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/cmaae_jax_test_cache")
+
+
+def _machine_fingerprint() -> str:
+    """This CPU's model and features and the jaxlib version, hashed: programs compiled for one
+    machine are never loaded on another (a shared /tmp can outlive a change of CPU)."""
+    import hashlib
+    import importlib.metadata
+
+    try:
+        cpu = [ln for ln in open("/proc/cpuinfo") if ln.startswith(("model name", "flags"))][:2]
+    except OSError:
+        cpu = []
+    text = "".join(cpu) + importlib.metadata.version("jaxlib")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Compiled programs are reused across tests (and runs on this machine): the same tiny training
+# step is built by several tests, and compiling it dominates their time on a 2-core CPU.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", f"/tmp/cmaae_jax_test_cache/{_machine_fingerprint()}"
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

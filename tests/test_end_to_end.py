@@ -24,8 +24,15 @@ def _run(*args, check=True):
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{_crash_report(proc.stderr)}")
     return proc
+
+
+def _crash_report(stderr):
+    """stderr without faulthandler's list of extension modules, head and tail kept."""
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith("Extension modules:")]
+    text = "\n".join(lines)
+    return text if len(text) <= 8000 else f"{text[:4000]}\n[...]\n{text[-4000:]}"
 
 
 def _overrides(data):
