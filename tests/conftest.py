@@ -22,9 +22,11 @@ def _machine_fingerprint() -> str:
     machine are never loaded on another (a shared /tmp can outlive a change of CPU)."""
     import hashlib
     import importlib.metadata
+    import pathlib
 
     try:
-        cpu = [ln for ln in open("/proc/cpuinfo") if ln.startswith(("model name", "flags"))][:2]
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines(keepends=True)
+        cpu = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
     except OSError:
         cpu = []
     text = "".join(cpu) + importlib.metadata.version("jaxlib")
