@@ -171,7 +171,13 @@ def map_description(result: dict) -> str:
     record = result.get("reference") or {}
     applied = _APPLIED.get(record.get("kind"), "no per-position reference")
     if record.get("components") and record.get("kind"):
-        applied += " (each of " + " and ".join(record["components"]) + ", then averaged)"
+        weights = record.get("weights") or [1] * len(record["components"])
+        fused = (
+            "averaged"
+            if len(set(weights)) == 1
+            else "weighted " + ":".join(f"{w:g}" for w in weights)
+        )
+        applied += " (each of " + " and ".join(record["components"]) + f", then {fused})"
     words = ", ".join([result["method"], applied])
     share = reference.narrowing(record)
     if record.get("setting") == "auto" and share is not None:

@@ -134,7 +134,9 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
             raise ValueError("aligned msfr_pixel maps: calibrate needs a rescorer")
         scorer = rescorer(method, components)
         held_out, ref, _ = _reference(scorer, splits, config, record["kind"])  # off the bar
-        record = {**record, "components": list(scoring.COMPONENTS)} if components else record
+        if components:
+            weights = list(reference.part_weights(record["kind"]))
+            record = {**record, "components": list(scoring.COMPONENTS), "weights": weights}
         record = {**record, "method": method} if method != base else record
     rule = config.eval.get("threshold_rule", "quantile")
     quantile = config.eval.threshold_quantile

@@ -67,6 +67,10 @@ def test_summary_table_lines(tmp_path):
     assert console.map_description(parts) == (
         "msfr_pixel, z-scored per position (each of a and b, then averaged)"
     )
+    parts["reference"]["weights"] = [1.0, 2.0]
+    assert console.map_description(parts) == (
+        "msfr_pixel, z-scored per position (each of a and b, then weighted 1:2)"
+    )
     assert console.summary_lines(None, "runs/x") == [
         "files",
         "  workdir       runs/x",
