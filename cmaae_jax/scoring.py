@@ -46,8 +46,8 @@ METHODS = ("msfr", "pixel", "segment", "msfr_pixel")
 AUTO = "auto"
 ALIGNED_METHOD = "msfr_pixel"
 # msfr_pixel's parts, in the order `anomaly_maps(components=True)` stacks them on a last axis:
-# evaluation z-scores each by its own per-position reference before averaging them
-# (reference.py; RESULTS.md, thirtieth session).
+# evaluation z-scores each by its own per-position reference, then weights them
+# (`reference.PART_WEIGHTS`; RESULTS.md, thirtieth and thirty-first sessions).
 COMPONENTS = ("msfr", "pixel")
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).

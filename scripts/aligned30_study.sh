@@ -4,6 +4,8 @@
 #
 #   bash scripts/aligned30_study.sh          # plan 2; dumps in runs/aligned30/maps/
 #   bash scripts/aligned30_study.sh plan3    # plan 3; dumps in runs/aligned30/maps3/
+#   bash scripts/aligned30_study.sh plan4    # thirty-first session's plan 4: trains all
+#       eight first, then evaluates them (the library's default); no dumps
 #
 # Resumable: a finished run or dump is skipped (an interrupted run resumes from its last
 # checkpoint; delete a dump cut off mid-write). Run from the repository root with nothing
@@ -19,16 +21,35 @@ case "$plan" in
   plan3) maps=$out/maps3
     runs="lit27:cast_lit_crack:5 aligned26:cast_crack:6 aligned26:part_crack:5 lit27:cast_lit:3
           aligned26:cast:4 lit27:cast_lit_crack:6 aligned26:cast_crack:7 aligned26:part:6" ;;
-  *) echo "unknown plan $plan: plan2 | plan3" >&2; exit 2 ;;
+  plan4) maps=""
+    runs="lit27:cast_lit_crack:7 aligned26:cast_crack:8 aligned26:part_crack:8 lit27:cast_lit:4
+          aligned26:cast:5 lit27:cast_lit_crack:8 aligned26:cast_crack:9 aligned26:part:7" ;;
+  *) echo "unknown plan $plan: plan2 | plan3 | plan4" >&2; exit 2 ;;
 esac
+train() {  # workdir category data seed [flags]
+  python launch/train.py --config configs/demo.py --workdir "$1" --config.data.category="$2" \
+    --config.data.root="runs/$3/data" --config.data.synthetic_num_train=100 \
+    --config.data.synthetic_num_test=60 --config.train.seed="$4" --config.eval.max_pictures=4 \
+    "${@:5}"
+}
+if [ -z "$maps" ]; then  # plan 4: train every run, then evaluate every run
+  for r in $runs; do
+    IFS=: read -r data category seed <<< "$r"
+    w=$out/${category}_s$seed
+    [ -d "$w/checkpoints/600" ] || train "$w" "$category" "$data" "$seed" --noevaluate
+  done
+  for r in $runs; do
+    IFS=: read -r data category seed <<< "$r"
+    w=$out/${category}_s$seed
+    [ -f "$w/eval/metrics.json" ] || python launch/evaluate.py --workdir "$w"
+  done
+  exit 0
+fi
 mkdir -p "$maps"
 for r in $runs; do
   IFS=: read -r data category seed <<< "$r"
   w=$out/${category}_s$seed
-  [ -f "$w/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
-    --workdir "$w" --config.data.category="$category" --config.data.root="runs/$data/data" \
-    --config.data.synthetic_num_train=100 --config.data.synthetic_num_test=60 \
-    --config.train.seed="$seed" --config.eval.max_pictures=4
+  [ -f "$w/eval/metrics.json" ] || train "$w" "$category" "$data" "$seed"
   [ -f "$maps/${category}_s$seed.pkl" ] || \
     python scripts/aligned_fusions.py dump "$w" "$maps/${category}_s$seed.pkl"
 done

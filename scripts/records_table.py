@@ -4,6 +4,7 @@
         B2=runs/study512_scales_pyramid/varied/seed10
     python scripts/records_table.py --pooled A=runs/aligned25/part_crack_s0
 
+A workdir may be given as a saved record instead (a path ending in .json).
 Columns: mean4 AUPRO (blowhole, break, crack, fray), each type's AUPRO, mean4 F1 max, mean4
 label-free F1 (the run's threshold rule) and mean4 image AUROC. With `--pooled` (any data):
 the pooled AUPRO, F1 max, label-free F1, image AUROC and the reference evaluation applied.
@@ -11,6 +12,7 @@ Markdown, to stdout.
 """
 
 import json
+import pathlib
 import sys
 
 from cmaae_jax import workdir as workdir_lib
@@ -19,8 +21,15 @@ MEAN4 = ("blowhole", "break", "crack", "fray")
 TYPES = (*MEAN4, "uneven")
 
 
+def _record(workdir: str) -> dict:
+    """A workdir's eval/metrics.json, or a saved record (a .json path) as it is."""
+    path = pathlib.Path(workdir)
+    path = path if path.suffix == ".json" else workdir_lib.eval_metrics_path(workdir)
+    return json.loads(path.read_text())
+
+
 def row(label: str, workdir: str) -> str:
-    per_type = json.loads(workdir_lib.eval_metrics_path(workdir).read_text())["per_type"]
+    per_type = _record(workdir)["per_type"]
 
     def mean4(key):
         return sum(per_type[t][key] for t in MEAN4) / len(MEAN4)
@@ -36,7 +45,7 @@ POOLED = ("pixel_aupro", "pixel_f1_max", "pixel_f1", "image_auroc")
 
 
 def pooled_row(label: str, workdir: str) -> str:
-    record = json.loads(workdir_lib.eval_metrics_path(workdir).read_text())
+    record = _record(workdir)
     applied = record.get("reference", {})
     kind = applied.get("kind", "mean") if applied.get("used") else "none"
     return "| " + " | ".join([label, *(f"{record[k]:.3f}" for k in POOLED), kind]) + " |"
