@@ -94,20 +94,22 @@ def split_maps(method: str, split, train, sigma: float) -> list:
 
 def label_free_threshold(splits, method, sigma: float, quantile: float, config=None) -> float:
     """The label-free threshold of a baseline: the `quantile` of its held-out normal pixel
-    scores, or the `pastes` rule when `config.eval.threshold_rule` says so."""
+    scores, or the `pastes` or `geomean` rule when `config.eval.threshold_rule` says so."""
     train, val = splits["train"], splits["val"]
     normal_maps = split_maps(method, val, train, sigma)
     pooled = [m.ravel() for m in normal_maps]
     floor = calibration.threshold_from_normal(
         np.concatenate(pooled) if pooled else np.zeros(0, np.float32), quantile
     )
-    if config is None or config.eval.get("threshold_rule", "quantile") != "pastes":
+    rule = "quantile" if config is None else config.eval.get("threshold_rule", "quantile")
+    if rule not in calibration.PASTE_RULES:
         return floor
     prior = config.eval.get("paste_prior", 0.0)
     pasted, masks = calibration.pasted_split(val, config)
     pasted_maps = split_maps(method, pasted, train, sigma)
     best = calibration.paste_threshold(normal_maps, pasted_maps, masks, prior)
-    return calibration.pastes_rule(floor, best, prior)
+    pastes = calibration.pastes_rule(floor, best, prior)
+    return calibration.geomean(floor, pastes) if rule == "geomean" else pastes
 
 
 def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, config=None):

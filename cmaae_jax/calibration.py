@@ -14,6 +14,12 @@ the t of best F1 at an assumed share P of defect pixels (`eval.paste_prior`):
 
 With P = 0 it is the tenth session's rule instead: best F1 with the pixels as they were
 pasted (3-4% of a pasted image), never below the quantile rule's threshold.
+
+`geomean` takes the geometric mean of the quantile rule's threshold and the pastes rule's:
+the pastes, large and bright, put their best threshold above the best one for faint thin
+defects, and the normal pixels' quantile lies below the best one for larger defects
+(RESULTS.md, thirty-first session). Every evaluation that scores the pastes records all
+three candidates, and the F1 at each, in metrics.json.
 """
 
 import dataclasses
@@ -24,7 +30,8 @@ import numpy as np
 
 from cmaae_jax import gaaga, metrics, natural_images
 
-THRESHOLD_RULES = ("quantile", "head", "pastes")  # config eval.threshold_rule
+THRESHOLD_RULES = ("quantile", "head", "pastes", "geomean")  # config eval.threshold_rule
+PASTE_RULES = ("pastes", "geomean")  # the rules that score GAAGA pastes on held-out images
 # The segment head's map is softplus(logit) = -log(1 - p): p = 0.5 is log 2.
 HEAD_THRESHOLD = math.log(2.0)
 PASTE_KEY = 1  # folded into the training seed: the `pastes` rule's pastes differ from training's
@@ -35,11 +42,11 @@ HELD_OUT_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
 
 def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:
     """The threshold of `rule`: `quantile` (`threshold_from_normal` of `normal_maps`) or
-    `head` (`HEAD_THRESHOLD`, whatever the normal maps); for `pastes`, the quantile, which
-    the caller replaces by `paste_threshold` (with `eval.paste_prior` 0: raises to it)."""
+    `head` (`HEAD_THRESHOLD`, whatever the normal maps); for `pastes` and `geomean`, the
+    quantile, which the caller combines with `paste_threshold` (`rule_threshold`)."""
     if rule == "head":
         return HEAD_THRESHOLD
-    if rule not in ("quantile", "pastes"):
+    if rule not in ("quantile", *PASTE_RULES):
         raise ValueError(f"eval.threshold_rule must be one of {THRESHOLD_RULES}, got {rule!r}")
     return threshold_from_normal(normal_maps, quantile)
 
@@ -55,6 +62,11 @@ def describe(rule: str, quantile: float, prior: float = 0.0) -> str:
         return (
             f"best pixel F1 over held-out normal images and their GAAGA-pasted copies, at "
             f"least the quantile {quantile} of held-out normal pixel scores"
+        )
+    if rule == "geomean":
+        return (
+            f"geometric mean of the quantile {quantile} of held-out normal pixel scores and "
+            f"the pastes rule's threshold ({describe('pastes', quantile, prior)})"
         )
     if rule == "head":
         return f"segment head boundary p = 0.5 (map >= log 2 = {HEAD_THRESHOLD:.4f})"
@@ -150,3 +162,10 @@ def pastes_rule(quantile_threshold: float, pastes_threshold: float, prior: float
     """The `pastes` rule's threshold: the pastes' own at an assumed defect share (`prior` >
     0), or with `prior` 0 the pastes' best F1 floored at the quantile rule's."""
     return pastes_threshold if prior > 0 else max(quantile_threshold, pastes_threshold)
+
+
+def geomean(quantile_threshold: float, pastes_rule_threshold: float) -> float:
+    """The `geomean` rule's threshold: sqrt(quantile's x pastes rule's); their midpoint
+    where either is not positive (no geometric mean)."""
+    q, p = float(quantile_threshold), float(pastes_rule_threshold)
+    return math.sqrt(q * p) if q > 0 and p > 0 else 0.5 * (q + p)

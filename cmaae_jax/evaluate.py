@@ -60,13 +60,14 @@ def scores_pastes(config) -> bool:
     """Whether calibration scores the held-out images' pasted copies (the `pastes` rule or
     `eval.held_out_check`)."""
     rule = config.eval.get("threshold_rule", "quantile")
-    return rule == "pastes" or config.eval.get("held_out_check", False)
+    return rule in calibration.PASTE_RULES or config.eval.get("held_out_check", False)
 
 
 class Calibration(NamedTuple):
     """What `calibrate` chose from normal images: the threshold, the reference (None: none
-    used) and its record, the rule's candidate thresholds by name (the quantile's; with
-    `pastes` also the pastes' best-F1 one, before the floor), the held-out check
+    used) and its record, the rules' candidate thresholds by name (the quantile's; where
+    the pastes are scored also the pastes' best-F1 one, before the floor, and `geomean`'s;
+    `head`'s alone with that rule), the held-out check
     (`calibration.held_out_check`; empty without `eval.held_out_check`), and the map method
     and scorer they belong to (`score.method=auto` resolved)."""
 
@@ -151,23 +152,24 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     if config.eval.get("held_out_check", False):
         check = calibration.held_out_check(held_out, maps, masks)
         logging.info("held-out check (pastes on held-out normal images): %s", check)
-    if rule == "pastes":
+    if rule != "head":  # every rule's candidate where the pastes are scored
         prior = config.eval.get("paste_prior", 0.0)
         best = calibration.paste_threshold(held_out, maps, masks, prior)
-        logging.info(
-            "pastes rule (prior %g): threshold %.6g, quantile's %.6g", prior, best, threshold
-        )
-        candidates["pastes"] = best
-        threshold = calibration.pastes_rule(threshold, best, prior)
+        pastes = calibration.pastes_rule(threshold, best, prior)
+        candidates.update(pastes=best, geomean=calibration.geomean(threshold, pastes))
+        logging.info("threshold candidates (paste prior %g): %s", prior, candidates)
+        threshold = {"pastes": pastes, "geomean": candidates["geomean"]}.get(rule, threshold)
     return Calibration(threshold, ref, record, candidates, check, method, scorer)
 
 
-def _score_test(scorer, test, threshold, ref, picture_dir, max_pictures, bar=None):
-    """Scores the test split into (pooled, per-type) accumulators and writes up to
-    `max_pictures` overlays of defective images; maps, masks and images are cropped to each
-    image's valid region first (keep_aspect padding never counts). Image labels are the
-    split's; images without a mask count in image metrics only."""
-    acc = metrics.PixelAccumulator(thresholds=(threshold,))
+def _score_test(scorer, test, thresholds, ref, picture_dir, max_pictures, bar=None):
+    """Scores the test split into (pooled, per-type) accumulators that count the pixels at
+    each of `thresholds` exactly, and writes up to `max_pictures` overlays of defective
+    images at the first; maps, masks and images are cropped to each image's valid region
+    first (keep_aspect padding never counts). Image labels are the split's; images without a
+    mask count in image metrics only."""
+    threshold = thresholds[0]
+    acc = metrics.PixelAccumulator(thresholds=thresholds)
     per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
     known = test.mask_known()
     written = 0
@@ -308,7 +310,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
             _save_reference(out / reference.FILE, ref)
         max_pictures = config.eval.max_pictures if primary else 0
         pictures_dir = out / workdir_lib.PICTURES
-        acc, per_type = _score_test(scorer, test, threshold, ref, pictures_dir, max_pictures, bar)
+        thresholds = (threshold, *chosen.candidates.values())
+        acc, per_type = _score_test(scorer, test, thresholds, ref, pictures_dir, max_pictures, bar)
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
     pictures.save_pr_curve(
@@ -328,6 +331,10 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
             rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
         ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
+        # what each candidate would have given (pooled; reported, never used to choose)
+        threshold_candidates_f1={
+            k: acc.result(v)["pixel_f1"] for k, v in chosen.candidates.items()
+        },
         held_out=chosen.held_out,
         eval_seconds=time.perf_counter() - t0,
         devices=jax.local_device_count(),

@@ -113,3 +113,7 @@ def test_pastes_rule_thresholds_baseline_maps_by_brute_force(monkeypatch):
     quantile = baselines.evaluate(splits, "local_contrast", 2.0, 0.99)  # no config: quantile
     assert quantile["threshold"] == pytest.approx(np.quantile(contrast(val), 0.99), rel=1e-5)
     assert got["threshold"] != pytest.approx(quantile["threshold"])  # the rules differ here
+    config.eval.threshold_rule = "geomean"  # sqrt(the quantile's x the pastes rule's)
+    geo = baselines.evaluate(splits, "local_contrast", 2.0, 0.99, config)
+    want = np.sqrt(np.quantile(contrast(val), 0.99) * best)
+    assert geo["threshold"] == pytest.approx(want, rel=1e-5)

@@ -83,8 +83,11 @@ def test_train_evaluate_predict(trained):
         assert key in m, key
     assert m["checkpoint_step"] == 50 and m["num_images"] == 12
     # the default rule: the pastes' threshold at the assumed defect share, no floor
-    assert set(m["threshold_candidates"]) == {"quantile", "pastes"}
+    assert set(m["threshold_candidates"]) == {"quantile", "pastes", "geomean"}
     assert m["threshold_candidates"]["pastes"] == m["threshold"]
+    # the F1 each candidate would have given: the rule's own is the run's label-free F1
+    assert set(m["threshold_candidates_f1"]) == set(m["threshold_candidates"])
+    assert m["threshold_candidates_f1"]["pastes"] == m["pixel_f1"]
     # the held-out check: in metrics.json, and alone (no test split scored) the same numbers
     assert set(m["held_out"]) == set(calibration.HELD_OUT_KEYS)
     assert m["held_out"]["pixel_auroc"] > 0.7  # the pastes stand out on a trained model

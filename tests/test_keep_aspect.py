@@ -135,7 +135,7 @@ def test_metrics_and_threshold_count_only_valid_pixels(tmp_path):
     threshold, ref, record, *_ = evaluate.calibrate(fake, {"val": split}, config)
     assert ref is None and record == {"setting": "none", "used": False}
     assert threshold == pytest.approx(np.quantile(scores, 0.9), rel=1e-6) and threshold < 2
-    acc, per_type = evaluate._score_test(fake, split, threshold, None, tmp_path, max_pictures=5)
+    acc, per_type = evaluate._score_test(fake, split, (threshold,), None, tmp_path, max_pictures=5)
     r = acc.result(threshold)
     assert r["num_pixels"] == 40 * 64 + 64 * 30 + 40 * 64 == labels.size
     # AUROC by brute force over every (defect, normal) pixel pair; ties count 1/2
@@ -390,5 +390,11 @@ def test_pastes_rule_pools_clean_negatives_and_pasted_pixels(monkeypatch, quanti
     else:
         assert threshold == pytest.approx(max(best, floor))
         assert (best > floor) == (binding == "pastes")
-    assert candidates["pastes"] == pytest.approx(best)  # both candidates recorded
+    assert candidates["pastes"] == pytest.approx(best)  # every candidate recorded
     assert candidates["quantile"] == pytest.approx(floor, rel=1e-6)
+    # geomean: sqrt(the quantile's x the pastes rule's), whichever rule was asked for
+    rule = best if prior else max(best, floor)
+    assert candidates["geomean"] == pytest.approx(np.sqrt(floor * rule), rel=1e-6)
+    config.eval.threshold_rule = "geomean"
+    threshold, *_ = evaluate.calibrate(_BrightnessScorer(), {"val": val}, config)
+    assert threshold == pytest.approx(np.sqrt(floor * rule), rel=1e-6)

@@ -387,6 +387,13 @@ def test_per_type_metrics_use_that_type_and_every_normal_image():
         assert out[name]["num_images"] == len(keep)
 
 
+def test_geomean_is_the_geometric_mean_or_the_midpoint():
+    assert calibration.geomean(4.0, 9.0) == pytest.approx(6.0)
+    assert calibration.geomean(2.0, 8.0) == pytest.approx(4.0)
+    assert calibration.geomean(-1.0, 3.0) == pytest.approx(1.0)  # not positive: the midpoint
+    assert calibration.geomean(0.0, 5.0) == pytest.approx(2.5)
+
+
 def test_paste_threshold_is_the_best_f1_threshold_by_brute_force():
     rng = np.random.default_rng(0)
     normal = [rng.random((6, 5)).astype(np.float32), rng.random((4, 7)).astype(np.float32)]
