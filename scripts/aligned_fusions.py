@@ -13,9 +13,10 @@ MPZ (`msfr_pixel` z-scored, what `score.method=auto` gives aligned images), PZ (
 residual z-scored), MZ (MSFR z-scored) and fusions of MZ and PZ: `max`, `mean`, `zmix`
 ((MZ + 2 PZ) / 3) and `l2` (the length of their positive parts); plan 2's, of each map over
 its image's median, z-scored apart: `PZ_med`, `zmean_med` (their mean, plan 2's candidate)
-and `zmix_med` ((MZ' + 2 PZ') / 3). Metrics: AUPRO, F1 max and the F1 at the quantile
-0.999 of the held-out maps, of the `crack` type for runs whose folder name holds "crack",
-else pooled over the test set.
+and `zmix_med` ((MZ' + 2 PZ') / 3, built); plan 5's `zmix3_med` and `zmix4_med` (weights
+1 : 3 and 1 : 4). `--only zmix_med,zmix4_med` measures those maps alone. Metrics: AUPRO,
+F1 max and the F1 at the quantile 0.999 of the held-out maps, of the `crack` type for runs
+whose folder name holds "crack", else pooled over the test set.
 """
 
 import argparse
@@ -96,6 +97,9 @@ def fused_maps(data: dict) -> dict:
         maps["PZ_med"] = pzm
         maps["zmean_med"] = [(a + b) / 2 for a, b in zip(mzm, pzm, strict=True)]
         maps["zmix_med"] = [(a + 2 * b) / 3 for a, b in zip(mzm, pzm, strict=True)]
+        # thirty-first session's plan 5: three and four times the weight on the pixel part
+        maps["zmix3_med"] = [(a + 3 * b) / 4 for a, b in zip(mzm, pzm, strict=True)]
+        maps["zmix4_med"] = [(a + 4 * b) / 5 for a, b in zip(mzm, pzm, strict=True)]
         for name, value in maps.items():
             out.setdefault(name, {})[split] = value
     return out
@@ -121,7 +125,8 @@ def measure(val_maps, test_maps, test: dict, crack: bool) -> dict:
     return {"aupro": r["pixel_aupro"], "f1_max": r["pixel_f1_max"], "f1_q999": r["pixel_f1"]}
 
 
-def analyse(paths, out_json=None) -> None:
+def analyse(paths, out_json=None, only=None) -> None:
+    """Measures each dump's maps (`only`: those names) and prints a line per map."""
     rows = {}
     for path in paths:
         with open(path, "rb") as fh:
@@ -130,6 +135,8 @@ def analyse(paths, out_json=None) -> None:
         crack = "crack" in name
         rows[name] = {"crack": crack}
         for method, maps in fused_maps(data).items():
+            if only and method not in only:
+                continue
             r = measure(maps["val"], maps["test"], data["test"], crack)
             rows[name][method] = r
             print(
@@ -151,11 +158,12 @@ def main():
     a = sub.add_parser("analyse")
     a.add_argument("pickles", nargs="+")
     a.add_argument("--json", default=None)
+    a.add_argument("--only", default="", help="comma-separated map names (default: all)")
     args = parser.parse_args()
     if args.command == "dump":
         dump(args.workdir, args.out)
     else:
-        analyse(args.pickles, args.json)
+        analyse(args.pickles, args.json, [m for m in args.only.split(",") if m])
 
 
 if __name__ == "__main__":
