@@ -63,10 +63,11 @@ def test_a_reference_of_each_part_z_scores_them_apart_then_averages():
     stacked = reference.apply(ref, np.stack([first, second]))
     np.testing.assert_allclose(stacked[0], want, rtol=1e-6)
     assert reference.apply(ref, [first, second])[1].shape == (2, 2)
-    # as z-scored: the parts' z-scores weighted PART_WEIGHTS (1 : 2), by hand
-    assert reference.PART_WEIGHTS == (1.0, 2.0)
+    # as z-scored: the parts' z-scores weighted PART_WEIGHTS (w0 : w1, the pixel's more), by hand
+    w0, w1 = reference.PART_WEIGHTS
+    assert w1 > w0 > 0
     zscored = reference.of_kind(ref, "zscore")
-    weighted = ((a - 2.0) / ref[1] + 2.0 * (10 * b - 20.0) / ref[3]) / 3.0
+    weighted = (w0 * (a - 2.0) / ref[1] + w1 * (10 * b - 20.0) / ref[3]) / (w0 + w1)
     np.testing.assert_allclose(reference.apply(zscored, first), weighted, rtol=1e-6)
     np.testing.assert_allclose(zscored[0::2], ref[0::2])  # the means untouched
     assert reference.kind_of(zscored) == "zscore"
@@ -227,7 +228,8 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
         mean, var = picked.mean(0), picked.var(0)
         spread = np.sqrt(var + np.median(var))
         k = 0 if part is part0 else 2
-        weight = 1.0 / 3.0 if part is part0 else 2.0 / 3.0  # PART_WEIGHTS 1 : 2
+        w0, w1 = reference.PART_WEIGHTS
+        weight = (w0 if part is part0 else w1) / (w0 + w1)
         np.testing.assert_allclose(chosen.ref[k], mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(chosen.ref[k + 1], spread / (2 * weight), rtol=1e-5)
         z += weight * (np.stack(part[5:]) - mean) / spread
@@ -236,7 +238,7 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     assert chosen.reference_record["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-4)
     assert chosen.reference_record["method"] == scoring.ALIGNED_METHOD
     assert chosen.reference_record["components"] == list(scoring.COMPONENTS)
-    assert chosen.reference_record["weights"] == [1.0, 2.0]
+    assert chosen.reference_record["weights"] == list(reference.PART_WEIGHTS)
     # msfr_pixel asked for outright, with a reference: rescored by parts, no method change
     config.score.method, config.score.reference = "msfr_pixel", "zscore"
     chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
