@@ -32,7 +32,7 @@ a reference per part, [2K, h, w] (mean and spread of part 0, then of part 1, ...
 is referred to its own normal statistics, then the parts are averaged. Without a reference
 their average is the map (`fuse`). Z-scoring MSFR and the pixel residual apart raised thin
 cracks' AUPRO and F1 max over z-scoring their average (RESULTS.md, thirtieth session); the
-z-scores are weighted PART_WEIGHTS (twice the pixel residual's: thirty-first session). The
+z-scores are weighted PART_WEIGHTS (four times on the pixel residual: thirty-first session). The
 weights live in the spreads (`of_kind`): a part of weight w_k has its spread times
 sum(w) / (K w_k), so the plain average of the referred parts is their weighted mean and
 whatever applies a saved reference (here, predict, the exports) needs nothing else;
@@ -53,10 +53,11 @@ AUTO_KIND = "zscore"  # what `auto` applies to aligned images (RESULTS.md, twent
 MIN_NARROWING = 0.05
 FILE = "reference.npy"  # in <workdir>/eval/: [2K, h, w], K parts' mean and spread (ones: `mean`)
 # The z-scored parts' weights (`scoring.COMPONENTS` order: MSFR, pixel residual). Equal weights
-# gained on thin cracks over z-scoring the averaged map; the pixel's twice, on five fresh crack
-# runs, AUPRO +0.012..+0.034 and F1 max +0.033..+0.060 over equal ones, larger defects within
-# 0.005 (rule written first: docs/results/aligned30/PLAN.md, plan 3; RESULTS.md).
-PART_WEIGHTS = (1.0, 2.0)
+# gained on thin cracks over z-scoring the averaged map; 1 : 2 more (five fresh crack runs:
+# AUPRO +0.012..+0.034, F1 max +0.033..+0.060), 1 : 4 more again (five more: AUPRO -0.000..
+# +0.013, F1 max +0.002..+0.036); larger defects within 0.01 at each step (rules written
+# first: docs/results/aligned30/PLAN.md, plans 3 and 5; RESULTS.md).
+PART_WEIGHTS = (1.0, 4.0)
 
 
 def resample(ref, shape) -> np.ndarray:
