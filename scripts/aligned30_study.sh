@@ -8,6 +8,7 @@
 #       eight first, then evaluates them (the library's default); no dumps
 #   bash scripts/aligned30_study.sh plan6    # thirty-second session's plan 6: as plan 4,
 #       eight more fresh seeds
+#   bash scripts/aligned30_study.sh plan7    # plan 7: as plan 4, eight more fresh seeds
 #
 # Resumable: a finished run or dump is skipped (an interrupted run resumes from its last
 # checkpoint; delete a dump cut off mid-write). Run from the repository root with nothing
@@ -29,7 +30,10 @@ case "$plan" in
   plan6) maps=""
     runs="lit27:cast_lit_crack:9 aligned26:cast_crack:10 aligned26:part_crack:9 lit27:cast_lit:5
           aligned26:cast:6 lit27:cast_lit_crack:10 aligned26:cast_crack:11 aligned26:part:8" ;;
-  *) echo "unknown plan $plan: plan2 | plan3 | plan4 | plan6" >&2; exit 2 ;;
+  plan7) maps=""
+    runs="lit27:cast_lit_crack:11 aligned26:cast_crack:12 aligned26:part_crack:10 lit27:cast_lit:6
+          aligned26:cast:7 lit27:cast_lit_crack:12 aligned26:cast_crack:13 aligned26:part:9" ;;
+  *) echo "unknown plan $plan: plan2 | plan3 | plan4 | plan6 | plan7" >&2; exit 2 ;;
 esac
 train() {  # workdir category data seed [flags]
   python launch/train.py --config configs/demo.py --workdir "$1" --config.data.category="$2" \
@@ -37,7 +41,7 @@ train() {  # workdir category data seed [flags]
     --config.data.synthetic_num_test=60 --config.train.seed="$4" --config.eval.max_pictures=4 \
     "${@:5}"
 }
-if [ -z "$maps" ]; then  # plans 4 and 6: train every run, then evaluate every run
+if [ -z "$maps" ]; then  # plans 4, 6 and 7: train every run, then evaluate every run
   for r in $runs; do
     IFS=: read -r data category seed <<< "$r"
     w=$out/${category}_s$seed

@@ -14,7 +14,9 @@ residual z-scored), MZ (MSFR z-scored) and fusions of MZ and PZ: `max`, `mean`, 
 ((MZ + 2 PZ) / 3) and `l2` (the length of their positive parts); plan 2's, of each map over
 its image's median, z-scored apart: `PZ_med`, `zmean_med` (their mean, plan 2's candidate)
 and `zmix_med` ((MZ' + 2 PZ') / 3, built); plan 5's `zmix3_med` and `zmix4_med` (weights
-1 : 3 and 1 : 4). `--only zmix_med,zmix4_med` measures those maps alone. Metrics: AUPRO,
+1 : 3 and 1 : 4); the thirty-second session's `zmix4_med_s1` and `zmix4_med_s2`: zmix4_med of
+parts smoothed by a Gaussian of sigma 1 or 2 px (training maps too) before they are
+z-scored. `--only zmix_med,zmix4_med` measures those maps alone. Metrics: AUPRO,
 F1 max and the F1 at the quantile 0.999 of the held-out maps, of the `crack` type for runs
 whose folder name holds "crack", else pooled over the test set.
 """
@@ -62,7 +64,28 @@ def _over_median(m):
     return m / (np.median(m) + 1e-12)
 
 
-def fused_maps(data: dict) -> dict:
+def _smoothed_zmix4(data: dict, sigma: float) -> dict:
+    """{split: maps} of zmix4_med with each part over its median smoothed by a Gaussian of
+    `sigma` px (scipy.ndimage, reflected edges) before its reference is built and applied."""
+    from scipy import ndimage
+
+    from cmaae_jax import reference
+
+    def parts(split):
+        return {
+            m: [ndimage.gaussian_filter(_over_median(x), sigma) for x in data[split][m]]
+            for m in METHODS
+        }
+
+    refs = {m: reference.build(maps) for m, maps in parts("train").items()}
+    out = {}
+    for split in ("val", "test"):
+        mz, pz = (reference.apply(refs[m], maps) for m, maps in parts(split).items())
+        out[split] = [(a + 4 * b) / 5 for a, b in zip(mz, pz, strict=True)]
+    return out
+
+
+def fused_maps(data: dict, only=None) -> dict:
     """{map name: {"val": maps, "test": maps}} of one dump."""
     from cmaae_jax import reference
 
@@ -102,6 +125,9 @@ def fused_maps(data: dict) -> dict:
         maps["zmix4_med"] = [(a + 4 * b) / 5 for a, b in zip(mzm, pzm, strict=True)]
         for name, value in maps.items():
             out.setdefault(name, {})[split] = value
+    for sigma in (1, 2):
+        if not only or f"zmix4_med_s{sigma}" in only:
+            out[f"zmix4_med_s{sigma}"] = _smoothed_zmix4(data, sigma)
     return out
 
 
@@ -134,7 +160,7 @@ def analyse(paths, out_json=None, only=None) -> None:
         name = os.path.basename(path)
         crack = "crack" in name
         rows[name] = {"crack": crack}
-        for method, maps in fused_maps(data).items():
+        for method, maps in fused_maps(data, only).items():
             if only and method not in only:
                 continue
             r = measure(maps["val"], maps["test"], data["test"], crack)
