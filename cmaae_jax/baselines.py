@@ -1,8 +1,8 @@
 """Non-learned reference maps, scored like a trained model (same data, valid regions and
 metrics), so a study can say how far a model is above what needs no training at all. Their
 label-free threshold is a trained model's rule: the quantile of held-out normal pixels, or
-(given a config whose `eval.threshold_rule` is `pastes`) the pastes rule on the same held-out
-images with the same pastes (`calibration.pasted_split`).
+(given a config whose `eval.threshold_rule` is `pastes`, `geomean` or `auto`) that rule on the
+same held-out images with the same pastes (`calibration.pasted_split`).
 
 * `local_contrast`: |I - G_sigma * I|, the grey level's departure from its Gaussian-blurred
   neighbourhood (sigma in pixels of the resized image): finds small dark/bright spots and
@@ -25,6 +25,7 @@ from PIL import Image
 from cmaae_jax import calibration, metrics, reference
 
 METHODS = ("local_contrast", "mean_image", "mean_image_z")
+ZSCORED = ("mean_image_z",)  # maps z-scored per position (`eval.threshold_rule=auto`)
 
 
 def grey(images_NxHxWx3_u8) -> np.ndarray:
@@ -94,7 +95,8 @@ def split_maps(method: str, split, train, sigma: float) -> list:
 
 def label_free_threshold(splits, method, sigma: float, quantile: float, config=None) -> float:
     """The label-free threshold of a baseline: the `quantile` of its held-out normal pixel
-    scores, or the `pastes` or `geomean` rule when `config.eval.threshold_rule` says so."""
+    scores, or the `pastes` or `geomean` rule when `config.eval.threshold_rule` says so
+    (`auto`: geomean for a map z-scored per position, `ZSCORED`, pastes for the others)."""
     train, val = splits["train"], splits["val"]
     normal_maps = split_maps(method, val, train, sigma)
     pooled = [m.ravel() for m in normal_maps]
@@ -102,6 +104,7 @@ def label_free_threshold(splits, method, sigma: float, quantile: float, config=N
         np.concatenate(pooled) if pooled else np.zeros(0, np.float32), quantile
     )
     rule = "quantile" if config is None else config.eval.get("threshold_rule", "quantile")
+    rule = calibration.resolve_rule(rule, zscored=method in ZSCORED)
     if rule not in calibration.PASTE_RULES:
         return floor
     prior = config.eval.get("paste_prior", 0.0)

@@ -18,7 +18,9 @@ pasted (3-4% of a pasted image), never below the quantile rule's threshold.
 `geomean` takes the geometric mean of the quantile rule's threshold and the pastes rule's:
 the pastes, large and bright, put their best threshold above the best one for faint thin
 defects, and the normal pixels' quantile lies below the best one for larger defects
-(RESULTS.md, thirty-first session). Every evaluation that scores the pastes records all
+(RESULTS.md, thirty-first session). `auto` is `geomean` for maps z-scored per position
+(aligned images, `score.reference`) and `pastes` for every other map (`resolve_rule`;
+RESULTS.md, thirty-second session). Every evaluation that scores the pastes records all
 three candidates, and the F1 at each, in metrics.json.
 """
 
@@ -30,14 +32,27 @@ import numpy as np
 
 from cmaae_jax import gaaga, metrics, natural_images
 
-THRESHOLD_RULES = ("quantile", "head", "pastes", "geomean")  # config eval.threshold_rule
-PASTE_RULES = ("pastes", "geomean")  # the rules that score GAAGA pastes on held-out images
+THRESHOLD_RULES = ("quantile", "head", "pastes", "geomean", "auto")  # eval.threshold_rule
+# the rules that score GAAGA pastes on held-out images
+PASTE_RULES = ("pastes", "geomean", "auto")
+AUTO = "auto"
+# What `auto` resolves to: maps z-scored per position (the aligned images' reference), others
+# (thirty-second session's plan 7, docs/results/aligned30/PLAN.md).
+AUTO_RULES = {"zscored": "geomean", "other": "pastes"}
 # The segment head's map is softplus(logit) = -log(1 - p): p = 0.5 is log 2.
 HEAD_THRESHOLD = math.log(2.0)
 PASTE_KEY = 1  # folded into the training seed: the `pastes` rule's pastes differ from training's
 # The held-out check (metrics.json "held_out", eval/held_out.json): how the maps separate the
 # GAAGA-pasted held-out images' pasted pixels from the clean held-out images' pixels.
 HELD_OUT_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_f1_max", "image_auroc")
+
+
+def resolve_rule(rule: str, zscored: bool) -> str:
+    """The threshold rule `rule` names: `auto` resolved by whether the maps are z-scored
+    per position (`AUTO_RULES`); any other rule as it is."""
+    if rule != AUTO:
+        return rule
+    return AUTO_RULES["zscored" if zscored else "other"]
 
 
 def label_free_threshold(rule: str, normal_maps, quantile: float) -> float:

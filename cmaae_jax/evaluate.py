@@ -68,8 +68,9 @@ class Calibration(NamedTuple):
     used) and its record, the rules' candidate thresholds by name (the quantile's; where
     the pastes are scored also the pastes' best-F1 one, before the floor, and `geomean`'s;
     `head`'s alone with that rule), the held-out check
-    (`calibration.held_out_check`; empty without `eval.held_out_check`), and the map method
-    and scorer they belong to (`score.method=auto` resolved)."""
+    (`calibration.held_out_check`; empty without `eval.held_out_check`), the map method
+    and scorer they belong to (`score.method=auto` resolved) and the threshold rule used
+    (`eval.threshold_rule=auto` resolved)."""
 
     threshold: float
     ref: np.ndarray | None
@@ -78,6 +79,7 @@ class Calibration(NamedTuple):
     held_out: dict
     method: str
     scorer: object
+    rule: str
 
 
 def _reference(scorer, splits, config, setting, bar=None):
@@ -139,14 +141,15 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
             weights = list(reference.part_weights(record["kind"]))
             record = {**record, "components": list(scoring.COMPONENTS), "weights": weights}
         record = {**record, "method": method} if method != base else record
-    rule = config.eval.get("threshold_rule", "quantile")
+    zscored = ref is not None and record.get("kind") == "zscore"
+    rule = calibration.resolve_rule(config.eval.get("threshold_rule", "quantile"), zscored)
     quantile = config.eval.threshold_quantile
     pooled = np.concatenate([m.ravel() for m in held_out])
     threshold = calibration.label_free_threshold(rule, pooled, quantile)
     candidates = {rule if rule == "head" else "quantile": threshold}
     check = {}
     if not scores_pastes(config):
-        return Calibration(threshold, ref, record, candidates, check, method, scorer)
+        return Calibration(threshold, ref, record, candidates, check, method, scorer, rule)
     maps, masks = pasted_held_out(scorer, splits["val"], config, bar)
     maps = reference.apply(ref, maps)
     if config.eval.get("held_out_check", False):
@@ -159,7 +162,7 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
         candidates.update(pastes=best, geomean=calibration.geomean(threshold, pastes))
         logging.info("threshold candidates (paste prior %g): %s", prior, candidates)
         threshold = {"pastes": pastes, "geomean": candidates["geomean"]}.get(rule, threshold)
-    return Calibration(threshold, ref, record, candidates, check, method, scorer)
+    return Calibration(threshold, ref, record, candidates, check, method, scorer, rule)
 
 
 def _score_test(scorer, test, thresholds, ref, picture_dir, max_pictures, bar=None):
@@ -299,7 +302,6 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
     config, overrides, ckpt_step, splits, scorer, rescore = _restore(config, workdir, step)
     test = splits["test"]
     primary = jax.process_index() == 0  # every process scores; only the primary writes
-    rule = config.eval.get("threshold_rule", "quantile")
     total = splits["val"].num_images * (1 + scores_pastes(config)) + test.num_images
     with console.progress(total, "evaluate", disable=not primary) as bar:
         chosen = calibrate(scorer, splits, config, bar, rescore)
@@ -328,7 +330,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         scales=list(config.score.scales),
         reference=chosen.reference_record,
         threshold_rule=calibration.describe(
-            rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
+            chosen.rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
         ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
         # what each candidate would have given (pooled; reported, never used to choose)

@@ -95,8 +95,9 @@ def get_config():
 
     c.eval = ml_collections.ConfigDict()
     c.eval.val_fraction = 0.1  # share of train/good held out to calibrate the threshold
+    # auto: geomean for maps z-scored per position (aligned images), pastes elsewhere |
     # pastes (GAAGA on held-out) | geomean (sqrt(quantile's x pastes')) | quantile | head (p=.5)
-    c.eval.threshold_rule = "pastes"
+    c.eval.threshold_rule = "auto"
     c.eval.threshold_quantile = 0.999  # quantile rule: this quantile of held-out normal pixels
     c.eval.paste_prior = 0.005  # pastes: assumed share of defect pixels (0: as pasted, floored)
     c.eval.held_out_check = True  # metrics of GAAGA pastes on held-out images (no defect label)

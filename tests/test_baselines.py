@@ -117,3 +117,6 @@ def test_pastes_rule_thresholds_baseline_maps_by_brute_force(monkeypatch):
     geo = baselines.evaluate(splits, "local_contrast", 2.0, 0.99, config)
     want = np.sqrt(np.quantile(contrast(val), 0.99) * best)
     assert geo["threshold"] == pytest.approx(want, rel=1e-5)
+    config.eval.threshold_rule = "auto"  # local contrast is not z-scored: the pastes rule
+    auto = baselines.evaluate(splits, "local_contrast", 2.0, 0.99, config)
+    assert auto["threshold"] == pytest.approx(best, rel=1e-6)

@@ -82,12 +82,14 @@ def test_train_evaluate_predict(trained):
     for key in metrics.HEADLINE_KEYS + ("threshold", "num_images", "checkpoint_step"):
         assert key in m, key
     assert m["checkpoint_step"] == 50 and m["num_images"] == 12
-    # the default rule: the pastes' threshold at the assumed defect share, no floor
+    # the default rule, `auto`: geomean for z-scored maps, else the pastes' threshold at the
+    # assumed defect share (no floor)
     assert set(m["threshold_candidates"]) == {"quantile", "pastes", "geomean"}
-    assert m["threshold_candidates"]["pastes"] == m["threshold"]
+    rule = "geomean" if m["reference"].get("kind") == "zscore" else "pastes"
+    assert m["threshold_candidates"][rule] == m["threshold"]
     # the F1 each candidate would have given: the rule's own is the run's label-free F1
     assert set(m["threshold_candidates_f1"]) == set(m["threshold_candidates"])
-    assert m["threshold_candidates_f1"]["pastes"] == m["pixel_f1"]
+    assert m["threshold_candidates_f1"][rule] == m["pixel_f1"]
     # the held-out check: in metrics.json, and alone (no test split scored) the same numbers
     assert set(m["held_out"]) == set(calibration.HELD_OUT_KEYS)
     assert m["held_out"]["pixel_auroc"] > 0.7  # the pastes stand out on a trained model

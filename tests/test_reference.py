@@ -9,6 +9,7 @@ from conftest import untrained_workdir
 from PIL import Image
 
 from cmaae_jax import (
+    calibration,
     configlib,
     evaluate,
     export,
@@ -194,6 +195,61 @@ def test_calibrate_thresholds_the_maps_minus_the_training_reference():
     assert sorted(scorer.scored) == [5, 6, 7]  # no training image scored for nothing
     pooled = np.concatenate([maps[i][:, :12].ravel() for i in (5, 6, 7)])
     assert threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
+
+
+def _best_prior_f1_threshold(normal, pasted, masks, prior):
+    """Brute force: the highest threshold of best F1 at defect share `prior`, every normal
+    pixel negative and the pasted maps' pixels labelled by their masks."""
+    scores = np.concatenate([m.ravel() for m in (*normal, *pasted)]).astype(np.float64)
+    labels = np.concatenate([np.zeros(m.size, bool) for m in normal] + [k.ravel() for k in masks])
+
+    def f1(t):
+        tpr, fpr = np.mean(scores[labels] >= t), np.mean(scores[~labels] >= t)
+        return 2 * prior * tpr / (prior * tpr + prior + (1 - prior) * fpr)
+
+    return max(np.unique(scores), key=lambda t: (f1(t), t))
+
+
+def test_auto_threshold_rule_is_geomean_on_z_scored_maps_and_the_pastes_rule_elsewhere(
+    monkeypatch,
+):
+    rng = np.random.default_rng(7)
+    structure = np.zeros((16, 16), np.float32)
+    structure[:, 7] = 5.0
+    maps = _maps(structure, rng, 8)
+    masks = [np.zeros((16, 16), bool) for _ in range(3)]
+    for k, mask in enumerate(masks):
+        mask[2 + k : 7 + k, 3:9] = True
+    pasted = [m + 1.0 * mask for m, mask in zip(maps[5:], masks, strict=True)]
+    monkeypatch.setattr(evaluate, "pasted_held_out", lambda *a, **k: (pasted, masks))
+    splits = {"train": _split(range(0, 5)), "val": _split(range(5, 8))}
+    prior = 0.05
+    config = ml_collections.ConfigDict(
+        {
+            "score": {"reference": "auto", "reference_images": 3},
+            "eval": {"threshold_quantile": 0.99, "threshold_rule": "auto", "paste_prior": prior},
+        }
+    )
+    chosen = evaluate.calibrate(_IndexScorer(maps), splits, config)
+    assert chosen.reference_record["kind"] == reference.AUTO_KIND == "zscore"
+    picked = np.stack([maps[0], maps[2], maps[4]]).astype(np.float64)  # by hand
+    mean, var = picked.mean(0), picked.var(0)
+    spread = np.sqrt(var + np.median(var))
+    normal_z = [(m - mean) / spread for m in maps[5:]]
+    pasted_z = [(m - mean) / spread for m in pasted]
+    t_q = np.quantile(np.concatenate([z.ravel() for z in normal_z]), 0.99)
+    t_p = _best_prior_f1_threshold(normal_z, pasted_z, masks, prior)
+    assert 0 < t_q < t_p  # the pastes' threshold above the normal pixels' quantile
+    assert calibration.AUTO_RULES["zscored"] == chosen.rule == "geomean"
+    assert chosen.threshold == pytest.approx(np.sqrt(t_q * t_p), rel=1e-5)
+    # images of several sizes: no reference, so the pastes rule on the maps as they are
+    splits["val"] = _split(range(5, 8), valid=(16, 12))
+    pasted = [m[:, :12] for m in pasted]
+    masks[:] = [k[:, :12] for k in masks]
+    chosen = evaluate.calibrate(_IndexScorer(maps), splits, config)
+    assert chosen.ref is None and chosen.rule == calibration.AUTO_RULES["other"] == "pastes"
+    t_p = _best_prior_f1_threshold([m[:, :12] for m in maps[5:]], pasted, masks, prior)
+    assert chosen.threshold == pytest.approx(t_p, rel=1e-6)
 
 
 def test_auto_method_rescores_aligned_images_with_the_aligned_method():
