@@ -16,9 +16,10 @@ its image's median, z-scored apart: `PZ_med`, `zmean_med` (their mean, plan 2's 
 and `zmix_med` ((MZ' + 2 PZ') / 3, built); plan 5's `zmix3_med` and `zmix4_med` (weights
 1 : 3 and 1 : 4); the thirty-second session's `zmix4_med_s1` and `zmix4_med_s2`: zmix4_med of
 parts smoothed by a Gaussian of sigma 1 or 2 px (training maps too) before they are
-z-scored. `--only zmix_med,zmix4_med` measures those maps alone. Metrics: AUPRO,
-F1 max and the F1 at the quantile 0.999 of the held-out maps, of the `crack` type for runs
-whose folder name holds "crack", else pooled over the test set.
+z-scored; `zmix6_med` and `zmix8_med` (weights 1 : 6 and 1 : 8). `--only zmix_med,zmix4_med`
+measures those maps alone. Metrics: AUPRO, F1 max and the F1 at the quantile 0.999 of the
+held-out maps, of the `crack` type for runs whose folder name holds "crack", else pooled
+over the test set.
 """
 
 import argparse
@@ -123,6 +124,9 @@ def fused_maps(data: dict, only=None) -> dict:
         # thirty-first session's plan 5: three and four times the weight on the pixel part
         maps["zmix3_med"] = [(a + 3 * b) / 4 for a, b in zip(mzm, pzm, strict=True)]
         maps["zmix4_med"] = [(a + 4 * b) / 5 for a, b in zip(mzm, pzm, strict=True)]
+        # thirty-second session's exploration: six and eight times
+        maps["zmix6_med"] = [(a + 6 * b) / 7 for a, b in zip(mzm, pzm, strict=True)]
+        maps["zmix8_med"] = [(a + 8 * b) / 9 for a, b in zip(mzm, pzm, strict=True)]
         for name, value in maps.items():
             out.setdefault(name, {})[split] = value
     for sigma in (1, 2):
