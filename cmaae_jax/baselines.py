@@ -111,8 +111,7 @@ def label_free_threshold(splits, method, sigma: float, quantile: float, config=N
     pasted, masks = calibration.pasted_split(val, config)
     pasted_maps = split_maps(method, pasted, train, sigma)
     best = calibration.paste_threshold(normal_maps, pasted_maps, masks, prior)
-    pastes = calibration.pastes_rule(floor, best, prior)
-    return calibration.geomean(floor, pastes) if rule == "geomean" else pastes
+    return calibration.rule_threshold(rule, floor, best, prior)
 
 
 def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, config=None):

@@ -179,6 +179,16 @@ def pastes_rule(quantile_threshold: float, pastes_threshold: float, prior: float
     return pastes_threshold if prior > 0 else max(quantile_threshold, pastes_threshold)
 
 
+def rule_threshold(rule: str, quantile_threshold: float, pastes_best: float, prior: float):
+    """The threshold of a resolved `rule` from the quantile rule's threshold and the pastes'
+    best one (`paste_threshold` at `prior`): `pastes` (`pastes_rule`), `geomean` (of the
+    quantile's and the pastes rule's), else the quantile's."""
+    pastes = pastes_rule(quantile_threshold, pastes_best, prior)
+    if rule == "geomean":
+        return geomean(quantile_threshold, pastes)
+    return pastes if rule == "pastes" else quantile_threshold
+
+
 def geomean(quantile_threshold: float, pastes_rule_threshold: float) -> float:
     """The `geomean` rule's threshold: sqrt(quantile's x pastes rule's); their midpoint
     where either is not positive (no geometric mean)."""

@@ -158,10 +158,10 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     if rule != "head":  # every rule's candidate where the pastes are scored
         prior = config.eval.get("paste_prior", 0.0)
         best = calibration.paste_threshold(held_out, maps, masks, prior)
-        pastes = calibration.pastes_rule(threshold, best, prior)
-        candidates.update(pastes=best, geomean=calibration.geomean(threshold, pastes))
+        geomean = calibration.rule_threshold("geomean", threshold, best, prior)
+        candidates.update(pastes=best, geomean=geomean)
         logging.info("threshold candidates (paste prior %g): %s", prior, candidates)
-        threshold = {"pastes": pastes, "geomean": candidates["geomean"]}.get(rule, threshold)
+        threshold = calibration.rule_threshold(rule, threshold, best, prior)
     return Calibration(threshold, ref, record, candidates, check, method, scorer, rule)
 
 
