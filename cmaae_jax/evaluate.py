@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from cmaae_jax import (
+    alignment,
     calibration,
     configlib,
     console,
@@ -36,24 +37,11 @@ from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
 
-def valid_maps(scorer, split, indices=None, bar=None) -> list:
-    """The valid maps [h_i, w_i] of `split`'s images (all, or those at `indices`), in order."""
-    indices = np.arange(split.num_images) if indices is None else np.asarray(indices)
-    images = [split.images[i] for i in indices]
-    out = [None] * len(indices)
-    for idx, maps in scorer.batches(images):
-        for j, m in zip(idx, maps, strict=True):
-            out[j] = split.valid_map(int(indices[j]), m)
-        if bar is not None:
-            bar.update(len(idx))
-    return out
-
-
 def pasted_held_out(scorer, val, config, bar=None):
     """(valid maps, paste masks) of the held-out images with GAAGA pastes
     (`calibration.pasted_split`)."""
     pasted, masks = calibration.pasted_split(val, config)
-    return valid_maps(scorer, pasted, bar=bar), masks
+    return inference.valid_maps(scorer, pasted, bar=bar), masks
 
 
 def scores_pastes(config) -> bool:
@@ -82,65 +70,20 @@ class Calibration(NamedTuple):
     rule: str
 
 
-def _reference(scorer, splits, config, setting, bar=None):
-    """(held-out normal maps with the reference applied, the reference or None, its record):
-    `setting` (score.reference) from up to `score.reference_images` training images' maps."""
-    val = splits["val"]
-    held_out = valid_maps(scorer, val, bar=bar)
-    quantile = config.eval.threshold_quantile
-    ref, one_size = None, True
-    if setting != "none":
-        train = splits["train"]
-        count = min(train.num_images, config.score.get("reference_images", 64))
-        if count == 0:
-            raise datasets.DatasetError("score.reference needs training images; found none")
-        picked = np.unique(np.linspace(0, train.num_images - 1, count).round().astype(int))
-        sizes = np.concatenate([train.sizes[picked], val.sizes])
-        one_size = len({tuple(int(v) for v in hw) for hw in sizes}) == 1
-        if one_size or setting != "auto":  # auto uses no reference for mixed sizes: skip it
-            ref = reference.build(valid_maps(scorer, train, picked))
-    kind, record = reference.choose(setting, ref, held_out, quantile, one_size)
-    ref = reference.of_kind(ref, kind)
-    return reference.apply(ref, held_out), ref, record
-
-
 def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     """The reference (`score.reference`) and the label-free threshold from the held-out val
     images and up to `score.reference_images` training images; no defect label.
-    `score.method=auto`: where a reference is applied, `rescorer(method, components)` gives
-    the scorer of `scoring.ALIGNED_METHOD`, whose maps then make the reference (of the kind
-    decided on the first maps) and the threshold; msfr_pixel's maps (`auto`'s or asked for)
-    come in parts with a reference of each (`scoring.referred_by_parts`, reference.py)."""
+    `score.method=auto`: where a reference is applied, `rescorer(method, components,
+    with_raw_msfr=False)` gives the scorer of `scoring.ALIGNED_METHOD`, whose maps then make the
+    reference (of the kind decided on raw MSFR maps) and the threshold; msfr_pixel's maps
+    (`auto`'s or asked for) come in parts with a reference of each
+    (`scoring.referred_by_parts`, reference.py). For `auto` on images of one size a single
+    pass of the aligned scorer with the raw MSFR map first serves both (`alignment.decide`)."""
     if splits["val"].num_images == 0:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
-    held_out, ref, record = _reference(
-        scorer, splits, config, config.score.get("reference", "none"), bar
-    )
-    if reference.near_miss(record):
-        logging.warning(
-            "score.reference=auto found the images unaligned, but the mean of normal maps "
-            "narrowed their tail by %.0f%% (aligned from %.0f%%): if they are aligned (the "
-            "same part in the same place, light or play drifting), "
-            "--config.score.method=msfr_pixel --config.score.reference=zscore forces the "
-            "aligned map",
-            100 * reference.narrowing(record),
-            100 * reference.MIN_NARROWING,
-        )
-    method_setting = config.score.get("method", "msfr")
-    method = scoring.resolve_method(method_setting, aligned=ref is not None)
-    base = scoring.resolve_method(method_setting, aligned=False)
-    components = ref is not None and scoring.referred_by_parts(method, config.score)
-    if method != base or components:
-        if rescorer is None:
-            raise ValueError("aligned msfr_pixel maps: calibrate needs a rescorer")
-        scorer = rescorer(method, components)
-        held_out, ref, _ = _reference(scorer, splits, config, record["kind"])  # off the bar
-        if components:
-            weights = list(reference.part_weights(record["kind"]))
-            record = {**record, "components": list(scoring.COMPONENTS), "weights": weights}
-        record = {**record, "method": method} if method != base else record
+    held_out, ref, record, method, scorer = alignment.decide(scorer, splits, config, rescorer, bar)
     zscored = ref is not None and record.get("kind") == "zscore"
     rule = calibration.resolve_rule(config.eval.get("threshold_rule", "quantile"), zscored)
     quantile = config.eval.threshold_quantile
@@ -241,11 +184,11 @@ def rescorer(config, variables):
     map method (`calibrate` resolving `score.method=auto`; `components`: msfr_pixel's parts,
     for a reference of each)."""
 
-    def build(method, components=False):
+    def build(method, components=False, with_raw_msfr=False):
         changed = copy.deepcopy(config)
         with changed.unlocked():
             changed.score.method = method
-        return inference.Scorer(changed, variables, components)
+        return inference.Scorer(changed, variables, components, with_raw_msfr)
 
     return build
 

@@ -1,5 +1,7 @@
 """Restoring a trained model and mapping batches of images to anomaly maps."""
 
+import copy
+
 import jax
 import numpy as np
 
@@ -40,20 +42,40 @@ class Scorer:
     chunks (BENCHMARKS.md, eighteenth session); accelerators take whole images per device.
     """
 
-    def __init__(self, config, variables, components: bool = False):
+    def __init__(self, config, variables, components: bool = False, with_raw_msfr: bool = False):
         """`components`: maps [..., H, W, 2] of `msfr_pixel`'s parts (`scoring.COMPONENTS`),
-        for a reference that z-scores each (reference.py)."""
+        for a reference that z-scores each (reference.py); the device hands out the raw parts
+        and each is divided by its image's median here (`scoring.parts_over_median`).
+        `with_raw_msfr` (with `components`): [..., H, W, 3], the raw MSFR map first
+        (score.method=msfr's), for a decision on it from the same pass."""
         self.net = model.from_config(config)
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
         options = dict(scoring.map_options(config.score), components=components)
-        self.parts = (len(scoring.COMPONENTS),) if components else ()
+        options["raw_parts"] = components
+        self.parts = (len(scoring.COMPONENTS) + with_raw_msfr,) if components else ()
+        self.with_raw_msfr = with_raw_msfr
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = scoring.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
         self.spread_variables = spread.put_variables(variables) if pmapped else None
         self.spread_every_chunk = pmapped and jax.local_devices()[0].platform == "cpu"
+
+    def without_raw_msfr(self) -> "Scorer":
+        """This scorer (`with_raw_msfr`) giving the parts alone, [..., H, W, 2], from the same
+        compiled functions."""
+        view = copy.copy(self)
+        view.with_raw_msfr, view.parts = False, (len(scoring.COMPONENTS),)
+        return view
+
+    def _finished(self, maps) -> np.ndarray:
+        """The device's maps of a chunk as handed out: raw parts over their medians."""
+        maps = np.asarray(maps)
+        if not self.parts:
+            return maps
+        parts = scoring.parts_over_median(maps)
+        return np.concatenate([maps[..., :1], parts], -1) if self.with_raw_msfr else parts
 
     def _one_by_one(self, chunk_u8) -> np.ndarray | None:
         """Maps of a chunk scored image by image over all devices, or None if it goes to the
@@ -74,7 +96,7 @@ class Scorer:
             chunk = images_NxHxWx3_u8[lo : lo + self.chunk]
             spread_maps = self._one_by_one(chunk)
             if spread_maps is not None:
-                out.append(spread_maps)
+                out.append(self._finished(spread_maps))
                 continue
             padded, n = scoring.pad_batch(
                 np.asarray(images.to_float(chunk), np.float32), self.chunk
@@ -82,7 +104,7 @@ class Scorer:
             maps = scoring.apply_sharded(
                 self.fn, self.variables, padded, self.devices if self.devices > 1 else None
             )
-            out.append(np.asarray(maps[:n]))
+            out.append(self._finished(maps[:n]))
         return (
             np.concatenate(out)
             if out
@@ -118,3 +140,16 @@ class Scorer:
             for lo in range(0, len(idx), self.chunk):
                 part = np.asarray(idx[lo : lo + self.chunk])
                 yield part, self._stacked(np.stack([images_u8[i] for i in part]))
+
+
+def valid_maps(scorer, split, indices=None, bar=None) -> list:
+    """The valid maps [h_i, w_i] of `split`'s images (all, or those at `indices`), in order."""
+    indices = np.arange(split.num_images) if indices is None else np.asarray(indices)
+    images = [split.images[i] for i in indices]
+    out = [None] * len(indices)
+    for idx, maps in scorer.batches(images):
+        for j, m in zip(idx, maps, strict=True):
+            out[j] = split.valid_map(int(indices[j]), m)
+        if bar is not None:
+            bar.update(len(idx))
+    return out

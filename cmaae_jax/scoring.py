@@ -49,6 +49,9 @@ ALIGNED_METHOD = "msfr_pixel"
 # evaluation z-scores each by its own per-position reference, then weights them
 # (`reference.PART_WEIGHTS`; RESULTS.md, thirtieth and thirty-first sessions).
 COMPONENTS = ("msfr", "pixel")
+# `raw_parts` hands them out before each is divided by its image's median (`parts_over_median`
+# divides on the host, where the median is ~20x cheaper than XLA:CPU's sort; the raw MSFR part
+# is score.method=msfr's map, so one pass serves the alignment decision and the parts).
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
 FLIPS = ("none", "horizontal")
@@ -76,6 +79,7 @@ def _check_score_options(
     flip: str = "none",
     levels=(1,),
     components: bool = False,
+    raw_parts: bool = False,
 ):
     if method not in METHODS:
         raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
@@ -84,6 +88,8 @@ def _check_score_options(
             "map components are msfr_pixel's, at one level (score.pyramid=(1,)) and "
             f"score.normalize=none; got {method!r}, {tuple(levels)}, {normalize!r}"
         )
+    if raw_parts and not components:
+        raise ValueError("raw parts are msfr_pixel's components before their medians")
     map_levels.check_normalize(normalize)
     if flip not in FLIPS:
         raise ValueError(f"score.flip must be one of {FLIPS}, got {flip!r}")
@@ -230,6 +236,7 @@ def anomaly_maps(
     mesh: Mesh | None = None,
     levels=(1,),
     components: bool = False,
+    raw_parts: bool = False,
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
@@ -241,9 +248,10 @@ def anomaly_maps(
     `mesh`: a mesh (`spread_lib.local_mesh`) over which one call's windows and encoder passes are
     split (under jit), so that even a single image keeps every device busy.
     `components`: `msfr_pixel` only, one level, no `normalize`: maps [B,H,W,2], its parts
-    (`COMPONENTS`, each over its image's median) unaveraged.
+    (`COMPONENTS`, each over its image's median) unaveraged; `raw_parts` (components only):
+    the parts before their medians (`parts_over_median` finishes them).
     """
-    _check_score_options(method, normalize, stride, flip, levels, components)
+    _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def raw_map(net, variables, x_BxHxWx3):
@@ -256,6 +264,8 @@ def anomaly_maps(
         msfr = msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh)
         if method == "msfr_pixel":
             pixel = pixel_map(x_BxHxWx3, rec)
+            if raw_parts:
+                return jnp.stack((msfr, pixel), -1), rec  # COMPONENTS' order
             over_median = functools.partial(map_levels.normalize_maps, normalize="median")
             parts = (over_median(msfr), over_median(pixel))  # COMPONENTS' order
             return (jnp.stack(parts, -1) if components else 0.5 * (parts[0] + parts[1])), rec
@@ -286,6 +296,7 @@ def make_map_fn(
     spread: bool = False,
     levels=(1,),
     components: bool = False,
+    raw_parts: bool = False,
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -310,8 +321,9 @@ def make_map_fn(
         for latency on few images; pmap spreads whole images instead.
       levels: the image scales scored (`score.pyramid`; see `anomaly_maps`).
       components: `msfr_pixel`'s parts, maps [..., H, W, 2] (see `anomaly_maps`).
+      raw_parts: with `components`, the parts before their medians (`parts_over_median`).
     """
-    _check_score_options(method, normalize, stride, flip, levels, components)
+    _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
     scales = _check_scales(scales)
     mesh = spread_lib.local_mesh() if spread and not pmapped else None
     if impl is not None and impl != getattr(model, "impl", impl):
@@ -320,10 +332,19 @@ def make_map_fn(
     def map_fn(variables, images_BxHxWx3):
         return anomaly_maps(
             model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh,
-            levels, components,
+            levels, components, raw_parts,
         )[0]  # fmt: skip
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)
+
+
+def parts_over_median(raw_parts_NxHxWxK) -> np.ndarray:
+    """`raw_parts` maps [N, H, W, K] as `components` gives them: each part over its image's
+    median (numpy's; `map_levels.normalize_maps`' `median` on device)."""
+    raw = np.asarray(raw_parts_NxHxWxK, np.float32)
+    n, k = raw.shape[0], raw.shape[-1]
+    median_Nx1x1xK = np.median(raw.reshape(n, -1, k), axis=1)[:, None, None, :]
+    return raw / (median_Nx1x1xK + np.float32(map_levels.EPS))
 
 
 def replicate(variables):

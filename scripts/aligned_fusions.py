@@ -34,7 +34,7 @@ METHODS = ("msfr", "pixel")
 
 def dump(workdir: str, out: str) -> None:
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    from cmaae_jax import datasets, evaluate, inference
+    from cmaae_jax import datasets, inference
     from cmaae_jax import workdir as workdir_lib
 
     result = {}
@@ -50,7 +50,7 @@ def dump(workdir: str, out: str) -> None:
             n = split.num_images
             if name == "train":
                 n = min(n, config.score.get("reference_images", 64))
-            maps = evaluate.valid_maps(scorer, split, np.arange(n))
+            maps = inference.valid_maps(scorer, split, np.arange(n))
             part = result.setdefault(name, {})
             part[method] = [np.asarray(m, np.float32) for m in maps]
             if name == "test":

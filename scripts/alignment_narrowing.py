@@ -16,7 +16,7 @@ import argparse
 import json
 import pathlib
 
-from cmaae_jax import devices, evaluate, reference
+from cmaae_jax import alignment, devices, evaluate, reference
 from cmaae_jax import workdir as workdir_lib
 
 NORMALIZATIONS = ("none", "median")
@@ -28,7 +28,9 @@ def narrowing(workdir: pathlib.Path, normalize: str) -> dict:
         config.score.method, config.score.reference = "msfr", "auto"
         config.score.normalize = normalize
     restored = evaluate._restore(config, str(workdir), None)
-    _, _, record = evaluate._reference(restored.scorer, restored.splits, restored.config, "auto")
+    _, _, record = alignment.normal_reference(
+        restored.scorer, restored.splits, restored.config, "auto"
+    )
     share = reference.narrowing(record)
     return {**record, "narrowing": share, "aligned": share >= reference.MIN_NARROWING}
 

@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 
-from cmaae_jax import datasets, devices, evaluate, inference, predict, reference
+from cmaae_jax import datasets, devices, inference, predict, reference
 from cmaae_jax import workdir as workdir_lib
 
 SIDES = ("top", "bottom", "left", "right")
@@ -63,7 +63,7 @@ def main():
     val = datasets.load_splits(config)["val"]
     ref = reference.load(workdir_lib.eval_dir(args.workdir) / reference.FILE)
     scorer = inference.Scorer(config, variables, components=reference.parts(ref) > 1)
-    maps = evaluate.valid_maps(scorer, val)
+    maps = inference.valid_maps(scorer, val)
     maps = [np.asarray(m, np.float32) for m in reference.apply(ref, maps)]
     pooled = np.concatenate([m.ravel() for m in maps])
     levels = {f"quantile {q}": float(np.quantile(pooled, q)) for q in args.quantiles}

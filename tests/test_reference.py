@@ -1,5 +1,6 @@
 """The per-position reference of normal maps (score.reference): build, apply, choose, carry."""
 
+import copy
 import json
 
 import ml_collections
@@ -156,6 +157,9 @@ class _IndexScorer:
             self.scored.append(int(im.flat[0]))
             yield np.array([j]), self.maps[int(im.flat[0])][None]
 
+    def without_raw_msfr(self):
+        return _IndexScorer([m[..., 1:] for m in self.maps])
+
 
 def _split(values, shape=(16, 16), valid=None):
     n = len(values)
@@ -253,9 +257,9 @@ def test_auto_threshold_rule_is_geomean_on_z_scored_maps_and_the_pastes_rule_els
 
 
 def test_auto_method_rescores_aligned_images_with_the_aligned_method():
-    """score.method=auto: the reference decision is made on the first (msfr) maps; where it
-    applies a reference, the aligned method's parts make a reference each and the threshold
-    is taken on their z-scores' average."""
+    """score.method=auto: the reference decision is made on raw msfr maps; where it applies a
+    reference, the aligned method's parts make a reference each and the threshold is taken
+    on their z-scores' average. Images of one size: one pass gives both, raw msfr first."""
     rng = np.random.default_rng(5)
     structure = np.zeros((16, 16), np.float32)
     structure[:, 7] = 5.0
@@ -263,6 +267,7 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     part0 = [np.asarray(3.0 * m[::-1] + 1.0, np.float32) for m in _maps(structure, rng, 8)]
     part1 = [np.asarray(0.5 * m.T, np.float32) for m in _maps(structure, rng, 8)]
     second = [np.stack(pair, -1) for pair in zip(part0, part1, strict=True)]
+    both = [np.stack(maps, -1) for maps in zip(first, part0, part1, strict=True)]
     splits = {"train": _split(range(0, 5)), "val": _split(range(5, 8))}
     config = ml_collections.ConfigDict(
         {
@@ -270,14 +275,21 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
             "eval": {"threshold_quantile": 0.99},
         }
     )
-    asked = []
+    asked, made = [], []
 
-    def rescorer(method, components=False):
-        asked.append((method, components))
-        return _IndexScorer(second)
+    def rescorer(method, components=False, with_raw_msfr=False):
+        asked.append((method, components, with_raw_msfr))
+        made.append(_IndexScorer(both if with_raw_msfr else second))
+        return made[-1]
 
-    chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
-    assert asked == [(scoring.ALIGNED_METHOD, True)] and chosen.method == scoring.ALIGNED_METHOD
+    plain = _IndexScorer(first)
+    chosen = evaluate.calibrate(plain, splits, config, rescorer=rescorer)
+    assert asked == [(scoring.ALIGNED_METHOD, True, True)]
+    assert chosen.method == scoring.ALIGNED_METHOD
+    # each held-out and reference image scored once, by the one scorer; none twice
+    assert plain.scored == [] and sorted(made[0].scored) == [0, 2, 4, 5, 6, 7]
+    _, handed_on = next(chosen.scorer.batches([np.full((16, 16, 3), 6, np.uint8)]))
+    np.testing.assert_array_equal(handed_on[0], second[6])  # the parts, raw msfr dropped
     z = np.zeros((3, 16, 16))
     for part in (part0, part1):  # by hand, each part on its own
         picked = np.stack([part[0], part[2], part[4]]).astype(np.float64)
@@ -295,20 +307,29 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     assert chosen.reference_record["method"] == scoring.ALIGNED_METHOD
     assert chosen.reference_record["components"] == list(scoring.COMPONENTS)
     assert chosen.reference_record["weights"] == list(reference.PART_WEIGHTS)
+    # unaligned (raw msfr noise alone, the parts still structured): decided on raw msfr, so
+    # no reference and the plain scorer handed on; the held-out maps are the raw msfr ones
+    noise = _maps(np.zeros((16, 16), np.float32), rng, 8)
+    both[:] = [np.stack(maps, -1) for maps in zip(noise, part0, part1, strict=True)]
+    chosen = evaluate.calibrate(plain, splits, config, rescorer=rescorer)
+    assert chosen.method == "msfr" and chosen.ref is None and chosen.scorer is plain
+    assert not chosen.reference_record["used"] and plain.scored == []
+    pooled = np.concatenate([m.ravel() for m in noise[5:]])
+    assert chosen.threshold == pytest.approx(np.quantile(pooled, 0.99), rel=1e-5)
     # msfr_pixel asked for outright, with a reference: rescored by parts, no method change
     config.score.method, config.score.reference = "msfr_pixel", "zscore"
     chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
-    assert asked[-1] == ("msfr_pixel", True) and "method" not in chosen.reference_record
+    assert asked[-1] == ("msfr_pixel", True, False) and "method" not in chosen.reference_record
     assert chosen.threshold == pytest.approx(np.quantile(z, 0.99), rel=1e-5)
     # at two pyramid levels the parts are not apart: the (averaged) map itself is referred
     config.score.pyramid = (1, 2)
     chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
-    assert len(asked) == 2 and reference.parts(chosen.ref) == 1
+    assert len(asked) == 3 and reference.parts(chosen.ref) == 1
     # images of several sizes: no reference, msfr maps, no rescoring
     config.score.method, config.score.reference, config.score.pyramid = "auto", "auto", (1,)
     splits["val"] = _split(range(5, 8), valid=(16, 12))
     chosen = evaluate.calibrate(_IndexScorer(first), splits, config, rescorer=rescorer)
-    assert len(asked) == 2 and chosen.method == "msfr" and chosen.ref is None
+    assert len(asked) == 3 and chosen.method == "msfr" and chosen.ref is None
 
 
 def test_narrowing_and_near_miss_from_the_record():
@@ -461,6 +482,13 @@ def test_auto_method_on_aligned_images_is_recorded_and_predict_follows_it(tmp_pa
     _, variables = inference.restore_variables(config, workdir)
     parts = inference.Scorer(config, variables, components=True)(x)[0]  # [64, 64, 2]
     msfr_pixel = inference.Scorer(config, variables)(x)[0]
+    with_raw = inference.Scorer(config, variables, components=True, with_raw_msfr=True)
+    np.testing.assert_allclose(with_raw(x)[0][..., 1:], parts, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(with_raw.without_raw_msfr()(x)[0], with_raw(x)[0][..., 1:])
+    raw_config = copy.deepcopy(config)
+    raw_config.score.method = "msfr"
+    raw = inference.Scorer(raw_config, variables)(x)[0]
+    np.testing.assert_allclose(with_raw(x)[0][..., 0], raw, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(parts.mean(-1), msfr_pixel, rtol=1e-5, atol=1e-6)
     want = reference.apply(ref, parts)
     predict.predict(workdir, str(inputs), tmp_path / "out")

@@ -145,8 +145,17 @@ def test_anomaly_maps_methods(setup):
     np.testing.assert_allclose(
         parts[..., 1], want / np.median(want, axis=(1, 2), keepdims=True), rtol=1e-4
     )
+    # the raw parts (before their medians), finished on the host: the same parts
+    raw = scoring.make_map_fn(m, "msfr_pixel", (2,), components=True, raw_parts=True)(
+        variables, images
+    )
+    np.testing.assert_allclose(raw[..., 0], msfr, rtol=1e-5)
+    np.testing.assert_allclose(raw[..., 1], want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scoring.parts_over_median(raw), parts, rtol=1e-5)
     with pytest.raises(ValueError, match="components"):
         scoring.make_map_fn(m, "msfr", components=True)
+    with pytest.raises(ValueError, match="raw parts"):
+        scoring.make_map_fn(m, "msfr_pixel", raw_parts=True)
     with pytest.raises(ValueError, match="score.normalize"):
         scoring.make_map_fn(m, "pixel", normalize="mean")
     # horizontal flip: the MSFR map of the mirrored images and their reconstruction,
