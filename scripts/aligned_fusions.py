@@ -16,7 +16,8 @@ its image's median, z-scored apart: `PZ_med`, `zmean_med` (their mean, plan 2's 
 and `zmix_med` ((MZ' + 2 PZ') / 3, built); plan 5's `zmix3_med` and `zmix4_med` (weights
 1 : 3 and 1 : 4); the thirty-second session's `zmix4_med_s1` and `zmix4_med_s2`: zmix4_med of
 parts smoothed by a Gaussian of sigma 1 or 2 px (training maps too) before they are
-z-scored; `zmix6_med` and `zmix8_med` (weights 1 : 6 and 1 : 8). `--only zmix_med,zmix4_med`
+z-scored; `zmix6_med` and `zmix8_med` (weights 1 : 6 and 1 : 8); the thirty-third session's
+`SPREADS` (named in `--only` only). `--only zmix_med,zmix4_med`
 measures those maps alone. Metrics: AUPRO, F1 max and the F1 at the quantile 0.999 of the
 held-out maps, of the `crack` type for runs whose folder name holds "crack", else pooled
 over the test set.
@@ -86,6 +87,39 @@ def _smoothed_zmix4(data: dict, sigma: float) -> dict:
     return out
 
 
+# The thirty-third session's exploration of the spread (each z-scored part's denominator):
+# sqrt(var + floor) with the floor the mean or a quartile of the per-position variances
+# instead of their median, or a robust reference (per-position median, 1.4826 x MAD).
+SPREADS = {
+    "zmix4_floor_mean": lambda var: var.mean(),
+    "zmix4_floor_q25": lambda var: np.quantile(var, 0.25),
+    "zmix4_floor_q75": lambda var: np.quantile(var, 0.75),
+    "zmix4_robust": None,
+}
+
+
+def _spread_zmix4(data: dict, name: str) -> dict:
+    """{split: maps} of zmix4_med with the spread of `SPREADS[name]` (module docstring)."""
+
+    def stats(maps):
+        x = np.stack(maps).astype(np.float64)
+        if SPREADS[name] is None:
+            centre = np.median(x, 0)
+            var = (1.4826 * np.median(np.abs(x - centre), 0)) ** 2
+            return centre, np.sqrt(var + np.median(var))
+        return x.mean(0), np.sqrt(x.var(0) + SPREADS[name](x.var(0)))
+
+    refs = {m: stats([_over_median(x) for x in data["train"][m]]) for m in METHODS}
+    out = {}
+    for split in ("val", "test"):
+        z = {
+            m: [(_over_median(x) - refs[m][0]) / refs[m][1] for x in data[split][m]]
+            for m in METHODS
+        }
+        out[split] = [(a + 4 * b) / 5 for a, b in zip(z["msfr"], z["pixel"], strict=True)]
+    return out
+
+
 def fused_maps(data: dict, only=None) -> dict:
     """{map name: {"val": maps, "test": maps}} of one dump."""
     from cmaae_jax import reference
@@ -132,6 +166,9 @@ def fused_maps(data: dict, only=None) -> dict:
     for sigma in (1, 2):
         if not only or f"zmix4_med_s{sigma}" in only:
             out[f"zmix4_med_s{sigma}"] = _smoothed_zmix4(data, sigma)
+    for name in SPREADS:
+        if name in (only or ()):  # on request only
+            out[name] = _spread_zmix4(data, name)
     return out
 
 
