@@ -9,6 +9,8 @@
 #   bash scripts/aligned30_study.sh plan6    # thirty-second session's plan 6: as plan 4,
 #       eight more fresh seeds
 #   bash scripts/aligned30_study.sh plan7    # plan 7: as plan 4, eight more fresh seeds
+#   bash scripts/aligned30_study.sh plan8    # thirty-third session's plan 8: six fresh seeds,
+#       trained, evaluated and dumped (maps8/), and the two wide runs of runs/wide33 dumped
 #
 # Resumable: a finished run or dump is skipped (an interrupted run resumes from its last
 # checkpoint; delete a dump cut off mid-write). Run from the repository root with nothing
@@ -33,7 +35,10 @@ case "$plan" in
   plan7) maps=""
     runs="lit27:cast_lit_crack:11 aligned26:cast_crack:12 aligned26:part_crack:10 lit27:cast_lit:6
           aligned26:cast:7 lit27:cast_lit_crack:12 aligned26:cast_crack:13 aligned26:part:9" ;;
-  *) echo "unknown plan $plan: plan2 | plan3 | plan4 | plan6 | plan7" >&2; exit 2 ;;
+  plan8) maps=$out/maps8
+    runs="lit27:cast_lit_crack:13 aligned26:cast_crack:14 aligned26:part_crack:11 lit27:cast_lit:7
+          lit27:cast_lit_crack:14 aligned26:part:10" ;;
+  *) echo "unknown plan $plan: plan2 | plan3 | plan4 | plan6 | plan7 | plan8" >&2; exit 2 ;;
 esac
 train() {  # workdir category data seed [flags]
   python launch/train.py --config configs/demo.py --workdir "$1" --config.data.category="$2" \
@@ -62,3 +67,9 @@ for r in $runs; do
   [ -f "$maps/${category}_s$seed.pkl" ] || \
     python scripts/aligned_fusions.py dump "$w" "$maps/${category}_s$seed.pkl"
 done
+if [ "$plan" = plan8 ]; then  # the wide runs (scripts/wide33_study.sh trains them)
+  for s in 0 1; do
+    [ -f "$maps/wide_cast_crack_s$s.pkl" ] || python scripts/aligned_fusions.py dump \
+      "runs/wide33/cast_crack_s$s" "$maps/wide_cast_crack_s$s.pkl"
+  done
+fi
