@@ -3,6 +3,7 @@ thirtieth session). No retraining; no test mask chooses anything.
 
     python scripts/aligned_fusions.py dump runs/aligned26/cast_crack_s2 /tmp/maps/cc_s2.pkl
     python scripts/aligned_fusions.py analyse /tmp/maps/cc_s2.pkl [...] --json rows.json
+    python scripts/aligned_fusions.py images /tmp/maps/cc_s2.pkl [...] --json rows.json
 
 `dump` scores a run's first `score.reference_images` training images, its held-out normal
 (val) and its test images twice, by MSFR and by the pixel residual (the run's other score
@@ -20,7 +21,8 @@ z-scored; `zmix6_med` and `zmix8_med` (weights 1 : 6 and 1 : 8); the thirty-thir
 `SPREADS` (named in `--only` only). `--only zmix_med,zmix4_med`
 measures those maps alone. Metrics: AUPRO, F1 max and the F1 at the quantile 0.999 of the
 held-out maps, of the `crack` type for runs whose folder name holds "crack", else pooled
-over the test set.
+over the test set. `images` (plan 8): the built map's image AUROC with each image scored by
+its maximum or by the mean of its highest pixels.
 """
 
 import argparse
@@ -192,6 +194,45 @@ def measure(val_maps, test_maps, test: dict, crack: bool) -> dict:
     return {"aupro": r["pixel_aupro"], "f1_max": r["pixel_f1_max"], "f1_q999": r["pixel_f1"]}
 
 
+def top_mean(amap, share: float) -> float:
+    """The mean of the highest `share` of a map's pixels (at least one)."""
+    k = max(1, int(round(share * amap.size)))
+    return float(np.partition(amap.ravel(), amap.size - k)[-k:].mean())
+
+
+def images(paths, out_json=None, ks=(5, 10, 20, 40), share=0.0003) -> None:
+    """Image AUROC of the built map (zmix4_med) with each image scored by its maximum, by the
+    mean of its `ks` highest pixels and by the mean of its highest `share` (plan 8's `top`):
+    the crack type's images against every normal test image on runs whose name holds
+    "crack", every test image otherwise."""
+    from cmaae_jax import metrics
+
+    rows = {}
+    for path in paths:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh)
+        name = os.path.basename(path)
+        test = data["test"]
+        maps = fused_maps(data, ["zmix4_med"])["zmix4_med"]["test"]
+        labels = np.asarray(test["labels"])
+        keep = [
+            "crack" not in name or lab == 0 or kind == "crack"
+            for lab, kind in zip(labels, test["types"], strict=True)
+        ]
+        kept = [m for m, k in zip(maps, keep, strict=True) if k]
+        truth = labels[np.asarray(keep)].tolist()
+        scores = {"max": [float(m.max()) for m in kept]}
+        scores.update(
+            {f"top{k}": [float(np.sort(m.ravel())[-k:].mean()) for m in kept] for k in ks}
+        )
+        scores["top"] = [top_mean(m, share) for m in kept]
+        rows[name] = {how: metrics.binary_auroc(v, truth) for how, v in scores.items()}
+        print(name, " ".join(f"{h} {v:.4f}" for h, v in rows[name].items()), flush=True)
+    if out_json:
+        with open(out_json, "w") as fh:
+            json.dump(rows, fh, indent=1, sort_keys=True)
+
+
 def analyse(paths, out_json=None, only=None) -> None:
     """Measures each dump's maps (`only`: those names) and prints a line per map."""
     rows = {}
@@ -226,9 +267,14 @@ def main():
     a.add_argument("pickles", nargs="+")
     a.add_argument("--json", default=None)
     a.add_argument("--only", default="", help="comma-separated map names (default: all)")
+    i = sub.add_parser("images")
+    i.add_argument("pickles", nargs="+")
+    i.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.command == "dump":
         dump(args.workdir, args.out)
+    elif args.command == "images":
+        images(args.pickles, args.json)
     else:
         analyse(args.pickles, args.json, [m for m in args.only.split(",") if m])
 
