@@ -119,8 +119,11 @@ def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, c
     `config` (optional) chooses the threshold rule (`label_free_threshold`)."""
     train, test = splits["train"], splits["test"]
     threshold = label_free_threshold(splits, method, sigma, quantile, config)
-    acc = metrics.PixelAccumulator(thresholds=(threshold,))
-    per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
+    image_score = "max" if config is None else config.eval.get("image_score", "max")
+    acc = metrics.PixelAccumulator(thresholds=(threshold,), image_score=image_score)
+    per_type = metrics.PerTypeAccumulator(
+        test.defect_types, test.labels, (threshold,), image_score=image_score
+    )
     test_maps = split_maps(method, test, train, sigma)
     known = test.mask_known()  # defective images without a mask: image metrics only
     for pos, maps_g, masks_g in test.valid_groups(range(test.num_images), test_maps):

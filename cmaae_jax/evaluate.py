@@ -108,15 +108,19 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     return Calibration(threshold, ref, record, candidates, check, method, scorer, rule)
 
 
-def _score_test(scorer, test, thresholds, ref, picture_dir, max_pictures, bar=None):
+def _score_test(
+    scorer, test, thresholds, ref, picture_dir, max_pictures, bar=None, image_score="max"
+):
     """Scores the test split into (pooled, per-type) accumulators that count the pixels at
     each of `thresholds` exactly, and writes up to `max_pictures` overlays of defective
     images at the first; maps, masks and images are cropped to each image's valid region
     first (keep_aspect padding never counts). Image labels are the split's; images without a
     mask count in image metrics only."""
     threshold = thresholds[0]
-    acc = metrics.PixelAccumulator(thresholds=thresholds)
-    per_type = metrics.PerTypeAccumulator(test.defect_types, test.labels, (threshold,))
+    acc = metrics.PixelAccumulator(thresholds=thresholds, image_score=image_score)
+    per_type = metrics.PerTypeAccumulator(
+        test.defect_types, test.labels, (threshold,), image_score=image_score
+    )
     known = test.mask_known()
     written = 0
     for idx, maps in scorer.batches(test.images):
@@ -256,7 +260,10 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         max_pictures = config.eval.max_pictures if primary else 0
         pictures_dir = out / workdir_lib.PICTURES
         thresholds = (threshold, *chosen.candidates.values())
-        acc, per_type = _score_test(scorer, test, thresholds, ref, pictures_dir, max_pictures, bar)
+        image_score = config.eval.get("image_score", "max")
+        acc, per_type = _score_test(
+            scorer, test, thresholds, ref, pictures_dir, max_pictures, bar, image_score
+        )
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
     pictures.save_pr_curve(
@@ -276,6 +283,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
             chosen.rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
         ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
+        image_score=image_score,
         # what each candidate would have given (pooled; reported, never used to choose)
         threshold_candidates_f1={
             k: acc.result(v)["pixel_f1"] for k, v in chosen.candidates.items()

@@ -115,10 +115,12 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
 
 
-def describe(config, threshold: float, batch: int, reference=None) -> dict:
-    """What every export format records: threshold, score settings, input and output."""
-    from cmaae_jax import reference as reference_lib  # the loader needs neither
-    from cmaae_jax import scoring
+def describe(config, threshold: float, batch: int, reference=None, image_score="max") -> dict:
+    """What every export format records: threshold, image score, score settings, input and
+    output. `image_score` (`metrics.IMAGE_SCORES`) is recorded as the share of each map's
+    highest pixels whose mean scores its image (`image_top_share`; 0: the maximum)."""
+    from cmaae_jax import metrics, scoring  # the loader needs none of them
+    from cmaae_jax import reference as reference_lib
 
     size = config.data.image_size
     ref = None
@@ -131,6 +133,8 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
     return {
         "reference": ref,
         "threshold": float(threshold),
+        "image_score": image_score,
+        "image_top_share": metrics.TOP_SHARE if image_score == "top" else 0.0,
         "image_size": size,
         "batch": batch,
         "method": scoring.map_options(config.score)["method"],  # `auto`: as evaluation resolved
@@ -142,7 +146,12 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
         "input": {"shape": [batch, size, size, 3], "layout": "NHWC", "dtype": "float32"},
         "input_scaling": SCALING,
         "output": {"shape": [batch, size, size], "dtype": "float32"},
-        "decision": "pixel defective where map >= threshold; image score = max of its map"
+        "decision": "pixel defective where map >= threshold; image score = "
+        + (
+            "mean of the highest image_top_share of its map's pixels (at least one)"
+            if image_score == "top"
+            else "max of its map"
+        )
         + (
             ""
             if ref is None
@@ -159,10 +168,11 @@ def describe(config, threshold: float, batch: int, reference=None) -> dict:
 
 def save(
     path, config, variables, threshold: float, batch: int = 1, platforms=None, reference=None,
-    **extra,
+    image_score="max", **extra,
 ):  # fmt: skip
     """Writes the artifact at `path` and its sidecar `<path>.json`; returns the sidecar dict.
-    `reference`: the evaluation's per-position reference (score.reference), or None."""
+    `reference`: the evaluation's per-position reference (score.reference), or None;
+    `image_score`: how evaluation scored images (`describe`)."""
     if batch < 1:
         raise ExportError(f"batch={batch}: must be at least 1")
     unknown = set(platforms or ()) - set(PLATFORMS)
@@ -174,7 +184,7 @@ def save(
         "format": FORMAT,
         "artifact": pathlib.Path(path).name,
         "sha256": hashlib.sha256(blob).hexdigest(),
-        **describe(config, threshold, batch, reference),
+        **describe(config, threshold, batch, reference, image_score),
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
         **extra,
@@ -186,6 +196,13 @@ def save(
     tmp.replace(path)  # a reader never sees half an artifact
     sidecar_path(path).write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def top_mean(map_hxw, share: float) -> float:
+    """The mean of the highest `share` of a map's pixels, at least one (0: the maximum)."""
+    flat = np.ravel(np.asarray(map_hxw, np.float32))
+    k = max(1, round(share * flat.size))
+    return float(np.partition(flat, flat.size - k)[-k:].mean(dtype=np.float64))
 
 
 class ExportedMapper:
@@ -274,9 +291,9 @@ class ExportedMapper:
         return np.asarray(maps) >= self.threshold
 
     def scores(self, maps) -> np.ndarray:
-        if isinstance(maps, list):
-            return np.array([np.max(m) for m in maps], np.float32)
-        return np.asarray(maps).reshape(len(maps), -1).max(axis=1)
+        """Each map's image score: the mean of its highest `image_top_share` of pixels, at
+        least one (the maximum where the share is 0 or unrecorded), as `metrics.image_scores`."""
+        return np.array([top_mean(m, self.meta.get("image_top_share", 0.0)) for m in maps])
 
 
 def load(path) -> ExportedMapper:

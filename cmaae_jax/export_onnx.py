@@ -97,10 +97,12 @@ def _tidy(graph):
     graph.initializer.extend(keep)
 
 
-def _metadata(config, threshold, batch, converter_version, extra, reference=None) -> dict:
+def _metadata(
+    config, threshold, batch, converter_version, extra, reference=None, image_score="max"
+) -> dict:
     from cmaae_jax import export  # saving needs the package; the loader does not
 
-    described = export.describe(config, threshold, batch, reference)
+    described = export.describe(config, threshold, batch, reference, image_score)
     described["input"] = {"name": INPUT, **described["input"]}
     described["output"] = {"name": OUTPUT, **described["output"]}
     return {
@@ -114,10 +116,12 @@ def _metadata(config, threshold, batch, converter_version, extra, reference=None
 
 
 def save_onnx(
-    path, config, variables, threshold: float, batch: int = 1, reference=None, **extra
-) -> dict:
+    path, config, variables, threshold: float, batch: int = 1, reference=None,
+    image_score="max", **extra,
+) -> dict:  # fmt: skip
     """Writes the ONNX model at `path` and its sidecar `<path>.json`; returns the sidecar.
-    `reference`: the evaluation's per-position reference (score.reference), or None."""
+    `reference`: the evaluation's per-position reference (score.reference), or None;
+    `image_score`: how evaluation scored images (`export.describe`)."""
     import jax
     import jax.numpy as jnp
 
@@ -141,7 +145,7 @@ def save_onnx(
         ) from e
     _tidy(proto.graph)
     version = importlib.metadata.version("jax2onnx")
-    meta = _metadata(config, threshold, batch, version, extra, reference)
+    meta = _metadata(config, threshold, batch, version, extra, reference, image_score)
     props = {META_KEY: json.dumps(meta)}
     props.update({k: str(meta[k]) for k in ("threshold", "image_size", "batch", "resize")})
     props.update(input_scaling=SCALING, decision=meta["decision"])
@@ -228,7 +232,16 @@ class OnnxMapper:
         return np.asarray(maps) >= self.threshold
 
     def scores(self, maps) -> np.ndarray:
-        return np.array([np.max(m) for m in maps], np.float32)
+        """Each map's image score: the mean of its highest `image_top_share` of pixels, at
+        least one (the maximum where the share is 0 or unrecorded), as `export.top_mean`
+        (restated here: this loader needs neither jax nor the package)."""
+        share = self.meta.get("image_top_share", 0.0)
+        out = []
+        for m in maps:
+            flat = np.ravel(np.asarray(m, np.float32))
+            k = max(1, round(share * flat.size))
+            out.append(np.partition(flat, flat.size - k)[-k:].mean(dtype=np.float64))
+        return np.array(out)
 
 
 def load_onnx(path, providers=("CPUExecutionProvider",)) -> OnnxMapper:

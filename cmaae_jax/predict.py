@@ -5,7 +5,8 @@ map before it is resized back). For each readable input image `<stem>`: `<stem>_
 (float32 map at the image's original size), `<stem>_map.png` (heat map), `<stem>_mask.png`
 (0/255 binary mask at the threshold; a stem met again, e.g. a/x.png and b/x.png, gets `-2`,
 `-3`, ... and `output` says which);
-plus `scores.csv` / `scores.json` (image score = max of the map, and the decision). Unreadable
+plus `scores.csv` / `scores.json` (the image score, `eval.image_score` of the map as evaluation
+scored it, and the decision: score >= threshold). Unreadable
 inputs are skipped, named in a warning and listed in `scores.json`; when none is readable,
 `predict` raises PredictError.
 
@@ -25,7 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cmaae_jax import console, errors, images, inference, pictures, reference
+from cmaae_jax import console, errors, images, inference, metrics, pictures, reference
 from cmaae_jax import workdir as workdir_lib
 
 CSV_FIELDS = ["path", "output", "score", "defective", "defect_fraction"]
@@ -69,6 +70,17 @@ def find_threshold(workdir, threshold: float | None) -> float:
     )
 
 
+def recorded_image_score(workdir, config) -> str:
+    """The image score the run's evaluation used (its metrics.json's `image_score`), else the
+    config's `eval.image_score` (`max` where neither names one)."""
+    path = workdir_lib.eval_metrics_path(workdir)
+    try:
+        recorded = json.loads(path.read_text()).get("image_score") if path.is_file() else None
+    except (ValueError, AttributeError):
+        recorded = None  # find_threshold names an unreadable file
+    return recorded or config.eval.get("image_score", "max")
+
+
 def predict(workdir, inputs: str, output, threshold: float | None = None, step=None) -> dict:
     """Writes maps, masks and scores for every readable input; returns the summary dict.
 
@@ -79,7 +91,8 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
     files = list_inputs(inputs)
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    stream = _Stream(config, workdir, step, out, threshold, files)
+    image_score = recorded_image_score(workdir, config)
+    stream = _Stream(config, workdir, step, out, (threshold, image_score), files)
     batch = config.score.batch_images * jax.local_device_count()
     rows, skipped = [], []
     with (out / SCORES_CSV).open("w", newline="") as fh:
@@ -97,6 +110,7 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
         raise PredictError(_nothing_readable(skipped))
     summary = {
         "threshold": threshold,
+        "image_score": image_score,
         "num_inputs": len(files),
         "num_scored": len(rows),
         "images": rows,
@@ -118,9 +132,10 @@ class _Stream:
     """Reads, scores and writes the inputs batch by batch; the model is restored at the first
     readable batch (inputs that are all unreadable never load it)."""
 
-    def __init__(self, config, workdir, step, out, threshold, files):
+    def __init__(self, config, workdir, step, out, verdict, files):
+        """`verdict`: (threshold, image score name) deciding each image."""
         self.config, self.workdir, self.step = config, workdir, step
-        self.out, self.threshold, self.files = out, threshold, files
+        (self.threshold, self.image_score), self.out, self.files = verdict, out, files
         self.names = _output_names(files)
         self.size = config.data.image_size
         self.resize = config.data.get("resize", "square")
@@ -159,8 +174,9 @@ class _Stream:
                 vh, vw = images.scaled_size((h, w), self.size, self.resize)  # crop the padding
                 amap = reference.apply(self.ref, amap[:vh, :vw])
                 rows[j] = _write_one(
-                    self.out, self.files[i], amap, (h, w), self.threshold, self.names[i]
-                )
+                    self.out, self.files[i], amap, (h, w), self.threshold, self.names[i],
+                    self.image_score,
+                )  # fmt: skip
         return rows
 
 
@@ -177,15 +193,16 @@ def _output_names(paths) -> list[str]:
     return names
 
 
-def _write_one(out, path, map_hxw, hw, threshold, stem) -> dict:
-    """Writes one image's outputs; `map_hxw` is its map at the resized (valid) resolution."""
+def _write_one(out, path, map_hxw, hw, threshold, stem, image_score="max") -> dict:
+    """Writes one image's outputs; `map_hxw` is its map at the resized (valid) resolution,
+    which gives the image's score (`metrics.image_scores` by `image_score`)."""
     h, w = hw
     full = np.asarray(Image.fromarray(map_hxw.astype(np.float32)).resize((w, h), Image.BILINEAR))
     np.save(out / f"{stem}_map.npy", full)
     Image.fromarray(pictures.heat(full, threshold)).save(out / f"{stem}_map.png")
     mask = full >= threshold
     Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
-    score = float(map_hxw.max())
+    score = float(metrics.image_scores(map_hxw, image_score)[0])
     return {
         "path": str(path),
         "output": stem,

@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from cmaae_jax import checkpoint, images, inference, model, predict
+from cmaae_jax import checkpoint, images, inference, metrics, model, predict
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
@@ -87,6 +87,33 @@ def test_batches_are_bounded_and_outputs_match_scoring_all_at_once(run, tmp_path
         assert float(rows[i]["score"]) == pytest.approx(want, rel=1e-6), i
         assert rows[i]["defective"] == str(want >= 0.05)
         assert np.load(out / f"img{i:02d}_map.npy").shape == (h, w)
+
+
+def test_predict_scores_images_as_evaluation_did(run, tmp_path):
+    """metrics.json's `image_score` (here `top`) decides predict's image scores: the mean of
+    each valid map's highest share of pixels, by hand from the library's maps."""
+    workdir, config, inputs = run
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in (0, 3):  # a 64 x 64 and a 70 x 80 input
+        (few / f"img{i:02d}.png").write_bytes((inputs / f"img{i:02d}.png").read_bytes())
+    eval_dir = workdir_lib.eval_dir(workdir)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.eval_metrics_path(workdir).write_text('{"threshold": 0.05, "image_score": "top"}')
+    try:
+        summary = predict.predict(workdir, str(few), tmp_path / "out")
+    finally:
+        workdir_lib.eval_metrics_path(workdir).unlink()
+    assert summary["image_score"] == "top"
+    _, variables = inference.restore_variables(config, workdir)
+    scorer = inference.Scorer(config, variables)
+    for row, i in zip(summary["images"], (0, 3), strict=True):
+        vh, vw = VALID[SIZES[i % len(SIZES)]]
+        amap = scorer([images.load_image(few / f"img{i:02d}.png", 64, "keep_aspect")])[0]
+        valid = np.sort(amap[:vh, :vw].ravel())[::-1]
+        k = max(1, round(metrics.TOP_SHARE * valid.size))
+        assert row["score"] == pytest.approx(float(valid[:k].mean()), rel=1e-6), i
+        assert row["defective"] == (row["score"] >= 0.05)
 
 
 def test_nothing_readable_is_an_error_naming_the_files(run, tmp_path):

@@ -150,6 +150,7 @@ def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
         ("loss__w_feat", -1.0),
         ("anomaly__min_opacity", 0.0),
         ("anomaly__min_opacity", 1.5),
+        ("eval__image_score", "mean"),
     ],
 )
 def test_impossible_config_values_name_the_field(data_root, field, value):
