@@ -273,7 +273,7 @@ class PixelAccumulator:
         Keys: `threshold` (float32-rounded, NaN if None), `pixel_f1`, `precision`, `recall`
         (pixels >= threshold; precision 0 when nothing is predicted), `pixel_f1_max`,
         `pixel_f1_max_threshold`, `pixel_auroc`, `pixel_ap`, `pixel_aupro` (PRO integrated over
-        FPR in [0, 0.3], divided by 0.3), `image_auroc` (image score = max of the map),
+        FPR in [0, 0.3], divided by 0.3), `image_auroc` (image scores by `image_scores`),
         `num_pixels`, `num_positive_pixels`, `num_regions`, `num_images`, `num_bins`,
         `bins_exact`.
         """
