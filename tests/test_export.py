@@ -145,3 +145,20 @@ def test_a_damaged_or_misused_artifact_is_a_clear_error(workdir, tmp_path):
     export.sidecar_path(path).unlink()
     with pytest.raises(export.ExportError, match="sidecar"):
         export.load(path)
+
+
+def test_both_loaders_score_images_as_evaluation_does():
+    """The ONNX loader restates the image score (it needs neither jax nor the package): with
+    the sidecar's `image_top_share` both loaders give `metrics.image_scores`' `top`, without it
+    the maximum. The ONNX session is not needed for scores."""
+    from cmaae_jax import export_onnx
+
+    maps = np.random.default_rng(8).random((3, 100, 100)).astype(np.float32)
+    for share, how in ((metrics.TOP_SHARE, "top"), (0.0, "max")):
+        meta = {"threshold": 0.5, "image_size": 100, "batch": 1, "image_top_share": share}
+        onnx_mapper = export_onnx.OnnxMapper(session=None, meta=meta)
+        want = metrics.image_scores(maps, how)
+        np.testing.assert_allclose(onnx_mapper.scores(maps), want, rtol=1e-6)
+        np.testing.assert_allclose([export.top_mean(m, share) for m in maps], want, rtol=1e-6)
+    old = export_onnx.OnnxMapper(None, {"threshold": 0.5, "image_size": 100, "batch": 1})
+    np.testing.assert_array_equal(old.scores(maps), maps.max(axis=(1, 2)))  # no share: max
