@@ -5,7 +5,7 @@ import copy
 import jax
 import numpy as np
 
-from cmaae_jax import checkpoint, images, model, scoring, spread
+from cmaae_jax import checkpoint, images, map_levels, model, scoring, spread
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
@@ -45,15 +45,19 @@ class Scorer:
     def __init__(self, config, variables, components: bool = False, with_raw_msfr: bool = False):
         """`components`: maps [..., H, W, 2] of `msfr_pixel`'s parts (`scoring.COMPONENTS`),
         for a reference that z-scores each (reference.py); the device hands out the raw parts
-        and each is divided by its image's median here (`scoring.parts_over_median`).
-        `with_raw_msfr` (with `components`): [..., H, W, 3], the raw MSFR map first
-        (score.method=msfr's), for a decision on it from the same pass."""
+        and each is divided by its image's median here (`map_levels.over_median_on_host`), as
+        is each map of `score.normalize=median` (without `score.flip`, which averages maps
+        already divided). `with_raw_msfr` (with `components`): [..., H, W, 3], the raw MSFR
+        map first (score.method=msfr's), for a decision on it from the same pass."""
         self.net = model.from_config(config)
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
         options = dict(scoring.map_options(config.score), components=components)
         options["raw_parts"] = components
+        self.median_on_host = options["normalize"] == "median" and options["flip"] == "none"
+        if self.median_on_host:
+            options["normalize"] = "none"
         self.parts = (len(scoring.COMPONENTS) + with_raw_msfr,) if components else ()
         self.with_raw_msfr = with_raw_msfr
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
@@ -70,11 +74,14 @@ class Scorer:
         return view
 
     def _finished(self, maps) -> np.ndarray:
-        """The device's maps of a chunk as handed out: raw parts over their medians."""
+        """The device's maps of a chunk as handed out: raw parts, or the maps of
+        `score.normalize=median`, over their medians."""
         maps = np.asarray(maps)
+        if self.median_on_host:
+            return map_levels.over_median_on_host(maps)
         if not self.parts:
             return maps
-        parts = scoring.parts_over_median(maps)
+        parts = map_levels.over_median_on_host(maps)
         return np.concatenate([maps[..., :1], parts], -1) if self.with_raw_msfr else parts
 
     def _one_by_one(self, chunk_u8) -> np.ndarray | None:

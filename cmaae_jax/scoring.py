@@ -49,8 +49,8 @@ ALIGNED_METHOD = "msfr_pixel"
 # evaluation z-scores each by its own per-position reference, then weights them
 # (`reference.PART_WEIGHTS`; RESULTS.md, thirtieth and thirty-first sessions).
 COMPONENTS = ("msfr", "pixel")
-# `raw_parts` hands them out before each is divided by its image's median (`parts_over_median`
-# divides on the host, where the median is ~20x cheaper than XLA:CPU's sort; the raw MSFR part
+# `raw_parts` hands them out before each is divided by its image's median (`map_levels.
+# over_median_on_host` divides on the host, ~20x cheaper than XLA:CPU's sort; the raw MSFR part
 # is score.method=msfr's map, so one pass serves the alignment decision and the parts).
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
@@ -249,7 +249,7 @@ def anomaly_maps(
     split (under jit), so that even a single image keeps every device busy.
     `components`: `msfr_pixel` only, one level, no `normalize`: maps [B,H,W,2], its parts
     (`COMPONENTS`, each over its image's median) unaveraged; `raw_parts` (components only):
-    the parts before their medians (`parts_over_median` finishes them).
+    the parts before their medians (`map_levels.over_median_on_host` finishes them).
     """
     _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
@@ -321,7 +321,8 @@ def make_map_fn(
         for latency on few images; pmap spreads whole images instead.
       levels: the image scales scored (`score.pyramid`; see `anomaly_maps`).
       components: `msfr_pixel`'s parts, maps [..., H, W, 2] (see `anomaly_maps`).
-      raw_parts: with `components`, the parts before their medians (`parts_over_median`).
+      raw_parts: with `components`, the parts before their medians
+        (`map_levels.over_median_on_host`).
     """
     _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
     scales = _check_scales(scales)
@@ -336,15 +337,6 @@ def make_map_fn(
         )[0]  # fmt: skip
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)
-
-
-def parts_over_median(raw_parts_NxHxWxK) -> np.ndarray:
-    """`raw_parts` maps [N, H, W, K] as `components` gives them: each part over its image's
-    median (numpy's; `map_levels.normalize_maps`' `median` on device)."""
-    raw = np.asarray(raw_parts_NxHxWxK, np.float32)
-    n, k = raw.shape[0], raw.shape[-1]
-    median_Nx1x1xK = np.median(raw.reshape(n, -1, k), axis=1)[:, None, None, :]
-    return raw / (median_Nx1x1xK + np.float32(map_levels.EPS))
 
 
 def replicate(variables):

@@ -1,11 +1,12 @@
-"""Time per image of a trained run's maps: raw MSFR against msfr_pixel's parts two ways.
+"""Time per image of a trained run's maps: medians taken on the host against on the device.
 
     python scripts/scorer_timing.py runs/demo32 --images 32
 
 Random images of the run's size are mapped by `inference.Scorer` (the run's score fields,
 every local device) as `msfr` (raw MSFR), as msfr_pixel's parts with the per-image medians
-taken on the host (`components`, what evaluation and predict use), and with them taken on
-the device (`make_map_fn(components=True)` pmapped, as the exported artefacts compute them).
+taken on the host (`components`, what evaluation and predict use) and on the device (as the
+exported artefacts compute them), and as MSFR over its median (`score.normalize=median`,
+magnetic tile's config) divided on the host and on the device.
 Each is called once on half the images (compile) and timed on all of them.
 """
 
@@ -30,14 +31,16 @@ def _timed(fn, x) -> tuple[float, float]:
     return first, 1000 * (time.perf_counter() - t0) / len(x)
 
 
-def _device_parts(config, variables):
-    """A scorer of msfr_pixel's parts with the medians taken on the device: evaluation's
-    scorer with the device's finished parts swapped in (same batching and devices)."""
+def _divided_on_device(config, variables, components: bool):
+    """A scorer whose medians are taken on the device (msfr_pixel's parts with `components`,
+    else `score.normalize`'s): evaluation's scorer with the device's divided maps swapped in
+    (same batching and devices)."""
     scorer = inference.Scorer(config, variables)
-    options = dict(scoring.map_options(config.score), components=True)
+    options = dict(scoring.map_options(config.score), components=components)
     scorer.fn = scoring.make_map_fn(scorer.net, pmapped=scorer.devices > 1, **options)
     if scorer.spread_fn is not None:
         scorer.spread_fn = scoring.make_map_fn(scorer.net, spread=True, **options)
+    scorer.median_on_host = False
     return scorer
 
 
@@ -55,10 +58,14 @@ def main():
     x = np.random.default_rng(0).integers(0, 256, (args.images, size, size, 3), np.uint8)
     aligned = copy.deepcopy(config)
     aligned.score.method = scoring.ALIGNED_METHOD
+    median = copy.deepcopy(config)
+    median.score.normalize = "median"
     timings = {
         "msfr": inference.Scorer(config, variables),
         "parts_host_median": inference.Scorer(aligned, variables, components=True),
-        "parts_device_median": _device_parts(aligned, variables),
+        "parts_device_median": _divided_on_device(aligned, variables, components=True),
+        "msfr_median_host": inference.Scorer(median, variables),
+        "msfr_median_device": _divided_on_device(median, variables, components=False),
     }
     out = {}
     for name, fn in timings.items():

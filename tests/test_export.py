@@ -162,3 +162,20 @@ def test_both_loaders_score_images_as_evaluation_does():
         np.testing.assert_allclose([export.top_mean(m, share) for m in maps], want, rtol=1e-6)
     old = export_onnx.OnnxMapper(None, {"threshold": 0.5, "image_size": 100, "batch": 1})
     np.testing.assert_array_equal(old.scores(maps), maps.max(axis=(1, 2)))  # no share: max
+
+
+def test_scorer_divides_by_the_median_on_the_host_as_the_device_would(workdir):
+    """score.normalize=median: the Scorer takes the maps undivided and divides on the host;
+    the maps are the device's (the exported function's) to float rounding. With a flip the
+    device divides (each pass's map is divided before the two are averaged)."""
+    config = workdir_lib.load_config(workdir)
+    config.score.method, config.score.normalize = "pixel", "median"
+    _, variables = inference.restore_variables(config, workdir)
+    scorer = inference.Scorer(config, variables)
+    assert scorer.median_on_host
+    x = _images(3)
+    net = model.from_config(config)
+    on_device = scoring.make_map_fn(net, "pixel", normalize="median")(variables, images.to_float(x))
+    np.testing.assert_allclose(scorer(x), np.asarray(on_device), rtol=1e-5, atol=1e-7)
+    config.score.flip = "horizontal"
+    assert not inference.Scorer(config, variables).median_on_host

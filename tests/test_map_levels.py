@@ -87,6 +87,19 @@ def test_normalize_maps_by_hand():
     np.testing.assert_allclose(float(far), 0.5, rtol=1e-5)
 
 
+def test_over_median_on_host_is_the_device_median_normalisation():
+    rng = np.random.default_rng(2)
+    maps = rng.random((3, 20, 30)).astype(np.float32)  # 600 pixels: an even count
+    by_hand = maps / np.median(maps.reshape(3, -1), axis=1)[:, None, None]
+    np.testing.assert_allclose(map_levels.over_median_on_host(maps), by_hand, rtol=1e-6)
+    device = np.asarray(map_levels.normalize_maps(jnp.asarray(maps), "median"))
+    np.testing.assert_allclose(map_levels.over_median_on_host(maps), device, rtol=1e-6)
+    parts = np.stack([maps, 5 * maps[:, ::-1]], -1)  # [N, H, W, 2]: each part on its own
+    got = map_levels.over_median_on_host(parts)
+    np.testing.assert_allclose(got[..., 0], by_hand, rtol=1e-6)
+    np.testing.assert_allclose(got[..., 1], by_hand[:, ::-1], rtol=1e-6)
+
+
 @pytest.mark.parametrize("normalize", ["median", "local_mean", "local_median"])
 def test_normalize_maps_is_scale_free(normalize):
     m = np.random.default_rng(2).random((2, 64, 128)).astype(np.float32) + 0.1
