@@ -3,9 +3,9 @@
     python launch/train.py --config configs/magnetic_tile.py --workdir runs/magnetic_tile
 
 Images have varied sizes (about 100-630 x 220-400 px); keep_aspect (the default) scales the
-long side to data.image_size without squashing. RESULTS.md has the measured rows at batch 64,
-1200 + 600 steps (the study's budget) and this batch and these steps at 512 px (eighteenth
-session); this config's 256 px has not been run at this budget.
+long side to data.image_size without squashing. RESULTS.md has this config's rows (twenty-eighth
+and twenty-ninth sessions: two seeds of CMA-AE and of the plain auto-encoder, per defect type),
+and the study's budget (batch 64, 1200 + 600 steps) at 512 px (eighteenth session).
 """
 
 import pathlib
