@@ -123,6 +123,7 @@ def describe(config, threshold: float, batch: int, reference=None, image_score="
     from cmaae_jax import reference as reference_lib
 
     size = config.data.image_size
+    top_share = metrics.TOP_SHARE if metrics.check_image_score(image_score) == "top" else 0.0
     ref = None
     if reference is not None:
         ref = {
@@ -134,7 +135,7 @@ def describe(config, threshold: float, batch: int, reference=None, image_score="
         "reference": ref,
         "threshold": float(threshold),
         "image_score": image_score,
-        "image_top_share": metrics.TOP_SHARE if image_score == "top" else 0.0,
+        "image_top_share": top_share,
         "image_size": size,
         "batch": batch,
         "method": scoring.map_options(config.score)["method"],  # `auto`: as evaluation resolved

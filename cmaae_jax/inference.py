@@ -77,12 +77,10 @@ class Scorer:
         """The device's maps of a chunk as handed out: raw parts, or the maps of
         `score.normalize=median`, over their medians."""
         maps = np.asarray(maps)
-        if self.median_on_host:
-            return map_levels.over_median_on_host(maps)
-        if not self.parts:
+        if not (self.median_on_host or self.parts):
             return maps
-        parts = map_levels.over_median_on_host(maps)
-        return np.concatenate([maps[..., :1], parts], -1) if self.with_raw_msfr else parts
+        divided = map_levels.over_median_on_host(maps)
+        return np.concatenate([maps[..., :1], divided], -1) if self.with_raw_msfr else divided
 
     def _one_by_one(self, chunk_u8) -> np.ndarray | None:
         """Maps of a chunk scored image by image over all devices, or None if it goes to the

@@ -47,10 +47,16 @@ IMAGE_SCORES = ("max", "top")
 TOP_SHARE = 0.0003
 
 
-def image_scores(maps_NxHxW, how: str = "max") -> np.ndarray:
-    """The image score [N] of each map [N, H, W] (or of one [H, W]) by `how` (IMAGE_SCORES)."""
+def check_image_score(how: str) -> str:
+    """`how` if it is one of IMAGE_SCORES; else a ValueError naming the field."""
     if how not in IMAGE_SCORES:
         raise ValueError(f"eval.image_score must be one of {IMAGE_SCORES}, got {how!r}")
+    return how
+
+
+def image_scores(maps_NxHxW, how: str = "max") -> np.ndarray:
+    """The image score [N] of each map [N, H, W] (or of one [H, W]) by `how` (IMAGE_SCORES)."""
+    check_image_score(how)
     maps = np.asarray(maps_NxHxW, np.float32)
     flat = maps.reshape(len(maps) if maps.ndim == 3 else 1, -1)
     if how == "max":
@@ -141,8 +147,7 @@ class PixelAccumulator:
             raise ValueError(f"max_bins must be >= 16, got {max_bins}")
         self.max_bins = int(max_bins)
         self.group_pixels = int(group_pixels)
-        self.image_score = image_score
-        image_scores(np.zeros((1, 1)), image_score)  # an unknown name fails here, not at update
+        self.image_score = check_image_score(image_score)  # fails here, not at update
         self.shift = 0
         self.keys = np.zeros(0, np.uint32)
         self.neg = np.zeros(0, np.int64)

@@ -194,15 +194,9 @@ def measure(val_maps, test_maps, test: dict, crack: bool) -> dict:
     return {"aupro": r["pixel_aupro"], "f1_max": r["pixel_f1_max"], "f1_q999": r["pixel_f1"]}
 
 
-def top_mean(amap, share: float) -> float:
-    """The mean of the highest `share` of a map's pixels (at least one)."""
-    k = max(1, int(round(share * amap.size)))
-    return float(np.partition(amap.ravel(), amap.size - k)[-k:].mean())
-
-
-def images(paths, out_json=None, ks=(5, 10, 20, 40), share=0.0003) -> None:
+def images(paths, out_json=None, ks=(5, 10, 20, 40)) -> None:
     """Image AUROC of the built map (zmix4_med) with each image scored by its maximum, by the
-    mean of its `ks` highest pixels and by the mean of its highest `share` (plan 8's `top`):
+    mean of its `ks` highest pixels and by `metrics.image_scores`' `top` (plan 8's):
     the crack type's images against every normal test image on runs whose name holds
     "crack", every test image otherwise."""
     from cmaae_jax import metrics
@@ -225,7 +219,7 @@ def images(paths, out_json=None, ks=(5, 10, 20, 40), share=0.0003) -> None:
         scores.update(
             {f"top{k}": [float(np.sort(m.ravel())[-k:].mean()) for m in kept] for k in ks}
         )
-        scores["top"] = [top_mean(m, share) for m in kept]
+        scores["top"] = [float(metrics.image_scores(m, "top")[0]) for m in kept]
         rows[name] = {how: metrics.binary_auroc(v, truth) for how, v in scores.items()}
         print(name, " ".join(f"{h} {v:.4f}" for h, v in rows[name].items()), flush=True)
     if out_json:
