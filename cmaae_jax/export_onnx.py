@@ -81,7 +81,8 @@ def _map_function(config, variables, reference=None):
     options["components"] = canvas.shape[0] > 2  # a reference of each of the map's parts
 
     def image_to_map(images_BxSxSx3):
-        maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options)
+        # ONNX has no bit cast at this opset: medians by sorting (map_levels.MEDIANS).
+        maps, _ = scoring.anomaly_maps(net, variables, images_BxSxSx3, **options, median="sort")
         return refer(maps, canvas)
 
     return image_to_map

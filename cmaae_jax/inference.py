@@ -61,7 +61,7 @@ class Scorer:
         self.parts = (len(scoring.COMPONENTS) + with_raw_msfr,) if components else ()
         self.with_raw_msfr = with_raw_msfr
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
-        self.variables = scoring.replicate(variables) if pmapped else variables
+        self.variables = spread.replicate(variables) if pmapped else variables
         self.spread_fn = scoring.make_map_fn(self.net, spread=True, **options) if pmapped else None
         self.spread_variables = spread.put_variables(variables) if pmapped else None
         self.spread_every_chunk = pmapped and jax.local_devices()[0].platform == "cpu"
@@ -103,10 +103,8 @@ class Scorer:
             if spread_maps is not None:
                 out.append(self._finished(spread_maps))
                 continue
-            padded, n = scoring.pad_batch(
-                np.asarray(images.to_float(chunk), np.float32), self.chunk
-            )
-            maps = scoring.apply_sharded(
+            padded, n = spread.pad_batch(np.asarray(images.to_float(chunk), np.float32), self.chunk)
+            maps = spread.apply_sharded(
                 self.fn, self.variables, padded, self.devices if self.devices > 1 else None
             )
             out.append(self._finished(maps[:n]))

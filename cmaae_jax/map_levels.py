@@ -15,6 +15,10 @@ bright band) score high as a whole. A defect is a local excess. Every option div
   mean-pooled, then resized back bilinearly): a defect covering less than half of the box does
   not move the median at its centre.
 
+Medians on the device are exact selections (`median_last_axis`): XLA:CPU's `jnp.median` sorts,
+10-20x slower for one map (BENCHMARKS.md); `sort` stays for the ONNX export, whose opset has no
+bit cast.
+
 The median in the denominator keeps the division finite where the local level is near zero,
 and makes every option scale-free: a map times c gives the same normalised map. Boxes reflect
 at the sides (half-sample symmetric, as scipy.ndimage's `reflect`). Both boxes are tied to the
@@ -36,11 +40,55 @@ LOCAL_MEAN_PX = PATCH + 1  # side of the `local_mean` box (odd: centred on its p
 LOCAL_MEDIAN_CELL = 8  # `local_median`: the map is mean-pooled in cells of this side (px)
 LOCAL_MEDIAN_CELLS = 2 * PATCH // LOCAL_MEDIAN_CELL + 1  # box side in cells (17: 136 px)
 EPS = 1e-12
+MEDIANS = ("select", "sort")  # device median: exact radix selection | jnp.median (sorts)
+_SIGN = np.uint32(1 << 31)
 
 
 def check_normalize(normalize: str):
     if normalize not in NORMALIZE:
         raise ValueError(f"score.normalize must be one of {NORMALIZE}, got {normalize!r}")
+
+
+def _sortable_keys(x: Array) -> Array:
+    """float32 -> uint32 keys in the same order (IEEE bits, negatives' flipped; -0 < +0)."""
+    bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >= _SIGN, ~bits, bits | _SIGN)
+
+
+def _from_keys(keys: Array) -> Array:
+    bits = jnp.where(keys >= _SIGN, keys & ~_SIGN, ~keys)
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _kth_key(keys_RxN: Array, k: int) -> Array:
+    """The k-th smallest key of each row (0-based), bit by bit from the top: a bit is set when
+    at most k keys lie below the prefix with it set. 32 counting passes, no sort."""
+    found_R = jnp.zeros(keys_RxN.shape[:1], jnp.uint32)
+    for bit in range(31, -1, -1):
+        candidate_R = found_R | np.uint32(1 << bit)
+        below_R = jnp.sum(keys_RxN < candidate_R[:, None], axis=1)
+        found_R = jnp.where(below_R <= k, candidate_R, found_R)
+    return found_R
+
+
+def median_last_axis(x: Array, how: str = "select") -> Array:
+    """The median over the last axis (finite values), as `jnp.median`: the middle value, or
+    the mean of the two middle ones. `how`: `select` (exact, by `_kth_key`) or `sort`."""
+    if how not in MEDIANS:
+        raise ValueError(f"median must be one of {MEDIANS}, got {how!r}")
+    if how == "sort":
+        return jnp.median(x, axis=-1)
+    n = x.shape[-1]
+    keys_RxN = _sortable_keys(x).reshape(-1, n)
+    k = (n - 1) // 2
+    low_R = _kth_key(keys_RxN, k)
+    if n % 2:
+        return _from_keys(low_R).reshape(x.shape[:-1])
+    at_most_low_R = jnp.sum(keys_RxN <= low_R[:, None], axis=1)
+    next_R = jnp.min(jnp.where(keys_RxN > low_R[:, None], keys_RxN, ~np.uint32(0)), axis=1)
+    high_R = jnp.where(at_most_low_R >= k + 2, low_R, next_R)
+    middle_R = 0.5 * (_from_keys(low_R) + _from_keys(high_R))
+    return middle_R.reshape(x.shape[:-1])
 
 
 def _reflect(maps_BxHxW: Array, half: int) -> Array:
@@ -58,7 +106,9 @@ def box_mean(maps_BxHxW: Array, side: int) -> Array:
     return sums / float(side * side)
 
 
-def cell_median(maps_BxHxW: Array, cells: int = LOCAL_MEDIAN_CELLS, cell=LOCAL_MEDIAN_CELL):
+def cell_median(
+    maps_BxHxW: Array, cells: int = LOCAL_MEDIAN_CELLS, cell=LOCAL_MEDIAN_CELL, median="select"
+):
     """Median over a `cells` x `cells` box of `cell`-px cells around each pixel: the map is
     mean-pooled in cells (H and W multiples of `cell`), the median taken per cell over its box
     (sides reflected), and the cell medians resized back to H x W bilinearly (half-pixel
@@ -70,27 +120,28 @@ def cell_median(maps_BxHxW: Array, cells: int = LOCAL_MEDIAN_CELLS, cell=LOCAL_M
     pooled_Bxhxw = pooled.mean(axis=(2, 4))
     padded = _reflect(pooled_Bxhxw, cells // 2)
     hc, wc = h // cell, w // cell
-    shifted_KxBxhxw = jnp.stack(
-        [padded[:, i : i + hc, j : j + wc] for i in range(cells) for j in range(cells)]
+    shifted_BxhxwxK = jnp.stack(
+        [padded[:, i : i + hc, j : j + wc] for i in range(cells) for j in range(cells)], -1
     )
-    around_Bxhxw = jnp.median(shifted_KxBxhxw, axis=0)
+    around_Bxhxw = median_last_axis(shifted_BxhxwxK, median)
     return jax.image.resize(around_Bxhxw, (b, h, w), "bilinear", antialias=False)
 
 
-def normalize_maps(maps_BxHxW: Array, normalize: str) -> Array:
-    """The maps over their level, by `normalize` among `NORMALIZE` (module docstring)."""
+def normalize_maps(maps_BxHxW: Array, normalize: str, median: str = "select") -> Array:
+    """The maps over their level, by `normalize` among `NORMALIZE` (module docstring); `median`
+    among `MEDIANS`."""
     check_normalize(normalize)
     if normalize == "none":
         return maps_BxHxW
     chex.assert_rank(maps_BxHxW, 3)
     b = maps_BxHxW.shape[0]
-    median_Bx1x1 = jnp.median(maps_BxHxW.reshape(b, -1), axis=1)[:, None, None]
+    median_Bx1x1 = median_last_axis(maps_BxHxW.reshape(b, -1), median)[:, None, None]
     if normalize == "median":
         level = median_Bx1x1
     elif normalize == "local_mean":
         level = box_mean(maps_BxHxW, LOCAL_MEAN_PX) + median_Bx1x1
     else:
-        level = cell_median(maps_BxHxW) + median_Bx1x1
+        level = cell_median(maps_BxHxW, median=median) + median_Bx1x1
     return maps_BxHxW / (level + EPS)
 
 

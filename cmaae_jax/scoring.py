@@ -24,8 +24,6 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import jax_utils
 from jax.sharding import Mesh
 
 from cmaae_jax import map_levels, patches, pyramid, segmenter
@@ -237,6 +235,7 @@ def anomaly_maps(
     levels=(1,),
     components: bool = False,
     raw_parts: bool = False,
+    median: str = "select",
 ):
     """The whole image-to-map path. Returns (maps [B,H,W] float32, reconstructions [B,H,W,3]).
 
@@ -250,6 +249,7 @@ def anomaly_maps(
     `components`: `msfr_pixel` only, one level, no `normalize`: maps [B,H,W,2], its parts
     (`COMPONENTS`, each over its image's median) unaveraged; `raw_parts` (components only):
     the parts before their medians (`map_levels.over_median_on_host` finishes them).
+    `median`: how the device takes medians (`map_levels.MEDIANS`; `sort` for ONNX).
     """
     _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
@@ -266,7 +266,9 @@ def anomaly_maps(
             pixel = pixel_map(x_BxHxWx3, rec)
             if raw_parts:
                 return jnp.stack((msfr, pixel), -1), rec  # COMPONENTS' order
-            over_median = functools.partial(map_levels.normalize_maps, normalize="median")
+            over_median = functools.partial(
+                map_levels.normalize_maps, normalize="median", median=median
+            )
             parts = (over_median(msfr), over_median(pixel))  # COMPONENTS' order
             return (jnp.stack(parts, -1) if components else 0.5 * (parts[0] + parts[1])), rec
         return msfr, rec
@@ -274,7 +276,7 @@ def anomaly_maps(
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
         level_fn = functools.partial(raw_map, net, variables)
         amap, rec = pyramid.pyramid_maps(level_fn, images_BxHxWx3, levels)
-        return map_levels.normalize_maps(amap, normalize), rec
+        return map_levels.normalize_maps(amap, normalize, median), rec
 
     maps, rec = model_lib.per_platform(model, maps_and_reconstructions, variables, images_BxHxWx3)
     if flip == "horizontal":
@@ -305,8 +307,9 @@ def make_map_fn(
       method: `msfr`, `pixel` or `segment` (a model with `segment_head`).
       scales: encoder layers used by `msfr`.
       pmapped: if True the function is `jax.pmap`ped over the local devices: images
-        [D, B/D, H, W, 3] (see `shard`/`apply_sharded`), variables replicated with a leading
-        device axis (`replicate`), maps [D, B/D, H, W]. Otherwise jitted: images [B,H,W,3].
+        [D, B/D, H, W, 3] (see `spread.shard`/`spread.apply_sharded`), variables replicated
+        with a leading device axis (`spread.replicate`), maps [D, B/D, H, W]. Otherwise
+        jitted: images [B,H,W,3].
       impl: convolution implementation used for scoring (same variables, same results up to
         float rounding); None keeps the model's own. On CPU the model's `matmul` layers are
         the faster forward too: their convs are native and their stride-2 transposed convs
@@ -337,45 +340,3 @@ def make_map_fn(
         )[0]  # fmt: skip
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)
-
-
-def replicate(variables):
-    """Copies variables onto every local device (leading device axis), for pmapped map fns."""
-    return jax_utils.replicate(variables)
-
-
-def pad_batch(x_Bx___, multiple: int):
-    """Pads the leading axis with zeros up to a multiple of `multiple`; returns (padded, B)."""
-    b = x_Bx___.shape[0]
-    pad = -b % multiple
-    if pad:
-        zeros = np.zeros((pad,) + x_Bx___.shape[1:], x_Bx___.dtype)
-        x_Bx___ = np.concatenate([np.asarray(x_Bx___), zeros], axis=0)
-    return x_Bx___, b
-
-
-def shard(x_Bx___, num_devices: int):
-    """[B, ...] -> [num_devices, B/num_devices, ...]; B must divide (see `pad_batch`)."""
-    b = x_Bx___.shape[0]
-    if b % num_devices:
-        raise ValueError(f"batch {b} does not divide by {num_devices} devices; pad it first")
-    return x_Bx___.reshape((num_devices, b // num_devices) + x_Bx___.shape[1:])
-
-
-def unshard(x_DxBx___):
-    """[D, B/D, ...] -> [B, ...], the inverse of `shard`."""
-    return x_DxBx___.reshape((-1,) + x_DxBx___.shape[2:])
-
-
-def apply_sharded(map_fn, variables, images_BxHxWx3, num_devices: int | None = None):
-    """Runs a map fn on a host batch of any size. Returns maps [B,H,W] (a jax array).
-
-    With `num_devices` None the function is the jitted one and is called directly. Otherwise
-    `map_fn` is the pmapped one, `variables` are replicated: the batch is zero-padded to a
-    multiple of `num_devices`, sharded, mapped, gathered, and the padding dropped.
-    """
-    if num_devices is None:
-        return map_fn(variables, images_BxHxWx3)
-    padded, b = pad_batch(images_BxHxWx3, num_devices)
-    maps = map_fn(variables, shard(padded, num_devices))
-    return unshard(maps)[:b]

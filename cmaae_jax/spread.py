@@ -1,10 +1,13 @@
-"""One call's work split over the local devices (`make_map_fn(spread=True)`), for latency.
+"""Map work over the local devices: whole images by pmap, or one call's work split.
 
-pmap spreads whole images over the devices; a single image would keep one device busy and
-leave the others idle. Under one jit, `split_batch` runs a function on each device's share of
-a batch (the windows of an image), and `split_rows` runs a fully convolutional function on
-overlapping row bands of whole images, each device keeping its own band's output rows, so
-that only small outputs cross between devices. Both are `jax.shard_map` over a one-axis mesh
+`replicate`, `pad_batch`, `shard`, `unshard` and `apply_sharded` feed a pmapped map function
+(`scoring.make_map_fn(pmapped=True)`): each device takes whole images of a host batch.
+
+pmap would keep one device busy with a single image and leave the others idle; for latency
+(`make_map_fn(spread=True)`), under one jit, `split_batch` runs a function on each device's
+share of a batch (the windows of an image), and `split_rows` runs a fully convolutional
+function on overlapping row bands of whole images, each device keeping its own band's output
+rows, so that only small outputs cross between devices. Both are `jax.shard_map` over a one-axis mesh
 of the local devices; with one device (`local_mesh()` is None) callers run the function
 itself.
 """
@@ -12,6 +15,7 @@ itself.
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "spread"  # the mesh axis
@@ -89,3 +93,45 @@ def split_rows(mesh: Mesh, fn, variables, x_BxHxWxC, margin: int, factor: int):
     )
     # [devices, B, band rows, W] -> [B, all rows, W]
     return [jnp.moveaxis(o, 0, 1).reshape(b, d * o.shape[2], o.shape[3]) for o in out]
+
+
+def replicate(variables):
+    """Copies variables onto every local device (leading device axis), for pmapped map fns."""
+    return jax_utils.replicate(variables)
+
+
+def pad_batch(x_Bx___, multiple: int):
+    """Pads the leading axis with zeros up to a multiple of `multiple`; returns (padded, B)."""
+    b = x_Bx___.shape[0]
+    pad = -b % multiple
+    if pad:
+        zeros = np.zeros((pad,) + x_Bx___.shape[1:], x_Bx___.dtype)
+        x_Bx___ = np.concatenate([np.asarray(x_Bx___), zeros], axis=0)
+    return x_Bx___, b
+
+
+def shard(x_Bx___, num_devices: int):
+    """[B, ...] -> [num_devices, B/num_devices, ...]; B must divide (see `pad_batch`)."""
+    b = x_Bx___.shape[0]
+    if b % num_devices:
+        raise ValueError(f"batch {b} does not divide by {num_devices} devices; pad it first")
+    return x_Bx___.reshape((num_devices, b // num_devices) + x_Bx___.shape[1:])
+
+
+def unshard(x_DxBx___):
+    """[D, B/D, ...] -> [B, ...], the inverse of `shard`."""
+    return x_DxBx___.reshape((-1,) + x_DxBx___.shape[2:])
+
+
+def apply_sharded(map_fn, variables, images_BxHxWx3, num_devices: int | None = None):
+    """Runs a map fn on a host batch of any size. Returns maps [B,H,W] (a jax array).
+
+    With `num_devices` None the function is the jitted one and is called directly. Otherwise
+    `map_fn` is the pmapped one, `variables` are replicated: the batch is zero-padded to a
+    multiple of `num_devices`, sharded, mapped, gathered, and the padding dropped.
+    """
+    if num_devices is None:
+        return map_fn(variables, images_BxHxWx3)
+    padded, b = pad_batch(images_BxHxWx3, num_devices)
+    maps = map_fn(variables, shard(padded, num_devices))
+    return unshard(maps)[:b]

@@ -56,13 +56,40 @@ def test_box_mean_matches_a_loop(side):
         map_levels.box_mean(jnp.asarray(m), 4)
 
 
+def _middle_by_sorting(row):
+    """The median by hand: sort, then the middle value or the mean of the middle two."""
+    ordered, n = sorted(float(v) for v in row), len(row)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 601])
+def test_median_by_selection_is_the_sorted_middle(n):
+    rng = np.random.default_rng(n)
+    rows = rng.normal(size=(3, n)).astype(np.float32) * 10.0 ** rng.integers(-30, 30, (3, 1))
+    rows[0, : n // 2] = rows[0, -1]  # ties, the middle pair equal where n is even
+    if n >= 7:
+        rows[1, :4] = [0.0, -0.0, np.float32(1e-45), -np.float32(1e-45)]  # zeros, subnormals
+    got = np.asarray(map_levels.median_last_axis(jnp.asarray(rows)))
+    want = np.array([_middle_by_sorting(r) for r in rows], np.float32)
+    np.testing.assert_array_equal(got, want)  # exact: the selection finds the values
+    sorted_ = np.asarray(map_levels.median_last_axis(jnp.asarray(rows), "sort"))
+    np.testing.assert_allclose(sorted_, want, rtol=1e-6)
+    stacked = rows.reshape(3, 1, n).repeat(2, axis=1)  # leading axes kept: [3, 2]
+    np.testing.assert_array_equal(
+        map_levels.median_last_axis(jnp.asarray(stacked)), want[:, None].repeat(2, 1)
+    )
+    with pytest.raises(ValueError, match="median"):
+        map_levels.median_last_axis(jnp.asarray(rows), "mean")
+
+
 def test_cell_median_matches_a_loop():
     cell, cells = 2, 3
     m = np.random.default_rng(1).random((1, 10, 8)).astype(np.float32)
     pooled = m[0].reshape(5, cell, 4, cell).mean(axis=(1, 3))
     want = _brute_upsample(_brute_box(pooled, cells, np.median), cell)
-    got = np.asarray(map_levels.cell_median(jnp.asarray(m), cells, cell))
-    np.testing.assert_allclose(got[0], want, rtol=1e-5)
+    for median in map_levels.MEDIANS:
+        got = np.asarray(map_levels.cell_median(jnp.asarray(m), cells, cell, median))
+        np.testing.assert_allclose(got[0], want, rtol=1e-5)
     with pytest.raises(ValueError, match="cells"):
         map_levels.cell_median(jnp.asarray(m[:, :9]), cells, cell)
 

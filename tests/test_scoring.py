@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import configlib, map_levels, model, patches, scoring
+from cmaae_jax import configlib, map_levels, model, patches, scoring, spread
 
 H = W = 128
 
@@ -183,11 +183,11 @@ def test_bad_scales_and_method_are_rejected(setup, scales):
 
 def test_sharding_helpers():
     x = np.arange(6 * 2).reshape(6, 2)
-    padded, b = scoring.pad_batch(x, 4)
+    padded, b = spread.pad_batch(x, 4)
     assert b == 6 and padded.shape == (8, 2) and not padded[6:].any()
-    np.testing.assert_array_equal(scoring.unshard(scoring.shard(padded, 4))[:b], x)
+    np.testing.assert_array_equal(spread.unshard(spread.shard(padded, 4))[:b], x)
     with pytest.raises(ValueError, match="pad it first"):
-        scoring.shard(x, 4)
+        spread.shard(x, 4)
 
 
 def test_pmapped_map_fn_equals_jitted_on_a_ragged_batch(setup):
@@ -196,9 +196,9 @@ def test_pmapped_map_fn_equals_jitted_on_a_ragged_batch(setup):
     assert d == 4  # tests/conftest.py
     images = _images(6, seed=2)
     single = scoring.make_map_fn(m, "msfr")
-    want = scoring.apply_sharded(single, variables, images)
+    want = spread.apply_sharded(single, variables, images)
     multi = scoring.make_map_fn(m, "msfr", pmapped=True)
-    got = scoring.apply_sharded(multi, scoring.replicate(variables), images, num_devices=d)
+    got = spread.apply_sharded(multi, spread.replicate(variables), images, num_devices=d)
     assert got.shape == (6, H, W)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * float(jnp.max(want)))
 
