@@ -299,6 +299,7 @@ def make_map_fn(
     levels=(1,),
     components: bool = False,
     raw_parts: bool = False,
+    median: str = "select",
 ):
     """A compiled `(variables, images) -> maps`.
 
@@ -326,6 +327,7 @@ def make_map_fn(
       components: `msfr_pixel`'s parts, maps [..., H, W, 2] (see `anomaly_maps`).
       raw_parts: with `components`, the parts before their medians
         (`map_levels.over_median_on_host`).
+      median: how medians on the device are taken (`map_levels.MEDIANS`).
     """
     _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
     scales = _check_scales(scales)
@@ -336,7 +338,7 @@ def make_map_fn(
     def map_fn(variables, images_BxHxWx3):
         return anomaly_maps(
             model, variables, images_BxHxWx3, method, scales, normalize, stride, flip, mesh,
-            levels, components, raw_parts,
+            levels, components, raw_parts, median,
         )[0]  # fmt: skip
 
     return jax.pmap(map_fn) if pmapped else jax.jit(map_fn)

@@ -7,9 +7,9 @@ pmap would keep one device busy with a single image and leave the others idle; f
 (`make_map_fn(spread=True)`), under one jit, `split_batch` runs a function on each device's
 share of a batch (the windows of an image), and `split_rows` runs a fully convolutional
 function on overlapping row bands of whole images, each device keeping its own band's output
-rows, so that only small outputs cross between devices. Both are `jax.shard_map` over a one-axis mesh
-of the local devices; with one device (`local_mesh()` is None) callers run the function
-itself.
+rows, so that only small outputs cross between devices. Both are `jax.shard_map` over a
+one-axis mesh of the local devices; with one device (`local_mesh()` is None) callers run the
+function itself.
 """
 
 import jax

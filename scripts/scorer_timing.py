@@ -5,8 +5,9 @@
 Random images of the run's size are mapped by `inference.Scorer` (the run's score fields,
 every local device) as `msfr` (raw MSFR), as msfr_pixel's parts with the per-image medians
 taken on the host (`components`, what evaluation and predict use) and on the device (as the
-exported artefacts compute them), and as MSFR over its median (`score.normalize=median`,
-magnetic tile's config) divided on the host and on the device.
+exported artefacts compute them: by selection, and by sorting as before), and as MSFR over its
+median (`score.normalize=median`, magnetic tile's config) divided on the host and on the
+device (both ways).
 Each is called once on half the images (compile) and timed on all of them.
 """
 
@@ -31,12 +32,12 @@ def _timed(fn, x) -> tuple[float, float]:
     return first, 1000 * (time.perf_counter() - t0) / len(x)
 
 
-def _divided_on_device(config, variables, components: bool):
+def _divided_on_device(config, variables, components: bool, median: str = "select"):
     """A scorer whose medians are taken on the device (msfr_pixel's parts with `components`,
     else `score.normalize`'s): evaluation's scorer with the device's divided maps swapped in
     (same batching and devices)."""
     scorer = inference.Scorer(config, variables)
-    options = dict(scoring.map_options(config.score), components=components)
+    options = dict(scoring.map_options(config.score), components=components, median=median)
     scorer.fn = scoring.make_map_fn(scorer.net, pmapped=scorer.devices > 1, **options)
     if scorer.spread_fn is not None:
         scorer.spread_fn = scoring.make_map_fn(scorer.net, spread=True, **options)
@@ -66,6 +67,8 @@ def main():
         "parts_device_median": _divided_on_device(aligned, variables, components=True),
         "msfr_median_host": inference.Scorer(median, variables),
         "msfr_median_device": _divided_on_device(median, variables, components=False),
+        "parts_device_median_sort": _divided_on_device(aligned, variables, True, "sort"),
+        "msfr_median_device_sort": _divided_on_device(median, variables, False, "sort"),
     }
     out = {}
     for name, fn in timings.items():

@@ -128,6 +128,8 @@ def test_anomaly_maps_methods(setup):
         normed, want / np.median(want, axis=(1, 2), keepdims=True), rtol=1e-5
     )
     assert not np.allclose(normed, want)
+    by_sorting = scoring.make_map_fn(m, "pixel", normalize="median", median="sort")
+    np.testing.assert_allclose(by_sorting(variables, images), normed, rtol=1e-6)
     # msfr_pixel: the MSFR and pixel maps, each over its own image median (numpy), averaged
     both = scoring.make_map_fn(m, "msfr_pixel", (2,))(variables, images)
     msfr = np.asarray(_msfr(m, variables, images, rec, (2,)), np.float64)
