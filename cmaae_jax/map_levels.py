@@ -147,9 +147,8 @@ def normalize_maps(maps_BxHxW: Array, normalize: str, median: str = "select") ->
 
 def over_median_on_host(maps) -> np.ndarray:
     """Maps [N, H, W] or maps with parts [N, H, W, K], each map (each part) over its image's
-    median: `normalize_maps`' `median` in numpy, for the host. XLA:CPU takes a median by
-    sorting (13.6 ms for a 256 x 256 map, numpy 0.7 ms; BENCHMARKS.md), so `inference.Scorer`
-    divides here."""
+    median: `normalize_maps`' `median` in numpy, for the host, where `inference.Scorer` divides
+    the maps it hands out whole (the device's selection costs about as much; BENCHMARKS.md)."""
     maps = np.asarray(maps, np.float32)
     planes = maps if maps.ndim == 4 else maps[..., None]
     n, k = planes.shape[0], planes.shape[-1]
