@@ -4,8 +4,9 @@
 
 Images have varied sizes (about 100-630 x 220-400 px); keep_aspect (the default) scales the
 long side to data.image_size without squashing. RESULTS.md has this config's rows (twenty-eighth
-and twenty-ninth sessions: two seeds of CMA-AE and of the plain auto-encoder, per defect type),
-and the study's budget (batch 64, 1200 + 600 steps) at 512 px (eighteenth session).
+and twenty-ninth sessions: two seeds of CMA-AE and of the plain auto-encoder, per defect type;
+thirty-fourth: seed 0 again with today's defaults), and the study's budget (batch 64, 1200 +
+600 steps) at 512 px (eighteenth session).
 """
 
 import pathlib
