@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config, xla_flags
+from conftest import IN_PROCESS_LEVEL, tiny_config, xla_flags
 
 from cmaae_jax import checkpoint, datasets, model, train, train_log
 from cmaae_jax import state as state_lib
@@ -32,7 +32,7 @@ def _free_port():
 
 
 def _worker(i, port, config_file, workdir, out, log):
-    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2, IN_PROCESS_LEVEL))
     cmd = [sys.executable, str(ROOT / "tests" / "multihost_worker.py"), f"--port={port}"]
     cmd += ["--num_processes=2", f"--process_id={i}", f"--config={config_file}"]
     cmd += [f"--workdir={workdir}", f"--out={out}"]

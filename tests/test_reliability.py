@@ -26,7 +26,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config, xla_flags
+from conftest import IN_PROCESS_LEVEL, tiny_config, xla_flags
 
 from cmaae_jax import checkpoint, model, train, train_log
 from cmaae_jax import state as state_lib
@@ -70,7 +70,7 @@ def _write_config(config, path):
 
 
 def _launch(config_file, workdir, log, devices=4):
-    env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices, IN_PROCESS_LEVEL))
     cmd = [sys.executable, str(ROOT / "launch" / "train.py"), "--noevaluate"]
     cmd += [f"--config={config_file}", f"--workdir={workdir}"]
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -257,7 +257,7 @@ print("restored", inference.restore_variables(config, sys.argv[1])[0])
 
 
 def _restore_in_subprocess(workdir):
-    env = dict(os.environ, XLA_FLAGS=xla_flags(4))
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4, IN_PROCESS_LEVEL))
     cmd = [sys.executable, "-c", _RESTORE, str(workdir)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
