@@ -382,6 +382,15 @@ def _top_mean(m, share):
     return float(np.sort(m.ravel())[-max(1, int(m.size * share)) :].mean())
 
 
+def _image_top(m, rim):
+    """`metrics.image_scores`' `top` of the map with `rim` px left out on every side."""
+    from cmaae_jax import metrics
+
+    return float(
+        metrics.image_scores([m[rim : m.shape[0] - rim, rim : m.shape[1] - rim]], "top")[0]
+    )
+
+
 IMAGE_SCORES = {
     "max": lambda m: float(m.max()),
     "max, sigma 4": lambda m: float(_prepare(m, 4, "none").max()),
@@ -390,6 +399,9 @@ IMAGE_SCORES = {
     "top 0.1% mean": lambda m: _top_mean(m, 0.001),
     "max, 8 px rim left out": lambda m: float(m[8:-8, 8:-8].max()),
     "max, 16 px rim left out": lambda m: float(m[16:-16, 16:-16].max()),
+    "top (eval.image_score's default)": lambda m: _image_top(m, 0),
+    "top, 8 px rim left out": lambda m: _image_top(m, 8),
+    "top, 16 px rim left out": lambda m: _image_top(m, 16),
 }
 
 
