@@ -16,8 +16,8 @@ bright band) score high as a whole. A defect is a local excess. Every option div
   not move the median at its centre.
 
 Medians on the device are exact selections (`median_last_axis`): XLA:CPU's `jnp.median` sorts,
-10-20x slower for one map (BENCHMARKS.md); `sort` stays for the ONNX export, whose opset has no
-bit cast.
+~16 ms of a 256 x 256 map's ~200 ms where the selection costs about what numpy's does on the
+host (BENCHMARKS.md); `sort` stays for the ONNX export, whose opset has no bit cast.
 
 The median in the denominator keeps the division finite where the local level is near zero,
 and makes every option scale-free: a map times c gives the same normalised map. Boxes reflect
