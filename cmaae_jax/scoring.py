@@ -48,8 +48,8 @@ ALIGNED_METHOD = "msfr_pixel"
 # (`reference.PART_WEIGHTS`; RESULTS.md, thirtieth and thirty-first sessions).
 COMPONENTS = ("msfr", "pixel")
 # `raw_parts` hands them out before each is divided by its image's median (`map_levels.
-# over_median_on_host` divides on the host, ~20x cheaper than XLA:CPU's sort; the raw MSFR part
-# is score.method=msfr's map, so one pass serves the alignment decision and the parts).
+# over_median_on_host` divides them on the host; the raw MSFR part is score.method=msfr's map,
+# so one pass serves the alignment decision and the parts).
 # config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
 # back (a test-time augmentation; twice the scoring work).
 FLIPS = ("none", "horizontal")
