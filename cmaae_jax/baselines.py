@@ -22,7 +22,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from cmaae_jax import calibration, metrics, reference
+from cmaae_jax import calibration, image_score, metrics, reference
 
 METHODS = ("local_contrast", "mean_image", "mean_image_z")
 ZSCORED = ("mean_image_z",)  # maps z-scored per position (`eval.threshold_rule=auto`)
@@ -119,10 +119,14 @@ def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, c
     `config` (optional) chooses the threshold rule (`label_free_threshold`)."""
     train, test = splits["train"], splits["test"]
     threshold = label_free_threshold(splits, method, sigma, quantile, config)
-    image_score = "max" if config is None else config.eval.get("image_score", "max")
-    acc = metrics.PixelAccumulator(thresholds=(threshold,), image_score=image_score)
+    how = "max" if config is None else config.eval.get("image_score", "max")
+    rim = 0  # top_inner's rim, from the held-out normal maps as evaluation chooses it
+    if how == image_score.INNER:
+        size = config.data.image_size
+        rim = image_score.normal_rim(split_maps(method, splits["val"], train, sigma), size)
+    acc = metrics.PixelAccumulator(thresholds=(threshold,), image_score=how, image_rim=rim)
     per_type = metrics.PerTypeAccumulator(
-        test.defect_types, test.labels, (threshold,), image_score=image_score
+        test.defect_types, test.labels, (threshold,), image_score=how, image_rim=rim
     )
     test_maps = split_maps(method, test, train, sigma)
     known = test.mask_known()  # defective images without a mask: image metrics only
@@ -132,4 +136,5 @@ def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, c
         per_type.update(maps_g, masks_g, types, test.labels[pos], known[pos])
     result = acc.result(threshold)
     result["per_type"] = per_type.result(threshold)
+    result["image_rim"] = rim
     return result

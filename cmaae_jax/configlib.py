@@ -9,11 +9,11 @@ from cmaae_jax import (
     devices,
     errors,
     gaaga,
+    image_score,
     images,
     losses,
     map_levels,
     memory,
-    metrics,
     model,
     natural_images,
     patches,
@@ -186,7 +186,7 @@ def _validate_score_eval(s, e):
     _check(0 <= prior < 1, "eval.paste_prior", prior, "must be in [0, 1)")
     check = e.get("held_out_check", False)
     _check(isinstance(check, bool), "eval.held_out_check", check, "must be True or False")
-    _one_of(e.get("image_score", "max"), metrics.IMAGE_SCORES, "eval.image_score")
+    _one_of(e.get("image_score", "max"), image_score.IMAGE_SCORES, "eval.image_score")
 
 
 def validate(config, num_devices: int | None = None):

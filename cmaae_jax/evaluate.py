@@ -27,6 +27,7 @@ from cmaae_jax import (
     configlib,
     console,
     datasets,
+    image_score,
     inference,
     metrics,
     pictures,
@@ -57,8 +58,9 @@ class Calibration(NamedTuple):
     the pastes are scored also the pastes' best-F1 one, before the floor, and `geomean`'s;
     `head`'s alone with that rule), the held-out check
     (`calibration.held_out_check`; empty without `eval.held_out_check`), the map method
-    and scorer they belong to (`score.method=auto` resolved) and the threshold rule used
-    (`eval.threshold_rule=auto` resolved)."""
+    and scorer they belong to (`score.method=auto` resolved), the threshold rule used
+    (`eval.threshold_rule=auto` resolved) and the rim `eval.image_score=top_inner` leaves out
+    (`image_score.normal_rim` of the held-out maps; 0 for the other image scores)."""
 
     threshold: float
     ref: np.ndarray | None
@@ -68,6 +70,7 @@ class Calibration(NamedTuple):
     method: str
     scorer: object
     rule: str
+    rim: int
 
 
 def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
@@ -84,6 +87,9 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
     held_out, ref, record, method, scorer = alignment.decide(scorer, splits, config, rescorer, bar)
+    rim = 0
+    if config.eval.get("image_score", "max") == image_score.INNER:
+        rim = image_score.normal_rim(held_out, config.data.image_size)
     zscored = ref is not None and record.get("kind") == "zscore"
     rule = calibration.resolve_rule(config.eval.get("threshold_rule", "quantile"), zscored)
     quantile = config.eval.threshold_quantile
@@ -92,7 +98,7 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     candidates = {rule if rule == "head" else "quantile": threshold}
     check = {}
     if not scores_pastes(config):
-        return Calibration(threshold, ref, record, candidates, check, method, scorer, rule)
+        return Calibration(threshold, ref, record, candidates, check, method, scorer, rule, rim)
     maps, masks = pasted_held_out(scorer, splits["val"], config, bar)
     maps = reference.apply(ref, maps)
     if config.eval.get("held_out_check", False):
@@ -105,21 +111,22 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
         candidates.update(pastes=best, geomean=geomean)
         logging.info("threshold candidates (paste prior %g): %s", prior, candidates)
         threshold = calibration.rule_threshold(rule, threshold, best, prior)
-    return Calibration(threshold, ref, record, candidates, check, method, scorer, rule)
+    return Calibration(threshold, ref, record, candidates, check, method, scorer, rule, rim)
 
 
 def _score_test(
-    scorer, test, thresholds, ref, picture_dir, max_pictures, bar=None, image_score="max"
+    scorer, test, thresholds, ref, picture_dir, max_pictures, bar=None, image=("max", 0)
 ):
     """Scores the test split into (pooled, per-type) accumulators that count the pixels at
-    each of `thresholds` exactly, and writes up to `max_pictures` overlays of defective
-    images at the first; maps, masks and images are cropped to each image's valid region
-    first (keep_aspect padding never counts). Image labels are the split's; images without a
-    mask count in image metrics only."""
+    each of `thresholds` exactly and score images by `image` (image score, rim), and writes
+    up to `max_pictures` overlays of defective images at the first; maps, masks and images are
+    cropped to each image's valid region first (keep_aspect padding never counts). Image
+    labels are the split's; images without a mask count in image metrics only."""
     threshold = thresholds[0]
-    acc = metrics.PixelAccumulator(thresholds=thresholds, image_score=image_score)
+    how, rim = image
+    acc = metrics.PixelAccumulator(thresholds=thresholds, image_score=how, image_rim=rim)
     per_type = metrics.PerTypeAccumulator(
-        test.defect_types, test.labels, (threshold,), image_score=image_score
+        test.defect_types, test.labels, (threshold,), image_score=how, image_rim=rim
     )
     known = test.mask_known()
     written = 0
@@ -229,6 +236,7 @@ def check_held_out(config, workdir, step: int | None = None) -> dict:
         "num_held_out_images": int(splits["val"].num_images),
         "config_overrides": _with_method(overrides, config.score.method, chosen.method),
         "method": chosen.method,
+        "image_rim": int(chosen.rim),
         "eval_seconds": time.perf_counter() - t0,
     }
     if primary:
@@ -260,9 +268,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         max_pictures = config.eval.max_pictures if primary else 0
         pictures_dir = out / workdir_lib.PICTURES
         thresholds = (threshold, *chosen.candidates.values())
-        image_score = config.eval.get("image_score", "max")
+        how = config.eval.get("image_score", "max")
         acc, per_type = _score_test(
-            scorer, test, thresholds, ref, pictures_dir, max_pictures, bar, image_score
+            scorer, test, thresholds, ref, pictures_dir, max_pictures, bar, (how, chosen.rim)
         )
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
@@ -283,7 +291,8 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
             chosen.rule, config.eval.threshold_quantile, config.eval.get("paste_prior", 0.0)
         ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
-        image_score=image_score,
+        image_score=how,
+        image_rim=int(chosen.rim),
         # what each candidate would have given (pooled; reported, never used to choose)
         threshold_candidates_f1={
             k: acc.result(v)["pixel_f1"] for k, v in chosen.candidates.items()

@@ -115,15 +115,20 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
     return jax.export.export(jax.jit(image_to_map), platforms=platforms)(spec)
 
 
-def describe(config, threshold: float, batch: int, reference=None, image_score="max") -> dict:
+def describe(
+    config, threshold: float, batch: int, reference=None, image_score="max", image_rim=0
+) -> dict:
     """What every export format records: threshold, image score, score settings, input and
-    output. `image_score` (`metrics.IMAGE_SCORES`) is recorded as the share of each map's
-    highest pixels whose mean scores its image (`image_top_share`; 0: the maximum)."""
-    from cmaae_jax import metrics, scoring  # the loader needs none of them
+    output. `image_score` (`image_score.IMAGE_SCORES`) is recorded as the share of each map's
+    highest pixels whose mean scores its image (`image_top_share`; 0: the maximum) and the
+    rim left out first (`image_rim`, `top_inner`'s; 0 for the others)."""
+    from cmaae_jax import image_score as image_score_lib  # the loader needs none of them
     from cmaae_jax import reference as reference_lib
+    from cmaae_jax import scoring
 
     size = config.data.image_size
-    top_share = metrics.TOP_SHARE if metrics.check_image_score(image_score) == "top" else 0.0
+    top = image_score_lib.check(image_score) != "max"
+    rim = int(image_rim) if image_score == image_score_lib.INNER else 0
     ref = None
     if reference is not None:
         ref = {
@@ -135,7 +140,8 @@ def describe(config, threshold: float, batch: int, reference=None, image_score="
         "reference": ref,
         "threshold": float(threshold),
         "image_score": image_score,
-        "image_top_share": top_share,
+        "image_top_share": image_score_lib.TOP_SHARE if top else 0.0,
+        "image_rim": rim,
         "image_size": size,
         "batch": batch,
         "method": scoring.map_options(config.score)["method"],  # `auto`: as evaluation resolved
@@ -150,9 +156,10 @@ def describe(config, threshold: float, batch: int, reference=None, image_score="
         "decision": "pixel defective where map >= threshold; image score = "
         + (
             "mean of the highest image_top_share of its map's pixels (at least one)"
-            if image_score == "top"
+            if top
             else "max of its map"
         )
+        + (", image_rim pixels on every side left out first" if rim else "")
         + (
             ""
             if ref is None
@@ -169,11 +176,11 @@ def describe(config, threshold: float, batch: int, reference=None, image_score="
 
 def save(
     path, config, variables, threshold: float, batch: int = 1, platforms=None, reference=None,
-    image_score="max", **extra,
+    image_score="max", image_rim=0, **extra,
 ):  # fmt: skip
     """Writes the artifact at `path` and its sidecar `<path>.json`; returns the sidecar dict.
     `reference`: the evaluation's per-position reference (score.reference), or None;
-    `image_score`: how evaluation scored images (`describe`)."""
+    `image_score`, `image_rim`: how evaluation scored images (`describe`)."""
     if batch < 1:
         raise ExportError(f"batch={batch}: must be at least 1")
     unknown = set(platforms or ()) - set(PLATFORMS)
@@ -185,7 +192,7 @@ def save(
         "format": FORMAT,
         "artifact": pathlib.Path(path).name,
         "sha256": hashlib.sha256(blob).hexdigest(),
-        **describe(config, threshold, batch, reference, image_score),
+        **describe(config, threshold, batch, reference, image_score, image_rim),
         "platforms": list(exported.platforms),
         "jax_version": jax.__version__,
         **extra,
@@ -199,9 +206,13 @@ def save(
     return meta
 
 
-def top_mean(map_hxw, share: float) -> float:
-    """The mean of the highest `share` of a map's pixels, at least one (0: the maximum)."""
-    flat = np.ravel(np.asarray(map_hxw, np.float32))
+def top_mean(map_hxw, share: float, rim: int = 0) -> float:
+    """The mean of the highest `share` of a map's pixels, at least one (0: the maximum), with
+    `rim` pixels left out on every side first where the map is wider than twice that."""
+    m = np.asarray(map_hxw, np.float32)
+    h, w = m.shape[-2:]
+    m = m[rim : h - rim, rim : w - rim] if 0 < 2 * rim < min(h, w) else m
+    flat = np.ravel(m)
     k = max(1, round(share * flat.size))
     return float(np.partition(flat, flat.size - k)[-k:].mean(dtype=np.float64))
 
@@ -293,8 +304,10 @@ class ExportedMapper:
 
     def scores(self, maps) -> np.ndarray:
         """Each map's image score: the mean of its highest `image_top_share` of pixels, at
-        least one (the maximum where the share is 0 or unrecorded), as `metrics.image_scores`."""
-        return np.array([top_mean(m, self.meta.get("image_top_share", 0.0)) for m in maps])
+        least one (the maximum where the share is 0 or unrecorded), `image_rim` pixels on every
+        side left out first, as `image_score.image_scores`."""
+        share, rim = self.meta.get("image_top_share", 0.0), self.meta.get("image_rim", 0)
+        return np.array([top_mean(m, share, rim) for m in maps])
 
 
 def load(path) -> ExportedMapper:

@@ -99,11 +99,11 @@ def _tidy(graph):
 
 
 def _metadata(
-    config, threshold, batch, converter_version, extra, reference=None, image_score="max"
+    config, threshold, batch, converter_version, extra, reference=None, image=("max", 0)
 ) -> dict:
     from cmaae_jax import export  # saving needs the package; the loader does not
 
-    described = export.describe(config, threshold, batch, reference, image_score)
+    described = export.describe(config, threshold, batch, reference, *image)
     described["input"] = {"name": INPUT, **described["input"]}
     described["output"] = {"name": OUTPUT, **described["output"]}
     return {
@@ -118,11 +118,11 @@ def _metadata(
 
 def save_onnx(
     path, config, variables, threshold: float, batch: int = 1, reference=None,
-    image_score="max", **extra,
+    image_score="max", image_rim=0, **extra,
 ) -> dict:  # fmt: skip
     """Writes the ONNX model at `path` and its sidecar `<path>.json`; returns the sidecar.
     `reference`: the evaluation's per-position reference (score.reference), or None;
-    `image_score`: how evaluation scored images (`export.describe`)."""
+    `image_score`, `image_rim`: how evaluation scored images (`export.describe`)."""
     import jax
     import jax.numpy as jnp
 
@@ -146,7 +146,8 @@ def save_onnx(
         ) from e
     _tidy(proto.graph)
     version = importlib.metadata.version("jax2onnx")
-    meta = _metadata(config, threshold, batch, version, extra, reference, image_score)
+    image = (image_score, image_rim)
+    meta = _metadata(config, threshold, batch, version, extra, reference, image)
     props = {META_KEY: json.dumps(meta)}
     props.update({k: str(meta[k]) for k in ("threshold", "image_size", "batch", "resize")})
     props.update(input_scaling=SCALING, decision=meta["decision"])
@@ -234,12 +235,15 @@ class OnnxMapper:
 
     def scores(self, maps) -> np.ndarray:
         """Each map's image score: the mean of its highest `image_top_share` of pixels, at
-        least one (the maximum where the share is 0 or unrecorded), as `export.top_mean`
-        (restated here: this loader needs neither jax nor the package)."""
-        share = self.meta.get("image_top_share", 0.0)
+        least one (the maximum where the share is 0 or unrecorded), `image_rim` pixels on
+        every side left out first, as `export.top_mean` (restated here: this loader needs
+        neither jax nor the package)."""
+        share, rim = self.meta.get("image_top_share", 0.0), self.meta.get("image_rim", 0)
         out = []
         for m in maps:
-            flat = np.ravel(np.asarray(m, np.float32))
+            m = np.asarray(m, np.float32)
+            h, w = m.shape[-2:]
+            flat = np.ravel(m[rim : h - rim, rim : w - rim] if 0 < 2 * rim < min(h, w) else m)
             k = max(1, round(share * flat.size))
             out.append(np.partition(flat, flat.size - k)[-k:].mean(dtype=np.float64))
         return np.array(out)

@@ -26,7 +26,7 @@ one group of at most `group_pixels`.
 passed to the constructor (`thresholds=`): the accumulator then also counts TP/FP for it.
 `image_auroc` takes the image labels given to `update` (a defective image whose mask is empty or
 missing stays defective); images without a mask count there and in no pixel metric. An
-image's score is `image_scores`' (config `eval.image_score`).
+image's score is `image_score.image_scores`' (config `eval.image_score`).
 """
 
 from __future__ import annotations
@@ -37,33 +37,8 @@ import numpy as np
 import scipy.ndimage
 import scipy.stats
 
+from cmaae_jax import image_score as image_score_lib
 from cmaae_jax.score_keys import key_values, score_keys
-
-# config eval.image_score, how a map scores its image (image AUROC, predict's verdict): `max`
-# its highest pixel (SPEC); `top` the mean of its highest TOP_SHARE of pixels, at least one
-# (20 of a 256 x 256 map): a thin defect's many high pixels outrank a normal image's lone
-# spike (docs/results/aligned30/PLAN.md, plan 8).
-IMAGE_SCORES = ("max", "top")
-TOP_SHARE = 0.0003
-
-
-def check_image_score(how: str) -> str:
-    """`how` if it is one of IMAGE_SCORES; else a ValueError naming the field."""
-    if how not in IMAGE_SCORES:
-        raise ValueError(f"eval.image_score must be one of {IMAGE_SCORES}, got {how!r}")
-    return how
-
-
-def image_scores(maps_NxHxW, how: str = "max") -> np.ndarray:
-    """The image score [N] of each map [N, H, W] (or of one [H, W]) by `how` (IMAGE_SCORES)."""
-    check_image_score(how)
-    maps = np.asarray(maps_NxHxW, np.float32)
-    flat = maps.reshape(len(maps) if maps.ndim == 3 else 1, -1)
-    if how == "max":
-        return flat.max(axis=1)
-    k = max(1, round(TOP_SHARE * flat.shape[1]))
-    return np.partition(flat, flat.shape[1] - k, axis=1)[:, -k:].mean(axis=1, dtype=np.float64)
-
 
 AUPRO_FPR_LIMIT = 0.3
 # The metrics every evaluation reports (metrics.json, per defect type, study records).
@@ -133,7 +108,8 @@ class PixelAccumulator:
         `threshold_from_normal`), so `result(t)` for them is exact at any binning.
       max_bins: most distinct bins kept before coarsening (memory: 28 bytes a bin).
       group_pixels: images are processed in groups of about this many pixels (bounds temporaries).
-      image_score: how each map scores its image for `image_auroc` (`image_scores`).
+      image_score: how each map scores its image for `image_auroc` (`image_score.image_scores`);
+      image_rim: the rim `top_inner` leaves out (evaluation's `image_score.normal_rim`).
     """
 
     def __init__(
@@ -142,12 +118,14 @@ class PixelAccumulator:
         max_bins: int = 1 << 20,
         group_pixels: int = 1 << 22,
         image_score: str = "max",
+        image_rim: int = 0,
     ):
         if max_bins < 16:
             raise ValueError(f"max_bins must be >= 16, got {max_bins}")
         self.max_bins = int(max_bins)
         self.group_pixels = int(group_pixels)
-        self.image_score = check_image_score(image_score)  # fails here, not at update
+        self.image_score = image_score_lib.check(image_score)  # fails here, not at update
+        self.image_rim = int(image_rim)
         self.shift = 0
         self.keys = np.zeros(0, np.uint32)
         self.neg = np.zeros(0, np.int64)
@@ -181,7 +159,8 @@ class PixelAccumulator:
         if np.isnan(maps).any():
             raise ValueError("anomaly maps contain NaN")
         labels = masks.reshape(len(masks), -1).any(axis=1) if labels is None else labels
-        self.image_scores.extend(image_scores(maps, self.image_score).tolist())
+        scores = image_score_lib.image_scores(maps, self.image_score, self.image_rim)
+        self.image_scores.extend(scores.tolist())
         self.image_labels.extend((np.asarray(labels).reshape(-1) != 0).tolist())
         if has_mask is not None:
             maps, masks = maps[np.asarray(has_mask, bool)], masks[np.asarray(has_mask, bool)]
@@ -278,7 +257,7 @@ class PixelAccumulator:
         Keys: `threshold` (float32-rounded, NaN if None), `pixel_f1`, `precision`, `recall`
         (pixels >= threshold; precision 0 when nothing is predicted), `pixel_f1_max`,
         `pixel_f1_max_threshold`, `pixel_auroc`, `pixel_ap`, `pixel_aupro` (PRO integrated over
-        FPR in [0, 0.3], divided by 0.3), `image_auroc` (image scores by `image_scores`),
+        FPR in [0, 0.3], divided by 0.3), `image_auroc` (image scores by `image_score`),
         `num_pixels`, `num_positive_pixels`, `num_regions`, `num_images`, `num_bins`,
         `bins_exact`.
         """
@@ -343,12 +322,13 @@ class PerTypeAccumulator:
     """
 
     def __init__(
-        self, defect_types, labels, thresholds=(), max_bins: int = 1 << 18, image_score="max"
-    ):
+        self, defect_types, labels, thresholds=(), max_bins: int = 1 << 18, image_score="max",
+        image_rim: int = 0,
+    ):  # fmt: skip
         """One accumulator per type name that a defective image (label 1) carries."""
         names = {t for t, label in zip(defect_types, labels, strict=True) if label}
         self.accs = {
-            t: PixelAccumulator(thresholds, max_bins, image_score=image_score)
+            t: PixelAccumulator(thresholds, max_bins, image_score=image_score, image_rim=image_rim)
             for t in sorted(names)
         }
 

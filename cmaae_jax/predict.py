@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cmaae_jax import console, errors, images, inference, metrics, pictures, reference
+from cmaae_jax import console, errors, image_score, images, inference, pictures, reference
 from cmaae_jax import workdir as workdir_lib
 
 CSV_FIELDS = ["path", "output", "score", "defective", "defect_fraction"]
@@ -70,15 +70,23 @@ def find_threshold(workdir, threshold: float | None) -> float:
     )
 
 
-def recorded_image_score(workdir, config) -> str:
-    """The image score the run's evaluation used (its metrics.json's `image_score`), else the
-    config's `eval.image_score` (`max` where neither names one)."""
+def recorded_image_score(workdir, config) -> tuple[str, int]:
+    """(image score, rim) as the run's evaluation used them (its metrics.json's `image_score`
+    and `image_rim`), else the config's `eval.image_score` (`max` where neither names one)
+    with no rim; `top_inner` without a recorded rim is a PredictError (evaluation chooses it)."""
     path = workdir_lib.eval_metrics_path(workdir)
     try:
-        recorded = json.loads(path.read_text()).get("image_score") if path.is_file() else None
+        recorded = json.loads(path.read_text()) if path.is_file() else {}
+        how, rim = recorded.get("image_score"), recorded.get("image_rim")
     except (ValueError, AttributeError):
-        recorded = None  # find_threshold names an unreadable file
-    return recorded or config.eval.get("image_score", "max")
+        how = rim = None  # find_threshold names an unreadable file
+    how = how or config.eval.get("image_score", "max")
+    if how == image_score.INNER and rim is None:
+        raise PredictError(
+            f"eval.image_score={how} needs the rim evaluation chooses, which {path} does not "
+            f"record; run launch/evaluate.py first"
+        )
+    return how, int(rim or 0)
 
 
 def predict(workdir, inputs: str, output, threshold: float | None = None, step=None) -> dict:
@@ -91,8 +99,8 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
     files = list_inputs(inputs)
     out = pathlib.Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    image_score = recorded_image_score(workdir, config)
-    stream = _Stream(config, workdir, step, out, (threshold, image_score), files)
+    how, rim = recorded_image_score(workdir, config)
+    stream = _Stream(config, workdir, step, out, (threshold, how, rim), files)
     batch = config.score.batch_images * jax.local_device_count()
     rows, skipped = [], []
     with (out / SCORES_CSV).open("w", newline="") as fh:
@@ -110,7 +118,8 @@ def predict(workdir, inputs: str, output, threshold: float | None = None, step=N
         raise PredictError(_nothing_readable(skipped))
     summary = {
         "threshold": threshold,
-        "image_score": image_score,
+        "image_score": how,
+        "image_rim": rim,
         "num_inputs": len(files),
         "num_scored": len(rows),
         "images": rows,
@@ -133,9 +142,9 @@ class _Stream:
     readable batch (inputs that are all unreadable never load it)."""
 
     def __init__(self, config, workdir, step, out, verdict, files):
-        """`verdict`: (threshold, image score name) deciding each image."""
+        """`verdict`: (threshold, image score name, rim) deciding each image."""
         self.config, self.workdir, self.step = config, workdir, step
-        (self.threshold, self.image_score), self.out, self.files = verdict, out, files
+        self.verdict, self.out, self.files = verdict, out, files
         self.names = _output_names(files)
         self.size = config.data.image_size
         self.resize = config.data.get("resize", "square")
@@ -174,9 +183,8 @@ class _Stream:
                 vh, vw = images.scaled_size((h, w), self.size, self.resize)  # crop the padding
                 amap = reference.apply(self.ref, amap[:vh, :vw])
                 rows[j] = _write_one(
-                    self.out, self.files[i], amap, (h, w), self.threshold, self.names[i],
-                    self.image_score,
-                )  # fmt: skip
+                    self.out, self.files[i], amap, (h, w), self.verdict, self.names[i]
+                )
         return rows
 
 
@@ -193,16 +201,17 @@ def _output_names(paths) -> list[str]:
     return names
 
 
-def _write_one(out, path, map_hxw, hw, threshold, stem, image_score="max") -> dict:
+def _write_one(out, path, map_hxw, hw, verdict, stem) -> dict:
     """Writes one image's outputs; `map_hxw` is its map at the resized (valid) resolution,
-    which gives the image's score (`metrics.image_scores` by `image_score`)."""
+    which gives the image's score (`image_score.image_scores` by `verdict`'s score and rim)."""
+    threshold, how, rim = verdict
     h, w = hw
     full = np.asarray(Image.fromarray(map_hxw.astype(np.float32)).resize((w, h), Image.BILINEAR))
     np.save(out / f"{stem}_map.npy", full)
     Image.fromarray(pictures.heat(full, threshold)).save(out / f"{stem}_map.png")
     mask = full >= threshold
     Image.fromarray((mask * 255).astype(np.uint8)).save(out / f"{stem}_mask.png")
-    score = float(metrics.image_scores(map_hxw, image_score)[0])
+    score = float(image_score.image_scores(map_hxw, how, rim)[0])
     return {
         "path": str(path),
         "output": stem,

@@ -100,7 +100,9 @@ def get_config():
     c.eval.threshold_rule = "auto"
     c.eval.threshold_quantile = 0.999  # quantile rule: this quantile of held-out normal pixels
     c.eval.paste_prior = 0.005  # pastes: assumed share of defect pixels (0: as pasted, floored)
-    c.eval.image_score = "top"  # image score of a map: top (mean of its highest 0.03%) | max
+    # image score of a map: top (mean of its highest 0.03%) | max | top_inner (top with a rim
+    # left out, its width chosen on the held-out normal maps; metrics.json image_rim)
+    c.eval.image_score = "top"
     c.eval.held_out_check = True  # metrics of GAAGA pastes on held-out images (no defect label)
     c.eval.max_pictures = 40  # overlay pictures written by evaluate.py
     return c

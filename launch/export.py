@@ -39,7 +39,7 @@ def main(argv):
     with _common.user_errors():
         config = workdir_lib.load_scoring_config(_WORKDIR.value)
         threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)
-        image_score = predict.recorded_image_score(_WORKDIR.value, config)
+        image_score, image_rim = predict.recorded_image_score(_WORKDIR.value, config)
         if _BATCH.value < 1:
             raise export.ExportError(f"--batch={_BATCH.value}: must be at least 1")
         if onnx and _PLATFORMS.value:
@@ -49,12 +49,12 @@ def main(argv):
         if onnx:
             meta = export_onnx.save_onnx(
                 output, config, variables, threshold, _BATCH.value, ref, image_score,
-                checkpoint_step=step,
+                image_rim, checkpoint_step=step,
             )  # fmt: skip
         else:
             meta = export.save(
                 output, config, variables, threshold, _BATCH.value, _PLATFORMS.value, ref,
-                image_score, checkpoint_step=step,
+                image_score, image_rim, checkpoint_step=step,
             )  # fmt: skip
     target = f"ONNX opset {meta['opset']}" if onnx else "/".join(meta["platforms"])
     print(

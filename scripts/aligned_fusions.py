@@ -196,10 +196,10 @@ def measure(val_maps, test_maps, test: dict, crack: bool) -> dict:
 
 def images(paths, out_json=None, ks=(5, 10, 20, 40)) -> None:
     """Image AUROC of the built map (zmix4_med) with each image scored by its maximum, by the
-    mean of its `ks` highest pixels and by `metrics.image_scores`' `top` (plan 8's):
+    mean of its `ks` highest pixels and by `image_score.image_scores`' `top` (plan 8's):
     the crack type's images against every normal test image on runs whose name holds
     "crack", every test image otherwise."""
-    from cmaae_jax import metrics
+    from cmaae_jax import image_score, metrics
 
     rows = {}
     for path in paths:
@@ -219,7 +219,7 @@ def images(paths, out_json=None, ks=(5, 10, 20, 40)) -> None:
         scores.update(
             {f"top{k}": [float(np.sort(m.ravel())[-k:].mean()) for m in kept] for k in ks}
         )
-        scores["top"] = [float(metrics.image_scores(m, "top")[0]) for m in kept]
+        scores["top"] = [float(image_score.image_scores(m, "top")[0]) for m in kept]
         rows[name] = {how: metrics.binary_auroc(v, truth) for how, v in scores.items()}
         print(name, " ".join(f"{h} {v:.4f}" for h, v in rows[name].items()), flush=True)
     if out_json:

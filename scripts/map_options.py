@@ -383,12 +383,10 @@ def _top_mean(m, share):
 
 
 def _image_top(m, rim):
-    """`metrics.image_scores`' `top` of the map with `rim` px left out on every side."""
-    from cmaae_jax import metrics
+    """`image_score.image_scores`' `top` of the map with `rim` px left out on every side."""
+    from cmaae_jax import image_score
 
-    return float(
-        metrics.image_scores([m[rim : m.shape[0] - rim, rim : m.shape[1] - rim]], "top")[0]
-    )
+    return float(image_score.image_scores(m, "top_inner", rim)[0])
 
 
 IMAGE_SCORES = {

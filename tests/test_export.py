@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import untrained_workdir
 
-from cmaae_jax import export, images, inference, metrics, model, scoring
+from cmaae_jax import export, image_score, images, inference, model, scoring
 from cmaae_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -60,10 +60,15 @@ def test_exported_function_gives_the_library_maps(workdir, tmp_path, method):
     # mean of each map's highest 0.03% (at least one pixel: 1 of 64 x 64 here, by hand: 2 of
     # a 100 x 100 map once the share is larger)
     top = export.save(tmp_path / "t.jaxexport", config, variables, 0.05, 2, image_score="top")
-    assert top["image_top_share"] == metrics.TOP_SHARE and "highest" in top["decision"]
+    assert top["image_top_share"] == image_score.TOP_SHARE and "highest" in top["decision"]
     np.testing.assert_allclose(
-        export.load(tmp_path / "t.jaxexport").scores(maps), metrics.image_scores(maps, "top")
+        export.load(tmp_path / "t.jaxexport").scores(maps), image_score.image_scores(maps, "top")
     )
+    inner = export.save(
+        tmp_path / "i.jaxexport", config, variables, 0.05, 2, image_score="top_inner", image_rim=3
+    )
+    assert inner["image_rim"] == 3 and "image_rim pixels" in inner["decision"]
+    assert top["image_rim"] == 0  # only top_inner leaves a rim out
     wide = np.arange(10_000, dtype=np.float32).reshape(100, 100)
     assert export.top_mean(wide, 0.0002) == pytest.approx((9_999 + 9_998) / 2)
     # float input in [-1, 1], a single image, a grayscale batch: the same contract.
@@ -149,17 +154,23 @@ def test_a_damaged_or_misused_artifact_is_a_clear_error(workdir, tmp_path):
 
 def test_both_loaders_score_images_as_evaluation_does():
     """The ONNX loader restates the image score (it needs neither jax nor the package): with
-    the sidecar's `image_top_share` both loaders give `metrics.image_scores`' `top`, without it
-    the maximum. The ONNX session is not needed for scores."""
+    the sidecar's `image_top_share` (and `image_rim`) both loaders give `image_score`'s `top`
+    (`top_inner`), without them the maximum. The ONNX session is not needed for scores."""
     from cmaae_jax import export_onnx
 
     maps = np.random.default_rng(8).random((3, 100, 100)).astype(np.float32)
-    for share, how in ((metrics.TOP_SHARE, "top"), (0.0, "max")):
-        meta = {"threshold": 0.5, "image_size": 100, "batch": 1, "image_top_share": share}
+    share = image_score.TOP_SHARE
+    for rim, how in ((0, "top"), (0, "max"), (4, "top_inner")):
+        meta = {"threshold": 0.5, "image_size": 100, "batch": 1, "image_rim": rim}
+        meta["image_top_share"] = 0.0 if how == "max" else share
         onnx_mapper = export_onnx.OnnxMapper(session=None, meta=meta)
-        want = metrics.image_scores(maps, how)
+        want = image_score.image_scores(maps, how, rim)
         np.testing.assert_allclose(onnx_mapper.scores(maps), want, rtol=1e-6)
-        np.testing.assert_allclose([export.top_mean(m, share) for m in maps], want, rtol=1e-6)
+        got = [export.top_mean(m, meta["image_top_share"], rim) for m in maps]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # by hand: the rim's 4 px out, 92 x 92 = 8,464 pixels, the top 3 (0.0003 x 8,464 = 2.54)
+    by_hand = [np.sort(m[4:96, 4:96].ravel())[-3:].mean() for m in maps]
+    np.testing.assert_allclose(want, by_hand, rtol=1e-6)
     old = export_onnx.OnnxMapper(None, {"threshold": 0.5, "image_size": 100, "batch": 1})
     np.testing.assert_array_equal(old.scores(maps), maps.max(axis=(1, 2)))  # no share: max
 

@@ -244,29 +244,6 @@ def test_image_auroc():
     assert out["image_auroc"] == pytest.approx(brute_auroc(scores, labels), abs=1e-12)
 
 
-def test_top_image_score_is_the_mean_of_the_highest_share_of_pixels():
-    rng = np.random.default_rng(4)
-    maps = rng.random((3, 100, 100)).astype(np.float32)
-    k = round(metrics.TOP_SHARE * 100 * 100)  # 3 of 10,000 pixels
-    by_hand = [np.sort(m.ravel())[::-1][:k].mean() for m in maps]
-    np.testing.assert_allclose(metrics.image_scores(maps, "top"), by_hand, rtol=1e-6)
-    np.testing.assert_array_equal(metrics.image_scores(maps, "max"), maps.max(axis=(1, 2)))
-    assert metrics.image_scores(np.array([[0.5, 2.0]]), "top")[0] == 2.0  # at least one pixel
-    # one normal image with a lone spike, one defective image with k high pixels: the maximum
-    # ranks them the wrong way round, the top mean the right way (AUROC 0 and 1)
-    spike, thin = np.zeros((100, 100), np.float32), np.zeros((100, 100), np.float32)
-    spike[50, 50] = 10.0
-    thin[20, 30 : 30 + k] = 5.0
-    pair, masks = np.stack([spike, thin]), np.zeros((2, 100, 100), np.uint8)
-    masks[1, 20, 30 : 30 + k] = 1
-    assert metrics.evaluate_maps(pair, masks)["image_auroc"] == 0.0
-    acc = metrics.PixelAccumulator(image_score="top")
-    acc.update(pair, masks)
-    assert acc.result()["image_auroc"] == 1.0  # 10 / 3 against 5
-    with pytest.raises(ValueError, match="eval.image_score"):
-        metrics.PixelAccumulator(image_score="mean")
-
-
 def test_pr_curve_matches_brute_force():
     maps, masks = random_case(4)
     acc = metrics.PixelAccumulator()

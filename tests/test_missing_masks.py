@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import GreyScorer, tiny_config
 from PIL import Image
 
 from cmaae_jax import evaluate, inference, metrics
@@ -28,25 +28,6 @@ PIXEL_KEYS = (
     "num_positive_pixels",
     "num_regions",
 )
-
-
-class _GreyScorer:
-    """Anomaly map = grey level / 255: a fixed function of the image, in place of a model."""
-
-    def __init__(self, config, variables):
-        del config, variables
-
-    @staticmethod
-    def _maps(images_u8):
-        return np.stack([np.asarray(im, np.float32).mean(-1) / 255.0 for im in images_u8])
-
-    def __call__(self, images_u8):
-        return self._maps(images_u8)
-
-    def batches(self, images_u8):
-        for lo in range(0, len(images_u8), 3):
-            idx = np.arange(lo, min(lo + 3, len(images_u8)))
-            yield idx, self._maps([images_u8[i] for i in idx])
 
 
 def _write_dataset(root, with_defective: bool) -> dict:
@@ -78,7 +59,7 @@ def _evaluate(tmp_path, monkeypatch, with_defective: bool):
     workdir.mkdir(parents=True)
     workdir_lib.save_config(workdir, config)
     monkeypatch.setattr(inference, "restore_variables", lambda c, w, step=None: (3, {}))
-    monkeypatch.setattr(inference, "Scorer", _GreyScorer)
+    monkeypatch.setattr(inference, "Scorer", GreyScorer)
     return evaluate.evaluate(config, workdir), maxima, workdir
 
 

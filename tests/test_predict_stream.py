@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from cmaae_jax import checkpoint, images, inference, metrics, model, predict
+from cmaae_jax import checkpoint, images, inference, model, predict
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
@@ -89,9 +89,11 @@ def test_batches_are_bounded_and_outputs_match_scoring_all_at_once(run, tmp_path
         assert np.load(out / f"img{i:02d}_map.npy").shape == (h, w)
 
 
-def test_predict_scores_images_as_evaluation_did(run, tmp_path):
-    """metrics.json's `image_score` (here `top`) decides predict's image scores: the mean of
-    each valid map's highest share of pixels, by hand from the library's maps."""
+@pytest.mark.parametrize("recorded, rim", [('"top"', 0), ('"top_inner", "image_rim": 3', 3)])
+def test_predict_scores_images_as_evaluation_did(run, tmp_path, recorded, rim):
+    """metrics.json's `image_score` (`top`, or `top_inner` with its rim) decides predict's
+    image scores: the mean of each valid map's highest share of pixels, `rim` pixels on every
+    side left out first, by hand from the library's maps."""
     workdir, config, inputs = run
     few = tmp_path / "few"
     few.mkdir()
@@ -99,21 +101,34 @@ def test_predict_scores_images_as_evaluation_did(run, tmp_path):
         (few / f"img{i:02d}.png").write_bytes((inputs / f"img{i:02d}.png").read_bytes())
     eval_dir = workdir_lib.eval_dir(workdir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    workdir_lib.eval_metrics_path(workdir).write_text('{"threshold": 0.05, "image_score": "top"}')
+    path = workdir_lib.eval_metrics_path(workdir)
+    path.write_text(f'{{"threshold": 0.05, "image_score": {recorded}}}')
     try:
         summary = predict.predict(workdir, str(few), tmp_path / "out")
     finally:
-        workdir_lib.eval_metrics_path(workdir).unlink()
-    assert summary["image_score"] == "top"
+        path.unlink()
+    assert summary["image_score"] == recorded.split('"')[1] and summary["image_rim"] == rim
     _, variables = inference.restore_variables(config, workdir)
     scorer = inference.Scorer(config, variables)
     for row, i in zip(summary["images"], (0, 3), strict=True):
         vh, vw = VALID[SIZES[i % len(SIZES)]]
         amap = scorer([images.load_image(few / f"img{i:02d}.png", 64, "keep_aspect")])[0]
-        valid = np.sort(amap[:vh, :vw].ravel())[::-1]
-        k = max(1, round(metrics.TOP_SHARE * valid.size))
+        valid = np.sort(amap[rim : vh - rim, rim : vw - rim].ravel())[::-1]
+        k = max(1, round(0.0003 * valid.size))
         assert row["score"] == pytest.approx(float(valid[:k].mean()), rel=1e-6), i
         assert row["defective"] == (row["score"] >= 0.05)
+
+
+def test_top_inner_without_a_recorded_rim_is_refused(run, tmp_path):
+    workdir, _, inputs = run
+    workdir_lib.eval_dir(workdir).mkdir(parents=True, exist_ok=True)
+    path = workdir_lib.eval_metrics_path(workdir)
+    path.write_text('{"threshold": 0.05, "image_score": "top_inner"}')
+    try:
+        with pytest.raises(predict.PredictError, match="rim evaluation chooses"):
+            predict.predict(workdir, str(inputs / "img00.png"), tmp_path / "out")
+    finally:
+        path.unlink()
 
 
 def test_nothing_readable_is_an_error_naming_the_files(run, tmp_path):
