@@ -93,12 +93,18 @@ def split_maps(method: str, split, train, sigma: float) -> list:
     return [np.abs(g - _resize(mean, g.shape)) / _resize(sd, g.shape) for g in greys]
 
 
-def label_free_threshold(splits, method, sigma: float, quantile: float, config=None) -> float:
-    """The label-free threshold of a baseline: the `quantile` of its held-out normal pixel
-    scores, or the `pastes` or `geomean` rule when `config.eval.threshold_rule` says so
-    (`auto`: geomean for a map z-scored per position, `ZSCORED`, pastes for the others)."""
+def label_free_threshold(splits, method, sigma: float, quantile: float, config=None):
+    """(threshold, rims) of a baseline: the `quantile` of its held-out normal pixel scores, or
+    the `pastes` or `geomean` rule when `config.eval.threshold_rule` says so (`auto`: geomean
+    for a map z-scored per position, `ZSCORED`, pastes for the others); `rims` as evaluation's
+    (`calibration.rims`), the held-out maps and pastes without `threshold_rim`'s rim."""
     train, val = splits["train"], splits["val"]
     normal_maps = split_maps(method, val, train, sigma)
+    rims = {"image_rim": 0, "threshold_rim": 0}
+    if config is not None:
+        rims = calibration.rims(normal_maps, config)
+    left_out = rims["threshold_rim"]
+    normal_maps = [image_score.inner(m, left_out) for m in normal_maps]
     pooled = [m.ravel() for m in normal_maps]
     floor = calibration.threshold_from_normal(
         np.concatenate(pooled) if pooled else np.zeros(0, np.float32), quantile
@@ -106,24 +112,22 @@ def label_free_threshold(splits, method, sigma: float, quantile: float, config=N
     rule = "quantile" if config is None else config.eval.get("threshold_rule", "quantile")
     rule = calibration.resolve_rule(rule, zscored=method in ZSCORED)
     if rule not in calibration.PASTE_RULES:
-        return floor
+        return floor, rims
     prior = config.eval.get("paste_prior", 0.0)
     pasted, masks = calibration.pasted_split(val, config)
-    pasted_maps = split_maps(method, pasted, train, sigma)
-    best = calibration.paste_threshold(normal_maps, pasted_maps, masks, prior)
-    return calibration.rule_threshold(rule, floor, best, prior)
+    pasted = [split_maps(method, pasted, train, sigma), masks]
+    pasted = [[image_score.inner(m, left_out) for m in x] for x in pasted]
+    best = calibration.paste_threshold(normal_maps, *pasted, prior)
+    return calibration.rule_threshold(rule, floor, best, prior), rims
 
 
 def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, config=None):
     """Pooled and per-defect-type metrics of one baseline on `datasets.load_splits` output;
-    `config` (optional) chooses the threshold rule (`label_free_threshold`)."""
+    `config` (optional) chooses the threshold rule and the image score
+    (`label_free_threshold`)."""
     train, test = splits["train"], splits["test"]
-    threshold = label_free_threshold(splits, method, sigma, quantile, config)
-    how = "max" if config is None else config.eval.get("image_score", "max")
-    rim = 0  # top_inner's rim, from the held-out normal maps as evaluation chooses it
-    if how == image_score.INNER:
-        size = config.data.image_size
-        rim = image_score.normal_rim(split_maps(method, splits["val"], train, sigma), size)
+    threshold, rims = label_free_threshold(splits, method, sigma, quantile, config)
+    how, rim = "max" if config is None else config.eval.get("image_score", "max"), rims["image_rim"]
     acc = metrics.PixelAccumulator(thresholds=(threshold,), image_score=how, image_rim=rim)
     per_type = metrics.PerTypeAccumulator(
         test.defect_types, test.labels, (threshold,), image_score=how, image_rim=rim
@@ -136,5 +140,5 @@ def evaluate(splits, method: str, sigma: float = 8.0, quantile: float = 0.999, c
         per_type.update(maps_g, masks_g, types, test.labels[pos], known[pos])
     result = acc.result(threshold)
     result["per_type"] = per_type.result(threshold)
-    result["image_rim"] = rim
+    result.update(rims)
     return result

@@ -30,7 +30,7 @@ import math
 import jax
 import numpy as np
 
-from cmaae_jax import gaaga, metrics, natural_images
+from cmaae_jax import gaaga, image_score, metrics, natural_images
 
 THRESHOLD_RULES = ("quantile", "head", "pastes", "geomean", "auto")  # eval.threshold_rule
 # the rules that score GAAGA pastes on held-out images
@@ -194,3 +194,15 @@ def geomean(quantile_threshold: float, pastes_rule_threshold: float) -> float:
     where either is not positive (no geometric mean)."""
     q, p = float(quantile_threshold), float(pastes_rule_threshold)
     return math.sqrt(q * p) if q > 0 and p > 0 else 0.5 * (q + p)
+
+
+def rims(held_out_maps, config) -> dict:
+    """metrics.json's `image_rim` and `threshold_rim`: the held-out normal maps' rim
+    (`image_score.normal_rim`) where `eval.image_score=top_inner` leaves it out of the image
+    scores and where `eval.threshold_rim` leaves it out of the threshold rule; 0 where not."""
+    inner = config.eval.get("image_score", "max") == image_score.INNER
+    threshold = config.eval.get("threshold_rim", False)
+    rim = 0
+    if inner or threshold:
+        rim = image_score.normal_rim(held_out_maps, config.data.image_size)
+    return {"image_rim": rim if inner else 0, "threshold_rim": rim if threshold else 0}

@@ -186,6 +186,8 @@ def _validate_score_eval(s, e):
     _check(0 <= prior < 1, "eval.paste_prior", prior, "must be in [0, 1)")
     check = e.get("held_out_check", False)
     _check(isinstance(check, bool), "eval.held_out_check", check, "must be True or False")
+    rim = e.get("threshold_rim", False)
+    _check(isinstance(rim, bool), "eval.threshold_rim", rim, "must be True or False")
     _one_of(e.get("image_score", "max"), image_score.IMAGE_SCORES, "eval.image_score")
 
 

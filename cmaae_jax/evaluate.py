@@ -59,8 +59,8 @@ class Calibration(NamedTuple):
     `head`'s alone with that rule), the held-out check
     (`calibration.held_out_check`; empty without `eval.held_out_check`), the map method
     and scorer they belong to (`score.method=auto` resolved), the threshold rule used
-    (`eval.threshold_rule=auto` resolved) and the rim `eval.image_score=top_inner` leaves out
-    (`image_score.normal_rim` of the held-out maps; 0 for the other image scores)."""
+    (`eval.threshold_rule=auto` resolved) and the rims left out of image scores and of the
+    threshold rule (`calibration.rims`)."""
 
     threshold: float
     ref: np.ndarray | None
@@ -70,7 +70,7 @@ class Calibration(NamedTuple):
     method: str
     scorer: object
     rule: str
-    rim: int
+    rims: dict
 
 
 def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
@@ -81,24 +81,26 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     reference (of the kind decided on raw MSFR maps) and the threshold; msfr_pixel's maps
     (`auto`'s or asked for) come in parts with a reference of each
     (`scoring.referred_by_parts`, reference.py). For `auto` on images of one size a single
-    pass of the aligned scorer with the raw MSFR map first serves both (`alignment.decide`)."""
+    pass of the aligned scorer with the raw MSFR map first serves both (`alignment.decide`).
+    `eval.threshold_rim`: the rules see the held-out maps (and pastes) without their rim."""
     if splits["val"].num_images == 0:
         raise datasets.DatasetError(
             "no held-out normal images to calibrate the threshold: set eval.val_fraction > 0"
         )
     held_out, ref, record, method, scorer = alignment.decide(scorer, splits, config, rescorer, bar)
-    rim = 0
-    if config.eval.get("image_score", "max") == image_score.INNER:
-        rim = image_score.normal_rim(held_out, config.data.image_size)
+    rims = calibration.rims(held_out, config)
+    left_out = rims["threshold_rim"]
     zscored = ref is not None and record.get("kind") == "zscore"
     rule = calibration.resolve_rule(config.eval.get("threshold_rule", "quantile"), zscored)
     quantile = config.eval.threshold_quantile
-    pooled = np.concatenate([m.ravel() for m in held_out])
-    threshold = calibration.label_free_threshold(rule, pooled, quantile)
+    normal = [image_score.inner(m, left_out) for m in held_out]
+    threshold = calibration.label_free_threshold(
+        rule, np.concatenate([m.ravel() for m in normal]), quantile
+    )
     candidates = {rule if rule == "head" else "quantile": threshold}
     check = {}
     if not scores_pastes(config):
-        return Calibration(threshold, ref, record, candidates, check, method, scorer, rule, rim)
+        return Calibration(threshold, ref, record, candidates, check, method, scorer, rule, rims)
     maps, masks = pasted_held_out(scorer, splits["val"], config, bar)
     maps = reference.apply(ref, maps)
     if config.eval.get("held_out_check", False):
@@ -106,12 +108,13 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
         logging.info("held-out check (pastes on held-out normal images): %s", check)
     if rule != "head":  # every rule's candidate where the pastes are scored
         prior = config.eval.get("paste_prior", 0.0)
-        best = calibration.paste_threshold(held_out, maps, masks, prior)
+        pasted = [[image_score.inner(m, left_out) for m in x] for x in (maps, masks)]
+        best = calibration.paste_threshold(normal, *pasted, prior)
         geomean = calibration.rule_threshold("geomean", threshold, best, prior)
         candidates.update(pastes=best, geomean=geomean)
         logging.info("threshold candidates (paste prior %g): %s", prior, candidates)
         threshold = calibration.rule_threshold(rule, threshold, best, prior)
-    return Calibration(threshold, ref, record, candidates, check, method, scorer, rule, rim)
+    return Calibration(threshold, ref, record, candidates, check, method, scorer, rule, rims)
 
 
 def _score_test(
@@ -236,7 +239,7 @@ def check_held_out(config, workdir, step: int | None = None) -> dict:
         "num_held_out_images": int(splits["val"].num_images),
         "config_overrides": _with_method(overrides, config.score.method, chosen.method),
         "method": chosen.method,
-        "image_rim": int(chosen.rim),
+        **chosen.rims,
         "eval_seconds": time.perf_counter() - t0,
     }
     if primary:
@@ -269,8 +272,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         pictures_dir = out / workdir_lib.PICTURES
         thresholds = (threshold, *chosen.candidates.values())
         how = config.eval.get("image_score", "max")
+        image = (how, chosen.rims["image_rim"])
         acc, per_type = _score_test(
-            scorer, test, thresholds, ref, pictures_dir, max_pictures, bar, (how, chosen.rim)
+            scorer, test, thresholds, ref, pictures_dir, max_pictures, bar, image
         )
     result = acc.result(threshold)
     precision, recall, _ = acc.pr_curve()
@@ -292,7 +296,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         ),
         threshold_candidates={k: float(v) for k, v in chosen.candidates.items()},
         image_score=how,
-        image_rim=int(chosen.rim),
+        **chosen.rims,
         # what each candidate would have given (pooled; reported, never used to choose)
         threshold_candidates_f1={
             k: acc.result(v)["pixel_f1"] for k, v in chosen.candidates.items()

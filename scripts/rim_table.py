@@ -1,13 +1,18 @@
-"""The rim plan's table (docs/results/mt34/PLAN_rim.md): image AUROC with `top` against
-`top_inner` on the same checkpoints, pooled and per defect type, and the plan's rule.
+"""The rim plan's tables (docs/results/mt34/PLAN_rim.md) on the same checkpoints, pooled and
+per defect type, each with its plan's rule.
 
-    python scripts/rim_table.py \
+    python scripts/rim_table.py image \\
         mt_s2=docs/results/rim35/mt_s2.json:docs/results/rim35/mt_s2_inner.json
+    python scripts/rim_table.py f1 \\
+        mt_s2=docs/results/rim35/mt_s2.json:docs/results/rim35/mt_s2_trim.json
 
-Each argument: label=<record with top>:<record with top_inner> (eval/metrics.json files).
-Rule: adopt `top_inner` as the default where magnetic tile's mean4 image AUROC (blowhole,
-break, crack, fray) rises by more than 0.03 on every magnetic tile run and no run loses more
-than 0.01 image AUROC, pooled or on any type. Markdown, to stdout.
+Each argument after the part: label=<record as trained>:<record with the option>
+(eval/metrics.json files). `image` (part 1): image AUROC with `top` against `top_inner`;
+adopt where magnetic tile's mean4 (blowhole, break, crack, fray) rises by more than 0.03 on
+every magnetic tile run and no run loses more than 0.01, pooled or on any type. `f1` (part 2):
+label-free `pixel_f1` without and with `eval.threshold_rim`; adopt where magnetic tile's mean4
+rises on every magnetic tile run and no run loses more than 0.005, pooled or on any type.
+Markdown, to stdout.
 """
 
 import json
@@ -15,42 +20,54 @@ import pathlib
 import sys
 
 MEAN4 = ("blowhole", "break", "crack", "fray")
-GAIN, LOSS = 0.03, 0.01
+PARTS = {  # part: (metric, rim key, mean4 gain needed, largest loss allowed)
+    "image": ("image_auroc", "image_rim", 0.03, 0.01),
+    "f1": ("pixel_f1", "threshold_rim", 0.0, 0.005),
+}
 
 
 def _pair(spec: str):
     label, _, paths = spec.partition("=")
-    top, inner = (json.loads(pathlib.Path(p).read_text()) for p in paths.split(":"))
-    return label, top, inner
+    base, option = (json.loads(pathlib.Path(p).read_text()) for p in paths.split(":"))
+    return label, base, option
 
 
-def _aurocs(record) -> dict:
-    """{'pooled': ..., type: ...} image AUROC, plus 'mean4' where all four types are there."""
-    out = {"pooled": record["image_auroc"]}
-    out.update({t: r["image_auroc"] for t, r in sorted(record["per_type"].items())})
+def _values(record, key) -> dict:
+    """{'pooled': ..., type: ...} of `key`, plus 'mean4' where all four types are there."""
+    out = {"pooled": record[key]}
+    out.update({t: r[key] for t, r in sorted(record["per_type"].items())})
     if all(t in out for t in MEAN4):
         out["mean4"] = sum(out[t] for t in MEAN4) / len(MEAN4)
     return out
 
 
-def main(specs) -> None:
-    print("| run | rim px | what | top | top_inner | change |")
+def _halves(record) -> str:
+    """How many of MEAN4's types reach half their F1 max with the label-free threshold."""
+    types = [record["per_type"][t] for t in MEAN4 if t in record["per_type"]]
+    return f"{sum(r['pixel_f1'] >= 0.5 * r['pixel_f1_max'] for r in types)}/{len(types)}"
+
+
+def main(part, specs) -> None:
+    key, rim_key, gain, loss = PARTS[part]
+    print("| run | rim px | what | as trained | with the option | change |")
     print("|---|---:|---|---:|---:|---:|")
     gains, worst = [], 0.0
-    for label, top, inner in map(_pair, specs):
-        a, b = _aurocs(top), _aurocs(inner)
-        for key in a:
-            change = b[key] - a[key]
-            if key != "mean4":
+    for label, base, option in map(_pair, specs):
+        a, b = _values(base, key), _values(option, key)
+        for name in a:
+            change = b[name] - a[name]
+            if name != "mean4":
                 worst = min(worst, change)
-            print(f"| {label} | {inner['image_rim']} | {key} | {a[key]:.3f} | {b[key]:.3f} "
-                  f"| {change:+.3f} |")  # fmt: skip
+            print(f"| {label} | {option[rim_key]} | {name} | {a[name]:.4f} | {b[name]:.4f} "
+                  f"| {change:+.4f} |")  # fmt: skip
         if "mean4" in a:
             gains.append(b["mean4"] - a["mean4"])
-    ok = bool(gains) and min(gains) > GAIN and worst >= -LOSS
-    print(f"\nmagnetic tile mean4 gains: {', '.join(f'{g:+.3f}' for g in gains) or 'none yet'}; "
-          f"largest loss anywhere: {worst:+.3f}; rule {'met' if ok else 'not met'}")  # fmt: skip
+        if part == "f1":
+            print(f"| {label} | | types at half F1 max | {_halves(base)} | {_halves(option)} | |")
+    ok = bool(gains) and min(gains) > gain and worst >= -loss
+    print(f"\nmagnetic tile mean4 {key} gains: {', '.join(f'{g:+.4f}' for g in gains) or 'none'}"
+          f"; largest loss anywhere: {worst:+.4f}; rule {'met' if ok else 'not met'}")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(sys.argv[1], sys.argv[2:])

@@ -9,7 +9,7 @@ import pytest
 from conftest import GreyScorer, tiny_config
 from PIL import Image
 
-from cmaae_jax import evaluate, image_score, inference, metrics
+from cmaae_jax import calibration, datasets, evaluate, image_score, inference, metrics
 from cmaae_jax import workdir as workdir_lib
 
 
@@ -111,8 +111,8 @@ def test_normal_rim_is_the_widest_band_the_top_pixels_crowd_three_times_over():
 
 
 def _write_border_dataset(root):
-    """good/ (8), test_good/ (4): grey noise below 100 with a 250 pixel on the top row;
-    defective/ (4, no masks): the same noise with a 200 square inside, no border pixel."""
+    """good/ (8), test_good/ (4): grey noise below 100 with a 250 pixel on the top row and the
+    second row at 120; defective/ (4, no masks): the same noise with a 200 square inside."""
     rng = np.random.default_rng(2)
     for folder, n in (("good", 8), ("test_good", 4), ("defective", 4)):
         (root / folder).mkdir(parents=True)
@@ -121,27 +121,52 @@ def _write_border_dataset(root):
             if folder == "defective":
                 a[24:32, 20:28] = 200
             else:
-                a[0, 10 + 5 * i] = 250
+                a[0, 10 + 5 * i], a[1] = 250, 120
             Image.fromarray(a).save(root / folder / f"{i}.png")
 
 
-@pytest.mark.parametrize("how", ["top", "top_inner"])
-def test_evaluation_chooses_the_rim_on_held_out_maps_and_records_it(how, tmp_path, monkeypatch):
+def test_rims_are_recorded_only_where_an_option_leaves_them_out():
+    maps = _maps_with_top_pixels([3] * 3)  # rim 8 at 256 px (above)
+    config = tiny_config("unused", data__image_size=256)
+    for how, threshold_rim, want in (
+        ("top", False, (0, 0)),
+        ("top_inner", False, (8, 0)),
+        ("top", True, (0, 8)),
+        ("top_inner", True, (8, 8)),
+    ):
+        config.eval.image_score, config.eval.threshold_rim = how, threshold_rim
+        got = calibration.rims(maps, config)
+        assert (got["image_rim"], got["threshold_rim"]) == want, (how, threshold_rim)
+
+
+@pytest.mark.parametrize("how, threshold_rim", [("top", False), ("top_inner", True)])
+def test_evaluation_chooses_the_rim_on_held_out_maps_and_records_it(
+    how, threshold_rim, tmp_path, monkeypatch
+):
     """Held-out maps (the grey level) put their highest pixel on the border: bands 1 and 2 of
     a 64 px image (`rim_bands`) hold it in every map, 3 x their area (0.18, 0.36) <= 1, so the
-    rim is 2 and the normal images' spikes no longer outrank the defects."""
+    rim is 2 and the normal images' spikes no longer outrank the defects. With
+    `eval.threshold_rim` the quantile rule's threshold is that of the held-out pixels 2 px or
+    more inside."""
     root, workdir = tmp_path / "data", tmp_path / "work"
     _write_border_dataset(root)
     config = tiny_config(root, data__format="folder", eval__max_pictures=0)
-    config.eval.image_score = how
+    config.eval.image_score, config.eval.threshold_rim = how, threshold_rim
     workdir.mkdir()
     workdir_lib.save_config(workdir, config)
     monkeypatch.setattr(inference, "restore_variables", lambda c, w, step=None: (3, {}))
     monkeypatch.setattr(inference, "Scorer", GreyScorer)
     result = evaluate.evaluate(config, workdir)
     saved = json.loads(workdir_lib.eval_metrics_path(workdir).read_text())
-    assert saved["image_score"] == how
-    assert saved["image_rim"] == (2 if how == "top_inner" else 0)
+    rim = 2 if how == "top_inner" else 0
+    assert saved["image_score"] == how and saved["image_rim"] == rim
+    assert saved["threshold_rim"] == (2 if threshold_rim else 0)
     # `top` of a 64 x 64 map is its maximum (1 of 4,096 pixels): 250 against 200
     assert result["image_auroc"] == (1.0 if how == "top_inner" else 0.0)
     assert result["per_type"]["defective"]["image_auroc"] == result["image_auroc"]
+    val = datasets.load_splits(config)["val"].images  # grey PNGs, read as 3 equal channels
+    grey = [np.asarray(im, np.float32)[..., 0] / 255.0 for im in val]
+    inside = [g[2:62, 2:62] if threshold_rim else g for g in grey]
+    want = np.quantile(np.concatenate([g.ravel() for g in inside]), 0.999)
+    assert result["threshold"] == pytest.approx(float(want), rel=1e-6)
+    assert (want < 100 / 255) == threshold_rim  # the whole maps' quantile is the bright row's
