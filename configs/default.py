@@ -61,9 +61,7 @@ def get_config():
     c.train.batch_size = 512  # global batch of 64x64 patches (divisible by the device count)
     c.train.crops_per_image = 16  # patches cropped from each sampled image per step
     c.train.crop_placement = "uniform"  # uniform corners (paper) | cover (sides seen more)
-    c.train.crop_scales = (
-        1,
-    )  # image shrink factors cropped (as score.pyramid's levels); (1,) paper
+    c.train.crop_scales = (1,)  # image shrink factors cropped (as score.pyramid); (1,) paper
     c.train.stage1_steps = 2000  # stage 1: normal patches, target = input, all parameters
     c.train.stage2_steps = 1000  # stage 2: GAAGA images, memory frozen
     c.train.stage2_target = "clean"  # clean (repair the pasted anomaly) | input (paper eq. 12)
