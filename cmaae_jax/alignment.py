@@ -2,7 +2,7 @@
 
 `score.reference` (reference.py) is decided on the held-out normal maps, and built from up to
 `score.reference_images` training images' maps; `score.method=auto` then gives images found
-aligned `scoring.ALIGNED_METHOD` (msfr_pixel, referred part by part) and the others raw MSFR.
+aligned `score_options.ALIGNED_METHOD` (msfr_pixel, referred part by part) and the others raw MSFR.
 The decision is always made on the plain method's maps (raw MSFR for `auto`), where the
 alignment margin was measured. For `auto` on images of one size a single pass of the aligned
 scorer with the raw MSFR map first (`scoring`'s `with_raw_msfr`) gives the maps for the
@@ -13,7 +13,7 @@ label is read.
 import numpy as np
 from absl import logging
 
-from cmaae_jax import datasets, inference, reference, scoring
+from cmaae_jax import datasets, inference, reference, score_options
 
 
 def _reference_images(splits, config, setting):
@@ -70,15 +70,15 @@ def _in_one_pass(config) -> bool:
     """Whether `score.method`'s aligned map comes in parts that a pass of raw MSFR maps can
     carry (`with_raw_msfr`): score.method=auto, one level, no normalize."""
     method_setting = config.score.get("method", "msfr")
-    aligned = scoring.resolve_method(method_setting, aligned=True)
-    plain = scoring.resolve_method(method_setting, aligned=False)
-    return plain == "msfr" != aligned and scoring.referred_by_parts(aligned, config.score)
+    aligned = score_options.resolve_method(method_setting, aligned=True)
+    plain = score_options.resolve_method(method_setting, aligned=False)
+    return plain == "msfr" != aligned and score_options.referred_by_parts(aligned, config.score)
 
 
 def _decided_in_one_pass(scorer, splits, config, picked, one_size, rescorer, bar=None):
     """`decide` where `_in_one_pass`: each held-out and reference image scored once, raw
     MSFR first (the alignment decided on it, as in two passes), then msfr_pixel's parts."""
-    both = rescorer(scoring.ALIGNED_METHOD, components=True, with_raw_msfr=True)
+    both = rescorer(score_options.ALIGNED_METHOD, components=True, with_raw_msfr=True)
     quantile, setting = config.eval.threshold_quantile, config.score.get("reference", "none")
     held_out = inference.valid_maps(both, splits["val"], bar=bar)
     train = inference.valid_maps(both, splits["train"], picked)
@@ -92,9 +92,9 @@ def _decided_in_one_pass(scorer, splits, config, picked, one_size, rescorer, bar
     parts = [[m[..., 1:] for m in maps] for maps in (held_out, train)]
     held_out, ref, _ = _referred(*parts, kind, quantile, one_size)
     weights = list(reference.part_weights(kind))
-    record = {**record, "components": list(scoring.COMPONENTS), "weights": weights}
-    record["method"] = scoring.ALIGNED_METHOD
-    return held_out, ref, record, scoring.ALIGNED_METHOD, both.without_raw_msfr()
+    record = {**record, "components": list(score_options.COMPONENTS), "weights": weights}
+    record["method"] = score_options.ALIGNED_METHOD
+    return held_out, ref, record, score_options.ALIGNED_METHOD, both.without_raw_msfr()
 
 
 def decide(scorer, splits, config, rescorer, bar=None):
@@ -107,9 +107,9 @@ def decide(scorer, splits, config, rescorer, bar=None):
     held_out, ref, record = normal_reference(scorer, splits, config, setting, bar)
     _warn_near_miss(record)
     method_setting = config.score.get("method", "msfr")
-    method = scoring.resolve_method(method_setting, aligned=ref is not None)
-    base = scoring.resolve_method(method_setting, aligned=False)
-    components = ref is not None and scoring.referred_by_parts(method, config.score)
+    method = score_options.resolve_method(method_setting, aligned=ref is not None)
+    base = score_options.resolve_method(method_setting, aligned=False)
+    components = ref is not None and score_options.referred_by_parts(method, config.score)
     if method != base or components:
         if rescorer is None:
             raise ValueError("aligned msfr_pixel maps: calibrate needs a rescorer")
@@ -117,6 +117,6 @@ def decide(scorer, splits, config, rescorer, bar=None):
         held_out, ref, _ = normal_reference(scorer, splits, config, record["kind"])  # off the bar
         if components:
             weights = list(reference.part_weights(record["kind"]))
-            record = {**record, "components": list(scoring.COMPONENTS), "weights": weights}
+            record = {**record, "components": list(score_options.COMPONENTS), "weights": weights}
         record = {**record, "method": method} if method != base else record
     return held_out, ref, record, method, scorer

@@ -19,7 +19,7 @@ from cmaae_jax import (
     patches,
     pyramid,
     reference,
-    scoring,
+    score_options,
 )
 from cmaae_jax import state as state_lib
 
@@ -156,9 +156,9 @@ def _validate_anomaly(a, image_size):
 
 
 def _validate_score_eval(s, e):
-    _one_of(s.method, (*scoring.METHODS, scoring.AUTO), "score.method")
+    _one_of(s.method, (*score_options.METHODS, score_options.AUTO), "score.method")
     _one_of(s.get("normalize", "none"), map_levels.NORMALIZE, "score.normalize")
-    _one_of(s.get("flip", "none"), scoring.FLIPS, "score.flip")
+    _one_of(s.get("flip", "none"), score_options.FLIPS, "score.flip")
     levels = tuple(s.get("pyramid", (1,)))
     _check(pyramid.is_pyramid(levels), "score.pyramid", levels, pyramid.HELP)
     _one_of(s.get("reference", "none"), reference.REFERENCES, "score.reference")
@@ -166,17 +166,17 @@ def _validate_score_eval(s, e):
     _one_of(s.get("weights", "average"), state_lib.WEIGHTS, "score.weights")
     stride = s.get("stride", 64)
     _check(
-        isinstance(stride, int) and stride in scoring.STRIDES,
+        isinstance(stride, int) and stride in score_options.STRIDES,
         "score.stride",
         stride,
-        f"must be one of {scoring.STRIDES} (a divisor of the 64-pixel patch, >= 8)",
+        f"must be one of {score_options.STRIDES} (a divisor of the 64-pixel patch, >= 8)",
     )
     scales = tuple(s.scales)
     _check(
-        len(scales) > 0 and all(x in scoring.RF_AREAS for x in scales),
+        len(scales) > 0 and all(x in score_options.RF_AREAS for x in scales),
         "score.scales",
         scales,
-        f"a non-empty subset of {tuple(scoring.RF_AREAS)}",
+        f"a non-empty subset of {tuple(score_options.RF_AREAS)}",
     )
     _check(0 <= e.val_fraction < 1, "eval.val_fraction", e.val_fraction, "must be in [0, 1)")
     _check(

@@ -32,7 +32,7 @@ from cmaae_jax import (
     metrics,
     pictures,
     reference,
-    scoring,
+    score_options,
 )
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
@@ -77,10 +77,10 @@ def calibrate(scorer, splits, config, bar=None, rescorer=None) -> Calibration:
     """The reference (`score.reference`) and the label-free threshold from the held-out val
     images and up to `score.reference_images` training images; no defect label.
     `score.method=auto`: where a reference is applied, `rescorer(method, components,
-    with_raw_msfr=False)` gives the scorer of `scoring.ALIGNED_METHOD`, whose maps then make the
-    reference (of the kind decided on raw MSFR maps) and the threshold; msfr_pixel's maps
+    with_raw_msfr=False)` gives the scorer of `score_options.ALIGNED_METHOD`, whose maps then
+    make the reference (of the kind decided on raw MSFR maps) and the threshold; msfr_pixel's maps
     (`auto`'s or asked for) come in parts with a reference of each
-    (`scoring.referred_by_parts`, reference.py). For `auto` on images of one size a single
+    (`score_options.referred_by_parts`, reference.py). For `auto` on images of one size a single
     pass of the aligned scorer with the raw MSFR map first serves both (`alignment.decide`).
     `eval.threshold_rim`: the rules see the held-out maps (and pastes) without their rim."""
     if splits["val"].num_images == 0:
@@ -214,7 +214,7 @@ def _with_method(overrides: dict, setting: str, method: str) -> dict:
     key = f"{state_lib.SCORE_SECTION}.method"
     trained = overrides.get(key, [setting])[0]
     out = {k: v for k, v in overrides.items() if k != key}
-    if method != scoring.resolve_method(trained, aligned=False):
+    if method != score_options.resolve_method(trained, aligned=False):
         out[key] = [trained, method]
     return out
 

@@ -98,10 +98,10 @@ def export_map_fn(config, variables, batch: int, platforms=None, reference=None)
     """`jax.export.Exported` of images float32 [batch, S, S, 3] -> maps float32 [batch, S, S];
     minus the per-position mean, over the spread, of `reference` ([2K, h, w]: of each of K
     map parts, then averaged) when given."""
-    from cmaae_jax import model, scoring  # the loader must not need them
+    from cmaae_jax import model, score_options, scoring  # the loader must not need them
 
     net = model.from_config(config)
-    options = scoring.map_options(config.score)
+    options = score_options.map_options(config.score)
     variables = jax.tree.map(jnp.asarray, variables)
     size = config.data.image_size
     canvas = jnp.asarray(reference_canvas(reference, size))
@@ -124,7 +124,7 @@ def describe(
     rim left out first (`image_rim`, `top_inner`'s; 0 for the others)."""
     from cmaae_jax import image_score as image_score_lib  # the loader needs none of them
     from cmaae_jax import reference as reference_lib
-    from cmaae_jax import scoring
+    from cmaae_jax import score_options
 
     size = config.data.image_size
     top = image_score_lib.check(image_score) != "max"
@@ -144,7 +144,8 @@ def describe(
         "image_rim": rim,
         "image_size": size,
         "batch": batch,
-        "method": scoring.map_options(config.score)["method"],  # `auto`: as evaluation resolved
+        # `auto`: as evaluation resolved
+        "method": score_options.map_options(config.score)["method"],
         "scales": list(config.score.scales),
         "normalize": config.score.get("normalize", "none"),
         "resize": config.data.get("resize", "square"),

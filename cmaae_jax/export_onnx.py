@@ -66,11 +66,11 @@ def _map_function(config, variables, reference=None):
     import jax
     import jax.numpy as jnp
 
-    from cmaae_jax import model, scoring
+    from cmaae_jax import model, score_options, scoring
     from cmaae_jax.export import refer
 
     net = model.from_config(config).clone(impl="xla", dtype=jnp.float32)
-    options = scoring.map_options(config.score)
+    options = score_options.map_options(config.score)
     if config.data.image_size == model.PATCH:
         # One window whatever the stride; a smaller stride blends it with empty phases,
         # zero-size tensors that jax2onnx 0.17 lowers to an Add onnxruntime rejects.

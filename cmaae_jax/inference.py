@@ -5,7 +5,7 @@ import copy
 import jax
 import numpy as np
 
-from cmaae_jax import checkpoint, images, map_levels, model, scoring, spread
+from cmaae_jax import checkpoint, images, map_levels, model, score_options, scoring, spread
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
 
@@ -43,7 +43,7 @@ class Scorer:
     """
 
     def __init__(self, config, variables, components: bool = False, with_raw_msfr: bool = False):
-        """`components`: maps [..., H, W, 2] of `msfr_pixel`'s parts (`scoring.COMPONENTS`),
+        """`components`: maps [..., H, W, 2] of `msfr_pixel`'s parts (`score_options.COMPONENTS`),
         for a reference that z-scores each (reference.py); the device hands out the raw parts
         and each is divided by its image's median here (`map_levels.over_median_on_host`), as
         is each map of `score.normalize=median` (without `score.flip`, which averages maps
@@ -53,12 +53,12 @@ class Scorer:
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1
-        options = dict(scoring.map_options(config.score), components=components)
+        options = dict(score_options.map_options(config.score), components=components)
         options["raw_parts"] = components
         self.median_on_host = options["normalize"] == "median" and options["flip"] == "none"
         if self.median_on_host:
             options["normalize"] = "none"
-        self.parts = (len(scoring.COMPONENTS) + with_raw_msfr,) if components else ()
+        self.parts = (len(score_options.COMPONENTS) + with_raw_msfr,) if components else ()
         self.with_raw_msfr = with_raw_msfr
         self.fn = scoring.make_map_fn(self.net, pmapped=pmapped, **options)
         self.variables = spread.replicate(variables) if pmapped else variables
@@ -70,7 +70,7 @@ class Scorer:
         """This scorer (`with_raw_msfr`) giving the parts alone, [..., H, W, 2], from the same
         compiled functions."""
         view = copy.copy(self)
-        view.with_raw_msfr, view.parts = False, (len(scoring.COMPONENTS),)
+        view.with_raw_msfr, view.parts = False, (len(score_options.COMPONENTS),)
         return view
 
     def _finished(self, maps) -> np.ndarray:

@@ -18,7 +18,7 @@ is the margin a defect must add to a typical normal pixel to cross the label-fre
 by a constant, so a defect's added score is unchanged; the images count as aligned when it
 lowers that margin on the held-out normal maps (which never enter the reference) by
 MIN_NARROWING at least. No defect label is read. `score.method=auto` also changes the map
-method for aligned images (`scoring.ALIGNED_METHOD`), so a false "aligned" costs more than a
+method for aligned images (`score_options.ALIGNED_METHOD`), so a false "aligned" costs more than a
 reference: hence the margin.
 
 `zscore` also divides by the normal maps' spread at each position, sqrt(var + median var):
@@ -27,7 +27,7 @@ machining marks) a residual counts less than on flat surface. What `auto` applie
 decided that the images are aligned is AUTO_KIND (measured on the synthetic part and its thin
 cracks: RESULTS.md, twenty-fifth session).
 
-Maps with parts (`msfr_pixel` scored with `components`: [h, w, K], `scoring.COMPONENTS`) get
+Maps with parts (`msfr_pixel` scored with `components`: [h, w, K], `score_options.COMPONENTS`) get
 a reference per part, [2K, h, w] (mean and spread of part 0, then of part 1, ...): each part
 is referred to its own normal statistics, then the parts are averaged. Without a reference
 their average is the map (`fuse`). Z-scoring MSFR and the pixel residual apart raised thin
@@ -52,8 +52,8 @@ AUTO_KIND = "zscore"  # what `auto` applies to aligned images (RESULTS.md, twent
 # twenty-sixth and twenty-seventh sessions, plan 9; 0.1 before it)
 MIN_NARROWING = 0.05
 FILE = "reference.npy"  # in <workdir>/eval/: [2K, h, w], K parts' mean and spread (ones: `mean`)
-# The z-scored parts' weights (`scoring.COMPONENTS` order: MSFR, pixel residual). Equal weights
-# gained on thin cracks over z-scoring the averaged map; 1 : 2 more (five fresh crack runs:
+# The z-scored parts' weights (`score_options.COMPONENTS` order: MSFR, pixel residual). Equal
+# weights gained on thin cracks over z-scoring the averaged map; 1 : 2 more (five fresh crack runs:
 # AUPRO +0.012..+0.034, F1 max +0.033..+0.060), 1 : 4 more again (five more: AUPRO -0.000..
 # +0.013, F1 max +0.002..+0.036); larger defects within 0.01 at each step (rules written
 # first: docs/results/aligned30/PLAN.md, plans 3 and 5; RESULTS.md).

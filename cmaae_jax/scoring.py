@@ -9,7 +9,8 @@ methods (`score.method`):
   is fully convolutional, so it runs on whole images); per scale s,
   r_s = mean over channels of (F_s - F'_s)^2, resized bilinearly to H x W exactly as PyTorch's
   `F.interpolate(mode="bilinear", align_corners=False)` does; the map is
-  sum_s a_s r_s / sum_s a_s with a_s = `RF_AREAS[s]`, the receptive-field area of layer s.
+  sum_s a_s r_s / sum_s a_s with a_s = `score_options.RF_AREAS[s]`, the receptive-field
+  area of layer s.
 * `pixel`: the plain residual baseline, mean over channels of |I - I'| (Table IV column D).
 * `segment`: the discriminative head (`model.segment_head`, segmenter.py) on the image and its
   blended reconstruction, once per whole image; the map is softplus(logit) = -log(1 - p).
@@ -26,113 +27,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cmaae_jax import map_levels, patches, pyramid, segmenter
+from cmaae_jax import map_levels, patches, pyramid, score_options, segmenter
 from cmaae_jax import model as model_lib
 from cmaae_jax import spread as spread_lib
 from cmaae_jax.model import PATCH
 
 Array = jax.Array
 
-# Receptive-field areas of encoder layers 1..3 (4x4, 8x8, 14x14 input pixels).
-RF_AREAS = {1: 16, 2: 64, 3: 196}
-# score.method; msfr_pixel: the mean of the MSFR and pixel maps, each over its image's median
-# (thin defects on aligned parts: RESULTS.md, twenty-fifth session)
-METHODS = ("msfr", "pixel", "segment", "msfr_pixel")
-# score.method=auto: ALIGNED_METHOD where a per-position reference is applied (score.reference;
-# its `auto` applies one to images it finds aligned), msfr elsewhere. Evaluation resolves it
-# and records the method used (RESULTS.md, twenty-sixth session).
-AUTO = "auto"
-ALIGNED_METHOD = "msfr_pixel"
-# msfr_pixel's parts, in the order `anomaly_maps(components=True)` stacks them on a last axis:
-# evaluation z-scores each by its own per-position reference, then weights them
-# (`reference.PART_WEIGHTS`; RESULTS.md, thirtieth and thirty-first sessions).
-COMPONENTS = ("msfr", "pixel")
-# `raw_parts` hands them out before each is divided by its image's median (`map_levels.
-# over_median_on_host` divides them on the host; the raw MSFR part is score.method=msfr's map,
-# so one pass serves the alignment decision and the parts).
-# config score.flip: `horizontal` averages each map with the mirrored image's map, mirrored
-# back (a test-time augmentation; twice the scoring work).
-FLIPS = ("none", "horizontal")
-# Window strides: divisors of the patch size down to 8. The model runs on ((H-64)/s + 1) x
-# ((W-64)/s + 1) windows per image: a 512x512 image has 64 at 64, 225 at 32, 841 at 16.
-STRIDES = tuple(s for s in range(8, PATCH + 1) if PATCH % s == 0)
 # Input rows beyond a band that encoder layers 1..3 read (`spread_lib.split_rows`): the last
 # two rows of layer 3 (4 px apart) before a cut see its zero padding through layers 1-2.
 ROW_MARGIN = 8
-
-
-def _check_scales(scales) -> tuple[int, ...]:
-    scales = tuple(scales)
-    if not scales or len(set(scales)) != len(scales) or not set(scales) <= set(RF_AREAS):
-        raise ValueError(
-            f"score.scales must be distinct encoder layers among {tuple(RF_AREAS)}, got {scales}"
-        )
-    return tuple(int(s) for s in scales)
-
-
-def _check_score_options(
-    method: str,
-    normalize: str = "none",
-    stride: int = PATCH,
-    flip: str = "none",
-    levels=(1,),
-    components: bool = False,
-    raw_parts: bool = False,
-):
-    if method not in METHODS:
-        raise ValueError(f"score.method must be one of {METHODS}, got {method!r}")
-    if components and not _has_parts(method, levels, normalize):
-        raise ValueError(
-            "map components are msfr_pixel's, at one level (score.pyramid=(1,)) and "
-            f"score.normalize=none; got {method!r}, {tuple(levels)}, {normalize!r}"
-        )
-    if raw_parts and not components:
-        raise ValueError("raw parts are msfr_pixel's components before their medians")
-    map_levels.check_normalize(normalize)
-    if flip not in FLIPS:
-        raise ValueError(f"score.flip must be one of {FLIPS}, got {flip!r}")
-    _check_stride(stride)
-    pyramid.check_pyramid(levels)
-
-
-def resolve_method(setting: str, aligned: bool) -> str:
-    """The map method of `score.method=setting`: `auto` resolved (ALIGNED_METHOD for images a
-    per-position reference is applied to, msfr otherwise); any other setting as it is."""
-    if setting != AUTO:
-        return setting
-    return ALIGNED_METHOD if aligned else "msfr"
-
-
-def referred_by_parts(method: str, score_config) -> bool:
-    """Whether `method`'s maps under `score_config` get a per-position reference of each of
-    their parts (`COMPONENTS`): msfr_pixel at one level, without `normalize`; other settings
-    refer the averaged map."""
-    levels = score_config.get("pyramid", (1,))
-    return _has_parts(method, levels, score_config.get("normalize", "none"))
-
-
-def _has_parts(method: str, levels, normalize: str) -> bool:
-    """Whether maps of these options can come as `COMPONENTS` (`anomaly_maps`)."""
-    return method == "msfr_pixel" and tuple(levels) == (1,) and normalize == "none"
-
-
-def map_options(score_config) -> dict:
-    """The image-to-map options of a config's `score` section, as keyword arguments of
-    `anomaly_maps` and `make_map_fn` (absent fields: their defaults before they existed;
-    `auto` before evaluation resolved it: msfr)."""
-    return dict(
-        method=resolve_method(score_config.method, aligned=False),
-        scales=tuple(score_config.scales),
-        normalize=score_config.get("normalize", "none"),
-        stride=score_config.get("stride", PATCH),
-        flip=score_config.get("flip", "none"),
-        levels=tuple(score_config.get("pyramid", (1,))),
-    )
-
-
-def _check_stride(stride: int):
-    if not isinstance(stride, int) or stride not in STRIDES:
-        raise ValueError(f"score.stride must be one of {STRIDES}, got {stride!r}")
 
 
 def reconstruct(
@@ -142,7 +46,7 @@ def reconstruct(
     blend. `stride` 64 is the non-overlapping grid stitched back (exactly the grid path);
     smaller strides blend overlapping windows (`patches.from_windows`). With a `mesh`
     the windows are split over its devices."""
-    _check_stride(stride)
+    score_options.check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
     windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
@@ -205,14 +109,14 @@ def msfr_map(
 ):
     """Multi-scale feature residual map [B,H,W] (eq. 14) of images against reconstructions
     (`mesh`: see `feature_residuals`)."""
-    scales = _check_scales(scales)
+    scales = score_options.check_scales(scales)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape([images_BxHxWx3, rec_BxHxWx3], (b, h, w, 3))
     residuals = feature_residuals(model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), mesh)
-    total = float(sum(RF_AREAS[s] for s in scales))
+    total = float(sum(score_options.RF_AREAS[s] for s in scales))
     amap = jnp.zeros((b, h, w), jnp.float32)
     for s in scales:
-        amap = amap + (RF_AREAS[s] / total) * resize_bilinear(residuals[s - 1], h, w)
+        amap = amap + (score_options.RF_AREAS[s] / total) * resize_bilinear(residuals[s - 1], h, w)
     return amap
 
 
@@ -247,11 +151,12 @@ def anomaly_maps(
     `mesh`: a mesh (`spread_lib.local_mesh`) over which one call's windows and encoder passes are
     split (under jit), so that even a single image keeps every device busy.
     `components`: `msfr_pixel` only, one level, no `normalize`: maps [B,H,W,2], its parts
-    (`COMPONENTS`, each over its image's median) unaveraged; `raw_parts` (components only):
-    the parts before their medians (`map_levels.over_median_on_host` finishes them).
+    (`score_options.COMPONENTS`, each over its image's median) unaveraged; `raw_parts`
+    (components only): the parts before their medians (`map_levels.over_median_on_host`
+    finishes them).
     `median`: how the device takes medians (`map_levels.MEDIANS`; `sort` for ONNX).
     """
-    _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
+    score_options.check_options(method, normalize, stride, flip, levels, components, raw_parts)
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def raw_map(net, variables, x_BxHxWx3):
@@ -318,9 +223,9 @@ def make_map_fn(
         inserted zeros (MSFR of a 512x512 image: decoder 63 vs 133 ms, whole map 237 vs
         312 ms, measured side by side).
       normalize: among `map_levels.NORMALIZE` (see `map_levels.normalize_maps`).
-      stride: window stride among `STRIDES` (see `reconstruct`); the model's cost grows with
-        the window count, ~(64/stride)^2 times the grid's.
-      flip: among `FLIPS` (see `anomaly_maps`).
+      stride: window stride among `score_options.STRIDES` (see `reconstruct`); the model's
+        cost grows with the window count, ~(64/stride)^2 times the grid's.
+      flip: among `score_options.FLIPS` (see `anomaly_maps`).
       spread: jitted only: split each call's work over the local devices (`anomaly_maps`),
         for latency on few images; pmap spreads whole images instead.
       levels: the image scales scored (`score.pyramid`; see `anomaly_maps`).
@@ -329,8 +234,8 @@ def make_map_fn(
         (`map_levels.over_median_on_host`).
       median: how medians on the device are taken (`map_levels.MEDIANS`).
     """
-    _check_score_options(method, normalize, stride, flip, levels, components, raw_parts)
-    scales = _check_scales(scales)
+    score_options.check_options(method, normalize, stride, flip, levels, components, raw_parts)
+    scales = score_options.check_scales(scales)
     mesh = spread_lib.local_mesh() if spread and not pmapped else None
     if impl is not None and impl != getattr(model, "impl", impl):
         model = model.clone(impl=impl)

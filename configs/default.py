@@ -79,7 +79,7 @@ def get_config():
 
     c.score = ml_collections.ConfigDict()
     c.score.method = "auto"  # msfr (eq. 14) | pixel (|I - I'|) | segment (the head) | msfr_pixel
-    # | auto: msfr, and scoring.ALIGNED_METHOD where score.reference applies a reference
+    # | auto: msfr, and score_options.ALIGNED_METHOD where score.reference applies a reference
     c.score.scales = (1,)  # encoder layers used by MSFR: (1,) finest, 4x4 px; paper (1, 2, 3)
     c.score.normalize = "none"  # none | median (each map / its median; RESULTS.md)
     c.score.reference = "auto"  # none | mean (minus normal per-position mean) | zscore | auto

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from cmaae_jax import devices, inference, scoring
+from cmaae_jax import devices, inference, score_options, scoring
 from cmaae_jax import workdir as workdir_lib
 
 
@@ -37,7 +37,7 @@ def _divided_on_device(config, variables, components: bool, median: str = "selec
     else `score.normalize`'s): evaluation's scorer with the device's divided maps swapped in
     (same batching and devices)."""
     scorer = inference.Scorer(config, variables)
-    options = dict(scoring.map_options(config.score), components=components, median=median)
+    options = dict(score_options.map_options(config.score), components=components, median=median)
     scorer.fn = scoring.make_map_fn(scorer.net, pmapped=scorer.devices > 1, **options)
     if scorer.spread_fn is not None:
         scorer.spread_fn = scoring.make_map_fn(scorer.net, spread=True, **options)
@@ -58,7 +58,7 @@ def main():
     size = config.data.image_size
     x = np.random.default_rng(0).integers(0, 256, (args.images, size, size, 3), np.uint8)
     aligned = copy.deepcopy(config)
-    aligned.score.method = scoring.ALIGNED_METHOD
+    aligned.score.method = score_options.ALIGNED_METHOD
     median = copy.deepcopy(config)
     median.score.normalize = "median"
     timings = {

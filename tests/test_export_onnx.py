@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
 onnx = pytest.importorskip("onnx")
 
-from cmaae_jax import export, export_onnx, inference, model, scoring  # noqa: E402
+from cmaae_jax import export, export_onnx, inference, model, score_options, scoring  # noqa: E402
 from cmaae_jax import workdir as workdir_lib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_cli_export_onnx_then_run_without_jax(workdir, tmp_path):
 
 def test_onnx_applies_a_zscore_reference_to_the_aligned_method(workdir, tmp_path):
     config = workdir_lib.load_config(workdir)
-    config.score.method = scoring.ALIGNED_METHOD  # what `auto` scores aligned images with
+    config.score.method = score_options.ALIGNED_METHOD  # what `auto` scores aligned images with
     _, variables = inference.restore_variables(config, workdir)
     mean = np.linspace(0, 1e-3, 64 * 64, dtype=np.float32).reshape(64, 64)
     spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
@@ -139,7 +139,7 @@ def test_onnx_applies_a_zscore_reference_to_the_aligned_method(workdir, tmp_path
     ref = [mean, spread, 2 * mean, 3 * spread]  # one for each of msfr_pixel's parts
     side = export_onnx.save_onnx(path, config, variables, 0.1, batch=2, reference=ref)
     assert side["reference"] == {"shape": [64, 64], "kind": "zscore", "parts": 2}
-    assert side["method"] == scoring.ALIGNED_METHOD
+    assert side["method"] == score_options.ALIGNED_METHOD
     x = _images(2, seed=4)
     got = export_onnx.load_onnx(path)(x)
     parts = inference.Scorer(config, variables, components=True)(x)

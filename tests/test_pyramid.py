@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import configlib, model, patches, pyramid, scoring, spread
+from cmaae_jax import configlib, model, patches, pyramid, score_options, scoring, spread
 from configs import default
 
 
@@ -116,10 +116,10 @@ def test_spread_pyramid_equals_the_single_device_one(net):
 def test_map_options_read_from_a_config():
     config = default.get_config()
     config.score.pyramid = (1, 2)
-    options = scoring.map_options(config.score)
+    options = score_options.map_options(config.score)
     assert options["levels"] == (1, 2) and options["stride"] == config.score.stride
     del config.score["pyramid"]  # a run saved before the option existed: one scale
-    assert scoring.map_options(config.score)["levels"] == (1,)
+    assert score_options.map_options(config.score)["levels"] == (1,)
 
 
 def _checkerboards(n: int, h: int, w: int) -> np.ndarray:

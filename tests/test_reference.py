@@ -18,7 +18,7 @@ from cmaae_jax import (
     layouts,
     predict,
     reference,
-    scoring,
+    score_options,
 )
 from cmaae_jax import workdir as workdir_lib
 
@@ -48,7 +48,7 @@ def test_build_is_the_per_position_mean_and_spread_and_apply_uses_them():
 
 
 def test_a_reference_of_each_part_z_scores_them_apart_then_averages():
-    """Maps with parts [h, w, 2] (msfr_pixel's, `scoring.COMPONENTS`): a mean and a spread per
+    """Maps with parts [h, w, 2] (msfr_pixel's, `score_options.COMPONENTS`): a mean and a spread per
     part, each part referred to its own, then the parts averaged; without one, their mean."""
     a = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     b = np.array([[3.0, 2.0], [1.0, 0.0]], np.float32)
@@ -284,8 +284,8 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
 
     plain = _IndexScorer(first)
     chosen = evaluate.calibrate(plain, splits, config, rescorer=rescorer)
-    assert asked == [(scoring.ALIGNED_METHOD, True, True)]
-    assert chosen.method == scoring.ALIGNED_METHOD
+    assert asked == [(score_options.ALIGNED_METHOD, True, True)]
+    assert chosen.method == score_options.ALIGNED_METHOD
     # each held-out and reference image scored once, by the one scorer; none twice
     assert plain.scored == [] and sorted(made[0].scored) == [0, 2, 4, 5, 6, 7]
     _, handed_on = next(chosen.scorer.batches([np.full((16, 16, 3), 6, np.uint8)]))
@@ -304,8 +304,8 @@ def test_auto_method_rescores_aligned_images_with_the_aligned_method():
     assert chosen.threshold == pytest.approx(np.quantile(z, 0.99), rel=1e-5)
     minus = [m - np.mean([first[0], first[2], first[4]], 0) for m in first[5:]]
     assert chosen.reference_record["excess_mean"] == pytest.approx(_excess(minus, 0.99), rel=1e-4)
-    assert chosen.reference_record["method"] == scoring.ALIGNED_METHOD
-    assert chosen.reference_record["components"] == list(scoring.COMPONENTS)
+    assert chosen.reference_record["method"] == score_options.ALIGNED_METHOD
+    assert chosen.reference_record["components"] == list(score_options.COMPONENTS)
     assert chosen.reference_record["weights"] == list(reference.PART_WEIGHTS)
     # unaligned (raw msfr noise alone, the parts still structured): decided on raw msfr, so
     # no reference and the plain scorer handed on; the held-out maps are the raw msfr ones
@@ -467,14 +467,14 @@ def test_auto_method_on_aligned_images_is_recorded_and_predict_follows_it(tmp_pa
         tmp_path / "run", score__method="auto", score__reference="zscore", score__reference_images=4
     )
     result = evaluate.evaluate(None, str(workdir))
-    method = scoring.ALIGNED_METHOD
+    method = score_options.ALIGNED_METHOD
     assert result["method"] == method and result["reference"]["method"] == method
     assert result["config_overrides"] == {"score.method": ["auto", method]}
     config = workdir_lib.load_scoring_config(workdir)
     assert config.score.method == method
-    assert result["reference"]["components"] == list(scoring.COMPONENTS)
+    assert result["reference"]["components"] == list(score_options.COMPONENTS)
     ref = reference.load(workdir_lib.eval_dir(workdir) / reference.FILE)
-    assert reference.parts(ref) == len(scoring.COMPONENTS)
+    assert reference.parts(ref) == len(score_options.COMPONENTS)
     inputs = tmp_path / "in"
     inputs.mkdir()
     x = np.random.default_rng(6).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import configlib, map_levels, model, patches, scoring, spread
+from cmaae_jax import configlib, map_levels, model, patches, score_options, scoring, spread
 
 H = W = 128
 
@@ -110,7 +110,7 @@ def test_msfr_scales_and_weights_match_numpy(setup):
     np.testing.assert_allclose(full, want, rtol=1e-5, atol=1e-7 * want.max())
     two = _msfr(m, variables, images, rec, (3, 1))
     np.testing.assert_allclose(two, (16 * singles[1] + 196 * singles[3]) / 212, rtol=1e-5)
-    assert scoring.RF_AREAS == {1: 16, 2: 64, 3: 196}
+    assert score_options.RF_AREAS == {1: 16, 2: 64, 3: 196}
 
 
 def test_anomaly_maps_methods(setup):
@@ -138,9 +138,9 @@ def test_anomaly_maps_methods(setup):
         + want / np.median(want, axis=(1, 2), keepdims=True)
     )
     np.testing.assert_allclose(both, want_both, rtol=1e-4)
-    # its parts unaveraged (for a reference of each), in scoring.COMPONENTS' order
+    # its parts unaveraged (for a reference of each), in score_options.COMPONENTS' order
     parts = scoring.make_map_fn(m, "msfr_pixel", (2,), components=True)(variables, images)
-    assert scoring.COMPONENTS == ("msfr", "pixel") and parts.shape == want.shape + (2,)
+    assert score_options.COMPONENTS == ("msfr", "pixel") and parts.shape == want.shape + (2,)
     np.testing.assert_allclose(
         parts[..., 0], msfr / np.median(msfr, axis=(1, 2), keepdims=True), rtol=1e-4
     )
@@ -283,7 +283,7 @@ def test_bad_stride_is_rejected_by_scoring_and_config(setup):
 
     config = default.get_config()
     assert config.score.stride == 16  # the default (RESULTS.md, fifth session)
-    assert scoring.STRIDES == (8, 16, 32, 64)
+    assert score_options.STRIDES == (8, 16, 32, 64)
     for stride in (24, 0):
         config.score.stride = stride
         with pytest.raises(configlib.ConfigError, match="score.stride"):
