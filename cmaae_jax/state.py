@@ -8,6 +8,7 @@ Adam state for the rest (a new objective; Alg. 1 restarts the optimisation).
 
 import copy
 import ctypes
+import gc
 import hashlib
 import json
 
@@ -129,6 +130,15 @@ def release_freed_host_memory():
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def release_compiled_programs():
+    """Frees the programs JAX keeps compiled in its caches (a finished stage's training step:
+    about 165 MB of host memory at the benchmark's step on CPU, measured) and hands the
+    memory back to the OS; whatever runs later compiles again."""
+    jax.clear_caches()
+    gc.collect()
+    release_freed_host_memory()
 
 
 def init_state(config, net) -> TrainState:

@@ -170,7 +170,16 @@ def replicate(tree):
     return _same_layout(flax.jax_utils.replicate(tree))
 
 
-_same_layout = jax.pmap(lambda x: x, axis_name=AXIS)
+# Donated: its output takes over the copies it is given instead of adding two more to the
+# peak host memory (BENCHMARKS.md, thirty-sixth session).
+_same_layout = jax.pmap(lambda x: x, axis_name=AXIS, donate_argnums=0)
+
+
+def replica_shapes(tree):
+    """The shapes and dtypes of `replicate(tree)`: what `compile_step` needs to compile the
+    step before the replicas exist."""
+    d = jax.local_device_count()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((d, *np.shape(x)), x.dtype), tree)
 
 
 def first_replica(x) -> np.ndarray:
@@ -197,6 +206,8 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str
     """The step compiled ahead of its first call, on every process, with what compiling freed
     handed back to the OS before the step allocates its own buffers: compiled by its first
     call instead, both came on top of each other in the peak host memory (BENCHMARKS.md).
+    `rstate` and `args` may be shapes (`replica_shapes`, `jax.ShapeDtypeStruct`): compiled
+    before the state is replicated, the compiler's memory and the replicas' never meet.
     With several processes they all compile and wait here (`tag` names the barrier): one
     that loads the step from the compilation cache would otherwise reach the first collective
     while another still compiles, and gloo's 30 s set-up would fail. Their step stays the
@@ -214,6 +225,17 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str
         return compiled
     ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{tag}")
     return step_fn
+
+
+def compiled_with_replicas(step_fn, state, args: tuple, tag: str, cpu_scheduler: str):
+    """(`compile_step`'s step, `replicate(state)`). With one process the step compiles from
+    the replicas' shapes before they exist; several compile with the replicas themselves
+    (pmap reads abstract shapes there as global ones)."""
+    if jax.process_count() > 1:
+        rstate = replicate(state)
+        return compile_step(step_fn, rstate, args, tag, cpu_scheduler), rstate
+    compiled = compile_step(step_fn, replica_shapes(state), args, tag, cpu_scheduler)
+    return compiled, replicate(state)
 
 
 def _check_finite(values: dict, done: int, stage: int, workdir, mgr):
@@ -251,11 +273,12 @@ class _Run:
         tx = state_lib.make_optimizer(self.config, self.state.params, stage)
         step_fn = make_train_step(self.config, self.net, stage, tx)
         bank_arg = self.bank_arg(stage)
-        rstate, self.state = replicate(self.state), None
         key = replicate(jax.random.fold_in(self.base_key, first))
         args = self.sampler.step_args(first, bank_arg, key)  # compiled with, then run
         scheduler = t.get("cpu_scheduler", "default")
-        step_fn = compile_step(step_fn, rstate, args, f"{stage}_{first}", scheduler)
+        tag = f"{stage}_{first}"
+        step_fn, rstate = compiled_with_replicas(step_fn, self.state, args, tag, scheduler)
+        self.state = None
         for step in range(first, hi):
             if step > first:
                 key = replicate(jax.random.fold_in(self.base_key, step))
@@ -270,6 +293,8 @@ class _Run:
                 meta = state_lib.checkpoint_meta(self.config, stage)
                 checkpoint.save(self.mgr, done, unreplicate_to_host(rstate), meta)
         self.state = unreplicate_to_host(rstate)
+        del rstate, step_fn
+        state_lib.release_compiled_programs()  # the next stage and evaluation need room
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:

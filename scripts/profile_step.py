@@ -31,12 +31,11 @@ def traced_step(batch: int, trace_dir: str) -> str:
     """Traces TRACED_STEPS steps of the benchmark's step; returns the compiled step's HLO."""
     import jax
 
-    from cmaae_jax import benchmark, train
+    from cmaae_jax import benchmark
     from configs import default
 
     options = benchmark.Options(batch=batch)
-    _, step, state, args = benchmark.stage1_step(options, default.get_config())
-    compiled = train.compile_step(step, state, args, cpu_scheduler=options.cpu_scheduler)
+    _, compiled, _, state, args = benchmark.stage1_step(options, default.get_config())
     for _ in range(3):  # warm-up
         state, metrics = compiled(state, *args)
         jax.block_until_ready(metrics)

@@ -261,7 +261,12 @@ def test_feature_term_adds_its_weighted_residual_to_the_steps_loss(data_root):
     assert max(moved) > 1e-6
 
 
-def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with(data_root):
+@pytest.mark.parametrize("compiled_from", ["replicas", "shapes"])
+def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with(
+    data_root, compiled_from
+):
+    """Compiled ahead from the replicas or from their shapes alone (`replica_shapes`, before
+    they exist: `compiled_with_replicas`), the step gives the pmapped call's state bit for bit."""
     config = tiny_config(data_root)
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
@@ -269,7 +274,14 @@ def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with
     bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
     blank = np.zeros((4, 2, 64, 64, 3), np.uint8)
     first_key = train.replicate(jax.random.key(0))
-    compiled = train.compile_step(step, train.replicate(state), (blank, bank, first_key))
+    args = (blank, bank, first_key)
+    if compiled_from == "shapes":
+        compiled, replicas = train.compiled_with_replicas(step, state, args, "", "default")
+        shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(train.replica_shapes(state))]
+        assert shapes == [(x.shape, x.dtype) for x in jax.tree.leaves(replicas)]
+        assert shapes[0][0][0] == jax.local_device_count() > 1
+    else:
+        compiled = train.compile_step(step, train.replicate(state), args)
     assert isinstance(compiled, jax.stages.Compiled)  # one process: the executable itself
     images = np.random.default_rng(3).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
     key = train.replicate(jax.random.key(7))
