@@ -92,7 +92,9 @@ def test_pastes_rule_thresholds_baseline_maps_by_brute_force(monkeypatch):
         "test": _split(pasted, paste_masks.astype(np.uint8), ["spot"] * 4),
     }
     prior = 0.01
-    config = tiny_config("unused", eval__threshold_rule="pastes", eval__paste_prior=prior)
+    config = tiny_config(  # whole maps: the rim's own test is tests/test_image_score.py
+        "unused", eval__threshold_rule="pastes", eval__paste_prior=prior, eval__threshold_rim=False
+    )
     got = baselines.evaluate(splits, "local_contrast", 2.0, 0.99, config)
     assert len(calls) == 1 and np.array_equal(calls[0], val)  # the held-out images are pasted
 
