@@ -152,6 +152,7 @@ def stage1_step(args, base_config):
     step_fn = train.compile_step(step_fn, shapes, (images, bank, key), "", args.cpu_scheduler)
     compile_s = time.perf_counter() - t0
     rstate = train.replicate(state_lib.init_state(config, net))  # no host copy kept
+    state_lib.release_freed_host_memory()
     return net, step_fn, compile_s, rstate, (images, bank, key)
 
 

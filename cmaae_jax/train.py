@@ -279,6 +279,7 @@ class _Run:
         tag = f"{stage}_{first}"
         step_fn, rstate = compiled_with_replicas(step_fn, self.state, args, tag, scheduler)
         self.state = None
+        state_lib.release_freed_host_memory()  # the host copy's pages, before the steps' peak
         for step in range(first, hi):
             if step > first:
                 key = replicate(jax.random.fold_in(self.base_key, step))
