@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The rim plan's part 3 (docs/results/mt34/PLAN_rim.md): fresh demo seeds 3-8 (wood, an
 # unaligned texture) trained with today's defaults (eval.threshold_rim=True), each scored
-# again with eval.threshold_rim=false into <run>_norim, then the label-free F1 table
-# (scripts/rim_table.py f1: without the rim -> with it, as trained).
+# again with eval.threshold_rim=false into <run>_norim, then the label-free F1 table and part
+# 3's rule (scripts/rim_table.py f1: without the rim -> with it, as trained).
 #
 #   bash scripts/rim36_demo.sh
 #

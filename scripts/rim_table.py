@@ -11,8 +11,9 @@ Each argument after the part: label=<record as trained>:<record with the option>
 adopt where magnetic tile's mean4 (blowhole, break, crack, fray) rises by more than 0.03 on
 every magnetic tile run and no run loses more than 0.01, pooled or on any type. `f1` (part 2):
 label-free `pixel_f1` without and with `eval.threshold_rim`; adopt where magnetic tile's mean4
-rises on every magnetic tile run and no run loses more than 0.005, pooled or on any type.
-Markdown, to stdout.
+rises on every magnetic tile run and no run loses more than 0.005, pooled or on any type. Without a
+magnetic tile run (part 3, texture seeds): the pooled change may average -0.005 and reach
+-0.03 on the worst run. Markdown, to stdout.
 """
 
 import json
@@ -20,6 +21,9 @@ import pathlib
 import sys
 
 MEAN4 = ("blowhole", "break", "crack", "fray")
+# part 3 (the threshold_rim default on texture seeds): the pooled label-free F1 may fall by
+# this much on average over the runs, and by this much on the worst run
+TEXTURE_MEAN_LOSS, TEXTURE_WORST_LOSS = 0.005, 0.03
 PARTS = {  # part: (metric, rim key, mean4 gain needed, largest loss allowed)
     "image": ("image_auroc", "image_rim", 0.03, 0.01),
     "f1": ("pixel_f1", "threshold_rim", 0.0, 0.005),
@@ -53,9 +57,10 @@ def main(part, specs) -> None:
     key, rim_key, gain, loss = PARTS[part]
     print("| run | rim px | what | as trained | with the option | change |")
     print("|---|---:|---|---:|---:|---:|")
-    gains, worst = [], 0.0
+    gains, worst, pooled = [], 0.0, []
     for label, base, option in map(_pair, specs):
         a, b = _values(base, key), _values(option, key)
+        pooled.append(b["pooled"] - a["pooled"])
         for name in a:
             change = b[name] - a[name]
             if name != "mean4":
@@ -66,9 +71,17 @@ def main(part, specs) -> None:
             gains.append(b["mean4"] - a["mean4"])
         if part == "f1":
             print(f"| {label} | | types at half F1 max | {_halves(base)} | {_halves(option)} | |")
-    ok = bool(gains) and min(gains) > gain and worst >= -loss
-    print(f"\nmagnetic tile mean4 {key} gains: {', '.join(f'{g:+.4f}' for g in gains) or 'none'}"
-          f"; largest loss anywhere: {worst:+.4f}; rule {'met' if ok else 'not met'}")  # fmt: skip
+    if gains:
+        ok = min(gains) > gain and worst >= -loss
+        listed = ", ".join(f"{g:+.4f}" for g in gains)
+        print(f"\nmagnetic tile mean4 {key} gains: {listed}; largest loss anywhere: "
+              f"{worst:+.4f}; rule {'met' if ok else 'not met'}")  # fmt: skip
+        return
+    # part 3 (texture seeds, no magnetic tile run): the pooled change, averaged and worst
+    mean, low = sum(pooled) / len(pooled), min(pooled)
+    ok = mean >= -TEXTURE_MEAN_LOSS and low >= -TEXTURE_WORST_LOSS
+    print(f"\npooled {key} change over {len(pooled)} runs: mean {mean:+.4f}, worst {low:+.4f}; "
+          f"part 3's rule {'met' if ok else 'not met'}")  # fmt: skip
 
 
 if __name__ == "__main__":
