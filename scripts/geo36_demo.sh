@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# docs/results/geo36/PLAN.md (the geomean threshold for unaligned maps): fresh demo seeds 9-12
+# with today's defaults; prints each run's map, rule and the recorded candidates' pooled F1.
+#
+#   bash scripts/geo36_demo.sh
+#
+# Resumable: a finished run is skipped, an interrupted one resumes from its last checkpoint.
+# Run from the repository root with nothing else on the cores. Records: docs/results/geo36/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=runs/geo36
+records=docs/results/geo36
+mkdir -p "$out" "$records"
+for s in 9 10 11 12; do
+  [ -f "$out/demo_s$s/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
+    --workdir "$out/demo_s$s" --config.eval.max_pictures=4 --config.train.seed=$s
+  cp "$out/demo_s$s/eval/metrics.json" "$records/demo_s$s.json"
+done
+python - "$records" <<'PY'
+import json, pathlib, sys
+print("| seed | map | threshold rule used | F1 pastes | F1 geomean | F1 quantile |")
+print("|---|---|---|---|---|---|")
+for path in sorted(pathlib.Path(sys.argv[1]).glob("demo_s*.json")):
+    r = json.loads(path.read_text())
+    f1 = r.get("threshold_candidates_f1", {})
+    cells = " | ".join(f"{f1.get(k, float('nan')):.4f}" for k in ("pastes", "geomean", "quantile"))
+    print(f"| {path.stem} | {r['method']} | {r.get('threshold_rule', '?')} | {cells} |")
+PY
