@@ -123,10 +123,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def stage1_step(args, base_config):
-    """The benchmark's training step, compiled as `train.train` compiles it (before the
-    replicas exist): stage 1 on 64x64 images, one crop each (the batch of patches is the batch
-    of images), as `args` (Options) set it. Returns (net, compiled step, compile seconds,
-    replicated state, step args (images, bank, key) on the devices)."""
+    """The benchmark's training step, compiled ahead from the replicas' shapes as
+    `train.compiled_with_replicas` compiles it, here before the state is even initialised:
+    stage 1 on 64x64 images, one crop each (the batch of patches is the batch of images), as
+    `args` (Options) set it. Returns (net, compiled step, compile seconds, replicated state,
+    step args (images, bank, key) on the devices)."""
     config = copy.deepcopy(base_config)
     config.data.image_size = 64
     config.train.crops_per_image = 1
@@ -144,12 +145,12 @@ def stage1_step(args, base_config):
     images = jax.pmap(lambda x: x)(images)  # on device once, sharded as the step wants
     bank = train.replicate(jax.numpy.zeros((1, 1, 1, 3)))
     key = train.replicate(jax.random.key(0))
-    shapes = jax.eval_shape(lambda: state_lib.init_state(config, net))
-    tx = state_lib.make_optimizer(config, shapes.params, 1)
+    state_shapes = jax.eval_shape(lambda: state_lib.init_state(config, net))
+    tx = state_lib.make_optimizer(config, state_shapes.params, 1)
     step_fn = train.make_train_step(config, net, 1, tx)
     t0 = time.perf_counter()
-    shapes = train.replica_shapes(shapes)
-    step_fn = train.compile_step(step_fn, shapes, (images, bank, key), "", args.cpu_scheduler)
+    replicas = train.replica_shapes(state_shapes)
+    step_fn = train.compile_step(step_fn, replicas, (images, bank, key), "", args.cpu_scheduler)
     compile_s = time.perf_counter() - t0
     rstate = train.replicate(state_lib.init_state(config, net))  # no host copy kept
     state_lib.release_freed_host_memory()
