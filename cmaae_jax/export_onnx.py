@@ -21,7 +21,7 @@ installed; the converter is imported by `save_onnx` alone):
     masks, scores = mapper.masks(maps), mapper.scores(maps)
 
 A `data.resize=keep_aspect` model takes images whose long side is S: each is reflect-padded
-bottom/right into the S x S canvas and its map cropped back, as `export.ExportedMapper` does.
+bottom/right into the S x S canvas and its map cropped back, as `export_loader.ExportedMapper` does.
 """
 
 import hashlib
@@ -38,7 +38,7 @@ INPUT, OUTPUT = "images", "maps"
 META_KEY = "cmaae_jax"
 
 try:  # the package's error (a UserError); the copied runner works without the package
-    from cmaae_jax.export import SCALING, ExportError, reference_canvas, sidecar_path
+    from cmaae_jax.export_loader import SCALING, ExportError, sidecar_path
 except ImportError:  # pragma: no cover
     SCALING = "uint8 RGB x -> x / 127.5 - 1 (float32 in [-1, 1]); grayscale repeated to 3 channels"
 
@@ -67,7 +67,7 @@ def _map_function(config, variables, reference=None):
     import jax.numpy as jnp
 
     from cmaae_jax import model, score_options, scoring
-    from cmaae_jax.export import refer
+    from cmaae_jax.export import refer, reference_canvas
 
     net = model.from_config(config).clone(impl="xla", dtype=jnp.float32)
     options = score_options.map_options(config.score)
@@ -236,7 +236,7 @@ class OnnxMapper:
     def scores(self, maps) -> np.ndarray:
         """Each map's image score: the mean of its highest `image_top_share` of pixels, at
         least one (the maximum where the share is 0 or unrecorded), `image_rim` pixels on
-        every side left out first, as `export.top_mean` (restated here: this loader needs
+        every side left out first, as `export_loader.top_mean` (restated here: this loader needs
         neither jax nor the package)."""
         share, rim = self.meta.get("image_top_share", 0.0), self.meta.get("image_rim", 0)
         out = []

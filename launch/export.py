@@ -6,7 +6,7 @@
 Writes the serialized StableHLO (variables baked in) and `<output>.json` (threshold, image size,
 input layout and scaling). Run it anywhere jax runs, without this package:
 
-    from export import load          # cmaae_jax/export.py, copied: needs jax and numpy only
+    from export_loader import load   # cmaae_jax/export_loader.py, copied: jax and numpy only
     maps = load("cmaae.jaxexport")(images_uint8)
 
 `--format onnx` writes an ONNX model (cmaae_jax/export_onnx.py) for onnxruntime from Python,
@@ -17,7 +17,7 @@ C++ or C# (README, "Deployment"). The threshold comes from eval/metrics.json
 import _common
 from absl import app, flags
 
-from cmaae_jax import export, export_onnx, inference, predict, reference
+from cmaae_jax import export, export_loader, export_onnx, inference, predict, reference
 from cmaae_jax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, config.json).")
@@ -41,9 +41,9 @@ def main(argv):
         threshold = predict.find_threshold(_WORKDIR.value, _THRESHOLD.value)
         image_score, image_rim = predict.recorded_image_score(_WORKDIR.value, config)
         if _BATCH.value < 1:
-            raise export.ExportError(f"--batch={_BATCH.value}: must be at least 1")
+            raise export_loader.ExportError(f"--batch={_BATCH.value}: must be at least 1")
         if onnx and _PLATFORMS.value:
-            raise export.ExportError("--platforms is for --format=jax; ONNX runs anywhere")
+            raise export_loader.ExportError("--platforms is for --format=jax; ONNX runs anywhere")
         step, variables = inference.restore_variables(config, _WORKDIR.value, _STEP.value)
         ref = reference.load(workdir_lib.eval_dir(_WORKDIR.value) / reference.FILE)
         if onnx:
@@ -60,7 +60,7 @@ def main(argv):
     print(
         f"exported checkpoint {step} ({meta['method']}, {meta['image_size']}px, batch "
         f"{meta['batch']}, threshold {meta['threshold']:.4g}, {target}) "
-        f"to {output} and {export.sidecar_path(output)}"
+        f"to {output} and {export_loader.sidecar_path(output)}"
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import untrained_workdir
 
-from cmaae_jax import export, image_score, images, inference, model, scoring
+from cmaae_jax import export, export_loader, image_score, images, inference, model, scoring
 from cmaae_jax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,11 +41,11 @@ def test_exported_function_gives_the_library_maps(workdir, tmp_path, method):
     _, variables = inference.restore_variables(config, workdir)
     path = tmp_path / "m.jaxexport"
     meta = export.save(path, config, variables, threshold=0.05, batch=2, checkpoint_step=1)
-    side = json.loads(export.sidecar_path(path).read_text())
+    side = json.loads(export_loader.sidecar_path(path).read_text())
     assert side == meta and side["threshold"] == 0.05 and side["method"] == method
     assert side["input"]["shape"] == [2, 64, 64, 3] and side["platforms"] == ["cpu"]
 
-    mapper = export.load(path)
+    mapper = export_loader.load(path)
     x = _images(3)  # 3 images through a batch-2 function: chunked and padded
     maps = mapper(x)
     want = _library_maps(config, variables, x)
@@ -62,7 +62,8 @@ def test_exported_function_gives_the_library_maps(workdir, tmp_path, method):
     top = export.save(tmp_path / "t.jaxexport", config, variables, 0.05, 2, image_score="top")
     assert top["image_top_share"] == image_score.TOP_SHARE and "highest" in top["decision"]
     np.testing.assert_allclose(
-        export.load(tmp_path / "t.jaxexport").scores(maps), image_score.image_scores(maps, "top")
+        export_loader.load(tmp_path / "t.jaxexport").scores(maps),
+        image_score.image_scores(maps, "top"),
     )
     inner = export.save(
         tmp_path / "i.jaxexport", config, variables, 0.05, 2, image_score="top_inner", image_rim=3
@@ -70,7 +71,7 @@ def test_exported_function_gives_the_library_maps(workdir, tmp_path, method):
     assert inner["image_rim"] == 3 and "image_rim pixels" in inner["decision"]
     assert top["image_rim"] == 0  # only top_inner leaves a rim out
     wide = np.arange(10_000, dtype=np.float32).reshape(100, 100)
-    assert export.top_mean(wide, 0.0002) == pytest.approx((9_999 + 9_998) / 2)
+    assert export_loader.top_mean(wide, 0.0002) == pytest.approx((9_999 + 9_998) / 2)
     # float input in [-1, 1], a single image, a grayscale batch: the same contract.
     np.testing.assert_allclose(mapper(images.to_float(x)), maps, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(mapper(x[0]), maps[:1], rtol=1e-6, atol=1e-7)
@@ -109,7 +110,7 @@ def test_cli_export_then_run_without_the_model_code(workdir, tmp_path):
     x = _images(5, seed=1)
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "run.py").write_text(_STANDALONE)
-    args = [str(ROOT / "cmaae_jax" / "export.py"), str(out), str(tmp_path / "x.npy")]
+    args = [str(ROOT / "cmaae_jax" / "export_loader.py"), str(out), str(tmp_path / "x.npy")]
     args.append(str(tmp_path / "maps.npy"))
     r = subprocess.run(
         [sys.executable, str(tmp_path / "run.py"), *args],
@@ -132,24 +133,24 @@ def test_a_damaged_or_misused_artifact_is_a_clear_error(workdir, tmp_path):
     _, variables = inference.restore_variables(config, workdir)
     path = tmp_path / "m.jaxexport"
     export.save(path, config, variables, threshold=0.1, batch=1)  # keep_aspect, the default
-    with pytest.raises(export.ExportError, match="sides are at most 64"):
-        export.load(path)(np.zeros((2, 128, 128, 3), np.uint8))
+    with pytest.raises(export_loader.ExportError, match="sides are at most 64"):
+        export_loader.load(path)(np.zeros((2, 128, 128, 3), np.uint8))
     config.data.resize = "square"
     export.save(path, config, variables, threshold=0.1, batch=1)
-    mapper = export.load(path)
-    with pytest.raises(export.ExportError, match=r"\[N, 64, 64, 3\].*resize them to 64x64"):
+    mapper = export_loader.load(path)
+    with pytest.raises(export_loader.ExportError, match=r"\[N, 64, 64, 3\].*resize them to 64x64"):
         mapper(np.zeros((2, 128, 128, 3), np.uint8))
-    with pytest.raises(export.ExportError, match="dtype int64"):
+    with pytest.raises(export_loader.ExportError, match="dtype int64"):
         mapper(np.zeros((1, 64, 64, 3), np.int64))
-    with pytest.raises(export.ExportError, match="platforms"):
+    with pytest.raises(export_loader.ExportError, match="platforms"):
         export.save(tmp_path / "x", config, variables, 0.1, platforms=["tpu9"])
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(export.ExportError, match="corrupt or truncated"):
-        export.load(path)
-    export.sidecar_path(path).unlink()
-    with pytest.raises(export.ExportError, match="sidecar"):
-        export.load(path)
+    with pytest.raises(export_loader.ExportError, match="corrupt or truncated"):
+        export_loader.load(path)
+    export_loader.sidecar_path(path).unlink()
+    with pytest.raises(export_loader.ExportError, match="sidecar"):
+        export_loader.load(path)
 
 
 def test_both_loaders_score_images_as_evaluation_does():
@@ -166,7 +167,7 @@ def test_both_loaders_score_images_as_evaluation_does():
         onnx_mapper = export_onnx.OnnxMapper(session=None, meta=meta)
         want = image_score.image_scores(maps, how, rim)
         np.testing.assert_allclose(onnx_mapper.scores(maps), want, rtol=1e-6)
-        got = [export.top_mean(m, meta["image_top_share"], rim) for m in maps]
+        got = [export_loader.top_mean(m, meta["image_top_share"], rim) for m in maps]
         np.testing.assert_allclose(got, want, rtol=1e-6)
     # by hand: the rim's 4 px out, 92 x 92 = 8,464 pixels, the top 3 (0.0003 x 8,464 = 2.54)
     by_hand = [np.sort(m[4:96, 4:96].ravel())[-3:].mean() for m in maps]

@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
 onnx = pytest.importorskip("onnx")
 
-from cmaae_jax import export, export_onnx, inference, model, score_options, scoring  # noqa: E402
+from cmaae_jax import export_loader, export_onnx, inference, model, score_options, scoring  # noqa: E402
 from cmaae_jax import workdir as workdir_lib  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -56,12 +56,12 @@ def test_onnxruntime_gives_the_library_maps_and_carries_the_threshold(workdir, t
     config.data.image_size = 128  # 3 x 3 overlapping windows blended (64: one window)
     path = tmp_path / "m.onnx"
     side = export_onnx.save_onnx(path, config, variables, threshold=0.05, batch=2)
-    assert json.loads(export.sidecar_path(path).read_text()) == side
+    assert json.loads(export_loader.sidecar_path(path).read_text()) == side
     assert side["format"] == "onnx" and side["threshold"] == 0.05
     assert side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert float(props["threshold"]) == 0.05 and props["input_scaling"] == export.SCALING
+    assert float(props["threshold"]) == 0.05 and props["input_scaling"] == export_loader.SCALING
     assert json.loads(props["cmaae_jax"])["stride"] == 32
 
     # Plain onnxruntime, as a C++/C# user would call it: named tensors, fixed batch of 2.
@@ -78,10 +78,10 @@ def test_onnxruntime_gives_the_library_maps_and_carries_the_threshold(workdir, t
     _assert_close(got, _library_maps(config, variables, x3))
     np.testing.assert_array_equal(mapper.masks(got), got >= 0.05)
     np.testing.assert_array_equal(mapper.scores(got), got.max(axis=(1, 2)))
-    with pytest.raises(export.ExportError, match=r"\[N, 128, 128, 3\]"):
+    with pytest.raises(export_loader.ExportError, match=r"\[N, 128, 128, 3\]"):
         mapper(np.zeros((1, 32, 32, 3), np.uint8))
     path.with_name("junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(export.ExportError, match="not a loadable ONNX model"):
+    with pytest.raises(export_loader.ExportError, match="not a loadable ONNX model"):
         export_onnx.load_onnx(path.with_name("junk.onnx"))
 
 

@@ -13,6 +13,7 @@ from cmaae_jax import (
     baselines,
     evaluate,
     export,
+    export_loader,
     gaaga,
     images,
     inference,
@@ -302,14 +303,14 @@ def test_train_evaluate_predict_export_keep_aspect(trained_keep_aspect, tmp_path
     path = tmp_path / "m.jaxexport"
     meta = export.save(path, config, variables, r["threshold"], batch=2)
     assert meta["resize"] == "keep_aspect"
-    mapper = export.load(path)
+    mapper = export_loader.load(path)
     scaled = [im[:h, :w] for im, (h, w) in zip(loaded, valid, strict=True)]
     got = mapper(scaled)
     assert isinstance(got, list) and [g.shape for g in got] == valid
     for g, w_ in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w_, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(mapper.scores(got), [w_.max() for w_ in want], rtol=1e-4)
-    with pytest.raises(export.ExportError, match="long side is 128"):
+    with pytest.raises(export_loader.ExportError, match="long side is 128"):
         mapper(np.zeros((130, 64, 3), np.uint8))
 
 

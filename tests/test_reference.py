@@ -14,6 +14,7 @@ from cmaae_jax import (
     configlib,
     evaluate,
     export,
+    export_loader,
     inference,
     layouts,
     predict,
@@ -385,19 +386,19 @@ def test_export_subtracts_the_reference_and_refuses_other_sizes(tmp_path):
     config = workdir_lib.load_config(workdir)
     _, variables = inference.restore_variables(config, workdir)
     x = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    plain = export.load(_save(tmp_path / "a.jaxexport", config, variables, None))(x)
+    plain = export_loader.load(_save(tmp_path / "a.jaxexport", config, variables, None))(x)
     mean = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     spread = np.linspace(0.5, 2, 64 * 64, dtype=np.float32).reshape(64, 64)
-    mapper = export.load(_save(tmp_path / "b.jaxexport", config, variables, [mean, spread]))
+    mapper = export_loader.load(_save(tmp_path / "b.jaxexport", config, variables, [mean, spread]))
     assert mapper.meta["reference"] == {"shape": [64, 64], "kind": "zscore", "parts": 1}
     np.testing.assert_allclose(mapper(x), (plain - mean) / spread, rtol=1e-5, atol=1e-6)
-    with pytest.raises(export.ExportError, match="reference"):
-        export.check_reference_size(mapper.meta, [(64, 48)])
+    with pytest.raises(export_loader.ExportError, match="reference"):
+        export_loader.check_reference_size(mapper.meta, [(64, 48)])
     # msfr_pixel with a reference of each part: the exported maps are the library's
     config.score.method = "msfr_pixel"
     parts = inference.Scorer(config, variables, components=True)(x)  # [2, 64, 64, 2]
     ref = [mean, spread, 2 * mean, 3 * spread]
-    mapper = export.load(_save(tmp_path / "c.jaxexport", config, variables, ref))
+    mapper = export_loader.load(_save(tmp_path / "c.jaxexport", config, variables, ref))
     assert mapper.meta["reference"]["parts"] == 2
     want = 0.5 * ((parts[..., 0] - mean) / spread + (parts[..., 1] - 2 * mean) / (3 * spread))
     np.testing.assert_allclose(mapper(x), want, rtol=1e-5, atol=1e-6)
