@@ -15,12 +15,10 @@ every metric is exact (ties included). Past that, the keys are coarsened by drop
 mantissa bits (one bit at a time) until the bins fit: a bin then spans a relative score range
 of 2**(shift - 23), i.e. a log-scale histogram whose resolution adapts to the data and needs
 no score range in advance. Curve points stay exact at the bins' lower edges (every pixel of a
-bin is >= its lower edge); only pixels sharing a bin count as tied. New groups' bins wait
-until they number `max_bins` and are then merged at once (a merge sorts every bin kept, so
-merging after each image made evaluation's host time grow with the test set), which ends at
-the same shift: the least that keeps all the data's bins within `max_bins`. Memory: 28 bytes
-a bin (32 MB at the default 2**20 bins), twice that with the bins waiting, plus temporaries of
-one group of at most `group_pixels`.
+bin is >= its lower edge); only pixels sharing a bin count as tied. The bins and their
+coarsening are `score_keys.ScoreBins`'. Memory: 28 bytes a bin (32 MB at the default 2**20
+bins), twice that with the bins waiting, plus temporaries of one group of at most
+`group_pixels`.
 
 `pixel_f1` at the deployable threshold is exact whatever the binning when that threshold is
 passed to the constructor (`thresholds=`): the accumulator then also counts TP/FP for it.
@@ -38,7 +36,7 @@ import scipy.ndimage
 import scipy.stats
 
 from cmaae_jax import image_score as image_score_lib
-from cmaae_jax.score_keys import key_values, score_keys
+from cmaae_jax.score_keys import ScoreBins
 
 AUPRO_FPR_LIMIT = 0.3
 # The metrics every evaluation reports (metrics.json, per defect type, study records).
@@ -83,23 +81,6 @@ def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _unique_inverse(keys: np.ndarray, presorted: bool = False) -> tuple:
-    """`np.unique(keys, return_inverse=True)` for keys made of sorted runs (the kept bins and
-    each waiting group's), or already sorted (`presorted`, coarsening): a stable sort finds
-    the runs (numpy's timsort) where `np.unique` sorts from scratch; the same result."""
-    order = None if presorted else np.argsort(keys, kind="stable")
-    ordered = keys if presorted else keys[order]
-    first = np.empty(len(ordered), bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    rank = np.cumsum(first) - 1
-    if presorted:
-        return ordered[first], rank
-    inverse = np.empty_like(rank)
-    inverse[order] = rank
-    return ordered[first], inverse
-
-
 class PixelAccumulator:
     """Streaming summary of (anomaly map, ground-truth mask) pairs; see the module docstring.
 
@@ -120,19 +101,10 @@ class PixelAccumulator:
         image_score: str = "max",
         image_rim: int = 0,
     ):
-        if max_bins < 16:
-            raise ValueError(f"max_bins must be >= 16, got {max_bins}")
-        self.max_bins = int(max_bins)
+        self.bins = ScoreBins(max_bins)  # fails here for too few bins
         self.group_pixels = int(group_pixels)
         self.image_score = image_score_lib.check(image_score)  # fails here, not at update
         self.image_rim = int(image_rim)
-        self.shift = 0
-        self.keys = np.zeros(0, np.uint32)
-        self.neg = np.zeros(0, np.int64)
-        self.pos = np.zeros(0, np.int64)
-        self.pro = np.zeros(0, np.float64)
-        self._waiting: list[tuple] = []  # groups' (keys, neg, pos, pro) not merged yet
-        self._waiting_bins = 0
         self.num_regions = 0
         self.image_scores: list[float] = []
         self.image_labels: list[bool] = []
@@ -141,8 +113,8 @@ class PixelAccumulator:
     @property
     def bins_exact(self) -> bool:
         """True while every bin holds a single float32 score (all metrics exact)."""
-        self._flush()
-        return self.shift == 0
+        self.bins.flush()
+        return self.bins.shift == 0
 
     def update(self, maps, masks, labels=None, has_mask=None) -> None:
         """Add anomaly maps [N,H,W] (or [H,W]) and masks of the same shape (nonzero = defect).
@@ -181,37 +153,7 @@ class PixelAccumulator:
             counts[0] += int(np.count_nonzero(predicted & masks))
             counts[1] += int(np.count_nonzero(predicted & ~masks))
 
-        keys = score_keys(maps) >> np.uint32(self.shift)
-        neg_keys, neg_counts = np.unique(keys[~masks], return_counts=True)
-        pos_keys, inverse, pos_counts = np.unique(
-            keys[masks], return_inverse=True, return_counts=True
-        )
-        pos_weights = np.bincount(inverse.ravel(), weights=weights[masks], minlength=len(pos_keys))
-        no_n, no_p = np.zeros(len(neg_keys), np.int64), np.zeros(len(pos_keys), np.int64)
-        self._waiting.append((neg_keys, neg_counts, no_n, no_n.astype(np.float64)))
-        self._waiting.append((pos_keys, no_p, pos_counts, pos_weights))
-        self._waiting_bins += len(neg_keys) + len(pos_keys)
-        if self._waiting_bins >= self.max_bins:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Merges the waiting groups' bins into the kept ones, then coarsens while there are
-        more than `max_bins`."""
-        if not self._waiting:
-            return
-        columns = zip((self.keys, self.neg, self.pos, self.pro), *self._waiting, strict=True)
-        self._waiting, self._waiting_bins = [], 0
-        self._merge(*(np.concatenate(column) for column in columns))
-        while len(self.keys) > self.max_bins:
-            self.shift += 1
-            self._merge(self.keys >> np.uint32(1), self.neg, self.pos, self.pro, presorted=True)
-
-    def _merge(self, keys, neg, pos, pro, presorted=False) -> None:
-        self.keys, inverse = _unique_inverse(keys, presorted)
-        size = len(self.keys)
-        self.neg = np.bincount(inverse, weights=neg, minlength=size).round().astype(np.int64)
-        self.pos = np.bincount(inverse, weights=pos, minlength=size).round().astype(np.int64)
-        self.pro = np.bincount(inverse, weights=pro, minlength=size)
+        self.bins.add(maps, masks, weights)
 
     def curves(self) -> dict:
         """Cumulative counts at every bin's lower edge, thresholds in DESCENDING order.
@@ -219,14 +161,15 @@ class PixelAccumulator:
         Keys: `thresholds`, `tp`, `fp` (pixels >= threshold), `pro` (mean per-region overlap),
         `num_pos`, `num_neg`, `num_regions`.
         """
-        self._flush()
+        bins = self.bins
+        bins.flush()
         return {
-            "thresholds": key_values(self.keys, self.shift)[::-1],
-            "tp": np.cumsum(self.pos[::-1]),
-            "fp": np.cumsum(self.neg[::-1]),
-            "pro": np.cumsum(self.pro[::-1]) / max(1, self.num_regions),
-            "num_pos": int(self.pos.sum()),
-            "num_neg": int(self.neg.sum()),
+            "thresholds": bins.lower_edges()[::-1],
+            "tp": np.cumsum(bins.pos[::-1]),
+            "fp": np.cumsum(bins.neg[::-1]),
+            "pro": np.cumsum(bins.pro[::-1]) / max(1, self.num_regions),
+            "num_pos": int(bins.pos.sum()),
+            "num_neg": int(bins.neg.sum()),
             "num_regions": self.num_regions,
         }
 
@@ -282,7 +225,7 @@ class PixelAccumulator:
             recall = tp / num_pos
             out["pixel_ap"] = float(np.sum(np.diff(recall, prepend=0.0) * tp / (tp + fp)))
         if num_pos and num_neg:
-            pos_d, neg_d = self.pos[::-1].astype(np.float64), self.neg[::-1].astype(np.float64)
+            pos_d, neg_d = (b[::-1].astype(np.float64) for b in (self.bins.pos, self.bins.neg))
             wins = np.sum(neg_d * (tp - pos_d + 0.5 * pos_d))
             out["pixel_auroc"] = float(wins / (float(num_pos) * float(num_neg)))
         if self.num_regions and num_neg:
@@ -296,7 +239,7 @@ class PixelAccumulator:
             num_positive_pixels=num_pos,
             num_regions=self.num_regions,
             num_images=len(self.image_scores),
-            num_bins=len(self.keys),
+            num_bins=len(self.bins.keys),
             bins_exact=self.bins_exact,
         )
         return out

@@ -314,7 +314,7 @@ def test_image_by_image_updates_coarsen_to_the_least_shift_that_fits():
         assert value == pytest.approx(b[key], rel=1e-12, nan_ok=True), key
     keys = score_keys.score_keys(maps).ravel()  # by hand: distinct keys at each shift
     fits = [len(np.unique(keys >> np.uint32(s))) <= 100 for s in range(32)]
-    assert by_image.shift == fits.index(True) > 0 and b["num_bins"] <= 100
+    assert by_image.bins.shift == fits.index(True) > 0 and b["num_bins"] <= 100
 
 
 def test_score_keys_order_and_round_trip():
@@ -475,12 +475,12 @@ def test_unique_inverse_of_sorted_runs_equals_numpy_unique():
         np.zeros(0, np.uint32),
     ]
     for keys in cases:
-        unique, inverse = metrics._unique_inverse(keys)
+        unique, inverse = score_keys.unique_inverse(keys)
         want_unique, want_inverse = np.unique(keys, return_inverse=True)
         np.testing.assert_array_equal(unique, want_unique)
         np.testing.assert_array_equal(inverse, want_inverse.ravel())
         shifted = want_unique >> np.uint32(3)  # coarsening: sorted, with new duplicates
-        unique, inverse = metrics._unique_inverse(shifted, presorted=True)
+        unique, inverse = score_keys.unique_inverse(shifted, presorted=True)
         want_unique, want_inverse = np.unique(shifted, return_inverse=True)
         np.testing.assert_array_equal(unique, want_unique)
         np.testing.assert_array_equal(inverse, want_inverse.ravel())
