@@ -15,7 +15,7 @@ a warning.
 
 import os
 
-from cmaae_jax import layouts
+from cmaae_jax import images, layouts
 from cmaae_jax.layouts import DatasetError  # re-exported: evaluate and launch catch it here
 
 FORMATS = ("mvtec", "dagm", "folder", "synthetic")
@@ -116,3 +116,19 @@ def load_train(config):
         return load_splits(config)["train"]
     entries = list_train_entries(config)
     return layouts.read_entries(entries, config.data.image_size, resize=_resize(config.data))
+
+
+def check_eval_files(config) -> None:
+    """Reads the headers of the held-out and test images and masks that evaluation decodes
+    after training: an unreadable file, or a mask of another size than its image, fails
+    before training instead of after it (naming the file). TFDS: nothing to check here."""
+    if config.data.get("use_tfds", False):
+        return
+    _check_source(config.data)
+    train, test, _ = _list_files(config)
+    val = layouts.split_train_val(train, config.eval.val_fraction, config.train.seed)[1]
+    for entry in (*val, *test):
+        try:
+            images.check_pair(entry.path, entry.mask_path)
+        except images.ImageError as e:
+            raise DatasetError(str(e)) from e

@@ -263,13 +263,22 @@ def load_pair(image_path, mask_path, image_size, resize="square"):
     image = load_image(image_path, image_size, resize)
     if mask_path is None:
         return image, np.zeros(image.shape[:2], np.uint8)
-    (h, w), (mask_h, mask_w) = original_size(image_path), original_size(mask_path)
-    if (mask_h, mask_w) != (h, w):
-        raise ImageError(
-            f"{mask_path}: mask is {mask_w}x{mask_h} (width x height) but its image "
-            f"{os.fspath(image_path)} is {w}x{h}"
-        )
-    return image, load_mask(mask_path, image_size, expected_hw=(h, w), resize=resize)
+    hw = check_pair(image_path, mask_path)
+    return image, load_mask(mask_path, image_size, expected_hw=hw, resize=resize)
+
+
+def check_pair(image_path, mask_path=None) -> tuple[int, int]:
+    """The (height, width) of the image at `image_path`, from the headers alone: raises
+    ImageError where the image or its mask cannot be opened, or the mask is of another size."""
+    h, w = original_size(image_path)
+    if mask_path is not None:
+        mask_h, mask_w = original_size(mask_path)
+        if (mask_h, mask_w) != (h, w):
+            raise ImageError(
+                f"{mask_path}: mask is {mask_w}x{mask_h} (width x height) but its image "
+                f"{os.fspath(image_path)} is {w}x{h}"
+            )
+    return h, w
 
 
 def to_float(images_uint8):

@@ -221,12 +221,11 @@ def bind_config(config, workdir):
     legitimate evaluation choice, returned as {field: (trained, used)} to be recorded). A
     field the parameters depend on (TRAINED_FIELDS) that differs is refused.
     """
-    path = workdir_lib.config_path(workdir)
-    if not path.is_file():  # no training run here; restoring will say so
+    if config is None:  # the run's own: a workdir without config.json is refused here
+        return workdir_lib.load_config(workdir), {}
+    if not workdir_lib.config_path(workdir).is_file():  # no training run; restoring says so
         return config, {}
     trained = workdir_lib.load_config(workdir)
-    if config is None:
-        return trained, {}
     check_same_model(config, trained, workdir)
     bound = copy.deepcopy(trained)
     overrides = {}

@@ -29,6 +29,7 @@ from absl import logging
 from cmaae_jax import (
     checkpoint,
     configlib,
+    datasets,
     devices,
     gaaga,
     images,
@@ -301,6 +302,7 @@ class _Run:
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
     """Runs (or resumes) the two training stages; returns the final host state."""
     configlib.validate(config, jax.device_count())
+    datasets.check_eval_files(config)  # a broken test file fails now, not after training
     workdir = pathlib.Path(workdir)
     t = config.train
     total = t.stage1_steps + t.stage2_steps

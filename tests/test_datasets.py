@@ -435,3 +435,27 @@ def test_load_train_decodes_only_the_train_split(tmp_path, resize):
     np.testing.assert_array_equal(
         np.stack(datasets.load_train(config).images), np.stack(whole.images)
     )
+
+
+def test_eval_files_are_checked_before_training(tmp_path):
+    """A held-out or test file that evaluation could not read, or a mask of another size,
+    stops training before any step or checkpoint, naming the file; the good tree passes."""
+    from conftest import tiny_config
+
+    from cmaae_jax import train
+
+    base = _mvtec(tmp_path / "wood", num_train=6)
+    config = tiny_config(tmp_path / "unused")
+    config.data.format, config.data.root, config.data.category = "mvtec", str(tmp_path), "wood"
+    config.eval.val_fraction = 0.2
+    datasets.check_eval_files(config)  # nothing wrong
+    _mask(base / "ground_truth/crack/c1_mask.png", (80, 90))
+    with pytest.raises(layouts.DatasetError, match=r"c1_mask.png: mask is 90x80.*c1.png is 96x80"):
+        train.train(config, str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
+    _mask(base / "ground_truth/crack/c1_mask.png")
+    train_paths = set(datasets.load_train(config).paths)
+    (held_out,) = set(map(str, (base / "train/good").iterdir())) - train_paths
+    pathlib.Path(held_out).write_bytes(b"not a png")
+    with pytest.raises(layouts.DatasetError, match=f"{held_out}: not a readable image"):
+        datasets.check_eval_files(config)

@@ -180,3 +180,14 @@ def test_fields_added_later_leave_older_digests_alone(tmp_path):
     with config.unlocked():
         del config.model["segment_head"]
     assert state.config_digest(config) == expected
+
+
+def test_evaluating_a_folder_that_is_no_run_names_its_missing_config(tmp_path):
+    """No --config and no config.json: one clear error naming the file, no traceback of a
+    missing config (a launcher prints the UserError's line)."""
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    for call in (evaluate.evaluate, evaluate.check_held_out):
+        with pytest.raises(workdir_lib.WorkdirError) as e:
+            call(None, str(empty))
+        assert str(workdir_lib.config_path(empty)) in str(e.value) and "not found" in str(e.value)
