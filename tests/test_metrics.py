@@ -484,3 +484,28 @@ def test_unique_inverse_of_sorted_runs_equals_numpy_unique():
         want_unique, want_inverse = np.unique(shifted, return_inverse=True)
         np.testing.assert_array_equal(unique, want_unique)
         np.testing.assert_array_equal(inverse, want_inverse.ravel())
+
+
+def test_score_bins_hold_each_distinct_score_with_its_counts_by_hand():
+    """Groups added one by one: each distinct score one bin, its negative and positive pixel
+    counts and the positives' summed weight, as a loop over the pixels gives."""
+    rng = np.random.default_rng(3)
+    bins = score_keys.ScoreBins(max_bins=64)
+    want = {}  # score -> [neg, pos, weight]
+    for _ in range(4):
+        scores = rng.choice(np.float32([-1.5, 0.0, 0.25, 2.0, 7.0]), size=30)
+        positive = rng.random(30) < 0.4
+        weights = rng.random(30)
+        bins.add(scores, positive, weights)
+        for s, p, w in zip(scores, positive, weights, strict=True):
+            row = want.setdefault(float(s), [0, 0, 0.0])
+            row[1 if p else 0] += 1
+            row[2] += w if p else 0.0
+    bins.flush()
+    assert bins.shift == 0
+    np.testing.assert_array_equal(bins.lower_edges(), sorted(want))
+    for i, s in enumerate(sorted(want)):
+        assert (bins.neg[i], bins.pos[i]) == tuple(want[s][:2])
+        assert bins.pro[i] == pytest.approx(want[s][2])
+    with pytest.raises(ValueError, match="max_bins"):
+        score_keys.ScoreBins(max_bins=8)
