@@ -6,11 +6,12 @@
 #   bash scripts/geo36_demo.sh
 #
 # Resumable: a finished run is skipped, an interrupted one resumes from its last checkpoint.
-# Run from the repository root with nothing else on the cores. Records: docs/results/geo36/.
+# Run from the repository root with nothing else on the cores. Records: docs/results/geo36/
+# (RECORDS=, OUT= and SEEDS= change the folders and the seeds: docs/results/geo37/PLAN.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=runs/geo36
-records=docs/results/geo36
+out=${OUT:-runs/geo36}
+records=${RECORDS:-docs/results/geo36}
 mkdir -p "$out" "$records"
 for s in ${SEEDS:-9 10 11 12 13 14}; do
   [ -f "$out/demo_s$s/eval/metrics.json" ] || python launch/train.py --config configs/demo.py \
