@@ -77,6 +77,4 @@ def tile(spec) -> None:
 
 
 if __name__ == "__main__":
-    {"wood": lambda args: wood(args), "tile": lambda args: tile(args[0])}[sys.argv[1]](
-        sys.argv[2:]
-    )
+    {"wood": lambda args: wood(args), "tile": lambda args: tile(args[0])}[sys.argv[1]](sys.argv[2:])
