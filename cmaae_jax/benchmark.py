@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from cmaae_jax import devices, gaaga, model, scoring, spread, train
+from cmaae_jax import devices, gaaga, model, replicas, scoring, spread, train
 from cmaae_jax import state as state_lib
 
 
@@ -124,7 +124,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def stage1_step(args, base_config):
     """The benchmark's training step, compiled ahead from the replicas' shapes as
-    `train.compiled_with_replicas` compiles it, here before the state is even initialised:
+    `replicas.compiled_with_replicas` compiles it, here before the state is even initialised:
     stage 1 on 64x64 images, one crop each (the batch of patches is the batch of images), as
     `args` (Options) set it. Returns (net, compiled step, compile seconds, replicated state,
     step args (images, bank, key) on the devices)."""
@@ -143,16 +143,16 @@ def stage1_step(args, base_config):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (d, args.batch // d, 64, 64, 3), dtype=np.uint8)
     images = jax.pmap(lambda x: x)(images)  # on device once, sharded as the step wants
-    bank = train.replicate(jax.numpy.zeros((1, 1, 1, 3)))
-    key = train.replicate(jax.random.key(0))
+    bank = replicas.replicate(jax.numpy.zeros((1, 1, 1, 3)))
+    key = replicas.replicate(jax.random.key(0))
     state_shapes = jax.eval_shape(lambda: state_lib.init_state(config, net))
     tx = state_lib.make_optimizer(config, state_shapes.params, 1)
     step_fn = train.make_train_step(config, net, 1, tx)
     t0 = time.perf_counter()
-    replicas = train.replica_shapes(state_shapes)
-    step_fn = train.compile_step(step_fn, replicas, (images, bank, key), "", args.cpu_scheduler)
+    shapes = replicas.replica_shapes(state_shapes)
+    step_fn = replicas.compile_step(step_fn, shapes, (images, bank, key), "", args.cpu_scheduler)
     compile_s = time.perf_counter() - t0
-    rstate = train.replicate(state_lib.init_state(config, net))  # no host copy kept
+    rstate = replicas.replicate(state_lib.init_state(config, net))  # no host copy kept
     state_lib.release_freed_host_memory()
     return net, step_fn, compile_s, rstate, (images, bank, key)
 
@@ -179,7 +179,7 @@ def bench_train(args, base_config):
     if not np.isfinite(loss[1]):
         raise SystemExit(f"training loss is not finite: {loss[1]}")
     median = statistics.median(steps)
-    host = train.unreplicate_to_host(holder["state"])
+    host = replicas.unreplicate_to_host(holder["state"])
     variables = {"params": host.params, "batch_stats": host.batch_stats}
     return (
         net,

@@ -17,34 +17,29 @@ the uninterrupted run drew, so it ends with the same parameters.
 import functools
 import pathlib
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 
 from cmaae_jax import (
     checkpoint,
     configlib,
     datasets,
-    devices,
     gaaga,
     images,
     losses,
     model,
     natural_images,
     pyramid,
+    replicas,
     train_log,
 )
 from cmaae_jax import sampler as sampler_lib
 from cmaae_jax import state as state_lib
 from cmaae_jax import workdir as workdir_lib
-
-AXIS = "batch"
-
 
 # config train.remat (state.REMAT_OPTIONS): what the backward pass keeps of the forward pass;
 # the rest is recomputed from the kept values.
@@ -58,7 +53,8 @@ def make_train_step(config, net, stage: int, tx):
     """Pmapped step: (state, images_u8 [D,n,S,S,3], bank [D,K,S,S,3], key[, sizes [D,n,2]])
     -> (state, metrics). `sizes` (keep_aspect canvases) bounds the crops to each image's valid
     region; without it the step is the square-mode one."""
-    return jax.pmap(device_step(config, net, stage, tx), axis_name=AXIS, donate_argnums=(0,))
+    step = device_step(config, net, stage, tx)
+    return jax.pmap(step, axis_name=replicas.AXIS, donate_argnums=(0,))
 
 
 def stage_inputs(config, stage: int, key, clean, bank, sizes_nx2=None):
@@ -113,12 +109,12 @@ def make_loss_fn(config, batch_stats, x_Bx64x64x3, y_Bx64x64x3, mask_Bx64x64=Non
 
 def device_step(config, net, stage: int, tx):
     """The step of one device (arguments without the leading device axis), its collectives
-    over the axis `AXIS`: what `make_train_step` pmaps."""
+    over the axis `replicas.AXIS`: what `make_train_step` pmaps."""
     t = config.train
-    net = net.clone(axis_name=AXIS)
+    net = net.clone(axis_name=replicas.AXIS)
 
     def step(state, images_u8, bank, key, sizes_nx2=None):
-        key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+        key = jax.random.fold_in(key, jax.lax.axis_index(replicas.AXIS))
         k_anomaly, k_crop = jax.random.split(key)
         inp, target, mask = stage_inputs(
             config, stage, k_anomaly, images.to_float(images_u8), bank, sizes_nx2
@@ -142,12 +138,12 @@ def device_step(config, net, stage: int, tx):
             return jax.value_and_grad(loss_fn, has_aux=True)(params, net)
 
         (loss, (parts, batch_stats)), grads = model.per_platform(net, value_and_grad, state.params)
-        grads = jax.lax.pmean(grads, AXIS)
+        grads = jax.lax.pmean(grads, replicas.AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         factor = state_lib.lr_factor(config, stage, state.step)
         updates = jax.tree.map(lambda u: u * factor, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = jax.lax.pmean({"loss": loss, **parts}, AXIS)
+        metrics = jax.lax.pmean({"loss": loss, **parts}, replicas.AXIS)
         ema = state_lib.update_ema(config, state.ema, params)
         new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state, ema)
         return new, metrics
@@ -162,37 +158,6 @@ def focus_count(config) -> int:
     return int(round(share * config.train.crops_per_image))
 
 
-def replicate(tree):
-    """Copies `tree` onto every local device, in the layout the pmapped step returns.
-
-    `flax.jax_utils.replicate` places arrays on an equal but differently keyed device mesh, so
-    feeding its output and then the step's own output would compile the step twice.
-    """
-    return _same_layout(flax.jax_utils.replicate(tree))
-
-
-# Donated: its output takes over the copies it is given instead of adding two more to the
-# peak host memory (BENCHMARKS.md, thirty-sixth session).
-_same_layout = jax.pmap(lambda x: x, axis_name=AXIS, donate_argnums=0)
-
-
-def replica_shapes(tree):
-    """The shapes and dtypes of `replicate(tree)`: what `compile_step` needs to compile the
-    step before the replicas exist."""
-    d = jax.local_device_count()
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((d, *np.shape(x)), x.dtype), tree)
-
-
-def first_replica(x) -> np.ndarray:
-    """The copy on this process's first device, read without dispatching an op: `x[0]` would
-    compile a gather for every distinct shape (seconds per checkpoint on a small model)."""
-    return np.asarray(x.addressable_data(0))[0]
-
-
-def unreplicate_to_host(tree):
-    return jax.tree.map(first_replica, tree)
-
-
 def _start(config, workdir: pathlib.Path, net, mgr):
     """(first step, host state, stage the state is in) from the newest checkpoint or init."""
     found = state_lib.restore_state(config, net, mgr)
@@ -201,42 +166,6 @@ def _start(config, workdir: pathlib.Path, net, mgr):
     start, state, meta = found
     logging.info("resuming from checkpoint %d (stage %d) in %s", start, meta["stage"], workdir)
     return start, state, int(meta["stage"])
-
-
-def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str = "default"):
-    """The step compiled ahead of its first call, on every process, with what compiling freed
-    handed back to the OS before the step allocates its own buffers: compiled by its first
-    call instead, both came on top of each other in the peak host memory (BENCHMARKS.md).
-    `rstate` and `args` may be shapes (`replica_shapes`, `jax.ShapeDtypeStruct`): compiled
-    before the state is replicated, the compiler's memory and the replicas' never meet.
-    With several processes they all compile and wait here (`tag` names the barrier): one
-    that loads the step from the compilation cache would otherwise reach the first collective
-    while another still compiles, and gloo's 30 s set-up would fail. Their step stays the
-    pmapped function (its ahead-of-time executable expects global shapes, the calls give
-    this process's), whose first call then finds the compiled step in the cache.
-    `cpu_scheduler` (config train.cpu_scheduler) orders the step's instructions on a CPU
-    with one process; several keep XLA's order (the pmapped call takes no compiler options,
-    and compiled with others its cache entry would not be the one the call looks up)."""
-    single = jax.process_count() == 1
-    platform = jax.local_devices()[0].platform
-    options = devices.cpu_compiler_options(cpu_scheduler, platform) if single else None
-    compiled = step_fn.lower(rstate, *args).compile(compiler_options=options)
-    state_lib.release_freed_host_memory()
-    if single:
-        return compiled
-    ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{tag}")
-    return step_fn
-
-
-def compiled_with_replicas(step_fn, state, args: tuple, tag: str, cpu_scheduler: str):
-    """(`compile_step`'s step, `replicate(state)`). With one process the step compiles from
-    the replicas' shapes before they exist; several compile with the replicas themselves
-    (pmap reads abstract shapes there as global ones)."""
-    if jax.process_count() > 1:
-        rstate = replicate(state)
-        return compile_step(step_fn, rstate, args, tag, cpu_scheduler), rstate
-    compiled = compile_step(step_fn, replica_shapes(state), args, tag, cpu_scheduler)
-    return compiled, replicate(state)
 
 
 def _check_finite(values: dict, done: int, stage: int, workdir, mgr):
@@ -261,9 +190,9 @@ class _Run:
 
     def bank_arg(self, stage: int):
         if stage == 1:
-            return replicate(jnp.zeros((1, 1, 1, 3)))
+            return replicas.replicate(jnp.zeros((1, 1, 1, 3)))
         if self.bank is None:  # uint8: 4x less device memory than float
-            self.bank = replicate(natural_images.bank_for_config(self.config))
+            self.bank = replicas.replicate(natural_images.bank_for_config(self.config))
         return self.bank
 
     def stage(self, stage: int, first: int, hi: int):
@@ -274,27 +203,27 @@ class _Run:
         tx = state_lib.make_optimizer(self.config, self.state.params, stage)
         step_fn = make_train_step(self.config, self.net, stage, tx)
         bank_arg = self.bank_arg(stage)
-        key = replicate(jax.random.fold_in(self.base_key, first))
+        key = replicas.replicate(jax.random.fold_in(self.base_key, first))
         args = self.sampler.step_args(first, bank_arg, key)  # compiled with, then run
         scheduler = t.get("cpu_scheduler", "default")
         tag = f"{stage}_{first}"
-        step_fn, rstate = compiled_with_replicas(step_fn, self.state, args, tag, scheduler)
+        step_fn, rstate = replicas.compiled_with_replicas(step_fn, self.state, args, tag, scheduler)
         self.state = None
         state_lib.release_freed_host_memory()  # the host copy's pages, before the steps' peak
         for step in range(first, hi):
             if step > first:
-                key = replicate(jax.random.fold_in(self.base_key, step))
+                key = replicas.replicate(jax.random.fold_in(self.base_key, step))
                 args = self.sampler.step_args(step, bank_arg, key)
             rstate, metrics = step_fn(rstate, *args)
             done = step + 1
             if done % t.log_every == 0 or done == hi:
-                values = {k: float(first_replica(v)) for k, v in metrics.items()}
+                values = {k: float(replicas.first_replica(v)) for k, v in metrics.items()}
                 _check_finite(values, done, stage, self.workdir, self.mgr)
                 self.log.write(done, stage, values)
             if done % t.checkpoint_every == 0 or done == hi:
                 meta = state_lib.checkpoint_meta(self.config, stage)
-                checkpoint.save(self.mgr, done, unreplicate_to_host(rstate), meta)
-        self.state = unreplicate_to_host(rstate)
+                checkpoint.save(self.mgr, done, replicas.unreplicate_to_host(rstate), meta)
+        self.state = replicas.unreplicate_to_host(rstate)
         del rstate, step_fn
         state_lib.release_compiled_programs()  # the next stage and evaluation need room
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import tiny_config
 
-from cmaae_jax import export, model, scoring, train
+from cmaae_jax import export, model, replicas, scoring, train
 from cmaae_jax import state as state_lib
 
 
@@ -33,7 +33,7 @@ def _step_text(config, impl: str, platform: str) -> str:
     net = model.from_config(config)
     state = state_lib.to_stage2(config, state_lib.init_state(config, net))
     tx = state_lib.make_optimizer(config, state.params, 2)
-    step = jax.jit(jax.vmap(train.device_step(config, net, 2, tx), axis_name=train.AXIS))
+    step = jax.jit(jax.vmap(train.device_step(config, net, 2, tx), axis_name=replicas.AXIS))
     stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)  # noqa: E731
     images = jnp.zeros((2, 2, 64, 64, 3), jnp.uint8)
     bank = stack(jnp.zeros((2, 64, 64, 3)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import calibration, configlib, losses, model, scoring, segmenter, train
+from cmaae_jax import calibration, configlib, losses, model, replicas, scoring, segmenter, train
 from cmaae_jax import state as state_lib
 
 
@@ -77,12 +77,12 @@ def _stage2_steps(config, state, keys):
     tx = state_lib.make_optimizer(config, state.params, 2)
     step = train.make_train_step(config, net, 2, tx)
     images = np.full((4, 2, 64, 64, 3), 150, np.uint8)
-    bank = train.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
-    rstate, metrics = train.replicate(state), []
+    bank = replicas.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
+    rstate, metrics = replicas.replicate(state), []
     for k in keys:
-        rstate, m = step(rstate, images, bank, train.replicate(jax.random.key(k)))
+        rstate, m = step(rstate, images, bank, replicas.replicate(jax.random.key(k)))
         metrics.append({k: float(v[0]) for k, v in m.items()})
-    return train.unreplicate_to_host(rstate), metrics
+    return replicas.unreplicate_to_host(rstate), metrics
 
 
 def test_stage2_trains_the_head_without_touching_the_auto_encoders_updates(data_root):

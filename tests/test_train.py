@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import checkpoint, configlib, devices, inference, model, train
+from cmaae_jax import checkpoint, configlib, devices, inference, model, replicas, train
 from cmaae_jax import state as state_lib
 
 
@@ -28,13 +28,13 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
     state = state_lib.init_state(config, net)
     # A learnable toy: every device sees the same flat grey images.
     images = np.full((4, 2, 64, 64, 3), 150, np.uint8)
-    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
     tx1 = state_lib.make_optimizer(config, state.params, 1)
     step1 = train.make_train_step(config, net, 1, tx1)
-    rstate = train.replicate(state)
+    rstate = replicas.replicate(state)
     losses = []
     for i in range(8):
-        rstate, m = step1(rstate, images, bank, train.replicate(jax.random.key(i)))
+        rstate, m = step1(rstate, images, bank, replicas.replicate(jax.random.key(i)))
         losses.append(float(m["loss"][0]))
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0], losses
@@ -42,9 +42,9 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
     for leaf in jax.tree.leaves((rstate.params, rstate.batch_stats)):
         leaf = np.asarray(leaf)
         assert all(np.array_equal(leaf[0], leaf[d]) for d in range(1, 4))
-    after1 = _flat(train.unreplicate_to_host(rstate).params)
+    after1 = _flat(replicas.unreplicate_to_host(rstate).params)
 
-    state2 = state_lib.to_stage2(config, train.unreplicate_to_host(rstate))
+    state2 = state_lib.to_stage2(config, replicas.unreplicate_to_host(rstate))
     # The memory has no optimizer state in stage 2.
     n_adam = sum(x.size for x in jax.tree.leaves(state2.opt_state))
     n_params = sum(x.size for x in jax.tree.leaves(state2.params))
@@ -52,12 +52,12 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
     assert n_adam < 2 * n_params and n_adam >= 2 * (n_params - n_memory)
     tx2 = state_lib.make_optimizer(config, state2.params, 2)
     step2 = train.make_train_step(config, net, 2, tx2)
-    rbank = train.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
-    rstate = train.replicate(state2)
+    rbank = replicas.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
+    rstate = replicas.replicate(state2)
     for i in range(3):
-        rstate, m = step2(rstate, images, rbank, train.replicate(jax.random.key(10 + i)))
+        rstate, m = step2(rstate, images, rbank, replicas.replicate(jax.random.key(10 + i)))
         assert np.isfinite(float(m["loss"][0]))
-    after2 = _flat(train.unreplicate_to_host(rstate).params)
+    after2 = _flat(replicas.unreplicate_to_host(rstate).params)
     for name, value in after2.items():
         if "memory" in name:
             assert np.array_equal(value, after1[name]), name  # bit-identical
@@ -192,13 +192,15 @@ def test_stage2_passes_its_crop_share_thinnest_stroke_and_opacity(data_root, mon
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
     images = np.zeros((4, 1, 64, 64, 3), np.uint8)
-    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
     for stage in (1, 2):
         s = state_lib.to_stage2(config, state) if stage == 2 else state
         step = train.make_train_step(
             config, net, stage, state_lib.make_optimizer(config, s.params, stage)
         )
-        jax.eval_shape(step, train.replicate(s), images, bank, train.replicate(jax.random.key(0)))
+        jax.eval_shape(
+            step, replicas.replicate(s), images, bank, replicas.replicate(jax.random.key(0))
+        )
     assert seen == [None, ((1, 64, 64), jnp.bool_, 2)]
     assert placements == ["cover", "cover"]
     assert thinnest == [(3.0, 0.4)]  # stage 2 only
@@ -233,9 +235,9 @@ def _first_step(config, seed: int, key: int):
     state = state_lib.init_state(config, net)
     step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
     images = np.random.default_rng(seed).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
-    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
-    new, m = step(train.replicate(state), images, bank, train.replicate(jax.random.key(key)))
-    return float(m["loss"][0]), _flat(state.params), _flat(train.unreplicate_to_host(new).params)
+    bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
+    new, m = step(replicas.replicate(state), images, bank, replicas.replicate(jax.random.key(key)))
+    return float(m["loss"][0]), _flat(state.params), _flat(replicas.unreplicate_to_host(new).params)
 
 
 def test_feature_term_adds_its_weighted_residual_to_the_steps_loss(data_root):
@@ -249,8 +251,10 @@ def test_feature_term_adds_its_weighted_residual_to_the_steps_loss(data_root):
         tx = state_lib.make_optimizer(config, state.params, 1)
         step = train.make_train_step(config, net, 1, tx)
         images = np.random.default_rng(2).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
-        bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
-        new, m = step(train.replicate(state), images, bank, train.replicate(jax.random.key(3)))
+        bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
+        new, m = step(
+            replicas.replicate(state), images, bank, replicas.replicate(jax.random.key(3))
+        )
         out[w_feat] = ({k: float(v[0]) for k, v in m.items()}, _flat(new.params))
     plain, (with_feat, params_feat) = out[0.0][0], out[2.5]
     assert "feat" not in plain and with_feat["feat"] > 0
@@ -271,22 +275,22 @@ def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
     step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
-    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
     blank = np.zeros((4, 2, 64, 64, 3), np.uint8)
-    first_key = train.replicate(jax.random.key(0))
+    first_key = replicas.replicate(jax.random.key(0))
     args = (blank, bank, first_key)
     if compiled_from == "shapes":
-        compiled, replicas = train.compiled_with_replicas(step, state, args, "", "default")
-        shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(train.replica_shapes(state))]
-        assert shapes == [(x.shape, x.dtype) for x in jax.tree.leaves(replicas)]
+        compiled, copies = replicas.compiled_with_replicas(step, state, args, "", "default")
+        shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(replicas.replica_shapes(state))]
+        assert shapes == [(x.shape, x.dtype) for x in jax.tree.leaves(copies)]
         assert shapes[0][0][0] == jax.local_device_count() > 1
     else:
-        compiled = train.compile_step(step, train.replicate(state), args)
+        compiled = replicas.compile_step(step, replicas.replicate(state), args)
     assert isinstance(compiled, jax.stages.Compiled)  # one process: the executable itself
     images = np.random.default_rng(3).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
-    key = train.replicate(jax.random.key(7))
-    ahead, m_ahead = compiled(train.replicate(state), images, bank, key)
-    called, m_called = step(train.replicate(state), images, bank, key)
+    key = replicas.replicate(jax.random.key(7))
+    ahead, m_ahead = compiled(replicas.replicate(state), images, bank, key)
+    called, m_called = step(replicas.replicate(state), images, bank, key)
     assert float(m_ahead["loss"][0]) == float(m_called["loss"][0])
     for a, b in zip(jax.tree.leaves(ahead), jax.tree.leaves(called), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -317,13 +321,17 @@ def test_memory_scheduler_keeps_the_step_and_holds_fewer_temporary_bytes(data_ro
     state = state_lib.init_state(config, net)
     step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
     images = np.random.default_rng(5).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
-    args = (images, train.replicate(jnp.zeros((2, 64, 64, 3))), train.replicate(jax.random.key(2)))
+    args = (
+        images,
+        replicas.replicate(jnp.zeros((2, 64, 64, 3))),
+        replicas.replicate(jax.random.key(2)),
+    )
     out, temp = {}, {}
     for scheduler in ("default", "memory"):
-        compiled = train.compile_step(step, train.replicate(state), args, "", scheduler)
+        compiled = replicas.compile_step(step, replicas.replicate(state), args, "", scheduler)
         temp[scheduler] = compiled.memory_analysis().temp_size_in_bytes
-        new, m = compiled(train.replicate(state), *args)
-        out[scheduler] = (float(m["loss"][0]), _flat(train.unreplicate_to_host(new).params))
+        new, m = compiled(replicas.replicate(state), *args)
+        out[scheduler] = (float(m["loss"][0]), _flat(replicas.unreplicate_to_host(new).params))
     assert temp["memory"] < temp["default"], temp
     assert out["memory"][0] == out["default"][0]  # the same arithmetic, in another order
     for name, value in out["default"][1].items():
@@ -357,8 +365,8 @@ def test_remat_keeps_the_step_and_its_gradients(data_root):
 def test_first_replica_is_the_first_devices_copy_without_an_op():
     per_device = jax.pmap(lambda x: x * 10 + jax.lax.axis_index("d"), axis_name="d")
     out = per_device(jnp.ones((4, 3)))
-    np.testing.assert_array_equal(train.first_replica(out), np.full(3, 10.0))
-    assert isinstance(train.first_replica(out), np.ndarray)
+    np.testing.assert_array_equal(replicas.first_replica(out), np.full(3, 10.0))
+    assert isinstance(replicas.first_replica(out), np.ndarray)
 
 
 def test_crop_scales_crop_each_share_of_the_images_at_its_scale(data_root, monkeypatch):
@@ -381,13 +389,13 @@ def test_crop_scales_crop_each_share_of_the_images_at_its_scale(data_root, monke
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
     images = np.zeros((devices, 2, 64, 64, 3), np.uint8)
-    bank = train.replicate(jnp.zeros((2, 64, 64, 3)))
+    bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
     for stage in (1, 2):
         s = state_lib.to_stage2(config, state) if stage == 2 else state
         step = train.make_train_step(
             config, net, stage, state_lib.make_optimizer(config, s.params, stage)
         )
-        key = train.replicate(jax.random.key(0))
-        out = jax.eval_shape(step, train.replicate(s), images, bank, key)
+        key = replicas.replicate(jax.random.key(0))
+        out = jax.eval_shape(step, replicas.replicate(s), images, bank, key)
         assert out[1]["loss"].shape == (devices,)
     assert canvases == [(1, 64, 64)] * 4  # one image per scale per stage

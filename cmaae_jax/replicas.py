@@ -1,0 +1,83 @@
+"""Data parallelism over this process's devices: the pmap axis, copies of a tree on every
+device, reading one copy back, and a step compiled ahead of its first call.
+
+The training step (train.py), the benchmark and the tests share these; nothing here knows
+what the step computes.
+"""
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cmaae_jax import devices
+from cmaae_jax import state as state_lib
+
+AXIS = "batch"  # the pmap axis of the training step: one entry per local device
+
+
+def replicate(tree):
+    """Copies `tree` onto every local device, in the layout the pmapped step returns.
+
+    `flax.jax_utils.replicate` places arrays on an equal but differently keyed device mesh, so
+    feeding its output and then the step's own output would compile the step twice.
+    """
+    return _same_layout(flax.jax_utils.replicate(tree))
+
+
+# Donated: its output takes over the copies it is given instead of adding two more to the
+# peak host memory (BENCHMARKS.md, thirty-sixth session).
+_same_layout = jax.pmap(lambda x: x, axis_name=AXIS, donate_argnums=0)
+
+
+def replica_shapes(tree):
+    """The shapes and dtypes of `replicate(tree)`: what `compile_step` needs to compile the
+    step before the replicas exist."""
+    d = jax.local_device_count()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((d, *np.shape(x)), x.dtype), tree)
+
+
+def first_replica(x) -> np.ndarray:
+    """The copy on this process's first device, read without dispatching an op: `x[0]` would
+    compile a gather for every distinct shape (seconds per checkpoint on a small model)."""
+    return np.asarray(x.addressable_data(0))[0]
+
+
+def unreplicate_to_host(tree):
+    return jax.tree.map(first_replica, tree)
+
+
+def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str = "default"):
+    """The step compiled ahead of its first call, on every process, with what compiling freed
+    handed back to the OS before the step allocates its own buffers: compiled by its first
+    call instead, both came on top of each other in the peak host memory (BENCHMARKS.md).
+    `rstate` and `args` may be shapes (`replica_shapes`, `jax.ShapeDtypeStruct`): compiled
+    before the state is replicated, the compiler's memory and the replicas' never meet.
+    With several processes they all compile and wait here (`tag` names the barrier): one
+    that loads the step from the compilation cache would otherwise reach the first collective
+    while another still compiles, and gloo's 30 s set-up would fail. Their step stays the
+    pmapped function (its ahead-of-time executable expects global shapes, the calls give
+    this process's), whose first call then finds the compiled step in the cache.
+    `cpu_scheduler` (config train.cpu_scheduler) orders the step's instructions on a CPU
+    with one process; several keep XLA's order (the pmapped call takes no compiler options,
+    and compiled with others its cache entry would not be the one the call looks up)."""
+    single = jax.process_count() == 1
+    platform = jax.local_devices()[0].platform
+    options = devices.cpu_compiler_options(cpu_scheduler, platform) if single else None
+    compiled = step_fn.lower(rstate, *args).compile(compiler_options=options)
+    state_lib.release_freed_host_memory()
+    if single:
+        return compiled
+    ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{tag}")
+    return step_fn
+
+
+def compiled_with_replicas(step_fn, state, args: tuple, tag: str, cpu_scheduler: str):
+    """(`compile_step`'s step, `replicate(state)`). With one process the step compiles from
+    the replicas' shapes before they exist; several compile with the replicas themselves
+    (pmap reads abstract shapes there as global ones)."""
+    if jax.process_count() > 1:
+        rstate = replicate(state)
+        return compile_step(step_fn, rstate, args, tag, cpu_scheduler), rstate
+    compiled = compile_step(step_fn, replica_shapes(state), args, tag, cpu_scheduler)
+    return compiled, replicate(state)
