@@ -8,6 +8,8 @@ SHA-256 of the state's bytes, checked on restore: orbax stores raw array bytes w
 so flipped or overwritten bytes would otherwise restore silently. A newest checkpoint that
 cannot be read or fails its checksum (truncated, corrupted) is reported and the previous one is
 used; when checkpoints exist but none is usable, restore refuses instead of starting over.
+A checkpoint whose saved shapes (its metadata) differ from the config's model is refused before
+any array is read, naming the first leaf that differs.
 
 A failed restore leaves tensorstore reads in flight whose completion callbacks find orbax's
 event loop closed; Python would print each as an "Event loop is closed" traceback.
@@ -61,7 +63,9 @@ def manager(
         for tmp in sorted(path.glob("*.orbax-checkpoint-tmp*")):
             logging.warning("removing %s, left unfinished by an interrupted save", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-    return ocp.CheckpointManager(path, options=options)
+    # Named handlers let `item_metadata` read the state's saved shapes (`_mismatch`).
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
 def state_digest(state) -> str:
@@ -190,6 +194,38 @@ def _restore_tree(mgr: ocp.CheckpointManager, step: int, abstract):
         raise
 
 
+def _leaf_name(path) -> str:
+    """A tree path as `a/b/0`, the same for a dataclass field, a dict key and a sequence index
+    (the checkpoint's metadata stores dataclasses and named tuples as dicts)."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+    return "/".join(parts)
+
+
+def _mismatch(mgr: ocp.CheckpointManager, step: int, abstract) -> str | None:
+    """The first leaf of `abstract` that checkpoint `step` saved with another shape, or did
+    not save, read from its metadata alone; None when all agree or there is no metadata.
+
+    Checked before restoring: a restore that fails on a shape leaves orbax's reads in flight
+    (module docstring), and a mismatch is the config's, which no older checkpoint fixes."""
+    try:
+        saved = mgr.item_metadata(step)["state"]
+        shapes = {_leaf_name(p): tuple(m.shape) for p, m in jax.tree.leaves_with_path(saved)}
+    except Exception:  # no readable metadata: the restore itself decides
+        return None
+    for path, leaf in jax.tree.leaves_with_path(abstract):
+        name = _leaf_name(path)
+        if name not in shapes:
+            return f"{name} is not in the checkpoint"
+        if shapes[name] != tuple(leaf.shape):
+            return f"{name} has shape {shapes[name]} there, {tuple(leaf.shape)} here"
+    return None
+
+
 def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
     """(state, meta) of checkpoint `step`, or None (with a warning) when it cannot be used."""
     try:
@@ -197,6 +233,12 @@ def _read(mgr: ocp.CheckpointManager, step: int, abstract_state_fn):
         abstract = abstract_state_fn(meta)
     except Exception as e:  # any unreadable checkpoint is skipped, loudly
         return _skip(mgr, step, e)
+    differs = _mismatch(mgr, step, abstract)
+    if differs is not None:
+        raise CheckpointError(
+            f"checkpoint {step} in {mgr.directory} does not match the model of this config "
+            f"(another variant, memory size or latent size?): {differs}"
+        )
     try:
         state = _restore_tree(mgr, step, abstract)
     except ValueError as e:

@@ -122,6 +122,28 @@ def test_a_checkpoint_with_the_old_digest_still_restores(tmp_path):
     mgr.close()
 
 
+def test_a_checkpoint_of_another_memory_size_is_refused_from_its_metadata(tmp_path, monkeypatch):
+    # The saved shapes are read before any array: the refusal names the leaf and both shapes,
+    # and no restore starts (one that fails on a shape leaves orbax's reads in flight).
+    config = tiny_config(tmp_path / "data", model__latent_dim=16, model__memory_size=16)
+    mgr = checkpoint.manager(tmp_path, async_save=False)
+    checkpoint.save(mgr, 2, state.init_state(config, model.from_config(config)), {"stage": 1})
+    mgr.wait_until_finished()
+
+    def no_restore(*args):
+        raise AssertionError("restore attempted")
+
+    monkeypatch.setattr(checkpoint, "_restore_tree", no_restore)
+    other = tiny_config(tmp_path / "data", model__latent_dim=16, model__memory_size=8)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.restore(
+            mgr, lambda meta: state.abstract_state(other, model.from_config(other), 1)
+        )
+    mgr.close()
+    assert "checkpoint 2" in str(e.value)
+    assert "params/memory/items has shape (16, 16) there, (8, 16) here" in str(e.value)
+
+
 def test_a_checkpoint_written_before_the_average_existed_restores(tmp_path):
     # Checkpoints before train.ema_decay had no `ema` entry in their tree: written here as
     # that tree, they restore with ema None and the same arrays, and score with them.
