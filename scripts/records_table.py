@@ -4,7 +4,8 @@
         B2=runs/study512_scales_pyramid/varied/seed10
     python scripts/records_table.py --pooled A=runs/aligned25/part_crack_s0
 
-A workdir may be given as a saved record instead (a path ending in .json).
+A workdir may be given as a saved record instead (a path ending in .json), or as one entry of
+`launch/baselines.py`'s --json file (`FILE.json#NAME`, e.g. `baselines.json#local_contrast_s8`).
 Columns: mean4 AUPRO (blowhole, break, crack, fray), each type's AUPRO, mean4 F1 max, mean4
 label-free F1 (the run's threshold rule) and mean4 image AUROC. With `--pooled` (any data):
 the pooled AUPRO, F1 max, label-free F1, image AUROC and the reference evaluation applied.
@@ -22,10 +23,13 @@ TYPES = (*MEAN4, "uneven")
 
 
 def _record(workdir: str) -> dict:
-    """A workdir's eval/metrics.json, or a saved record (a .json path) as it is."""
-    path = pathlib.Path(workdir)
-    path = path if path.suffix == ".json" else workdir_lib.eval_metrics_path(workdir)
-    return json.loads(path.read_text())
+    """A workdir's eval/metrics.json, a saved record (a .json path) as it is, or the entry
+    NAME of a baselines file (`FILE.json#NAME`)."""
+    where, _, name = workdir.partition("#")
+    path = pathlib.Path(where)
+    path = path if path.suffix == ".json" else workdir_lib.eval_metrics_path(where)
+    record = json.loads(path.read_text())
+    return record[name] if name else record
 
 
 def row(label: str, workdir: str) -> str:
