@@ -233,6 +233,17 @@ def test_auroc_ties_count_half():
     assert metrics.binary_auroc([0.5, 0.5, 0.5, 0.2], [1, 0, 0, 0]) == pytest.approx(2 / 3)
 
 
+def test_binary_auroc_is_the_share_of_ordered_pairs_with_ties_half():
+    rng = np.random.default_rng(11)
+    for n in (2, 7, 60):
+        scores = np.round(rng.random(n), 1)  # many ties
+        labels = rng.random(n) < 0.4
+        labels[0], labels[1] = True, False
+        pos, neg = scores[labels], scores[~labels]
+        pairs = [(p > q) + 0.5 * (p == q) for p in pos for q in neg]
+        assert metrics.binary_auroc(scores, labels) == pytest.approx(np.mean(pairs), abs=1e-12)
+
+
 def test_image_auroc():
     rng = np.random.default_rng(3)
     maps = np.round(rng.random((8, 4, 4)), 1).astype(np.float32)
