@@ -157,18 +157,9 @@ def _score_test(
     return acc, per_type
 
 
-def _save_reference(path, ref):
-    """Writes the chosen reference for predict and export; removes one an earlier evaluation
-    left when this one chose none (it is derived data, rebuilt by evaluating again)."""
-    if ref is not None:
-        reference.save(path, ref)
-    else:
-        path.unlink(missing_ok=True)
-
-
 class _Restored(NamedTuple):
     """A run bound to its own model and restored for scoring (`_restore`); `rescore`: its
-    `rescorer`."""
+    `inference.rescorer`."""
 
     config: object
     overrides: dict
@@ -190,21 +181,9 @@ def _restore(config, workdir, step, **eval_fields) -> _Restored:
     ckpt_step, variables = inference.restore_variables(config, workdir, step)
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
-    return _Restored(config, overrides, ckpt_step, splits, scorer, rescorer(config, variables))
-
-
-def rescorer(config, variables):
-    """(method, components) -> a scorer of `variables` with `config`'s score options and that
-    map method (`calibrate` resolving `score.method=auto`; `components`: msfr_pixel's parts,
-    for a reference of each)."""
-
-    def build(method, components=False, with_raw_msfr=False):
-        changed = copy.deepcopy(config)
-        with changed.unlocked():
-            changed.score.method = method
-        return inference.Scorer(changed, variables, components, with_raw_msfr)
-
-    return build
+    return _Restored(
+        config, overrides, ckpt_step, splits, scorer, inference.rescorer(config, variables)
+    )
 
 
 def _with_method(overrides: dict, setting: str, method: str) -> dict:
@@ -267,7 +246,7 @@ def evaluate(config, workdir, step: int | None = None) -> dict:
         out = workdir_lib.eval_dir(workdir)
         (out / workdir_lib.PICTURES).mkdir(parents=True, exist_ok=True)
         if primary:
-            _save_reference(out / reference.FILE, ref)
+            reference.save(out / reference.FILE, ref)
         max_pictures = config.eval.max_pictures if primary else 0
         pictures_dir = out / workdir_lib.PICTURES
         thresholds = (threshold, *chosen.candidates.values())

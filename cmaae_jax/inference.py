@@ -156,3 +156,17 @@ def valid_maps(scorer, split, indices=None, bar=None) -> list:
         if bar is not None:
             bar.update(len(idx))
     return out
+
+
+def rescorer(config, variables):
+    """(method, components) -> a scorer of `variables` with `config`'s score options and that
+    map method (`evaluate.calibrate` resolving `score.method=auto`; `components`: msfr_pixel's
+    parts, for a reference of each)."""
+
+    def build(method, components=False, with_raw_msfr=False):
+        changed = copy.deepcopy(config)
+        with changed.unlocked():
+            changed.score.method = method
+        return Scorer(changed, variables, components, with_raw_msfr)
+
+    return build

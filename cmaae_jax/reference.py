@@ -209,7 +209,12 @@ def near_miss(record: dict) -> bool:
 
 
 def save(path, ref) -> None:
-    """Writes the reference [2K, h, w] atomically (a reader never sees half a file)."""
+    """Writes the reference [2K, h, w] atomically (a reader never sees half a file). None (an
+    evaluation that chose no reference) removes the file an earlier one left: it is derived
+    data, rebuilt by evaluating again, and predict and export must not apply it."""
+    if ref is None:
+        path.unlink(missing_ok=True)
+        return
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, np.asarray(ref, np.float32))
     tmp.replace(path)

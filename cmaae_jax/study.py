@@ -103,7 +103,7 @@ def save_type_pictures(base, root: pathlib.Path, name: str, seed: int, per_type:
     _, variables = inference.restore_variables(config, str(workdir))
     splits = datasets.load_splits(config)
     scorer = inference.Scorer(config, variables)
-    rescore = evaluate.rescorer(config, variables)
+    rescore = inference.rescorer(config, variables)
     calibration = evaluate.calibrate(scorer, splits, config, rescorer=rescore)
     threshold, ref, scorer = calibration.threshold, calibration.ref, calibration.scorer
     test = splits["test"]

@@ -120,7 +120,7 @@ def measure(run: pathlib.Path) -> dict:
     calibration.paste_threshold = capture
     try:
         chosen = evaluate.calibrate(
-            scorer, splits, config, rescorer=evaluate.rescorer(config, variables)
+            scorer, splits, config, rescorer=inference.rescorer(config, variables)
         )
     finally:
         calibration.paste_threshold = paste_threshold

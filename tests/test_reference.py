@@ -494,3 +494,14 @@ def test_auto_method_on_aligned_images_is_recorded_and_predict_follows_it(tmp_pa
     want = reference.apply(ref, parts)
     predict.predict(workdir, str(inputs), tmp_path / "out")
     np.testing.assert_allclose(np.load(tmp_path / "out" / "p_map.npy"), want, rtol=1e-5, atol=1e-6)
+
+
+def test_save_writes_atomically_and_none_removes_a_stale_reference(tmp_path):
+    path = tmp_path / reference.FILE
+    mean = np.arange(6, dtype=np.float32).reshape(2, 3)
+    reference.save(path, [mean, 2 * np.ones_like(mean)])
+    np.testing.assert_array_equal(reference.load(path), np.stack([mean, 2 * np.ones_like(mean)]))
+    assert [p.name for p in tmp_path.iterdir()] == [reference.FILE]  # no temporary left
+    reference.save(path, None)  # an evaluation that chose no reference
+    assert not path.exists() and reference.load(path) is None
+    reference.save(path, None)  # nothing to remove: no error
