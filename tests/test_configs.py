@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from cmaae_jax import configlib
+from cmaae_jax import configlib, datasets
 
 
 @pytest.mark.parametrize("name", ["default", "demo", "wood", "carpet", "magnetic_tile"])
@@ -31,3 +31,15 @@ def test_dataset_configs_change_only_a_few_fields():
         ("data", "category"),
         ("data", "root"),
     ]
+
+
+def test_folder_config_is_the_default_with_real_photographs_and_asks_for_its_root(tmp_path):
+    from configs import default, folder
+
+    d, f = default.get_config().to_dict(), folder.get_config().to_dict()
+    changed = [(s, k) for s in d for k in d[s] if d[s][k] != f[s][k]]
+    assert sorted(changed) == [("anomaly", "natural_source"), ("data", "format")]
+    assert f["anomaly"]["natural_source"] == "skimage" and f["data"]["format"] == "folder"
+    configlib.validate(folder.get_config())
+    with pytest.raises(datasets.DatasetError, match="data.root is empty"):
+        datasets.check_eval_files(folder.get_config())  # what train.train does first
