@@ -153,7 +153,7 @@ def stage1_step(args, base_config):
     step_fn = replicas.compile_step(step_fn, shapes, (images, bank, key), "", args.cpu_scheduler)
     compile_s = time.perf_counter() - t0
     rstate = replicas.replicate(state_lib.init_state(config, net))  # no host copy kept
-    state_lib.release_freed_host_memory()
+    state_lib.release_compiled_programs()  # init's and replication's, as training frees them
     return net, step_fn, compile_s, rstate, (images, bank, key)
 
 

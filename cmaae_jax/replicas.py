@@ -75,9 +75,18 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str
 def compiled_with_replicas(step_fn, state, args: tuple, tag: str, cpu_scheduler: str):
     """(`compile_step`'s step, `replicate(state)`). With one process the step compiles from
     the replicas' shapes before they exist; several compile with the replicas themselves
-    (pmap reads abstract shapes there as global ones)."""
+    (pmap reads abstract shapes there as global ones).
+
+    The programs JAX cached before (the state's initialisation, the optimizer's, an earlier
+    replication) are freed first, and with one process also those the replication compiles
+    (JAX's caches held them for the rest of the run: ~90 MB of host memory at the
+    benchmark's batch 64; BENCHMARKS.md, thirty-eighth session). The step survives that:
+    with one process it is the compiled executable; several keep their cache entry."""
+    state_lib.release_compiled_programs()
     if jax.process_count() > 1:
         rstate = replicate(state)
         return compile_step(step_fn, rstate, args, tag, cpu_scheduler), rstate
     compiled = compile_step(step_fn, replica_shapes(state), args, tag, cpu_scheduler)
-    return compiled, replicate(state)
+    rstate = replicate(state)
+    state_lib.release_compiled_programs()
+    return compiled, rstate

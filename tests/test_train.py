@@ -270,7 +270,8 @@ def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with
     data_root, compiled_from
 ):
     """Compiled ahead from the replicas or from their shapes alone (`replica_shapes`, before
-    they exist: `compiled_with_replicas`), the step gives the pmapped call's state bit for bit."""
+    they exist: `compiled_with_replicas`, which frees the programs cached before), the step
+    gives the pmapped call's state bit for bit."""
     config = tiny_config(data_root)
     net = model.from_config(config)
     state = state_lib.init_state(config, net)
@@ -280,7 +281,11 @@ def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with
     first_key = replicas.replicate(jax.random.key(0))
     args = (blank, bank, first_key)
     if compiled_from == "shapes":
+        earlier = jax.jit(lambda x: 2 * x)  # a program compiled before, as the state's init
+        earlier(1.0)
+        assert earlier._cache_size() == 1
         compiled, copies = replicas.compiled_with_replicas(step, state, args, "", "default")
+        assert earlier._cache_size() == 0  # freed; the compiled step still runs, below
         shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(replicas.replica_shapes(state))]
         assert shapes == [(x.shape, x.dtype) for x in jax.tree.leaves(copies)]
         assert shapes[0][0][0] == jax.local_device_count() > 1
