@@ -45,6 +45,7 @@ def test_benchmark_json_has_the_keys_and_sane_values():
     assert result["infer_batched_batch"] == 2
     assert result["gaaga_images_per_s"] > 0
     assert result["peak_rss_mb"] >= result["train_peak_rss_mb"] > 0
+    assert result["run_peak_rss_mb"] >= result["peak_rss_mb"]  # the batched maps come after
 
 
 def test_benchmark_rejects_a_batch_that_does_not_split_over_devices():
