@@ -9,7 +9,6 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cmaae_jax import devices
 from cmaae_jax import state as state_lib
@@ -18,29 +17,12 @@ AXIS = "batch"  # the pmap axis of the training step: one entry per local device
 
 
 def replicate(tree):
-    """Copies `tree` onto every local device, in the layout the pmapped step returns (a mesh of
-    the local devices over `AXIS`; another, equal mesh would compile the step again).
+    """Copies `tree` onto every local device, in the layout the pmapped step returns.
 
-    With one process each device's copy of a leaf is put there directly: no program, and no
-    copy of the whole stack besides the replicas (the identity pmap used before held its
-    compiled program and, for a moment, a second stack: BENCHMARKS.md, thirty-eighth
-    session). PRNG keys, and every leaf with several processes, go through that identity pmap.
+    `flax.jax_utils.replicate` places arrays on an equal but differently keyed device mesh, so
+    feeding its output and then the step's own output would compile the step twice.
     """
-    if jax.process_count() > 1:
-        return _same_layout(flax.jax_utils.replicate(tree))
-    devices = jax.local_devices()
-    sharding = NamedSharding(Mesh(np.asarray(devices), (AXIS,)), PartitionSpec(AXIS))
-
-    def one(x):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
-            return _same_layout(flax.jax_utils.replicate(x))
-        x = np.asarray(x)[None]
-        copies = [jax.device_put(x, d) for d in devices]
-        return jax.make_array_from_single_device_arrays(
-            (len(devices), *x.shape[1:]), sharding, copies
-        )
-
-    return jax.tree.map(one, tree)
+    return _same_layout(flax.jax_utils.replicate(tree))
 
 
 # Donated: its output takes over the copies it is given instead of adding two more to the

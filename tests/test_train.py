@@ -374,23 +374,6 @@ def test_first_replica_is_the_first_devices_copy_without_an_op():
     assert isinstance(replicas.first_replica(out), np.ndarray)
 
 
-def test_replicate_gives_each_device_its_own_copy_in_the_steps_layout():
-    # The donated step writes each device's state in place: the copies must not share memory,
-    # and their layout must be the pmapped step's own (else a compiled step refuses them).
-    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "key": jax.random.key(3)}
-    copies = replicas.replicate(tree)
-    d = jax.local_device_count()
-    assert d > 1 and copies["w"].shape == (d, 2, 3)
-    shards = copies["w"].addressable_shards
-    assert sorted(s.device.id for s in shards) == sorted(x.id for x in jax.local_devices())
-    assert len({s.data.unsafe_buffer_pointer() for s in shards}) == d
-    for s in shards:
-        np.testing.assert_array_equal(np.asarray(s.data)[0], tree["w"])
-    stepped = jax.pmap(lambda t: t, axis_name=replicas.AXIS)(copies)
-    assert copies["w"].sharding == stepped["w"].sharding
-    assert copies["key"].sharding == stepped["key"].sharding
-
-
 def test_crop_scales_crop_each_share_of_the_images_at_its_scale(data_root, monkeypatch):
     # train.crop_scales=(1, 2): of each device's 2 images, one cropped as loaded (64 px) and
     # one shrunk by 2 (32 px, reflected to a whole 64-px patch), in both stages.
