@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cmaae_jax import conv_chunks
+from cmaae_jax import conv_chunks, norm_act
 
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -230,6 +230,15 @@ def torch_uniform_init(fan_in_axes):
     return init
 
 
+def _row_shift_sized(x, k: int, layer) -> bool:
+    """Whether input and output are both 8x8 or larger: the layers whose weight gradient
+    is the row-shift matmul, which runs well chunk by chunk (XLA's own, kept for smaller
+    outputs, is many times slower inside a loop)."""
+    s, p, h = layer.stride, layer.padding, x.shape[1]
+    out = (h - 1) * s - 2 * p + k if layer.transpose else (h + 2 * p - k) // s + 1
+    return min(h, out) * min(x.shape[2], out) >= 64
+
+
 class Conv(nn.Module):
     """Conv2d / ConvTranspose2d layer (PyTorch semantics) with [k, k, cin, cout] kernel."""
 
@@ -243,14 +252,24 @@ class Conv(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, norm=None):
+        """The conv of x, or with `norm` (mean, mul, bias, slope: `norm_act`) of
+        act((x - mean) * mul + bias), by chunks with the CPU formulation."""
         k, cin = self.kernel_size, x.shape[-1]
         # PyTorch's fan_in: cin*k*k for Conv2d, cout*k*k for ConvTranspose2d (its weight dim 1).
         fan_axes = (0, 1, 3) if self.transpose else (0, 1, 2)
         kernel = self.param("kernel", torch_uniform_init(fan_axes), (k, k, cin, self.features))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        op = conv_transpose2d if self.transpose else conv2d
-        y = op(x, kernel, self.stride, self.padding, impl=self.impl)
+        op = functools.partial(
+            conv_transpose2d if self.transpose else conv2d,
+            stride=self.stride,
+            padding=self.padding,
+            impl=self.impl,
+        )
+        if norm is not None and self.impl == "matmul" and _row_shift_sized(x, k, self):
+            y = norm_act.normalized_conv(op, norm[3], x, *norm[:3], kernel)
+        else:
+            y = op(norm_act.affine_act(x, norm) if norm is not None else x, kernel)
         if self.use_bias:
             fan = k * k * (self.features if self.transpose else cin)
             bound = 1.0 / jnp.sqrt(fan)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cmaae_jax import layers, memory, segmenter
+from cmaae_jax import layers, memory, norm_act, segmenter
 
 VARIANTS = ("cmam", "mam", "cat", "ae")
 DTYPES = ("float32", "bfloat16")  # compute dtypes (parameters stay float32)
@@ -54,17 +54,22 @@ def per_platform(net, fn, *args):
     )
 
 
-def _batch_norm(train, dtype, axis_name, name):
-    # PyTorch BatchNorm2d defaults: momentum 0.1 (flax: 0.9), eps 1e-5. Statistics are
-    # averaged across devices under pmap when `axis_name` is set.
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=dtype,
-        axis_name=axis_name if train else None,
-        name=name,
-    )
+def _norm_after(y, batch_norm: bool, slope, train, axis_name, name):
+    """The `norm_act` norm of the BatchNorm (flax's arithmetic and variables; statistics
+    averaged across devices under pmap when `axis_name` is set) and the activation after a
+    conv's output y, or None where it has neither."""
+    if batch_norm:
+        return (*norm_act.BatchNorm(train, axis_name, name=name)(y), slope)
+    return None if slope is None else norm_act.identity(y.shape[-1], slope)
+
+
+def _chain(y, norm, fused: bool):
+    """(input of the next conv, its pending norm): with `fused` (training's CPU path), y and
+    the norm the next conv applies by chunks (norm_act.normalized_conv); else the
+    normalised, activated y, and None."""
+    if fused or norm is None:
+        return y, norm
+    return norm_act.affine_act(y, norm), None
 
 
 class Encoder(nn.Module):
@@ -75,10 +80,13 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWx3, train: bool, num_layers: int = 6):
-        """Returns the list of the first `num_layers` layer outputs."""
-        feats, h = [], x_BxHxWx3
+        """Returns the list of the first `num_layers` layer outputs; in training with the CPU
+        formulation (`impl` matmul), whose layers pass their BatchNorm and activation on to
+        the next conv (`_chain`), the last one alone."""
+        fused = train and self.impl == "matmul"
+        feats, h, norm = [], x_BxHxWx3, None
         for i, (f, k, s, p, bn, act) in enumerate(ENCODER[:num_layers]):
-            h = layers.Conv(
+            y = layers.Conv(
                 f or self.latent_dim,
                 k,
                 s,
@@ -87,12 +95,12 @@ class Encoder(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name=f"conv{i + 1}",
-            )(h)
-            if bn:
-                h = _batch_norm(train, self.dtype, self.axis_name, f"bn{i + 1}")(h)
-            if act:
-                h = nn.leaky_relu(h, 0.2)
-            feats.append(h)
+            )(h, norm)
+            slope = norm_act.LEAKY if act else None
+            norm = _norm_after(y, bn, slope, train, self.axis_name, f"bn{i + 1}")
+            h, norm = _chain(y, norm, fused and i < num_layers - 1)
+            if norm is None:
+                feats.append(h)
         return feats
 
 
@@ -103,10 +111,11 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, z_BxD, train: bool):
-        h = z_BxD[:, None, None, :]
+        fused = train and self.impl == "matmul"
+        h, norm = z_BxD[:, None, None, :], None
         for i, (f, k, s, p) in enumerate(DECODER):
             last = i == len(DECODER) - 1
-            h = layers.Conv(
+            y = layers.Conv(
                 f,
                 k,
                 s,
@@ -116,10 +125,11 @@ class Decoder(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name=f"deconv{i + 1}",
-            )(h)
+            )(h, norm)
             if last:
-                return jnp.tanh(h)
-            h = nn.relu(_batch_norm(train, self.dtype, self.axis_name, f"bn{i + 1}")(h))
+                return jnp.tanh(y)
+            norm = _norm_after(y, True, norm_act.RELU, train, self.axis_name, f"bn{i + 1}")
+            h, norm = _chain(y, norm, fused)
 
 
 class CMAAE(nn.Module):

@@ -1,0 +1,124 @@
+"""BatchNorm and the activation after it, as a per-channel affine map the caller applies:
+on its own (`affine_act`), or as the prologue of the next convolution, by chunks of the
+batch (`normalized_conv`, the training step's CPU path).
+
+`BatchNorm` keeps flax's `nn.BatchNorm` variables and arithmetic (params `scale`, `bias`;
+batch_stats `mean`, `var`; fast variance E[x^2] - E[x]^2 clipped at 0, averaged over the pmap
+axis; running averages with momentum; y = (x - mean) * (scale * rsqrt(var + eps)) + bias),
+but returns the statistics (mean, multiplier, bias) instead of y. Applied on their own they
+give flax's numbers (tests/test_norm_act.py).
+
+Why: on XLA:CPU every elementwise pass over a large activation (normalise, activate, and in
+the backward pass their derivatives) is a fresh buffer written at a fraction of the copy
+speed. `normalized_conv` computes conv(act((p - mean) * mul + bias)) chunk by chunk: the
+normalised input of a chunk exists only in cache, forward and backward (where it is
+recomputed), and only p, the previous conv's output, is kept for the backward pass.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from cmaae_jax import conv_chunks
+
+# Slopes of the model's activations: ReLU and LeakyReLU(0.2).
+RELU, LEAKY = 0.0, 0.2
+
+
+class BatchNorm(nn.Module):
+    """flax's `nn.BatchNorm` over [B, H, W, C] that returns (mean, mul, bias) per channel."""
+
+    train: bool
+    axis_name: str | None = None  # pmap axis over which the statistics are averaged
+    momentum: float = 0.9  # PyTorch's 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        c = x_BxHxWxC.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        if self.train:
+            x = x_BxHxWxC.astype(jnp.promote_types(x_BxHxWxC.dtype, jnp.float32))
+            moments = jnp.stack([x.mean((0, 1, 2)), jnp.square(x).mean((0, 1, 2))])
+            if self.axis_name is not None and not self.is_initializing():
+                moments = jax.lax.pmean(moments, self.axis_name)
+            mean, var = moments[0], jnp.maximum(0.0, moments[1] - jnp.square(moments[0]))
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        return mean, jax.lax.rsqrt(var + self.epsilon) * scale, bias
+
+
+def _act(pre, slope: float):
+    # jax.nn.leaky_relu's and jax.nn.relu's values and derivatives (1 at 0 for leaky_relu,
+    # 0 for relu)
+    return jnp.where(pre >= 0, pre, slope * pre) if slope else jax.nn.relu(pre)
+
+
+def _act_grad(pre, slope: float):
+    return jnp.where(pre >= 0, 1.0, slope) if slope else (pre > 0).astype(pre.dtype)
+
+
+def affine_act(x_BxHxWxC, norm):
+    """act((x - mean) * mul + bias) in x's dtype; `norm` = (mean, mul, bias, slope)."""
+    mean, mul, bias, slope = norm
+    pre = (x_BxHxWxC - mean) * mul + bias
+    return _act(pre, slope).astype(x_BxHxWxC.dtype)
+
+
+def identity(channels: int, slope: float):
+    """The `norm` of an activation with no BatchNorm before it."""
+    zeros = jnp.zeros((channels,), jnp.float32)
+    return zeros, jnp.ones((channels,), jnp.float32), zeros, slope
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel):
+    """op(act((p - mean) * mul + bias), kernel), by chunks of the batch (`by_chunks`).
+
+    `op(h, kernel)` is a convolution of the batch's images one by one (no mixing across the
+    batch), differentiable in h and kernel. The backward pass runs over chunks too: each
+    chunk's normalised input is recomputed, and the chunk's gradients of p, and of mean, mul,
+    bias and kernel (summed over the chunks), are taken there.
+    """
+    norm = (mean, mul, bias, slope)
+    return conv_chunks.by_chunks(lambda pc: op(affine_act(pc, norm), kernel), p_BxHxWxC)
+
+
+def _normalized_conv_fwd(op, slope, p, mean, mul, bias, kernel):
+    out = normalized_conv(op, slope, p, mean, mul, bias, kernel)
+    return out, (p, mean, mul, bias, kernel)
+
+
+def _normalized_conv_bwd(op, slope, res, g):
+    p, mean, mul, bias, kernel = res
+    b, h, w, _ = p.shape
+    chunk = conv_chunks.batch_chunk(b, max(h * w, g.shape[1] * g.shape[2]))
+
+    def one_chunk(sums, pg):
+        pc, gc = pg
+        centred = pc.astype(jnp.float32) - mean
+        pre = centred * mul + bias
+        _, op_vjp = jax.vjp(op, _act(pre, slope).astype(pc.dtype), kernel)
+        dh, dk = op_vjp(gc)
+        dpre = dh.astype(jnp.float32) * _act_grad(pre, slope)
+        d_mul = jnp.sum(dpre * centred, axis=(0, 1, 2))
+        d_bias = jnp.sum(dpre, axis=(0, 1, 2))
+        sums = jax.tree.map(jnp.add, sums, (d_mul, d_bias, dk))
+        return sums, (dpre * mul).astype(pc.dtype)
+
+    zeros = (jnp.zeros_like(mul), jnp.zeros_like(bias), jnp.zeros_like(kernel))
+    split = lambda x: x.reshape(b // chunk, chunk, *x.shape[1:])
+    (d_mul, d_bias, dk), dp = jax.lax.scan(one_chunk, zeros, (split(p), split(g)))
+    return dp.reshape(p.shape), -d_bias * mul, d_mul, d_bias, dk
+
+
+normalized_conv.defvjp(_normalized_conv_fwd, _normalized_conv_bwd)
