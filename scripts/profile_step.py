@@ -109,6 +109,27 @@ def main():
     print("\nby kind:")
     for kind, ms in kinds.most_common(25):
         print(f"{ms:8.1f} ms  {kind}")
+    print("\nby layer and pass (the ops' JAX source; '?': no source recorded):")
+    for layer, (ms, top) in by_layer(times, info)[:30]:
+        print(f"{ms:8.1f} ms  {layer:28s} {top}")
+
+
+def by_layer(times: collections.Counter, info: dict) -> list:
+    """[("encoder/conv2 backward", (ms, its three largest op kinds)), ...], largest first:
+    each op's time under the model layer its source names, forward or backward (a
+    `transpose(` in the source is the backward pass)."""
+    sums, kinds = collections.Counter(), collections.defaultdict(collections.Counter)
+    for name, ms in times.items():
+        source = info.get(name, ("", ""))[1]
+        layer = re.search(r"(encoder|decoder|memory|repair)/(\w+)", source)
+        where = f"{layer[1]}/{layer[2]}" if layer else ("other" if source else "?")
+        key = f"{where} {'backward' if 'transpose(' in source else 'forward'}"
+        sums[key] += ms
+        kinds[key][name.split(".")[0]] += ms
+    return [
+        (key, (ms, ", ".join(f"{k} {t:.0f}" for k, t in kinds[key].most_common(3))))
+        for key, ms in sums.most_common()
+    ]
 
 
 if __name__ == "__main__":
