@@ -252,9 +252,11 @@ class Conv(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, norm=None):
+    def __call__(self, x, norm=None, with_moments: bool = False):
         """The conv of x, or with `norm` (mean, mul, bias, slope: `norm_act`) of
-        act((x - mean) * mul + bias), by chunks with the CPU formulation."""
+        act((x - mean) * mul + bias), by chunks with the CPU formulation. `with_moments`:
+        returns (y, the moments `norm_act.normalized_conv` took of y, or None where it did
+        not run)."""
         k, cin = self.kernel_size, x.shape[-1]
         # PyTorch's fan_in: cin*k*k for Conv2d, cout*k*k for ConvTranspose2d (its weight dim 1).
         fan_axes = (0, 1, 3) if self.transpose else (0, 1, 2)
@@ -266,8 +268,9 @@ class Conv(nn.Module):
             padding=self.padding,
             impl=self.impl,
         )
+        moments = None
         if norm is not None and self.impl == "matmul" and _row_shift_sized(x, k, self):
-            y = norm_act.normalized_conv(op, norm[3], x, *norm[:3], kernel)
+            y, moments = norm_act.normalized_conv(op, norm[3], x, *norm[:3], kernel)
         else:
             y = op(norm_act.affine_act(x, norm) if norm is not None else x, kernel)
         if self.use_bias:
@@ -279,4 +282,5 @@ class Conv(nn.Module):
                 (self.features,),
             )
             y = y + bias.astype(self.dtype)
-        return y
+            moments = None  # of y before its bias
+        return (y, moments) if with_moments else y

@@ -54,12 +54,13 @@ def per_platform(net, fn, *args):
     )
 
 
-def _norm_after(y, batch_norm: bool, slope, train, axis_name, name):
+def _norm_after(y, moments, batch_norm: bool, slope, train, axis_name, name):
     """The `norm_act` norm of the BatchNorm (flax's arithmetic and variables; statistics
-    averaged across devices under pmap when `axis_name` is set) and the activation after a
-    conv's output y, or None where it has neither."""
+    averaged across devices under pmap when `axis_name` is set; `moments` of y where the
+    conv took them) and the activation after a conv's output y, or None where it has
+    neither."""
     if batch_norm:
-        return (*norm_act.BatchNorm(train, axis_name, name=name)(y), slope)
+        return (*norm_act.BatchNorm(train, axis_name, name=name)(y, moments), slope)
     return None if slope is None else norm_act.identity(y.shape[-1], slope)
 
 
@@ -95,9 +96,10 @@ class Encoder(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name=f"conv{i + 1}",
-            )(h, norm)
+            )(h, norm, with_moments=True)
             slope = norm_act.LEAKY if act else None
-            norm = _norm_after(y, bn, slope, train, self.axis_name, f"bn{i + 1}")
+            norm = _norm_after(*y, bn, slope, train, self.axis_name, f"bn{i + 1}")
+            y = y[0]
             h, norm = _chain(y, norm, fused and i < num_layers - 1)
             if norm is None:
                 feats.append(h)
@@ -125,10 +127,11 @@ class Decoder(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name=f"deconv{i + 1}",
-            )(h, norm)
+            )(h, norm, with_moments=True)
             if last:
-                return jnp.tanh(y)
-            norm = _norm_after(y, True, norm_act.RELU, train, self.axis_name, f"bn{i + 1}")
+                return jnp.tanh(y[0])
+            norm = _norm_after(*y, True, norm_act.RELU, train, self.axis_name, f"bn{i + 1}")
+            y = y[0]
             h, norm = _chain(y, norm, fused)
 
 

@@ -36,15 +36,18 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x_BxHxWxC):
+    def __call__(self, x_BxHxWxC, moments=None):
+        """`moments`: [2, C], the means of x and of x^2 over (B, H, W) where the caller has
+        them (`normalized_conv`); in training they are taken from x otherwise."""
         c = x_BxHxWxC.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         if self.train:
-            x = x_BxHxWxC.astype(jnp.promote_types(x_BxHxWxC.dtype, jnp.float32))
-            moments = jnp.stack([x.mean((0, 1, 2)), jnp.square(x).mean((0, 1, 2))])
+            if moments is None:
+                x = x_BxHxWxC.astype(jnp.promote_types(x_BxHxWxC.dtype, jnp.float32))
+                moments = jnp.stack([x.mean((0, 1, 2)), jnp.square(x).mean((0, 1, 2))])
             if self.axis_name is not None and not self.is_initializing():
                 moments = jax.lax.pmean(moments, self.axis_name)
             mean, var = moments[0], jnp.maximum(0.0, moments[1] - jnp.square(moments[0]))
@@ -80,35 +83,55 @@ def identity(channels: int, slope: float):
     return zeros, jnp.ones((channels,), jnp.float32), zeros, slope
 
 
+def _chunks(x_Bx___, chunk: int):
+    return x_Bx___.reshape(x_Bx___.shape[0] // chunk, chunk, *x_Bx___.shape[1:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel):
-    """op(act((p - mean) * mul + bias), kernel), by chunks of the batch (`by_chunks`).
+    """(op(act((p - mean) * mul + bias), kernel), its moments), by chunks of the batch.
 
     `op(h, kernel)` is a convolution of the batch's images one by one (no mixing across the
-    batch), differentiable in h and kernel. The backward pass runs over chunks too: each
-    chunk's normalised input is recomputed, and the chunk's gradients of p, and of mean, mul,
-    bias and kernel (summed over the chunks), are taken there.
+    batch), differentiable in h and kernel. The moments, [2, cout] float32, are the
+    per-channel means of the output and of its square over batch and pixels: the next
+    BatchNorm's statistics, summed chunk by chunk while each is in cache. The backward pass
+    runs over chunks too: each chunk's normalised input is recomputed, the moments' gradient
+    added to the output's, and the chunk's gradients of p, and of mean, mul, bias and kernel
+    (summed over the chunks), are taken there.
     """
     norm = (mean, mul, bias, slope)
-    return conv_chunks.by_chunks(lambda pc: op(affine_act(pc, norm), kernel), p_BxHxWxC)
+    b, h, w, _ = p_BxHxWxC.shape
+
+    def one_chunk(sums, pc):
+        out = op(affine_act(pc, norm), kernel)
+        out32 = out.astype(jnp.float32)
+        return sums + jnp.stack([out32.sum((0, 1, 2)), jnp.square(out32).sum((0, 1, 2))]), out
+
+    zeros = jnp.zeros((2, kernel.shape[-1]), jnp.float32)
+    chunks = _chunks(p_BxHxWxC, conv_chunks.batch_chunk(b, h * w))
+    sums, out = jax.lax.scan(one_chunk, zeros, chunks)
+    out = out.reshape(b, *out.shape[2:])
+    return out, sums / (b * out.shape[1] * out.shape[2])
 
 
 def _normalized_conv_fwd(op, slope, p, mean, mul, bias, kernel):
-    out = normalized_conv(op, slope, p, mean, mul, bias, kernel)
-    return out, (p, mean, mul, bias, kernel)
+    out, moments = normalized_conv(op, slope, p, mean, mul, bias, kernel)
+    return (out, moments), (p, mean, mul, bias, kernel, out)
 
 
-def _normalized_conv_bwd(op, slope, res, g):
-    p, mean, mul, bias, kernel = res
+def _normalized_conv_bwd(op, slope, res, cotangents):
+    p, mean, mul, bias, kernel, out = res
+    g, g_moments = cotangents
     b, h, w, _ = p.shape
-    chunk = conv_chunks.batch_chunk(b, max(h * w, g.shape[1] * g.shape[2]))
+    g_moments = g_moments / (b * out.shape[1] * out.shape[2])
 
-    def one_chunk(sums, pg):
-        pc, gc = pg
+    def one_chunk(sums, chunk):
+        pc, gc, oc = chunk
+        gc = gc.astype(jnp.float32) + g_moments[0] + 2 * oc.astype(jnp.float32) * g_moments[1]
         centred = pc.astype(jnp.float32) - mean
         pre = centred * mul + bias
         _, op_vjp = jax.vjp(op, _act(pre, slope).astype(pc.dtype), kernel)
-        dh, dk = op_vjp(gc)
+        dh, dk = op_vjp(gc.astype(oc.dtype))
         dpre = dh.astype(jnp.float32) * _act_grad(pre, slope)
         d_mul = jnp.sum(dpre * centred, axis=(0, 1, 2))
         d_bias = jnp.sum(dpre, axis=(0, 1, 2))
@@ -116,8 +139,9 @@ def _normalized_conv_bwd(op, slope, res, g):
         return sums, (dpre * mul).astype(pc.dtype)
 
     zeros = (jnp.zeros_like(mul), jnp.zeros_like(bias), jnp.zeros_like(kernel))
-    split = lambda x: x.reshape(b // chunk, chunk, *x.shape[1:])
-    (d_mul, d_bias, dk), dp = jax.lax.scan(one_chunk, zeros, (split(p), split(g)))
+    chunk = conv_chunks.batch_chunk(b, max(h * w, g.shape[1] * g.shape[2]))
+    xs = tuple(_chunks(x, chunk) for x in (p, g, out))
+    (d_mul, d_bias, dk), dp = jax.lax.scan(one_chunk, zeros, xs)
     return dp.reshape(p.shape), -d_bias * mul, d_mul, d_bias, dk
 
 

@@ -92,14 +92,18 @@ def test_normalized_conv_equals_lax_forward_and_gradients_over_chunks(kind, slop
     fused_op = functools.partial(op, stride=s, padding=p, impl="matmul")
     out_shape = jax.eval_shape(lambda: fused_op(x, w)).shape
     g = jnp.asarray(rng.normal(0, 1, out_shape), jnp.float32)
+    g_moments = jnp.asarray(rng.normal(0, 1, (2, cout)), jnp.float32)
 
     def lax_loss(x, mean, mul, bias, w):
         pre = (x - mean) * mul + bias
         h = jax.nn.leaky_relu(pre, slope) if slope else jax.nn.relu(pre)
-        return jnp.vdot(op(h, w, s, p, impl="xla"), g)
+        out = op(h, w, s, p, impl="xla")
+        moments = jnp.stack([out.mean((0, 1, 2)), jnp.square(out).mean((0, 1, 2))])
+        return jnp.vdot(out, g) + jnp.vdot(moments, g_moments)
 
     def fused_loss(x, mean, mul, bias, w):
-        return jnp.vdot(norm_act.normalized_conv(fused_op, slope, x, mean, mul, bias, w), g)
+        out, moments = norm_act.normalized_conv(fused_op, slope, x, mean, mul, bias, w)
+        return jnp.vdot(out, g) + jnp.vdot(moments, g_moments)
 
     args = (x, mean, mul, bias, w)
     want = jax.jit(jax.value_and_grad(lax_loss, argnums=range(5)))(*args)
@@ -132,9 +136,11 @@ def test_training_step_of_the_model_equals_its_unfused_form_with_gradients(monke
 
     step = lambda: jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     got = step()
-    unfused = lambda op, slope, p, mean, mul, bias, kernel: op(
-        norm_act.affine_act(p, (mean, mul, bias, slope)), kernel
-    )
+
+    def unfused(op, slope, p, mean, mul, bias, kernel):
+        out = op(norm_act.affine_act(p, (mean, mul, bias, slope)), kernel)
+        return out, jnp.stack([out.mean((0, 1, 2)), jnp.square(out).mean((0, 1, 2))])
+
     monkeypatch.setattr(norm_act, "normalized_conv", unfused)
     want = step()
     (got_loss, (got_rec, got_stats)), got_grads = got
