@@ -31,7 +31,9 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
     stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session); inference
     (not differentiated) runs the whole batch at once;
   - a conv of a thin input (3 channels: the first encoder layer, the last decoder layer's
-    input gradient) is one matmul of its patches (`conv_chunks.im2col_conv`; sixteenth).
+    input gradient) is one matmul of its patches (`conv_chunks.im2col_conv`; sixteenth);
+  - `Conv` given the BatchNorm and activation before it (`norm`) applies them inside its
+    chunks (`norm_act.normalized_conv`; thirty-ninth).
 """
 
 import functools

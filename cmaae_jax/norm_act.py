@@ -12,7 +12,9 @@ Why: on XLA:CPU every elementwise pass over a large activation (normalise, activ
 the backward pass their derivatives) is a fresh buffer written at a fraction of the copy
 speed. `normalized_conv` computes conv(act((p - mean) * mul + bias)) chunk by chunk: the
 normalised input of a chunk exists only in cache, forward and backward (where it is
-recomputed), and only p, the previous conv's output, is kept for the backward pass.
+recomputed), and only p, the previous conv's output, is kept for the backward pass. It also
+sums the next BatchNorm's moments while each output chunk is in cache, and adds their
+gradient there in the backward pass (BENCHMARKS.md, thirty-ninth session).
 """
 
 import functools
