@@ -87,7 +87,7 @@ class Encoder(nn.Module):
         fused = train and self.impl == "matmul"
         feats, h, norm = [], x_BxHxWx3, None
         for i, (f, k, s, p, bn, act) in enumerate(ENCODER[:num_layers]):
-            y = layers.Conv(
+            y, moments = layers.Conv(
                 f or self.latent_dim,
                 k,
                 s,
@@ -98,8 +98,7 @@ class Encoder(nn.Module):
                 name=f"conv{i + 1}",
             )(h, norm, with_moments=True)
             slope = norm_act.LEAKY if act else None
-            norm = _norm_after(*y, bn, slope, train, self.axis_name, f"bn{i + 1}")
-            y = y[0]
+            norm = _norm_after(y, moments, bn, slope, train, self.axis_name, f"bn{i + 1}")
             h, norm = _chain(y, norm, fused and i < num_layers - 1)
             if norm is None:
                 feats.append(h)
@@ -117,7 +116,7 @@ class Decoder(nn.Module):
         h, norm = z_BxD[:, None, None, :], None
         for i, (f, k, s, p) in enumerate(DECODER):
             last = i == len(DECODER) - 1
-            y = layers.Conv(
+            y, moments = layers.Conv(
                 f,
                 k,
                 s,
@@ -129,9 +128,9 @@ class Decoder(nn.Module):
                 name=f"deconv{i + 1}",
             )(h, norm, with_moments=True)
             if last:
-                return jnp.tanh(y[0])
-            norm = _norm_after(*y, True, norm_act.RELU, train, self.axis_name, f"bn{i + 1}")
-            y = y[0]
+                return jnp.tanh(y)
+            bn = f"bn{i + 1}"
+            norm = _norm_after(y, moments, True, norm_act.RELU, train, self.axis_name, bn)
             h, norm = _chain(y, norm, fused)
 
 
