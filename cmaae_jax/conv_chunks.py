@@ -98,7 +98,7 @@ def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int = CHUNK_ROWS) -
     return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
 
 
-def _split(x_Bx___, chunk: int):
+def as_chunks(x_Bx___, chunk: int):
     """[B, ...] -> [B / chunk, chunk, ...] (chunk divides B)."""
     return x_Bx___.reshape(x_Bx___.shape[0] // chunk, chunk, *x_Bx___.shape[1:])
 
@@ -115,7 +115,7 @@ def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=CHU
     chunk = batch_chunk(b, rows, chunk_rows)
     if chunk == b:
         return conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding)
-    xs, gs = _split(x_BxHxWxC, chunk), _split(g_BxhxwxO, chunk)
+    xs, gs = as_chunks(x_BxHxWxC, chunk), as_chunks(g_BxhxwxO, chunk)
 
     def add(dw, xg):
         return dw + conv_weight_grad(xg[0], xg[1], k, stride, padding), None
@@ -132,5 +132,5 @@ def by_chunks(fn, x_BxHxWxC):
     chunk = batch_chunk(b, h * w)
     if chunk == b:
         return fn(x_BxHxWxC)
-    out = jax.lax.map(fn, _split(x_BxHxWxC, chunk))
+    out = jax.lax.map(fn, as_chunks(x_BxHxWxC, chunk))
     return out.reshape(b, *out.shape[2:])

@@ -85,10 +85,6 @@ def identity(channels: int, slope: float):
     return zeros, jnp.ones((channels,), jnp.float32), zeros, slope
 
 
-def _chunks(x_Bx___, chunk: int):
-    return x_Bx___.reshape(x_Bx___.shape[0] // chunk, chunk, *x_Bx___.shape[1:])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel):
     """(op(act((p - mean) * mul + bias), kernel), its moments), by chunks of the batch.
@@ -110,7 +106,7 @@ def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel):
         return sums + jnp.stack([out32.sum((0, 1, 2)), jnp.square(out32).sum((0, 1, 2))]), out
 
     zeros = jnp.zeros((2, kernel.shape[-1]), jnp.float32)
-    chunks = _chunks(p_BxHxWxC, conv_chunks.batch_chunk(b, h * w))
+    chunks = conv_chunks.as_chunks(p_BxHxWxC, conv_chunks.batch_chunk(b, h * w))
     sums, out = jax.lax.scan(one_chunk, zeros, chunks)
     out = out.reshape(b, *out.shape[2:])
     return out, sums / (b * out.shape[1] * out.shape[2])
@@ -142,7 +138,7 @@ def _normalized_conv_bwd(op, slope, res, cotangents):
 
     zeros = (jnp.zeros_like(mul), jnp.zeros_like(bias), jnp.zeros_like(kernel))
     chunk = conv_chunks.batch_chunk(b, max(h * w, g.shape[1] * g.shape[2]))
-    xs = tuple(_chunks(x, chunk) for x in (p, g, out))
+    xs = tuple(conv_chunks.as_chunks(x, chunk) for x in (p, g, out))
     (d_mul, d_bias, dk), dp = jax.lax.scan(one_chunk, zeros, xs)
     return dp.reshape(p.shape), -d_bias * mul, d_mul, d_bias, dk
 
