@@ -29,8 +29,8 @@ class Options:
     """What to time (launch/benchmark.py's flags)."""
 
     batch: int = 512  # global training batch (patches)
-    steps: int = 5  # timed training steps
-    warmup: int = 2  # untimed steps after the compiling one
+    steps: int = 5  # timed training calls (of steps_per_call steps each)
+    warmup: int = 2  # untimed calls after the compiling one
     memory: int = 500  # memory items N
     image_size: int = 512  # MSFR / GAAGA image side
     infer_images: int = 4  # timed MSFR calls
@@ -41,6 +41,7 @@ class Options:
     conv_impl: str = "auto"  # auto | matmul | xla
     remat: str = "none"  # none | conv_outputs (train.remat)
     cpu_scheduler: str = "memory"  # memory | default (train.cpu_scheduler)
+    steps_per_call: int = 4  # training steps per device call (train.steps_per_call)
     skip_infer: bool = False  # training only
 
 
@@ -141,13 +142,19 @@ def stage1_step(args, base_config):
         raise SystemExit(f"--batch {args.batch} must be a multiple of the {d} local devices")
     net = model.from_config(config)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (d, args.batch // d, 64, 64, 3), dtype=np.uint8)
+    k = args.steps_per_call
+    per_call = (k,) if k > 1 else ()
+    images = rng.integers(0, 256, (d, *per_call, args.batch // d, 64, 64, 3), dtype=np.uint8)
     images = jax.pmap(lambda x: x)(images)  # on device once, sharded as the step wants
     bank = replicas.replicate(jax.numpy.zeros((1, 1, 1, 3)))
-    key = replicas.replicate(jax.random.key(0))
+    key = jax.random.split(jax.random.key(0), k) if k > 1 else jax.random.key(0)
+    key = replicas.replicate(key)
     state_shapes = jax.eval_shape(lambda: state_lib.init_state(config, net))
     tx = state_lib.make_optimizer(config, state_shapes.params, 1)
-    step_fn = train.make_train_step(config, net, 1, tx)
+    if k > 1:
+        step_fn = train.make_multi_step(config, net, 1, tx, steps=k)
+    else:
+        step_fn = train.make_train_step(config, net, 1, tx)
     t0 = time.perf_counter()
     shapes = replicas.replica_shapes(state_shapes)
     step_fn = replicas.compile_step(step_fn, shapes, (images, bank, key), "", args.cpu_scheduler)
@@ -172,9 +179,11 @@ def bench_train(args, base_config):
     t0 = time.perf_counter()
     metrics = one_step()
     first = compile_s + time.perf_counter() - t0
-    warm = timed(one_step, args.warmup)
+    k = args.steps_per_call
+    warm = [t / k for t in timed(one_step, args.warmup)]
     stats = {}
-    steps = timed(one_step, args.steps, stats)
+    steps = [t / k for t in timed(one_step, args.steps, stats)]  # per step
+    stats = {name: [v / k for v in values] for name, values in stats.items()}
     loss = float(np.asarray(holder["state"].step)[0]), float(np.asarray(metrics["loss"])[0])
     if not np.isfinite(loss[1]):
         raise SystemExit(f"training loss is not finite: {loss[1]}")
@@ -186,9 +195,10 @@ def bench_train(args, base_config):
         variables,
         {
             "train_first_step_s": first,
-            "compile_s": max(first - median, 0.0),
-            "train_steps_per_s": args.steps / sum(steps),
-            "train_patches_per_s": args.steps * args.batch / sum(steps),
+            "compile_s": max(first - k * median, 0.0),
+            "train_steps_per_s": len(steps) / sum(steps),
+            "train_patches_per_s": len(steps) * args.batch / sum(steps),
+            "train_steps_per_call": k,
             "train_step_s_median": median,
             "train_step_s_all": [round(t, 4) for t in steps],
             "train_warmup_s_all": [round(t, 4) for t in warm],

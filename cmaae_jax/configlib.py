@@ -123,6 +123,13 @@ def _validate_train(t, num_devices):
     _at_least(t.checkpoint_every, 1, "train.checkpoint_every")
     _at_least(t.keep_checkpoints, 1, "train.keep_checkpoints")
     _at_least(t.log_every, 1, "train.log_every")
+    per_call = t.get("steps_per_call", 1)
+    _check(
+        isinstance(per_call, int) and per_call >= 1,
+        "train.steps_per_call",
+        per_call,
+        "must be an integer >= 1",
+    )
 
 
 def _validate_anomaly(a, image_size):

@@ -85,10 +85,11 @@ def conv2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "auto"):
 
 
 def _weight_grad(x, g, k, stride, padding):
-    """The faster, on XLA:CPU, of `conv_chunks.chunked_weight_grad` and XLA's own weight
-    gradient: XLA's onto outputs smaller than 8x8 (the model's 4x4 layers), where they are
-    on par."""
-    if g.shape[1] * g.shape[2] >= 64 and (stride == 1 or (stride == 2 and k % 2 == 0)):
+    """`conv_chunks.chunked_weight_grad`, or for the kernels it does not take (odd with
+    stride 2) XLA's own weight gradient. Also for the 4x4 layers, where both are on par
+    alone: inside a loop on the device (`train.steps_per_call` > 1), XLA's own ran ~15x
+    slower (BENCHMARKS.md, fortieth session)."""
+    if stride == 1 or (stride == 2 and k % 2 == 0):
         return conv_chunks.chunked_weight_grad(x, g, k, stride, padding)
     cin, cout = x.shape[-1], g.shape[-1]
     kernel = jnp.zeros((k, k, cin, cout), g.dtype)
@@ -254,11 +255,12 @@ class Conv(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, norm=None, with_moments: bool = False):
+    def __call__(self, x, norm=None, with_moments: bool = False, defer_bias: bool = False):
         """The conv of x, or with `norm` (mean, mul, bias, slope: `norm_act`) of
         act((x - mean) * mul + bias), by chunks with the CPU formulation. `with_moments`:
         returns (y, the moments `norm_act.normalized_conv` took of y, or None where it did
-        not run)."""
+        not run). `defer_bias` (with `use_bias`): y without the bias, returned after them
+        for the next layer's norm to add (`norm_act.identity`)."""
         k, cin = self.kernel_size, x.shape[-1]
         # PyTorch's fan_in: cin*k*k for Conv2d, cout*k*k for ConvTranspose2d (its weight dim 1).
         fan_axes = (0, 1, 3) if self.transpose else (0, 1, 2)
@@ -272,17 +274,21 @@ class Conv(nn.Module):
         )
         moments = None
         if norm is not None and self.impl == "matmul" and _row_shift_sized(x, k, self):
-            y, moments = norm_act.normalized_conv(op, norm[3], x, *norm[:3], kernel)
+            # moments of y with its bias are not those taken: none where a bias is added
+            take = with_moments and not self.use_bias
+            y, moments = norm_act.normalized_conv(op, norm[3], x, *norm[:3], kernel, take)
         else:
             y = op(norm_act.affine_act(x, norm) if norm is not None else x, kernel)
-        if self.use_bias:
-            fan = k * k * (self.features if self.transpose else cin)
-            bound = 1.0 / jnp.sqrt(fan)
-            bias = self.param(
-                "bias",
-                lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound),
-                (self.features,),
-            )
-            y = y + bias.astype(self.dtype)
-            moments = None  # of y before its bias
-        return (y, moments) if with_moments else y
+        if not self.use_bias:
+            return (y, moments) if with_moments else y
+        fan = k * k * (self.features if self.transpose else cin)
+        bound = 1.0 / jnp.sqrt(fan)
+        bias = self.param(
+            "bias",
+            lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound),
+            (self.features,),
+        )
+        if defer_bias:
+            return y, None, bias
+        y = y + bias.astype(self.dtype)
+        return (y, None) if with_moments else y

@@ -54,14 +54,20 @@ def per_platform(net, fn, *args):
     )
 
 
-def _norm_after(y, moments, batch_norm: bool, slope, train, axis_name, name):
+def _norm_after(y, moments, batch_norm: bool, slope, train, axis_name, name, bias=None):
     """The `norm_act` norm of the BatchNorm (flax's arithmetic and variables; statistics
     averaged across devices under pmap when `axis_name` is set; `moments` of y where the
     conv took them) and the activation after a conv's output y, or None where it has
-    neither."""
+    neither; `bias`: the conv's own, deferred to this norm (`layers.Conv`)."""
     if batch_norm:
         return (*norm_act.BatchNorm(train, axis_name, name=name)(y, moments), slope)
-    return None if slope is None else norm_act.identity(y.shape[-1], slope)
+    return None if slope is None else norm_act.identity(y.shape[-1], slope, bias)
+
+
+def _defers_bias(fused: bool, batch_norm: bool, slope, last: bool) -> bool:
+    """Whether a layer's bias is added by the next conv's norm, inside its chunks (training's
+    CPU path; the first encoder layer) rather than in a pass over the whole output."""
+    return fused and not batch_norm and slope is not None and not last
 
 
 def _chain(y, norm, fused: bool):
@@ -87,7 +93,9 @@ class Encoder(nn.Module):
         fused = train and self.impl == "matmul"
         feats, h, norm = [], x_BxHxWx3, None
         for i, (f, k, s, p, bn, act) in enumerate(ENCODER[:num_layers]):
-            y, moments = layers.Conv(
+            slope, last = norm_act.LEAKY if act else None, i == num_layers - 1
+            defer = _defers_bias(fused, bn, slope, last)
+            y, moments, *bias = layers.Conv(
                 f or self.latent_dim,
                 k,
                 s,
@@ -96,10 +104,10 @@ class Encoder(nn.Module):
                 impl=self.impl,
                 dtype=self.dtype,
                 name=f"conv{i + 1}",
-            )(h, norm, with_moments=True)
-            slope = norm_act.LEAKY if act else None
-            norm = _norm_after(y, moments, bn, slope, train, self.axis_name, f"bn{i + 1}")
-            h, norm = _chain(y, norm, fused and i < num_layers - 1)
+            )(h, norm, with_moments=True, defer_bias=defer)
+            name = f"bn{i + 1}"
+            norm = _norm_after(y, moments, bn, slope, train, self.axis_name, name, *bias)
+            h, norm = _chain(y, norm, fused and not last)
             if norm is None:
                 feats.append(h)
         return feats

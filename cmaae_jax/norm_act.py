@@ -79,29 +79,37 @@ def affine_act(x_BxHxWxC, norm):
     return _act(pre, slope).astype(x_BxHxWxC.dtype)
 
 
-def identity(channels: int, slope: float):
-    """The `norm` of an activation with no BatchNorm before it."""
+def identity(channels: int, slope: float, bias=None):
+    """The `norm` of an activation with no BatchNorm before it: act(x + bias), the bias (a
+    conv's own, added here instead of in a pass of its own) zero if None."""
     zeros = jnp.zeros((channels,), jnp.float32)
-    return zeros, jnp.ones((channels,), jnp.float32), zeros, slope
+    return zeros, jnp.ones((channels,), jnp.float32), zeros if bias is None else bias, slope
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel):
+def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel, moments: bool = True):
     """(op(act((p - mean) * mul + bias), kernel), its moments), by chunks of the batch.
 
     `op(h, kernel)` is a convolution of the batch's images one by one (no mixing across the
     batch), differentiable in h and kernel. The moments, [2, cout] float32, are the
     per-channel means of the output and of its square over batch and pixels: the next
-    BatchNorm's statistics, summed chunk by chunk while each is in cache. The backward pass
-    runs over chunks too: each chunk's normalised input is recomputed, the moments' gradient
-    added to the output's, and the chunk's gradients of p, and of mean, mul, bias and kernel
-    (summed over the chunks), are taken there.
+    BatchNorm's statistics, summed chunk by chunk while each is in cache (None with
+    `moments=False`: none taken, and the output not kept for the backward pass). The
+    backward pass runs over chunks too: each chunk's normalised input is recomputed, the
+    moments' gradient added to the output's, and the chunk's gradients of p, and of mean,
+    mul, bias and kernel (summed over the chunks), are taken there.
     """
+    return _normalized_conv(op, slope, moments, p_BxHxWxC, mean, mul, bias, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _normalized_conv(op, slope, with_moments, p_BxHxWxC, mean, mul, bias, kernel):
     norm = (mean, mul, bias, slope)
     b, h, w, _ = p_BxHxWxC.shape
 
     def one_chunk(sums, pc):
         out = op(affine_act(pc, norm), kernel)
+        if not with_moments:
+            return sums, out
         out32 = out.astype(jnp.float32)
         return sums + jnp.stack([out32.sum((0, 1, 2)), jnp.square(out32).sum((0, 1, 2))]), out
 
@@ -109,27 +117,30 @@ def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel):
     chunks = conv_chunks.as_chunks(p_BxHxWxC, conv_chunks.batch_chunk(b, h * w))
     sums, out = jax.lax.scan(one_chunk, zeros, chunks)
     out = out.reshape(b, *out.shape[2:])
-    return out, sums / (b * out.shape[1] * out.shape[2])
+    return out, sums / (b * out.shape[1] * out.shape[2]) if with_moments else None
 
 
-def _normalized_conv_fwd(op, slope, p, mean, mul, bias, kernel):
-    out, moments = normalized_conv(op, slope, p, mean, mul, bias, kernel)
-    return (out, moments), (p, mean, mul, bias, kernel, out)
+def _normalized_conv_fwd(op, slope, with_moments, p, mean, mul, bias, kernel):
+    out, moments = _normalized_conv(op, slope, with_moments, p, mean, mul, bias, kernel)
+    return (out, moments), (p, mean, mul, bias, kernel, out if with_moments else None)
 
 
-def _normalized_conv_bwd(op, slope, res, cotangents):
+def _normalized_conv_bwd(op, slope, with_moments, res, cotangents):
     p, mean, mul, bias, kernel, out = res
     g, g_moments = cotangents
     b, h, w, _ = p.shape
-    g_moments = g_moments / (b * out.shape[1] * out.shape[2])
+    if with_moments:
+        g_moments = g_moments / (b * g.shape[1] * g.shape[2])
 
     def one_chunk(sums, chunk):
-        pc, gc, oc = chunk
-        gc = gc.astype(jnp.float32) + g_moments[0] + 2 * oc.astype(jnp.float32) * g_moments[1]
+        pc, gc, oc = chunk if with_moments else (*chunk, None)
+        gc = gc.astype(jnp.float32)
+        if with_moments:
+            gc = gc + g_moments[0] + 2 * oc.astype(jnp.float32) * g_moments[1]
         centred = pc.astype(jnp.float32) - mean
         pre = centred * mul + bias
         _, op_vjp = jax.vjp(op, _act(pre, slope).astype(pc.dtype), kernel)
-        dh, dk = op_vjp(gc.astype(oc.dtype))
+        dh, dk = op_vjp(gc.astype(g.dtype))
         dpre = dh.astype(jnp.float32) * _act_grad(pre, slope)
         d_mul = jnp.sum(dpre * centred, axis=(0, 1, 2))
         d_bias = jnp.sum(dpre, axis=(0, 1, 2))
@@ -138,9 +149,9 @@ def _normalized_conv_bwd(op, slope, res, cotangents):
 
     zeros = (jnp.zeros_like(mul), jnp.zeros_like(bias), jnp.zeros_like(kernel))
     chunk = conv_chunks.batch_chunk(b, max(h * w, g.shape[1] * g.shape[2]))
-    xs = tuple(conv_chunks.as_chunks(x, chunk) for x in (p, g, out))
+    xs = tuple(conv_chunks.as_chunks(x, chunk) for x in (p, g, out)[: 2 + with_moments])
     (d_mul, d_bias, dk), dp = jax.lax.scan(one_chunk, zeros, xs)
     return dp.reshape(p.shape), -d_bias * mul, d_mul, d_bias, dk
 
 
-normalized_conv.defvjp(_normalized_conv_fwd, _normalized_conv_bwd)
+_normalized_conv.defvjp(_normalized_conv_fwd, _normalized_conv_bwd)

@@ -92,6 +92,16 @@ class Sampler:
         b, sizes = self.draw(step)
         return (b, bank, key) if sizes is None else (b, bank, key, sizes)
 
+    def call_args(self, steps, bank, keys) -> tuple:
+        """The arguments after the state of one call of several `steps`
+        (`train.make_multi_step`): each step's images stacked on axis 1, [D, k, n, S, S, 3],
+        bank, keys [D, k][, sizes [D, k, n, 2]]."""
+        drawn = [self.draw(step) for step in steps]
+        b = np.stack([images for images, _ in drawn], 1)
+        if self.sizes is None:
+            return (b, bank, keys)
+        return (b, bank, keys, np.stack([sizes for _, sizes in drawn], 1))
+
 
 def make_sampler(config, workdir) -> Sampler:
     """The run's Sampler: over the decoded train split, or (`data.stream`) over this process's

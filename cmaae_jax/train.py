@@ -57,6 +57,32 @@ def make_train_step(config, net, stage: int, tx):
     return jax.pmap(step, axis_name=replicas.AXIS, donate_argnums=(0,))
 
 
+def make_multi_step(config, net, stage: int, tx, steps: int):
+    """Pmapped loop of `steps` steps in one device call: (state, images_u8 [D,k,n,S,S,3],
+    bank, keys [D,k][, sizes [D,k,n,2]]) -> (state, the last step's metrics), the same steps
+    as `steps` calls of `make_train_step`'s. The call's temporary buffers serve all of its
+    steps: on CPU, fewer fresh pages per step (BENCHMARKS.md, fortieth session)."""
+    step = device_step(config, net, stage, tx)
+
+    def loop(state, images_u8, bank, keys, sizes_nx2=None):
+        per_step = (images_u8, keys) if sizes_nx2 is None else (images_u8, keys, sizes_nx2)
+        body = lambda s, xs: step(s, xs[0], bank, *xs[1:])
+        state, metrics = jax.lax.scan(body, state, per_step)
+        return state, jax.tree.map(lambda m: m[-1], metrics)
+
+    return jax.pmap(loop, axis_name=replicas.AXIS, donate_argnums=(0,))
+
+
+def call_length(step: int, hi: int, config) -> int:
+    """Steps the call from `step` runs: `train.steps_per_call` where they all come before
+    the next log line, checkpoint or the stage's end `hi`; else 1."""
+    t = config.train
+    every = (t.log_every, t.checkpoint_every)
+    boundary = min(hi, *(step // e * e + e for e in every))
+    per_call = t.get("steps_per_call", 1)
+    return per_call if step + per_call <= boundary else 1
+
+
 def stage_inputs(config, stage: int, key, clean, bank, sizes_nx2=None):
     """(input, target, paste mask or None) images of one device's batch: stage 1 the clean
     images; stage 2 GAAGA's pastes on them, with the clean images (or the pasted ones,
@@ -185,6 +211,7 @@ class _Run:
         self.config, self.workdir, self.net = config, workdir, net
         self.sampler, self.mgr, self.log = sampler, mgr, log
         self.state = state  # the host TrainState between stages (None while a stage runs)
+        self.rstate = self.state_shapes = None  # the replicas while a stage runs; its shapes
         self.base_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
         self.bank = None
 
@@ -195,36 +222,54 @@ class _Run:
             self.bank = replicas.replicate(natural_images.bank_for_config(self.config))
         return self.bank
 
+    def call(self, stage: int, step: int, n: int, bank_arg, fns: dict):
+        """(the function, its arguments) of the call running steps [step, step + n): `fns`
+        holds the stage's functions by steps per call, each compiled at its first call."""
+        keys = [jax.random.fold_in(self.base_key, s) for s in range(step, step + n)]
+        if n == 1:
+            args = self.sampler.step_args(step, bank_arg, replicas.replicate(keys[0]))
+        else:
+            keys = replicas.replicate(jnp.stack(keys))
+            args = self.sampler.call_args(range(step, step + n), bank_arg, keys)
+        if n not in fns:
+            tx = state_lib.make_optimizer(self.config, self.state_shapes.params, stage)
+            make = functools.partial(make_multi_step, steps=n) if n > 1 else make_train_step
+            fn = make(self.config, self.net, stage, tx)
+            tag = f"{stage}_{step}"
+            scheduler = self.config.train.get("cpu_scheduler", "default")
+            if self.state is not None:  # the stage's first call: the replicas made here
+                fn, self.rstate = replicas.compiled_with_replicas(
+                    fn, self.state, args, tag, scheduler
+                )
+                self.state = None
+                state_lib.release_freed_host_memory()  # the host copy's pages, before the peak
+            else:
+                fn = replicas.compile_step(fn, self.rstate, args, tag, scheduler)
+            fns[n] = fn
+        return fns[n], args
+
     def stage(self, stage: int, first: int, hi: int):
         """Runs steps [first, hi) of `stage` from the host state `self.state` and leaves the
         final one there. The host copy is dropped while the replicas train (one copy of the
         parameters and Adam's moments less in the peak host memory)."""
         t = self.config.train
-        tx = state_lib.make_optimizer(self.config, self.state.params, stage)
-        step_fn = make_train_step(self.config, self.net, stage, tx)
-        bank_arg = self.bank_arg(stage)
-        key = replicas.replicate(jax.random.fold_in(self.base_key, first))
-        args = self.sampler.step_args(first, bank_arg, key)  # compiled with, then run
-        scheduler = t.get("cpu_scheduler", "default")
-        tag = f"{stage}_{first}"
-        step_fn, rstate = replicas.compiled_with_replicas(step_fn, self.state, args, tag, scheduler)
-        self.state = None
-        state_lib.release_freed_host_memory()  # the host copy's pages, before the steps' peak
-        for step in range(first, hi):
-            if step > first:
-                key = replicas.replicate(jax.random.fold_in(self.base_key, step))
-                args = self.sampler.step_args(step, bank_arg, key)
-            rstate, metrics = step_fn(rstate, *args)
-            done = step + 1
+        self.state_shapes = jax.eval_shape(lambda: self.state)
+        bank_arg, fns, step = self.bank_arg(stage), {}, first
+        while step < hi:
+            n = call_length(step, hi, self.config)
+            fn, args = self.call(stage, step, n, bank_arg, fns)
+            self.rstate, metrics = fn(self.rstate, *args)
+            done = step = step + n
             if done % t.log_every == 0 or done == hi:
                 values = {k: float(replicas.first_replica(v)) for k, v in metrics.items()}
                 _check_finite(values, done, stage, self.workdir, self.mgr)
                 self.log.write(done, stage, values)
             if done % t.checkpoint_every == 0 or done == hi:
                 meta = state_lib.checkpoint_meta(self.config, stage)
-                checkpoint.save(self.mgr, done, replicas.unreplicate_to_host(rstate), meta)
-        self.state = replicas.unreplicate_to_host(rstate)
-        del rstate, step_fn
+                checkpoint.save(self.mgr, done, replicas.unreplicate_to_host(self.rstate), meta)
+        self.state = replicas.unreplicate_to_host(self.rstate)
+        self.rstate = None
+        del fns
         state_lib.release_compiled_programs()  # the next stage and evaluation need room
 
 

@@ -73,6 +73,7 @@ def get_config():
     c.train.ema_decay = 0.0  # > 0: score with a moving average of the params (0 = paper)
     c.train.remat = "none"  # none | conv_outputs (recompute BatchNorm/ReLU: less host memory)
     c.train.cpu_scheduler = "memory"  # XLA:CPU op order: memory (less host memory) | default
+    c.train.steps_per_call = 4  # steps run by one device call (a loop on device); 1: one each
     c.train.log_every = 20  # steps between metric-log lines
     c.train.checkpoint_every = 200  # steps between checkpoints
     c.train.keep_checkpoints = 3  # number of checkpoints kept

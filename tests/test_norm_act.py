@@ -94,24 +94,34 @@ def test_normalized_conv_equals_lax_forward_and_gradients_over_chunks(kind, slop
     g = jnp.asarray(rng.normal(0, 1, out_shape), jnp.float32)
     g_moments = jnp.asarray(rng.normal(0, 1, (2, cout)), jnp.float32)
 
-    def lax_loss(x, mean, mul, bias, w):
+    def lax_loss(x, mean, mul, bias, w, with_moments):
         pre = (x - mean) * mul + bias
         h = jax.nn.leaky_relu(pre, slope) if slope else jax.nn.relu(pre)
         out = op(h, w, s, p, impl="xla")
+        if not with_moments:
+            return jnp.vdot(out, g)
         moments = jnp.stack([out.mean((0, 1, 2)), jnp.square(out).mean((0, 1, 2))])
         return jnp.vdot(out, g) + jnp.vdot(moments, g_moments)
 
-    def fused_loss(x, mean, mul, bias, w):
-        out, moments = norm_act.normalized_conv(fused_op, slope, x, mean, mul, bias, w)
+    def fused_loss(x, mean, mul, bias, w, with_moments):
+        out, moments = norm_act.normalized_conv(
+            fused_op, slope, x, mean, mul, bias, w, with_moments
+        )
+        if not with_moments:
+            assert moments is None
+            return jnp.vdot(out, g)
         return jnp.vdot(out, g) + jnp.vdot(moments, g_moments)
 
     args = (x, mean, mul, bias, w)
-    want = jax.jit(jax.value_and_grad(lax_loss, argnums=range(5)))(*args)
-    got = jax.jit(jax.value_and_grad(fused_loss, argnums=range(5)))(*args)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    for name, a, b in zip(("x", "mean", "mul", "bias", "kernel"), got[1], want[1], strict=True):
-        scale = float(jnp.max(jnp.abs(b)))
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale, err_msg=name)
+    for with_moments in (True, False):  # without: no moments taken, none of their gradient
+        grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=range(5)), static_argnums=5)
+        want = grad(lax_loss)(*args, with_moments)
+        got = grad(fused_loss)(*args, with_moments)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        names = ("x", "mean", "mul", "bias", "kernel")
+        for name, a, b in zip(names, got[1], want[1], strict=True):
+            scale = float(jnp.max(jnp.abs(b)))
+            np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * scale, err_msg=name)
 
 
 def test_training_step_of_the_model_equals_its_unfused_form_with_gradients(monkeypatch):
@@ -137,12 +147,22 @@ def test_training_step_of_the_model_equals_its_unfused_form_with_gradients(monke
     step = lambda: jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
     got = step()
 
-    def unfused(op, slope, p, mean, mul, bias, kernel):
+    def unfused(op, slope, p, mean, mul, bias, kernel, moments=True):
         out = op(norm_act.affine_act(p, (mean, mul, bias, slope)), kernel)
+        if not moments:
+            return out, None
         return out, jnp.stack([out.mean((0, 1, 2)), jnp.square(out).mean((0, 1, 2))])
 
-    monkeypatch.setattr(norm_act, "normalized_conv", unfused)
-    want = step()
+    with monkeypatch.context() as patched:
+        patched.setattr(norm_act, "normalized_conv", unfused)
+        _assert_same_step(got, step())
+    # conv1's bias added in the next conv's chunks (model._defers_bias), or added whole
+    with monkeypatch.context() as patched:
+        patched.setattr(model, "_defers_bias", lambda *args: False)
+        _assert_same_step(got, step())
+
+
+def _assert_same_step(got, want):
     (got_loss, (got_rec, got_stats)), got_grads = got
     (want_loss, (want_rec, want_stats)), want_grads = want
     np.testing.assert_allclose(got_rec, want_rec, atol=1e-5)

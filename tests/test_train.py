@@ -404,3 +404,43 @@ def test_crop_scales_crop_each_share_of_the_images_at_its_scale(data_root, monke
         out = jax.eval_shape(step, replicas.replicate(s), images, bank, key)
         assert out[1]["loss"].shape == (devices,)
     assert canvases == [(1, 64, 64)] * 4  # one image per scale per stage
+
+
+def test_call_length_stops_before_each_log_line_checkpoint_and_stage_end(data_root):
+    config = tiny_config(
+        data_root, train__steps_per_call=4, train__log_every=10, train__checkpoint_every=6
+    )
+    # boundaries after step 6, 10, 12, 18, 20 (log and checkpoint) and at 13 (the stage end)
+    got = [train.call_length(s, 13, config) for s in (0, 2, 3, 6, 7, 8, 10, 12)]
+    assert got == [4, 4, 1, 4, 1, 1, 1, 1]  # 0-3 fits 6; 2-5 fits; 3-6 crosses 6; 6-9 fits 10
+    config.train.steps_per_call = 1
+    assert [train.call_length(s, 13, config) for s in (0, 3, 12)] == [1, 1, 1]
+
+
+def test_steps_run_several_per_call_end_where_one_per_call_ends(data_root, tmp_path, monkeypatch):
+    """`train.steps_per_call=2`: each call loops over two steps on the device (their images
+    and keys drawn per step as before); the run ends with the parameters of one step per
+    call, up to float rounding (the loop is compiled apart), and its log has every line."""
+    made = []
+    make = train.make_multi_step
+    monkeypatch.setattr(train, "make_multi_step", lambda *a, **k: made.append(k) or make(*a, **k))
+    runs = {}
+    for per_call in (1, 2):
+        config = tiny_config(data_root, train__steps_per_call=per_call, train__log_every=2)
+        runs[per_call] = train.train(config, str(tmp_path / str(per_call)))
+    assert int(runs[2].step) == int(runs[1].step) == 8
+    assert made == [{"steps": 2}, {"steps": 2}]  # once per stage, only where asked
+    a, b = _flat(runs[1].params), _flat(runs[2].params)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    moved = [
+        np.abs(b[k] - v).max()
+        for k, v in _flat(
+            state_lib.init_state(
+                tiny_config(data_root), model.from_config(tiny_config(data_root))
+            ).params
+        ).items()
+    ]
+    assert max(moved) > 1e-3
+    log = (tmp_path / "2" / "metrics.jsonl").read_text().splitlines()
+    assert len(log) == 4  # steps 2, 4, 6, 8
