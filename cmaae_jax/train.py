@@ -252,6 +252,8 @@ class _Run:
         """Runs steps [first, hi) of `stage` from the host state `self.state` and leaves the
         final one there. The host copy is dropped while the replicas train (one copy of the
         parameters and Adam's moments less in the peak host memory)."""
+        if first >= hi:
+            return
         t = self.config.train
         self.state_shapes = jax.eval_shape(lambda: self.state)
         bank_arg, fns, step = self.bank_arg(stage), {}, first

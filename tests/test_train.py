@@ -70,7 +70,8 @@ def test_resumed_run_ends_with_the_same_parameters(data_root, tmp_path):
     full = train.train(tiny_config(data_root), str(tmp_path / "full"))
     # Interrupted twice: after stage 1 and in the middle of stage 2; the same command resumes.
     part = tmp_path / "part"
-    train.train(tiny_config(data_root, train__stage2_steps=0), str(part))
+    after_stage1 = train.train(tiny_config(data_root, train__stage2_steps=0), str(part))
+    assert int(after_stage1.step) == 4  # a stage with no step left keeps the state
     train.train(tiny_config(data_root, train__stage2_steps=2), str(part))
     resumed = train.train(tiny_config(data_root), str(part))
     assert int(resumed.step) == int(full.step) == 8
