@@ -1,10 +1,10 @@
 """Where the training step's time goes, per XLA op, summed over the device threads.
 
-    python scripts/profile_step.py --batch 512 [--trace-dir /tmp/step_trace] [--top 70]
+    python scripts/profile_step.py --batch 512 [--steps-per-call 4] [--trace-dir DIR] [--top 70]
 
 Builds the benchmark's stage-1 step (`benchmark.stage1_step`: 64x64 images, one crop each,
 the default config and the benchmark's options, 2 virtual CPU devices), compiles it as
-`train.train` does, runs 3 steps, traces 2 with
+`train.train` does, runs 3 calls (of `--steps-per-call` steps each), traces 2 with
 `jax.profiler` (XLA:CPU's per-op trace events switched on) and prints the time per step of
 each op (both device threads summed), with its output shape and the JAX source op it came
 from (the compiled step's HLO metadata), then the sums by op kind. Run it on quiet cores.
@@ -27,14 +27,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 TRACED_STEPS = 2
 
 
-def traced_step(batch: int, trace_dir: str) -> str:
-    """Traces TRACED_STEPS steps of the benchmark's step; returns the compiled step's HLO."""
+def traced_step(batch: int, trace_dir: str, steps_per_call: int) -> str:
+    """Traces TRACED_STEPS calls of the benchmark's step (of `steps_per_call` steps each);
+    returns the compiled step's HLO."""
     import jax
 
     from cmaae_jax import benchmark
     from configs import default
 
-    options = benchmark.Options(batch=batch)
+    options = benchmark.Options(batch=batch, steps_per_call=steps_per_call)
     _, compiled, _, state, args = benchmark.stage1_step(options, default.get_config())
     for _ in range(3):  # warm-up
         state, metrics = compiled(state, *args)
@@ -94,11 +95,14 @@ def main():
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--trace-dir", default="/tmp/step_trace")
     ap.add_argument("--top", type=int, default=70)
+    ap.add_argument("--steps-per-call", type=int, default=4, help="train.steps_per_call")
     args = ap.parse_args()
     if glob.glob(args.trace_dir + "/**/*.xplane.pb", recursive=True):
         sys.exit(f"{args.trace_dir} already holds a trace: give an empty --trace-dir")
-    info = hlo_info(traced_step(args.batch, args.trace_dir))
+    info = hlo_info(traced_step(args.batch, args.trace_dir, args.steps_per_call))
     times = op_times(args.trace_dir)
+    for name in times:  # per step
+        times[name] /= args.steps_per_call
     print(f"all ops: {sum(times.values()):.1f} ms per step (device threads summed)")
     for name, ms in times.most_common(args.top):
         shape, source = info.get(name, ("", ""))
