@@ -184,9 +184,10 @@ def bench_train(args, base_config):
     stats = {}
     steps = [t / k for t in timed(one_step, args.steps, stats)]  # per step
     stats = {name: [v / k for v in values] for name, values in stats.items()}
-    loss = float(np.asarray(holder["state"].step)[0]), float(np.asarray(metrics["loss"])[0])
-    if not np.isfinite(loss[1]):
-        raise SystemExit(f"training loss is not finite: {loss[1]}")
+    steps_done = int(np.asarray(holder["state"].step)[0])
+    loss = float(np.asarray(metrics["loss"])[0])
+    if not np.isfinite(loss):
+        raise SystemExit(f"training loss is not finite: {loss}")
     median = statistics.median(steps)
     host = replicas.unreplicate_to_host(holder["state"])
     variables = {"params": host.params, "batch_stats": host.batch_stats}
@@ -199,6 +200,7 @@ def bench_train(args, base_config):
             "train_steps_per_s": len(steps) / sum(steps),
             "train_patches_per_s": len(steps) * args.batch / sum(steps),
             "train_steps_per_call": k,
+            "train_steps_done": steps_done,  # the state's step counter after every call
             "train_step_s_median": median,
             "train_step_s_all": [round(t, 4) for t in steps],
             "train_warmup_s_all": [round(t, 4) for t in warm],

@@ -39,6 +39,9 @@ def test_benchmark_json_has_the_keys_and_sane_values():
     assert result["device_count"] >= 1 and isinstance(result["device_kind"], str)
     assert 0 < result["train_step_s_median"] < 600
     assert result["train_patches_per_s"] > 0
+    # the compiling call, 1 warm-up and 1 timed call of 4 steps each; times are per step
+    assert result["train_steps_per_call"] == 4 and result["train_steps_done"] == 3 * 4
+    assert len(result["train_step_s_all"]) == 1
     assert 0 <= result["compile_s"] < 600
     assert result["compilation_cache"] == os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     assert 0 < result["infer_ms_per_image_median"] < 600_000
