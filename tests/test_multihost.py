@@ -63,13 +63,18 @@ def _load(path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_together_and_only_the_primary_writes(tmp_path):
-    # Stage 1 only: the real training step, compiled once per process.
+@pytest.mark.parametrize("per_call", [1, STEPS])
+def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_call):
+    # Stage 1 only: the real training step, compiled once per process; with per_call=STEPS
+    # the steps run as one call (`train.steps_per_call`), logged and saved once.
     config = tiny_config(
         tmp_path / "data",
         model__latent_dim=16,
         train__stage1_steps=STEPS,
         train__stage2_steps=0,
+        train__steps_per_call=per_call,
+        train__log_every=per_call,
+        train__checkpoint_every=2 if per_call == 1 else STEPS,
     )
     datasets.load_splits(config)  # writes the synthetic tree once, before the workers read it
     config_file = tmp_path / "config.json"
@@ -116,10 +121,12 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path):
 
     # Only process 0 wrote: one log record per step, array data from process 0 alone, and
     # the progress bar on process 0 only.
-    assert [r["step"] for r in train_log.read(workdir / "metrics.jsonl")] == [1, 2, 3]
-    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == STEPS
+    logged = list(range(per_call, STEPS + 1, per_call))  # [1, 2, 3] or [3]
+    assert [r["step"] for r in train_log.read(workdir / "metrics.jsonl")] == logged
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(logged)
     ckpts = workdir / "checkpoints"
-    assert sorted(int(p.name) for p in ckpts.iterdir()) == [2, 3]
+    saved = [2, 3] if per_call == 1 else [STEPS]
+    assert sorted(int(p.name) for p in ckpts.iterdir()) == saved
     assert not list(ckpts.rglob("*process_1*"))
     assert "step/s" in texts[0] and "step/s" not in texts[1]
     mgr = checkpoint.manager(workdir, async_save=False)
