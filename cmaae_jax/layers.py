@@ -234,9 +234,10 @@ def torch_uniform_init(fan_in_axes):
 
 
 def _row_shift_sized(x, k: int, layer) -> bool:
-    """Whether input and output are both 8x8 or larger: the layers whose weight gradient
-    is the row-shift matmul, which runs well chunk by chunk (XLA's own, kept for smaller
-    outputs, is many times slower inside a loop)."""
+    """Whether input and output are both 8x8 or larger: the layers that apply the norm
+    before them inside their chunks. The 4x4 layers apply it whole: fused, they were no
+    faster, and a BatchNorm bias gradient moved by 1e-3 of its scale (BENCHMARKS.md,
+    fortieth session)."""
     s, p, h = layer.stride, layer.padding, x.shape[1]
     out = (h - 1) * s - 2 * p + k if layer.transpose else (h + 2 * p - k) // s + 1
     return min(h, out) * min(x.shape[2], out) >= 64
