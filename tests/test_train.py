@@ -449,3 +449,11 @@ def test_steps_run_several_per_call_end_where_one_per_call_ends(data_root, tmp_p
     assert max(moved) > 1e-3
     log = [json.loads(line) for line in (tmp_path / "2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3, 4, 6, 8]
+    # interrupted after stage 1 and resumed, by the same calls: bit for bit
+    part = str(tmp_path / "part")
+    config = tiny_config(data_root, train__steps_per_call=2, train__log_every=3)
+    train.train(tiny_config(data_root, train__steps_per_call=2, train__log_every=3,
+                            train__stage2_steps=0), part)  # fmt: skip
+    resumed = _flat(train.train(config, part).params)
+    for k in b:
+        np.testing.assert_array_equal(resumed[k], b[k], err_msg=k)
