@@ -260,8 +260,8 @@ class Conv(nn.Module):
         """The conv of x, or with `norm` (mean, mul, bias, slope: `norm_act`) of
         act((x - mean) * mul + bias), by chunks with the CPU formulation. `with_moments`:
         returns (y, the moments `norm_act.normalized_conv` took of y, or None where it did
-        not run). `defer_bias` (with `use_bias`): y without the bias, returned after them
-        for the next layer's norm to add (`norm_act.identity`)."""
+        not run). `defer_bias` (with `use_bias`): returns (y without its bias, None, the
+        bias), for the next layer's norm to add (`norm_act.identity`)."""
         k, cin = self.kernel_size, x.shape[-1]
         # PyTorch's fan_in: cin*k*k for Conv2d, cout*k*k for ConvTranspose2d (its weight dim 1).
         fan_axes = (0, 1, 3) if self.transpose else (0, 1, 2)

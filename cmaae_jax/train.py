@@ -211,7 +211,7 @@ class _Run:
         self.config, self.workdir, self.net = config, workdir, net
         self.sampler, self.mgr, self.log = sampler, mgr, log
         self.state = state  # the host TrainState between stages (None while a stage runs)
-        self.rstate = self.state_shapes = None  # the replicas while a stage runs; its shapes
+        self.rstate = None  # the replicated state while a stage runs
         self.base_key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
         self.bank = None
 
@@ -222,7 +222,7 @@ class _Run:
             self.bank = replicas.replicate(natural_images.bank_for_config(self.config))
         return self.bank
 
-    def call(self, stage: int, step: int, n: int, bank_arg, fns: dict):
+    def call(self, stage: int, step: int, n: int, bank_arg, tx, fns: dict):
         """(the function, its arguments) of the call running steps [step, step + n): `fns`
         holds the stage's functions by steps per call, each compiled at its first call."""
         keys = [jax.random.fold_in(self.base_key, s) for s in range(step, step + n)]
@@ -232,7 +232,6 @@ class _Run:
             keys = replicas.replicate(jnp.stack(keys))
             args = self.sampler.call_args(range(step, step + n), bank_arg, keys)
         if n not in fns:
-            tx = state_lib.make_optimizer(self.config, self.state_shapes.params, stage)
             make = functools.partial(make_multi_step, steps=n) if n > 1 else make_train_step
             fn = make(self.config, self.net, stage, tx)
             tag = f"{stage}_{step}"
@@ -255,11 +254,11 @@ class _Run:
         if first >= hi:
             return
         t = self.config.train
-        self.state_shapes = jax.eval_shape(lambda: self.state)
+        tx = state_lib.make_optimizer(self.config, self.state.params, stage)
         bank_arg, fns, step = self.bank_arg(stage), {}, first
         while step < hi:
             n = call_length(step, hi, self.config)
-            fn, args = self.call(stage, step, n, bank_arg, fns)
+            fn, args = self.call(stage, step, n, bank_arg, tx, fns)
             self.rstate, metrics = fn(self.rstate, *args)
             done = step = step + n
             if done % t.log_every == 0 or done == hi:
