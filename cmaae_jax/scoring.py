@@ -60,13 +60,37 @@ def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
     """Bilinear resize of [B,h,w] maps to [B,H,W], PyTorch `align_corners=False` semantics.
 
     Half-pixel centres (source coordinate (i + 0.5) * in / out - 0.5), clamped at the border.
-    `jax.image.resize` uses the same centres; with `antialias=False` its triangle kernel is
-    exactly linear interpolation between the two nearest source samples, renormalised at the
-    border, which equals PyTorch's clamping. (Upsampling never antialiases anyway; the flag
-    keeps downsampling like PyTorch too.)
+    An integer upscale (H = f*h, W = g*w: the MSFR map's levels) is two passes of two taps
+    each (`_upsample_axis`); any other size goes through `jax.image.resize`, whose dense
+    interpolation matrices cost ~1 ms of matmul per 512x512 level (BENCHMARKS.md,
+    forty-first session). With `antialias=False` its triangle kernel is exactly linear
+    interpolation between the two nearest source samples, renormalised at the border, which
+    equals PyTorch's clamping (downsampling stays like PyTorch's too).
     """
-    b = maps_Bxhxw.shape[0]
+    b, in_h, in_w = maps_Bxhxw.shape
+    if h % in_h == 0 and w % in_w == 0:
+        return _upsample_axis(_upsample_axis(maps_Bxhxw, h // in_h, 1), w // in_w, 2)
     return jax.image.resize(maps_Bxhxw, (b, h, w), "bilinear", antialias=False)
+
+
+def _upsample_axis(x: Array, factor: int, axis: int) -> Array:
+    """`factor` times as many samples along `axis`: output f*i + r lies at input coordinate
+    i + d, d = (r + 0.5) / f - 0.5 in (-1/2, 1/2), between input i and its neighbour on
+    d's side, weights 1 - |d| and |d|; the edge sample repeated beyond the border."""
+    if factor == 1:
+        return x
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    edged = jnp.pad(x, pad, mode="edge")
+    before, here, after = (jax.lax.slice_in_dim(edged, i, i + n, axis=axis) for i in range(3))
+    parts = []
+    for r in range(factor):
+        d = (r + 0.5) / factor - 0.5
+        parts.append((1.0 - abs(d)) * here + abs(d) * (after if d > 0 else before))
+    shape = list(x.shape)
+    shape[axis] = n * factor
+    return jnp.stack(parts, axis=axis + 1).reshape(shape)
 
 
 def _residual(f_BxhxwxC: Array, f_rec_BxhxwxC: Array) -> Array:
@@ -114,9 +138,14 @@ def msfr_map(
     chex.assert_shape([images_BxHxWx3, rec_BxHxWx3], (b, h, w, 3))
     residuals = feature_residuals(model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), mesh)
     total = float(sum(score_options.RF_AREAS[s] for s in scales))
-    amap = jnp.zeros((b, h, w), jnp.float32)
+    by_size = {}  # the levels of one resolution summed before their one resize (it is linear)
     for s in scales:
-        amap = amap + (score_options.RF_AREAS[s] / total) * resize_bilinear(residuals[s - 1], h, w)
+        weighted = (score_options.RF_AREAS[s] / total) * residuals[s - 1]
+        size = weighted.shape[1:]
+        by_size[size] = by_size[size] + weighted if size in by_size else weighted
+    amap = jnp.zeros((b, h, w), jnp.float32)
+    for level_sum in by_size.values():
+        amap = amap + resize_bilinear(level_sum, h, w)
     return amap
 
 

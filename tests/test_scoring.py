@@ -59,7 +59,15 @@ def _torch_bilinear(x_Bxhxw, out_h, out_w):
 
 
 @pytest.mark.parametrize(
-    "in_hw,out_hw", [((8, 8), (16, 16)), ((8, 4), (32, 16)), ((5, 7), (13, 16)), ((16, 9), (5, 7))]
+    "in_hw,out_hw",
+    [
+        ((8, 8), (16, 16)),  # integer factors: two taps per axis
+        ((8, 4), (32, 16)),
+        ((3, 5), (24, 5)),  # 8 and 1
+        ((1, 2), (3, 6)),  # one row: both taps at the edge
+        ((5, 7), (13, 16)),  # the rest: jax.image.resize
+        ((16, 9), (5, 7)),
+    ],
 )
 def test_resize_matches_torch_align_corners_false(in_hw, out_hw):
     x = np.random.default_rng(0).normal(size=(2, *in_hw)).astype(np.float32)
