@@ -68,7 +68,7 @@ class Memory(nn.Module):
             lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
             (self.size, d),
         )
-        z_BxD = z_BxD.astype(jnp.float32)
+        z_BxD = z_BxD.astype(jnp.promote_types(z_BxD.dtype, jnp.float32))
         return address(z_BxD, items, self.similarity, self.shrink_threshold, self.temperature)
 
 

@@ -174,13 +174,15 @@ class CMAAE(nn.Module):
             self.segmenter = segmenter.Segmenter(self.impl, self.dtype)
 
     def __call__(self, x_Bx64x64x3, train: bool = False):
-        """Returns (reconstruction [B,64,64,3] float32, aux dict with z, z_out, w_hat, entropy)."""
+        """Returns (reconstruction [B,64,64,3] float32, aux dict with z, z_out, w_hat, entropy).
+        (float64 where `dtype` is: the tests' exact runs under `jax.enable_x64`.)"""
         b = x_Bx64x64x3.shape[0]
         chex.assert_shape(x_Bx64x64x3, (b, PATCH, PATCH, 3))
-        z_BxD = self.encoder(x_Bx64x64x3, train)[-1].reshape(b, -1).astype(jnp.float32)
+        wide = jnp.promote_types(self.dtype, jnp.float32)
+        z_BxD = self.encoder(x_Bx64x64x3, train)[-1].reshape(b, -1).astype(wide)
         chex.assert_shape(z_BxD, (b, self.latent_dim))
         if self.variant == "ae":
-            z_out, w_hat, entropy_B = z_BxD, None, jnp.zeros((b,), jnp.float32)
+            z_out, w_hat, entropy_B = z_BxD, None, jnp.zeros((b,), wide)
         else:
             z_mem, w_hat, entropy_B = self.memory(z_BxD)
             if self.variant == "mam":
@@ -189,7 +191,7 @@ class CMAAE(nn.Module):
                 z_out = self.fusion(jnp.concatenate([z_BxD, z_mem], axis=-1))
             else:
                 z_out = self.repair(z_BxD, z_mem)
-        rec = self.decoder(z_out, train).astype(jnp.float32)
+        rec = self.decoder(z_out, train).astype(wide)
         chex.assert_shape(rec, (b, PATCH, PATCH, 3))
         return rec, {"z": z_BxD, "z_out": z_out, "w_hat": w_hat, "entropy": entropy_B}
 

@@ -90,7 +90,8 @@ def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel, moments: bool
     """(op(act((p - mean) * mul + bias), kernel), its moments), by chunks of the batch.
 
     `op(h, kernel)` is a convolution of the batch's images one by one (no mixing across the
-    batch), differentiable in h and kernel. The moments, [2, cout] float32, are the
+    batch), differentiable in h and kernel. The moments, [2, cout] float32 (float64 with a
+    float64 kernel), are the
     per-channel means of the output and of its square over batch and pixels: the next
     BatchNorm's statistics, summed chunk by chunk while each is in cache (None with
     `moments=False`: none taken, and the output not kept for the backward pass). The
@@ -105,15 +106,16 @@ def normalized_conv(op, slope, p_BxHxWxC, mean, mul, bias, kernel, moments: bool
 def _normalized_conv(op, slope, with_moments, p_BxHxWxC, mean, mul, bias, kernel):
     norm = (mean, mul, bias, slope)
     b, h, w, _ = p_BxHxWxC.shape
+    wide = jnp.promote_types(kernel.dtype, jnp.float32)
 
     def one_chunk(sums, pc):
         out = op(affine_act(pc, norm), kernel)
         if not with_moments:
             return sums, out
-        out32 = out.astype(jnp.float32)
-        return sums + jnp.stack([out32.sum((0, 1, 2)), jnp.square(out32).sum((0, 1, 2))]), out
+        out_wide = out.astype(wide)
+        return sums + jnp.stack([out_wide.sum((0, 1, 2)), jnp.square(out_wide).sum((0, 1, 2))]), out
 
-    zeros = jnp.zeros((2, kernel.shape[-1]), jnp.float32)
+    zeros = jnp.zeros((2, kernel.shape[-1]), wide)
     chunks = conv_chunks.as_chunks(p_BxHxWxC, conv_chunks.batch_chunk(b, h * w))
     sums, out = jax.lax.scan(one_chunk, zeros, chunks)
     out = out.reshape(b, *out.shape[2:])
@@ -129,29 +131,31 @@ def _normalized_conv_bwd(op, slope, with_moments, res, cotangents):
     p, mean, mul, bias, kernel, out = res
     g, g_moments = cotangents
     b, h, w, _ = p.shape
+    wide = jnp.promote_types(kernel.dtype, jnp.float32)
     if with_moments:
         g_moments = g_moments / (b * g.shape[1] * g.shape[2])
 
     def one_chunk(sums, chunk):
         pc, gc, oc = chunk if with_moments else (*chunk, None)
-        gc = gc.astype(jnp.float32)
+        gc = gc.astype(wide)
         if with_moments:
-            gc = gc + g_moments[0] + 2 * oc.astype(jnp.float32) * g_moments[1]
-        centred = pc.astype(jnp.float32) - mean
+            gc = gc + g_moments[0] + 2 * oc.astype(wide) * g_moments[1]
+        centred = pc.astype(wide) - mean
         pre = centred * mul + bias
         _, op_vjp = jax.vjp(op, _act(pre, slope).astype(pc.dtype), kernel)
         dh, dk = op_vjp(gc.astype(g.dtype))
-        dpre = dh.astype(jnp.float32) * _act_grad(pre, slope)
+        dpre = dh.astype(wide) * _act_grad(pre, slope)
         d_mul = jnp.sum(dpre * centred, axis=(0, 1, 2))
         d_bias = jnp.sum(dpre, axis=(0, 1, 2))
         sums = jax.tree.map(jnp.add, sums, (d_mul, d_bias, dk))
         return sums, (dpre * mul).astype(pc.dtype)
 
-    zeros = (jnp.zeros_like(mul), jnp.zeros_like(bias), jnp.zeros_like(kernel))
+    zeros = (jnp.zeros(mul.shape, wide), jnp.zeros(bias.shape, wide), jnp.zeros_like(kernel))
     chunk = conv_chunks.batch_chunk(b, max(h * w, g.shape[1] * g.shape[2]))
     xs = tuple(conv_chunks.as_chunks(x, chunk) for x in (p, g, out)[: 2 + with_moments])
     (d_mul, d_bias, dk), dp = jax.lax.scan(one_chunk, zeros, xs)
-    return dp.reshape(p.shape), -d_bias * mul, d_mul, d_bias, dk
+    d_mean = (-d_bias * mul).astype(mean.dtype)
+    return dp.reshape(p.shape), d_mean, d_mul.astype(mul.dtype), d_bias.astype(bias.dtype), dk
 
 
 _normalized_conv.defvjp(_normalized_conv_fwd, _normalized_conv_bwd)

@@ -155,8 +155,10 @@ def test_im2col_conv_matches_brute_force(k, s, p, hw):
 
 
 def test_batch_chunk_is_the_largest_divisor_that_fits():
-    assert conv_chunks.batch_chunk(256, 1156) == 4  # 3x3 layer, 34x34 padded grid: 7 fit, 4 divides
-    assert conv_chunks.batch_chunk(256, 25) == 256  # 4x4 outputs: the whole batch fits
+    assert conv_chunks.CHUNK_ROWS == 4096
+    assert conv_chunks.batch_chunk(256, 1156) == 2  # 3x3 layer, 34x34 padded grid: 3 fit, 2 divides
+    assert conv_chunks.batch_chunk(256, 25) == 128  # 5x5 grid: 163 fit, 128 the largest divisor
+    assert conv_chunks.batch_chunk(256, 16) == 256  # 4x4 grid: the whole batch fits
     assert conv_chunks.batch_chunk(6, 100, chunk_rows=450) == 3  # 4 fit; 3 is the divisor
     assert conv_chunks.batch_chunk(7, 100, chunk_rows=450) == 1  # prime batch: one image a chunk
     assert conv_chunks.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
@@ -182,10 +184,10 @@ def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk_rows):
 
 
 def test_chunked_forward_conv_equals_lax():
-    # 6 images of 64x64 px: 4096 input pixels each, 2 fit in CHUNK_ROWS: three chunks
-    assert conv_chunks.batch_chunk(6, 64 * 64) == 2
+    # 6 images of 32x32 px: 1024 input pixels each, 4 fit in CHUNK_ROWS: two chunks of 3
+    assert conv_chunks.batch_chunk(6, 32 * 32) == 3
     kx, kw = jax.random.split(jax.random.key(6))
-    x = jax.random.normal(kx, (6, 64, 64, 3))
+    x = jax.random.normal(kx, (6, 32, 32, 3))
     w = jax.random.normal(kw, (4, 4, 3, 5))
     got = jax.jit(lambda x, w: layers._chunked_conv(x, w, 2, 1))(x, w)
     want = layers.conv2d(x, w, 2, 1, impl="xla")
@@ -194,9 +196,9 @@ def test_chunked_forward_conv_equals_lax():
 
 @pytest.mark.parametrize("k,s,p,transpose", [(3, 1, 1, False), (4, 2, 1, False), (4, 2, 1, True)])
 def test_chunked_layers_equal_lax_with_gradients(k, s, p, transpose):
-    # 4 images of 64x64 (4096 pixels: 2 images a chunk): forward, input and weight gradients
+    # 4 images of 64x64 (4096 pixels: one image a chunk): forward, input and weight gradients
     # by chunks against lax; the transposed conv from 32x32 (1024 pixels: one chunk of 4
-    # forward, its 64x64 gradient in chunks of 2)
+    # forward, its 64x64 gradient one image a chunk)
     side = 32 if transpose else 64
     kx, kw, kg = jax.random.split(jax.random.key(7), 3)
     x = jax.random.normal(kx, (4, side, side, 3))
