@@ -1,6 +1,8 @@
-"""Where the training step's time goes, per XLA op, summed over the device threads.
+"""Where the training step's (or the MSFR map's) time goes, per XLA op, summed over the device
+threads.
 
     python scripts/profile_step.py --batch 512 [--steps-per-call 4] [--trace-dir DIR] [--top 70]
+    python scripts/profile_step.py --map [--trace-dir DIR]     # the MSFR map of one 512x512 image
 
 Builds the benchmark's stage-1 step (`benchmark.stage1_step`: 64x64 images, one crop each,
 the default config and the benchmark's options, 2 virtual CPU devices), compiles it as
@@ -46,6 +48,30 @@ def traced_step(batch: int, trace_dir: str, steps_per_call: int) -> str:
         jax.block_until_ready(metrics)
     jax.profiler.stop_trace()
     return compiled.as_text()
+
+
+def traced_map(trace_dir: str) -> str:
+    """Traces TRACED_STEPS calls of the benchmark's MSFR map of one 512x512 image; returns the
+    compiled function's HLO."""
+    import jax
+    import numpy as np
+
+    from cmaae_jax import model, scoring, spread
+    from configs import default
+
+    config = default.get_config()
+    net = model.from_config(config)
+    variables = spread.put_variables(model.init(net, jax.random.key(0)))
+    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True)
+    rng = np.random.default_rng(1)
+    image = jax.numpy.asarray(rng.uniform(-1, 1, (1, 512, 512, 3)).astype(np.float32))
+    for _ in range(3):  # warm-up
+        jax.block_until_ready(map_fn(variables, image))
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(TRACED_STEPS):
+        jax.block_until_ready(map_fn(variables, image))
+    jax.profiler.stop_trace()
+    return map_fn.lower(variables, image).compile().as_text()
 
 
 def op_times(trace_dir: str) -> collections.Counter:
@@ -96,14 +122,20 @@ def main():
     ap.add_argument("--trace-dir", default="/tmp/step_trace")
     ap.add_argument("--top", type=int, default=70)
     ap.add_argument("--steps-per-call", type=int, default=4, help="train.steps_per_call")
+    ap.add_argument("--map", action="store_true", help="the MSFR map instead of the step")
     args = ap.parse_args()
     if glob.glob(args.trace_dir + "/**/*.xplane.pb", recursive=True):
         sys.exit(f"{args.trace_dir} already holds a trace: give an empty --trace-dir")
-    info = hlo_info(traced_step(args.batch, args.trace_dir, args.steps_per_call))
+    if args.map:
+        info, per = hlo_info(traced_map(args.trace_dir)), 1
+    else:
+        info = hlo_info(traced_step(args.batch, args.trace_dir, args.steps_per_call))
+        per = args.steps_per_call
     times = op_times(args.trace_dir)
-    for name in times:  # per step
-        times[name] /= args.steps_per_call
-    print(f"all ops: {sum(times.values()):.1f} ms per step (device threads summed)")
+    for name in times:  # per step (per call of the map)
+        times[name] /= per
+    unit = "call" if args.map else "step"
+    print(f"all ops: {sum(times.values()):.1f} ms per {unit} (device threads summed)")
     for name, ms in times.most_common(args.top):
         shape, source = info.get(name, ("", ""))
         print(f"{ms:8.1f} ms  {name[:32]:32s} {shape:40s} {source}")
