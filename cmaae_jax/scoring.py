@@ -80,14 +80,13 @@ def _upsample_axis(x: Array, factor: int, axis: int) -> Array:
     if factor == 1:
         return x
     n = x.shape[axis]
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (1, 1)
-    edged = jnp.pad(x, pad, mode="edge")
-    before, here, after = (jax.lax.slice_in_dim(edged, i, i + n, axis=axis) for i in range(3))
-    parts = []
+    first, last = (jax.lax.slice_in_dim(x, i, i + 1, axis=axis) for i in (0, n - 1))
+    before = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
+    after = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis=axis)
+    parts = []  # the edges by concatenation, not jnp.pad(mode="edge"): ONNX export takes it
     for r in range(factor):
         d = (r + 0.5) / factor - 0.5
-        parts.append((1.0 - abs(d)) * here + abs(d) * (after if d > 0 else before))
+        parts.append((1.0 - abs(d)) * x + abs(d) * (after if d > 0 else before))
     shape = list(x.shape)
     shape[axis] = n * factor
     return jnp.stack(parts, axis=axis + 1).reshape(shape)
