@@ -154,11 +154,8 @@ def test_training_step_in_float64_equals_the_lax_layers():
         return jax.tree.map(np.asarray, out)
 
     with jax.enable_x64(True):
-        _assert_same_step(step(), step("xla"))
-
-
-def _assert_same_step(got, want):
-    """Every value within 1e-10 of its leaf's largest magnitude (float64 runs)."""
+        got, want = step(), step("xla")
+    # every value within 1e-10 of its leaf's largest magnitude
     flat = jax.tree_util.tree_flatten_with_path(got)[0]
     for (path, a), b in zip(flat, jax.tree.leaves(want), strict=True):
         scale = max(float(np.max(np.abs(b))), 1e-30)
