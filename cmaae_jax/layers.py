@@ -70,7 +70,8 @@ def _per_platform(op, x, kernel, stride, padding):
 
 
 def conv2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "auto"):
-    """PyTorch `Conv2d` (cross-correlation) with symmetric zero padding, NHWC."""
+    """PyTorch `Conv2d` (cross-correlation) with symmetric zero padding, NHWC; with `impl`
+    xla, `padding` may also be explicit: ((top, bottom), (left, right))."""
     b, h, w, _ = x_BxHxWxC.shape
     k, _, cin, cout = kernel.shape
     if impl == "auto":

@@ -86,13 +86,16 @@ class Encoder(nn.Module):
     axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
 
     @nn.compact
-    def __call__(self, x_BxHxWx3, train: bool, num_layers: int = 6):
-        """Returns the list of the first `num_layers` layer outputs; in training with the CPU
-        formulation (`impl` matmul), whose layers pass their BatchNorm and activation on to
-        the next conv (`_chain`), the last one alone."""
+    def __call__(self, x_BxHxWx3, train: bool, num_layers: int = 6, first: int = 0):
+        """Returns the outputs of layers `first`..`num_layers`-1 (0-based) of an input to layer
+        `first` (an image where 0); in training with the CPU formulation (`impl` matmul),
+        whose layers pass their BatchNorm and activation on to the next conv (`_chain`), the
+        last one alone."""
         fused = train and self.impl == "matmul"
         feats, h, norm = [], x_BxHxWx3, None
         for i, (f, k, s, p, bn, act) in enumerate(ENCODER[:num_layers]):
+            if i < first:
+                continue
             slope, last = norm_act.LEAKY if act else None, i == num_layers - 1
             defer = _defers_bias(fused, bn, slope, last)
             y, moments, *bias = layers.Conv(
@@ -111,6 +114,27 @@ class Encoder(nn.Module):
             if norm is None:
                 feats.append(h)
         return feats
+
+
+def encoder_layer(variables, i: int, x_BxHxWxC, padding, dtype=jnp.float32):
+    """Encoder layer i (0-based) of a `CMAAE`'s variables in eval mode, its conv with the
+    explicit zero padding ((top, bottom), (left, right)) in place of its own: the same conv,
+    bias or BatchNorm and activation as `Encoder` (`window_features` computes parts of a
+    window's feature map with it)."""
+    _, k, s, _, bn, act = ENCODER[i]
+    params = variables["params"]["encoder"]
+    conv = params[f"conv{i + 1}"]
+    y = layers.conv2d(x_BxHxWxC.astype(dtype), conv["kernel"].astype(dtype), s, padding, impl="xla")
+    slope = norm_act.LEAKY if act else None
+    if bn:
+        stats = {"params": params[f"bn{i + 1}"]}
+        stats["batch_stats"] = variables["batch_stats"]["encoder"][f"bn{i + 1}"]
+        norm = (*norm_act.BatchNorm(False).apply(stats, y), slope)
+    elif slope is not None:
+        norm = norm_act.identity(y.shape[-1], slope, conv["bias"])
+    else:
+        return y + conv["bias"].astype(dtype)
+    return norm_act.affine_act(y, norm)
 
 
 class Decoder(nn.Module):
@@ -178,8 +202,18 @@ class CMAAE(nn.Module):
         (float64 where `dtype` is: the tests' exact runs under `jax.enable_x64`.)"""
         b = x_Bx64x64x3.shape[0]
         chex.assert_shape(x_Bx64x64x3, (b, PATCH, PATCH, 3))
+        return self._from_code(self.encoder(x_Bx64x64x3, train)[-1], train)
+
+    def reconstruct_from(self, h_Bxhxwxc, first: int):
+        """`__call__` in eval mode from the output of encoder layer `first` (1-based) of 64x64
+        windows, e.g. taken from their images' feature maps (`window_features`)."""
+        return self._from_code(self.encoder(h_Bxhxwxc, False, first=first)[-1], False)
+
+    def _from_code(self, z_Bx1x1xD, train: bool):
+        """Memory, repair and decoder from the last encoder layer's output (`__call__`)."""
+        b = z_Bx1x1xD.shape[0]
         wide = jnp.promote_types(self.dtype, jnp.float32)
-        z_BxD = self.encoder(x_Bx64x64x3, train)[-1].reshape(b, -1).astype(wide)
+        z_BxD = z_Bx1x1xD.reshape(b, -1).astype(wide)
         chex.assert_shape(z_BxD, (b, self.latent_dim))
         if self.variant == "ae":
             z_out, w_hat, entropy_B = z_BxD, None, jnp.zeros((b,), wide)

@@ -15,6 +15,9 @@ methods (`score.method`):
 * `segment`: the discriminative head (`model.segment_head`, segmenter.py) on the image and its
   blended reconstruction, once per whole image; the map is softplus(logit) = -log(1 - p).
 
+For MSFR the images' encoder layers 1..max(scales) are computed first, and the windows' are
+cut from them, only the frames along the windows' edges computed (`window_features`).
+
 `make_map_fn` jits (or pmaps) the whole image-to-map path; `apply_sharded` pads a host batch to
 the device count, shards it, runs the pmapped function and drops the padding.
 """
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cmaae_jax import map_levels, patches, pyramid, score_options, segmenter
+from cmaae_jax import map_levels, patches, pyramid, score_options, segmenter, window_features
 from cmaae_jax import model as model_lib
 from cmaae_jax import spread as spread_lib
 from cmaae_jax.model import PATCH
@@ -40,19 +43,34 @@ ROW_MARGIN = 8
 
 
 def reconstruct(
-    model, variables, images_BxHxWx3: Array, stride: int = PATCH, mesh: Mesh | None = None
+    model,
+    variables,
+    images_BxHxWx3: Array,
+    stride: int = PATCH,
+    mesh: Mesh | None = None,
+    features=None,
 ) -> Array:
     """Reconstructs whole images window by window: windows -> model (eval) in one batch ->
     blend. `stride` 64 is the non-overlapping grid stitched back (exactly the grid path);
     smaller strides blend overlapping windows (`patches.from_windows`). With a `mesh`
-    the windows are split over its devices."""
+    the windows are split over its devices. `features`: the images' encoder layers 1..m
+    (`image_features`), from which the windows' layers 1..m are cut (`window_features`):
+    the same reconstruction up to float rounding, with less work."""
     score_options.check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
     windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
-    rec_windows = spread_lib.split_batch(
-        mesh, lambda v, x: model.apply(v, x, train=False)[0], variables, windows
-    )
+    if features is None:
+        fn, windows_and_cuts = (lambda v, x: model.apply(v, x, train=False)[0]), windows
+    else:
+
+        def fn(v, windows_and_cuts):
+            x, *cuts = windows_and_cuts
+            h = window_features.window_maps(v, x, cuts, model.dtype)
+            return model.apply(v, h, len(cuts), method="reconstruct_from")[0]
+
+        windows_and_cuts = (windows, *window_features.feature_windows(features, stride))
+    rec_windows = spread_lib.split_batch(mesh, fn, variables, windows_and_cuts)
     return patches.from_windows(rec_windows, b, h, w, stride)
 
 
@@ -98,44 +116,48 @@ def _residual(f_BxhxwxC: Array, f_rec_BxhxwxC: Array) -> Array:
     return jnp.mean(jnp.square(diff), axis=-1)
 
 
-def feature_residuals(
-    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers, mesh=None
-):
-    """Per-layer r_s = mean_c (F_s - F'_s)^2 at feature resolution, s = 1..num_layers. With a
-    `mesh`, each device encodes a band of rows of both (`spread_lib.split_rows`), or, where
-    the rows do not split, the images and the reconstructions on different devices."""
+def image_features(model, variables, images_BxHxWx3: Array, num_layers: int, mesh=None):
+    """Encoder layers 1..num_layers of whole images (eval mode). With a `mesh`, each device
+    encodes a share of the images where they divide evenly (as it takes those images'
+    windows in `reconstruct`: nothing crosses devices), else a band of rows of each
+    (`spread_lib.split_rows`) where the rows split."""
 
     def encode(v, x_BxHxWx3):
         return model.apply(v, x_BxHxWx3, num_layers, method="features")
 
-    def residuals(v, images, rec):
-        # Two encoder calls, not one on the concatenated pair: slicing the pair's features
-        # apart cost ~30 ms more per 512x512 image on one CPU device (measured).
-        return [_residual(*fs) for fs in zip(encode(v, images), encode(v, rec), strict=True)]
-
     if mesh is None:
-        return residuals(variables, images_BxHxWx3, rec_BxHxWx3)
+        return encode(variables, images_BxHxWx3)
     factor = math.prod(layer[2] for layer in model_lib.ENCODER[:num_layers])  # strides
-    if spread_lib.row_bands(images_BxHxWx3.shape[1], mesh.size, ROW_MARGIN, factor):
-        pair = jnp.concatenate([images_BxHxWx3, rec_BxHxWx3], axis=-1)
-        band_fn = lambda v, p: residuals(v, p[..., :3], p[..., 3:])  # noqa: E731
-        return spread_lib.split_rows(mesh, band_fn, variables, pair, ROW_MARGIN, factor)
-    b = images_BxHxWx3.shape[0]
-    both = spread_lib.split_batch(
-        mesh, encode, variables, jnp.concatenate([images_BxHxWx3, rec_BxHxWx3])
-    )
-    return [_residual(f[:b], f[b:]) for f in both]
+    b, h = images_BxHxWx3.shape[:2]
+    if b % mesh.size and spread_lib.row_bands(h, mesh.size, ROW_MARGIN, factor):
+        return spread_lib.split_rows(mesh, encode, variables, images_BxHxWx3, ROW_MARGIN, factor)
+    return spread_lib.split_batch(mesh, encode, variables, images_BxHxWx3)
+
+
+def feature_residuals(
+    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers, mesh=None,
+    features=None,
+):  # fmt: skip
+    """Per-layer r_s = mean_c (F_s - F'_s)^2 at feature resolution, s = 1..num_layers
+    (`features`: the images' own, where already computed; `mesh`: see `image_features`)."""
+    if features is None:
+        features = image_features(model, variables, images_BxHxWx3, num_layers, mesh)
+    rec_features = image_features(model, variables, rec_BxHxWx3, num_layers, mesh)
+    return [_residual(*fs) for fs in zip(features[:num_layers], rec_features, strict=True)]
 
 
 def msfr_map(
-    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3), mesh=None
-):
+    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3), mesh=None,
+    features=None,
+):  # fmt: skip
     """Multi-scale feature residual map [B,H,W] (eq. 14) of images against reconstructions
-    (`mesh`: see `feature_residuals`)."""
+    (`mesh`, `features`: see `feature_residuals`)."""
     scales = score_options.check_scales(scales)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape([images_BxHxWx3, rec_BxHxWx3], (b, h, w, 3))
-    residuals = feature_residuals(model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), mesh)
+    residuals = feature_residuals(
+        model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), mesh, features
+    )
     total = float(sum(score_options.RF_AREAS[s] for s in scales))
     by_size = {}  # the levels of one resolution summed before their one resize (it is linear)
     for s in scales:
@@ -188,13 +210,16 @@ def anomaly_maps(
     images_BxHxWx3 = images_BxHxWx3.astype(jnp.float32)
 
     def raw_map(net, variables, x_BxHxWx3):
-        rec = reconstruct(net, variables, x_BxHxWx3, stride, mesh)
-        if method == "pixel":
-            return pixel_map(x_BxHxWx3, rec), rec
-        if method == "segment":
+        if method in ("pixel", "segment"):
+            rec = reconstruct(net, variables, x_BxHxWx3, stride, mesh)
+            if method == "pixel":
+                return pixel_map(x_BxHxWx3, rec), rec
             logits = net.apply(variables, x_BxHxWx3, rec, method="segment")
             return segmenter.anomaly_score(logits), rec
-        msfr = msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh)
+        # the images' features serve the windows' first layers too (`window_features`)
+        features = image_features(net, variables, x_BxHxWx3, max(scales), mesh)
+        rec = reconstruct(net, variables, x_BxHxWx3, stride, mesh, features)
+        msfr = msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh, features)
         if method == "msfr_pixel":
             pixel = pixel_map(x_BxHxWx3, rec)
             if raw_parts:

@@ -38,13 +38,14 @@ def put_variables(variables):
 
 
 def split_batch(mesh: Mesh | None, fn, variables, x_Nx___):
-    """`fn(variables, x)` with `x` split along its first axis over `mesh`'s devices (`x`
-    zero-padded to a multiple of the device count, the padding dropped from every output);
-    `fn(variables, x)` itself without a mesh. Outputs must keep `x`'s first axis."""
+    """`fn(variables, x)` with `x` (an array, or a tuple of arrays of one first axis) split
+    along its first axis over `mesh`'s devices (zero-padded to a multiple of the device
+    count, the padding dropped from every output); `fn(variables, x)` itself without a mesh.
+    Outputs must keep `x`'s first axis."""
     if mesh is None:
         return fn(variables, x_Nx___)
-    n, d = x_Nx___.shape[0], mesh.size
-    padded = jnp.pad(x_Nx___, [(0, -n % d)] + [(0, 0)] * (x_Nx___.ndim - 1))
+    n, d = jax.tree.leaves(x_Nx___)[0].shape[0], mesh.size
+    padded = jax.tree.map(lambda a: jnp.pad(a, [(0, -n % d)] + [(0, 0)] * (a.ndim - 1)), x_Nx___)
     split = PartitionSpec(AXIS)
     out = jax.shard_map(fn, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
         variables, padded
@@ -66,7 +67,7 @@ def row_bands(height: int, devices: int, margin: int, factor: int):
 
 
 def split_rows(mesh: Mesh, fn, variables, x_BxHxWxC, margin: int, factor: int):
-    """The outputs of a fully convolutional `fn(variables, x) -> [o_k [B, H/f_k, W/f_k]]`
+    """The outputs of a fully convolutional `fn(variables, x) -> [o_k [B, H/f_k, W/f_k, ...]]`
     (f_k dividing `factor`) computed band by band: device i reads rows
     starts[i]..starts[i]+length of `x` (`row_bands`) and keeps its band's output rows. Exact
     when no output row of a band depends on an input row more than `margin` rows outside it
@@ -91,8 +92,8 @@ def split_rows(mesh: Mesh, fn, variables, x_BxHxWxC, margin: int, factor: int):
     out = jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
         variables, slabs
     )
-    # [devices, B, band rows, W] -> [B, all rows, W]
-    return [jnp.moveaxis(o, 0, 1).reshape(b, d * o.shape[2], o.shape[3]) for o in out]
+    # [devices, B, band rows, W, ...] -> [B, all rows, W, ...]
+    return [jnp.moveaxis(o, 0, 1).reshape(b, d * o.shape[2], *o.shape[3:]) for o in out]
 
 
 def replicate(variables):
