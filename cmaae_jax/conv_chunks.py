@@ -136,3 +136,24 @@ def by_chunks(fn, x_BxHxWxC):
         return fn(x_BxHxWxC)
     out = jax.lax.map(fn, as_chunks(x_BxHxWxC, chunk))
     return out.reshape(b, *out.shape[2:])
+
+
+# Inference (not differentiated) convolutions of more than INFER_WHOLE_ROWS input pixels run
+# by chunks of INFER_CHUNK_ROWS: whole, the hundreds of windows of an overlapping map
+# (score.stride=16) ran its last decoder layer ~2.5x and layer 4 ~1.5x slower
+# (BENCHMARKS.md, forty-second session); the windows of one 512x512 grid map stay whole.
+INFER_WHOLE_ROWS = 65536
+INFER_CHUNK_ROWS = 16384
+
+
+def inference_chunks(fn, x_BxHxWxC):
+    """`fn` (image by image) over chunks of INFER_CHUNK_ROWS pixels of a batch of more than
+    INFER_WHOLE_ROWS (`lax.map`; the remainder of the batch in one call of its own)."""
+    b, h, w, _ = x_BxHxWxC.shape
+    chunk = INFER_CHUNK_ROWS // (h * w)
+    if b * h * w <= INFER_WHOLE_ROWS or not 1 <= chunk < b:
+        return fn(x_BxHxWxC)
+    full = b // chunk * chunk
+    out = jax.lax.map(fn, as_chunks(x_BxHxWxC[:full], chunk))
+    out = out.reshape(full, *out.shape[2:])
+    return out if full == b else jnp.concatenate([out, fn(x_BxHxWxC[full:])])

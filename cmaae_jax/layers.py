@@ -29,7 +29,8 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
   - weight gradients are row-shift matmuls, and every conv of the training step (forward,
     input and weight gradients) runs over chunks of a few images in a loop, whose buffers
     stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session); inference
-    (not differentiated) runs the whole batch at once;
+    (not differentiated) runs a batch of up to 64 32x32 maps at once, a larger one by
+    larger chunks (`conv_chunks.inference_chunks`; forty-second session);
   - a conv of a thin input (3 channels: the first encoder layer, the last decoder layer's
     input gradient) is one matmul of its patches (`conv_chunks.im2col_conv`; sixteenth);
   - `Conv` given the BatchNorm and activation before it (`norm`) applies them inside its
@@ -104,9 +105,10 @@ def _conv_fast_dw(x, kernel, stride, padding):
 
     XLA:CPU computes a conv's weight gradient as a convolution over the batch, at a fraction
     of its matmul speed for large images (SPEC section 4). Not differentiated (inference),
-    the whole batch at once: the chunks pay where the training step's buffers are large.
+    by `conv_chunks.inference_chunks`: whole where the batch is small.
     """
-    return _thin_or_lax_conv(x, kernel, stride)(x, kernel, stride, padding)
+    conv = _thin_or_lax_conv(x, kernel, stride)
+    return conv_chunks.inference_chunks(lambda xc: conv(xc, kernel, stride, padding), x)
 
 
 def _thin_or_lax_conv(x, kernel, stride):
@@ -204,7 +206,7 @@ def conv_transpose_k4s2p1(x_BxHxWxC, kernel):
     kernel with cin/cout exchanged. Hence dx = conv2d(g, W^T) and dW = (d/dW^T of
     <conv2d(g, W^T), x>)^T: both are derivatives XLA:CPU computes fast.
     """
-    return _subpixel_k4s2p1(x_BxHxWxC, kernel)
+    return conv_chunks.inference_chunks(lambda xc: _subpixel_k4s2p1(xc, kernel), x_BxHxWxC)
 
 
 def _convt_fwd(x, kernel):

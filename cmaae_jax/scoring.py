@@ -61,17 +61,38 @@ def reconstruct(
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
     windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
     if features is None:
-        fn, windows_and_cuts = (lambda v, x: model.apply(v, x, train=False)[0]), windows
+        fn = lambda v, x: model.apply(v, x, train=False)[0]  # noqa: E731
+        rec_windows = spread_lib.split_batch(mesh, fn, variables, windows)
+    elif stride == PATCH:
+        # A grid's windows cut at once: those a device takes lie in the band of rows whose
+        # features it computed (`image_features`). Overlapping windows cross the bands; each
+        # device cuts its own from the whole features (faster for them, measured both ways).
+        cut = min(len(features), window_features.CUT_LAYERS)
+        cuts = window_features.cut_windows(features, cut, stride, 0, len(windows))
+        fn = functools.partial(_from_cuts, model)
+        rec_windows = spread_lib.split_batch(mesh, fn, variables, (windows, *cuts))
     else:
-
-        def fn(v, windows_and_cuts):
-            x, *cuts = windows_and_cuts
-            h = window_features.window_maps(v, x, cuts, model.dtype)
-            return model.apply(v, h, len(cuts), method="reconstruct_from")[0]
-
-        windows_and_cuts = (windows, *window_features.feature_windows(features, stride))
-    rec_windows = spread_lib.split_batch(mesh, fn, variables, windows_and_cuts)
+        cut = min(len(features), window_features.CUT_LAYERS)
+        fn = functools.partial(_cut_and_reconstruct, model, stride, cut)
+        rec_windows = spread_lib.split_batch(mesh, fn, variables, windows, features)
     return patches.from_windows(rec_windows, b, h, w, stride)
+
+
+def _from_cuts(model, v, windows_and_cuts):
+    """Reconstructed windows from the windows and their layers' interiors (`window_features`)."""
+    windows_Nx64x64x3, *cuts = windows_and_cuts
+    h = window_features.window_maps(v, windows_Nx64x64x3, cuts, model.dtype)
+    return model.apply(v, h, len(cuts), method="reconstruct_from")[0]
+
+
+def _cut_and_reconstruct(
+    model, stride: int, num_layers: int, v, windows_Nx64x64x3, features, first
+):
+    """`reconstruct`'s windows first..first+N-1, their layers 1..num_layers cut from the
+    images' `features`."""
+    n = windows_Nx64x64x3.shape[0]
+    cuts = window_features.cut_windows(features, num_layers, stride, first, n)
+    return _from_cuts(model, v, (windows_Nx64x64x3, *cuts))
 
 
 def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
@@ -216,8 +237,11 @@ def anomaly_maps(
                 return pixel_map(x_BxHxWx3, rec), rec
             logits = net.apply(variables, x_BxHxWx3, rec, method="segment")
             return segmenter.anomaly_score(logits), rec
-        # the images' features serve the windows' first layers too (`window_features`)
-        features = image_features(net, variables, x_BxHxWx3, max(scales), mesh)
+        # the images' features serve the windows' first layers too (`window_features`):
+        # overlapping windows' layers cost ~(64/stride)^2 times the images', so all that are
+        # cut are computed for them
+        cut = window_features.CUT_LAYERS if stride < PATCH else 0
+        features = image_features(net, variables, x_BxHxWx3, max(*scales, cut), mesh)
         rec = reconstruct(net, variables, x_BxHxWx3, stride, mesh, features)
         msfr = msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh, features)
         if method == "msfr_pixel":

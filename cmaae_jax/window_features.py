@@ -16,10 +16,15 @@ Frames of 1, 2 and 2 positions (layers 1-3 of 64x64 windows, `interiors`): of th
 import math
 
 import chex
+import jax
 import jax.numpy as jnp
 
 from cmaae_jax import model as model_lib
 from cmaae_jax import patches
+
+# The layers worth cutting: a 64x64 window's layer 4 keeps an interior of 4x4 of its 8x8
+# positions, layer 5 none.
+CUT_LAYERS = 3
 
 
 def interiors(num_layers: int, size: int = model_lib.PATCH) -> list[tuple[int, int]]:
@@ -37,14 +42,32 @@ def strides(num_layers: int) -> list[int]:
     return [math.prod(spec[2] for spec in model_lib.ENCODER[: i + 1]) for i in range(num_layers)]
 
 
-def feature_windows(features, stride: int) -> list:
-    """The windows' parts of the images' layer maps [B, H/f, W/f, C]: [N, 64/f, 64/f, C]
-    each, in `patches.to_windows` order (windows every `stride` pixels)."""
-    out = []
-    for f_BxhxwxC, f in zip(features, strides(len(features)), strict=True):
+def cut_windows(features, num_layers: int, stride: int, first, count: int) -> list:
+    """The interiors (`interiors`) of windows first..first+count-1 (`patches.to_windows`
+    order, windows every `stride` pixels; `first` may be traced, indices past the last
+    window give some window's) in the images' layer maps `features` [B, H/f, W/f, C]:
+    [count, hi - lo, hi - lo, C] for each of layers 1..num_layers."""
+    b, h, w, _ = features[0].shape
+    f1 = strides(1)[0]
+    ny, nx = patches.num_windows(h * f1, w * f1, model_lib.PATCH, stride)
+    n = first + jnp.arange(count)
+    image, row, col = n // (ny * nx), n // nx % ny, n % nx
+    out, spans = [], interiors(num_layers)
+    for f_BxhxwxC, f, (lo, hi) in zip(features, strides(num_layers), spans, strict=False):
         if stride % f:
             raise ValueError(f"score.stride={stride} is not a multiple of {f}")
-        out.append(patches.to_windows(f_BxhxwxC, model_lib.PATCH // f, stride // f))
+        size = (1, hi - lo, hi - lo, f_BxhxwxC.shape[-1])
+
+        def cut(i, y, x, f_BxhxwxC=f_BxhxwxC, size=size):
+            return jax.lax.dynamic_slice(f_BxhxwxC, (i, y, x, 0), size)[0]
+
+        step = stride // f
+        every = isinstance(first, int) and first == 0 and count == b * ny * nx
+        if every and stride == model_lib.PATCH:  # a grid's windows all at once: static
+            windows = patches.to_windows(f_BxhxwxC, model_lib.PATCH // f, step)
+            out.append(windows[:, lo:hi, lo:hi])
+        else:
+            out.append(jax.vmap(cut)(image, row * step + lo, col * step + lo))
     return out
 
 
@@ -63,16 +86,17 @@ def _region(variables, i: int, x_NxHxWxC, rows, cols, dtype):
 
 def window_maps(variables, windows_Nx64x64x3, cut_windows, dtype=jnp.float32):
     """Encoder layer len(cut_windows)'s output of the windows (eval mode): each layer's
-    interior from `cut_windows` (`feature_windows`), its frame computed."""
+    interior from `cut_windows` (`cut_windows`), its frame computed."""
     h = windows_Nx64x64x3.astype(dtype)
     spans = interiors(len(cut_windows))
     for i, (cut, (lo, hi)) in enumerate(zip(cut_windows, spans, strict=True)):
-        n = cut.shape[1]
-        chex.assert_shape(cut, (h.shape[0], n, n, None))
+        _, k, s, p, _, _ = model_lib.ENCODER[i]
+        n = (h.shape[1] + 2 * p - k) // s + 1  # the layer's output size
+        chex.assert_shape(cut, (h.shape[0], hi - lo, hi - lo, None))
         top = _region(variables, i, h, (0, lo), (0, n), dtype)
         bottom = _region(variables, i, h, (hi, n), (0, n), dtype)
         left = _region(variables, i, h, (lo, hi), (0, lo), dtype)
         right = _region(variables, i, h, (lo, hi), (hi, n), dtype)
-        middle = jnp.concatenate([left, cut[:, lo:hi, lo:hi].astype(dtype), right], axis=2)
+        middle = jnp.concatenate([left, cut.astype(dtype), right], axis=2)
         h = jnp.concatenate([top, middle, bottom], axis=1)
     return h

@@ -235,3 +235,21 @@ def test_fast_conv_forward_and_gradients_equal_lax_at_training_sizes(hw, cin, co
     ref = jax.grad(loss_t(_lax_reference), argnums=(0, 1))(xt, wt)
     for a, b in zip(fast, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inference_by_chunks_matches_brute_force(monkeypatch, transpose):
+    # thresholds lowered so that 7 images of 6x6 run as two chunks of 3 and a remainder of 1
+    monkeypatch.setattr(conv_chunks, "INFER_WHOLE_ROWS", 100)
+    monkeypatch.setattr(conv_chunks, "INFER_CHUNK_ROWS", 3 * 36)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(7, 6, 6, 4)).astype(np.float32)
+    w = rng.normal(size=(4, 4, 4, 5)).astype(np.float32)
+    op = layers.conv_transpose2d if transpose else layers.conv2d
+    fn = jax.jit(lambda x, w: op(x, w, 2, 1, impl="matmul"))
+    jaxpr = str(jax.make_jaxpr(fn)(x, w))
+    assert "scan" in jaxpr  # the chunks' loop (lax.map)
+    want = (brute_conv_transpose if transpose else brute_conv)(x, w, 2, 1)
+    np.testing.assert_allclose(np.asarray(fn(x, w)), want, atol=1e-4)
+    x_small = x[:2]  # 72 rows: whole
+    assert "scan" not in str(jax.make_jaxpr(fn)(x_small, w))

@@ -52,21 +52,34 @@ def test_cut_layers_equal_the_encoder_on_each_window(net, stride):
     m, variables = net
     images = _images(2, seed=stride)
     windows = patches.to_windows(images, 64, stride)
-    cuts = window_features.feature_windows(_features(m, variables, images, 3), stride)
+    features = _features(m, variables, images, 3)
     want = _features(m, variables, windows, 3)
     for n in (1, 2, 3):
-        got = jax.jit(window_features.window_maps)(variables, windows, cuts[:n])
+        cuts = window_features.cut_windows(features, n, stride, 0, len(windows))
+        got = jax.jit(window_features.window_maps)(variables, windows, cuts)
         scale = float(jnp.max(jnp.abs(want[n - 1])))
         np.testing.assert_allclose(got, want[n - 1], rtol=0, atol=2e-6 * scale)
-        # the cut alone is the window's layer inside the interior and not on its frame
+        # the image's map is the window's inside the interior and not on its frame
         lo, hi = window_features.interiors(n)[-1]
-        cut, exact = np.asarray(cuts[n - 1]), np.asarray(want[n - 1])
+        f = window_features.strides(n)[-1]
+        image_part = np.asarray(patches.to_windows(features[n - 1], 64 // f, stride // f))
+        exact = np.asarray(want[n - 1])
         inner = (slice(None), slice(lo, hi), slice(lo, hi))
-        np.testing.assert_allclose(cut[inner], exact[inner], rtol=0, atol=2e-6 * scale)
-        frame = np.abs(cut - exact)
+        np.testing.assert_allclose(cuts[-1], exact[inner], rtol=0, atol=2e-6 * scale)
+        np.testing.assert_allclose(image_part[inner], exact[inner], rtol=0, atol=2e-6 * scale)
+        frame = np.abs(image_part - exact)
         frame[inner] = 0
         for side in (frame[:, :lo], frame[:, hi:], frame[:, :, :lo], frame[:, :, hi:]):
             assert side.max() > 1e-2 * scale
+
+
+def test_cuts_of_a_range_of_windows_are_those_windows_cuts(net):
+    m, variables = net
+    features = _features(m, variables, _images(2, seed=3), 3)
+    whole = window_features.cut_windows(features, 3, 32, 0, 30)  # 2 x 3 x 5 windows
+    part = jax.jit(window_features.cut_windows, static_argnums=(1, 2, 4))(features, 3, 32, 11, 7)
+    for w, p in zip(whole, part, strict=True):
+        np.testing.assert_array_equal(p, w[11:18])
 
 
 _reconstruct = jax.jit(scoring.reconstruct, static_argnums=(0, 3, 4))
