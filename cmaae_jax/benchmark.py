@@ -35,6 +35,7 @@ class Options:
     image_size: int = 512  # MSFR / GAAGA image side
     infer_images: int = 4  # timed MSFR calls
     infer_batch: int = 4  # images per batched MSFR call
+    infer_stride: int = 64  # MSFR window stride (score.stride; 64: the reference's grid)
     gaaga_batch: int = 8  # GAAGA images per call (0: skip)
     gaaga_steps: int = 3  # timed GAAGA calls
     dtype: str = "float32"  # float32 | bfloat16
@@ -105,12 +106,15 @@ def conv_macs(image_side: int, encoder_layers: int | None = None, latent_dim: in
 
 
 def model_gflop(args):
-    """Useful GFLOP (2 x MACs) of one training step and of one MSFR map (what both codes do)."""
+    """Useful GFLOP (2 x MACs) of one training step and of one MSFR map, as the reference
+    computes them: every window whole (the library's map cuts the windows' layers 1-3 from
+    the image's, `window_features`, so its `msfr_gflops` is the reference's work per second)."""
     patch = 2 * conv_macs(64)
     # training: forward, input gradient and weight gradient each cost one forward's MACs
     train = 3 * patch * args.batch
     s = args.image_size
-    msfr = patch * (s // 64) ** 2 + 2 * 2 * conv_macs(s, encoder_layers=3)
+    windows = ((s - 64) // args.infer_stride + 1) ** 2
+    msfr = patch * windows + 2 * 2 * conv_macs(s, encoder_layers=3)
     return {"train_step_gflop": train / 1e9, "msfr_gflop_per_image": msfr / 1e9}
 
 
@@ -215,7 +219,7 @@ def bench_train(args, base_config):
 def bench_infer(args, net, variables):
     s = args.image_size
     # As the Scorer maps a few images: each call's work split over the local devices.
-    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True)
+    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True, stride=args.infer_stride)
     variables = spread.put_variables(variables)
     rng = np.random.default_rng(1)
     out = {}
@@ -301,6 +305,7 @@ def _header(args) -> dict:
         "train_steps": args.steps,
         "warmup_steps": args.warmup,
         "infer_images": args.infer_images,
+        "infer_stride": args.infer_stride,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "host_allocator": devices.preloaded_allocator(os.environ),
     }
