@@ -7,7 +7,7 @@ Modes: `spread1`, one image a call split over the local devices (what evaluation
 devices, `inference.Scorer`); `spread4`, four images a call likewise; `pmap`, whole images per
 device, two each (accelerators). Two virtual CPU devices unless XLA_FLAGS sets a count.
 Untrained weights (the speed does not depend on them). Prints one line per mode, median ms
-per image over `--repeats` calls after one warm-up call.
+per image over `--repeats` calls after the first, compiling one (its seconds beside them).
 """
 
 import argparse
@@ -27,14 +27,16 @@ import cmaae_jax  # noqa: E402
 from cmaae_jax import model, scoring, spread  # noqa: E402
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> tuple[float, float]:
+    """(median ms of `repeats` calls, ms of the first, compiling one)."""
+    t0 = time.perf_counter()
     jax.block_until_ready(fn())
-    times = []
+    first, times = 1000.0 * (time.perf_counter() - t0), []
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    return 1000.0 * statistics.median(times), first
 
 
 def main():
@@ -60,8 +62,11 @@ def main():
         else:
             fn = scoring.make_map_fn(net, "msfr", scales, spread=True, stride=args.stride)
             v = spread.put_variables(variables)
-        ms = median_ms(lambda fn=fn, v=v, x=x: fn(v, x), args.repeats) / b
-        print(f"stride {args.stride} scales {args.scales} {mode}: {ms:.1f} ms per image")
+        ms, first = median_ms(lambda fn=fn, v=v, x=x: fn(v, x), args.repeats)
+        print(
+            f"stride {args.stride} scales {args.scales} {mode}: {ms / b:.1f} ms per image"
+            f" (first call, compiling: {first / 1000:.1f} s)"
+        )
 
 
 if __name__ == "__main__":
