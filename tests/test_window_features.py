@@ -83,6 +83,7 @@ def test_cuts_of_a_range_of_windows_are_those_windows_cuts(net):
 
 
 _reconstruct = jax.jit(scoring.reconstruct, static_argnums=(0, 3, 4))
+_image_features = jax.jit(scoring.image_features, static_argnums=(0, 3, 4))
 
 
 @pytest.mark.parametrize("n_images,stride", [(1, 64), (2, 32)])
@@ -91,7 +92,7 @@ def test_reconstruction_from_cut_layers_equals_the_model_on_each_window(net, n_i
     images = _images(n_images, seed=n_images)
     want = _reconstruct(m, variables, images, stride, None)
     for mesh in (None, spread.local_mesh()):
-        features = scoring.image_features(m, variables, images, 3, mesh)
+        features = _image_features(m, variables, images, 3, mesh)
         got = _reconstruct(m, variables, images, stride, mesh, features)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
