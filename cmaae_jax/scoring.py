@@ -72,7 +72,7 @@ def reconstruct(
         fn = functools.partial(_from_cuts, model)
         rec_windows = spread_lib.split_batch(mesh, fn, variables, (windows, *cuts))
     else:
-        cut = min(len(features), window_features.CUT_LAYERS)
+        cut = min(len(features), window_features.CUT_LAYERS)  # as above
         fn = functools.partial(_cut_and_reconstruct, model, stride, cut)
         rec_windows = spread_lib.split_batch(mesh, fn, variables, windows, features)
     return patches.from_windows(rec_windows, b, h, w, stride)

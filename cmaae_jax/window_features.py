@@ -4,7 +4,7 @@ In eval mode a window's encoder layer l at a position whose receptive field lies
 window equals its image's layer l there (the same conv, BatchNorm and activation of the same
 pixels); only a frame along the window's edges, whose receptive field reaches the window's
 zero padding, differs. MSFR (`scoring`) computes the images' layers 1..3 anyway, so the
-windows' layers are those maps cut into windows (`patches.to_windows`), with the frames
+windows' layers are those maps cut into windows (`cut_windows`), with the frames
 computed from the window's own previous layer (`model.encoder_layer`, the conv applied to
 just the rows and columns it needs, with the window's padding where the window has it).
 
@@ -86,7 +86,7 @@ def _region(variables, i: int, x_NxHxWxC, rows, cols, dtype):
 
 def window_maps(variables, windows_Nx64x64x3, cut_windows, dtype=jnp.float32):
     """Encoder layer len(cut_windows)'s output of the windows (eval mode): each layer's
-    interior from `cut_windows` (`cut_windows`), its frame computed."""
+    interior given (`cut_windows` gives them), its frame computed."""
     h = windows_Nx64x64x3.astype(dtype)
     spans = interiors(len(cut_windows))
     for i, (cut, (lo, hi)) in enumerate(zip(cut_windows, spans, strict=True)):
