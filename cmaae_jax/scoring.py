@@ -23,7 +23,6 @@ the device count, shards it, runs the pmapped function and drops the padding.
 """
 
 import functools
-import math
 
 import chex
 import jax
@@ -62,17 +61,18 @@ def reconstruct(
     windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
     if features is None:
         fn = lambda v, x: model.apply(v, x, train=False)[0]  # noqa: E731
-        rec_windows = spread_lib.split_batch(mesh, fn, variables, windows)
-    elif stride == PATCH:
+        return patches.from_windows(
+            spread_lib.split_batch(mesh, fn, variables, windows), b, h, w, stride
+        )
+    cut = min(len(features), window_features.CUT_LAYERS)
+    if stride == PATCH:
         # A grid's windows cut at once: those a device takes lie in the band of rows whose
         # features it computed (`image_features`). Overlapping windows cross the bands; each
         # device cuts its own from the whole features (faster for them, measured both ways).
-        cut = min(len(features), window_features.CUT_LAYERS)
         cuts = window_features.cut_windows(features, cut, stride, 0, len(windows))
         fn = functools.partial(_from_cuts, model)
         rec_windows = spread_lib.split_batch(mesh, fn, variables, (windows, *cuts))
     else:
-        cut = min(len(features), window_features.CUT_LAYERS)  # as above
         fn = functools.partial(_cut_and_reconstruct, model, stride, cut)
         rec_windows = spread_lib.split_batch(mesh, fn, variables, windows, features)
     return patches.from_windows(rec_windows, b, h, w, stride)
@@ -148,7 +148,7 @@ def image_features(model, variables, images_BxHxWx3: Array, num_layers: int, mes
 
     if mesh is None:
         return encode(variables, images_BxHxWx3)
-    factor = math.prod(layer[2] for layer in model_lib.ENCODER[:num_layers])  # strides
+    factor = window_features.strides(num_layers)[-1]
     b, h = images_BxHxWx3.shape[:2]
     if b % mesh.size and spread_lib.row_bands(h, mesh.size, ROW_MARGIN, factor):
         return spread_lib.split_rows(mesh, encode, variables, images_BxHxWx3, ROW_MARGIN, factor)

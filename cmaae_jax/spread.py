@@ -40,25 +40,34 @@ def put_variables(variables):
 def split_batch(mesh: Mesh | None, fn, variables, x_Nx___, shared=None):
     """`fn(variables, x)` with `x` (an array, or a tuple of arrays of one first axis) split
     along its first axis over `mesh`'s devices (zero-padded to a multiple of the device
-    count, the padding dropped from every output);
-    `fn(variables, x)` itself without a mesh. Outputs must keep `x`'s first axis. With
-    `shared` (arrays every device reads whole): `fn(variables, x, shared, first)`, `first`
-    the index in `x` of the device's first row."""
+    count, the padding dropped from every output); `fn(variables, x)` itself without a
+    mesh. Outputs must keep `x`'s first axis. With `shared` (arrays every device reads
+    whole): `fn(variables, x, shared, first)`, `first` the index in `x` of the device's
+    first row."""
     if mesh is None:
         return fn(variables, x_Nx___) if shared is None else fn(variables, x_Nx___, shared, 0)
-    n, d = jax.tree.leaves(x_Nx___)[0].shape[0], mesh.size
+    n, d = _rows(x_Nx___), mesh.size
     padded = jax.tree.map(lambda a: jnp.pad(a, [(0, -n % d)] + [(0, 0)] * (a.ndim - 1)), x_Nx___)
     split, whole = PartitionSpec(AXIS), PartitionSpec()
     if shared is None:
-        per_device, args, specs = fn, (variables, padded), (whole, split)
+        out = jax.shard_map(fn, mesh=mesh, in_specs=(whole, split), out_specs=split)(
+            variables, padded
+        )
     else:
 
         def per_device(v, x, s):
-            return fn(v, x, s, jax.lax.axis_index(AXIS) * jax.tree.leaves(x)[0].shape[0])
+            return fn(v, x, s, jax.lax.axis_index(AXIS) * _rows(x))
 
-        per_device, args, specs = per_device, (variables, padded, shared), (whole, split, whole)
-    out = jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=split)(*args)
+        specs = (whole, split, whole)
+        out = jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=split)(
+            variables, padded, shared
+        )
     return jax.tree.map(lambda o: o[:n], out)
+
+
+def _rows(x_Nx___) -> int:
+    """The first axis's length of an array or of a tuple of arrays (`split_batch`)."""
+    return jax.tree.leaves(x_Nx___)[0].shape[0]
 
 
 def row_bands(height: int, devices: int, margin: int, factor: int):

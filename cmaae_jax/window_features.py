@@ -50,24 +50,25 @@ def cut_windows(features, num_layers: int, stride: int, first, count: int) -> li
     b, h, w, _ = features[0].shape
     f1 = strides(1)[0]
     ny, nx = patches.num_windows(h * f1, w * f1, model_lib.PATCH, stride)
+    every = isinstance(first, int) and first == 0 and count == b * ny * nx
+    static = every and stride == model_lib.PATCH  # a grid's windows all at once: slices
     n = first + jnp.arange(count)
     image, row, col = n // (ny * nx), n // nx % ny, n % nx
     out, spans = [], interiors(num_layers)
     for f_BxhxwxC, f, (lo, hi) in zip(features, strides(num_layers), spans, strict=False):
         if stride % f:
             raise ValueError(f"score.stride={stride} is not a multiple of {f}")
+        step = stride // f
+        if static:
+            windows = patches.to_windows(f_BxhxwxC, model_lib.PATCH // f, step)
+            out.append(windows[:, lo:hi, lo:hi])
+            continue
         size = (1, hi - lo, hi - lo, f_BxhxwxC.shape[-1])
 
         def cut(i, y, x, f_BxhxwxC=f_BxhxwxC, size=size):
             return jax.lax.dynamic_slice(f_BxhxwxC, (i, y, x, 0), size)[0]
 
-        step = stride // f
-        every = isinstance(first, int) and first == 0 and count == b * ny * nx
-        if every and stride == model_lib.PATCH:  # a grid's windows all at once: static
-            windows = patches.to_windows(f_BxhxwxC, model_lib.PATCH // f, step)
-            out.append(windows[:, lo:hi, lo:hi])
-        else:
-            out.append(jax.vmap(cut)(image, row * step + lo, col * step + lo))
+        out.append(jax.vmap(cut)(image, row * step + lo, col * step + lo))
     return out
 
 
