@@ -8,6 +8,11 @@ table gives the medians over that framework's runs and the ratios issue 15 sets 
 training throughput (torch's step time / ours), MSFR time per 512x512 image (ours / torch's)
 and peak resident memory (ours / torch's), with the machine's float32 matmul rate measured in
 the JAX runs. Only ratios within one sitting mean anything (the machines change).
+
+A torch run whose JSON names a `host_allocator` other than "system" (scripts/cpu_pair_bench.sh
+adds one where it ran the reference with tcmalloc preloaded too) is kept out of the table: the
+reference as shipped runs on the system malloc. Such runs get a line of their own, with our
+ratios against them (like for like where our runs preloaded the same allocator).
 """
 
 import json
@@ -22,7 +27,8 @@ TARGETS = {
 
 
 def load(paths) -> dict:
-    """{batch: {"torch": [run, ...], "jax": [run, ...]}} of the JSON files at `paths`."""
+    """{batch: {"torch": [run, ...], "jax": [...], "torch_preloaded": [...]}} of the JSON
+    files at `paths`; "torch_preloaded": the reference's runs with a malloc preloaded."""
     out = {}
     for path in paths:
         with open(path) as fh:
@@ -30,7 +36,10 @@ def load(paths) -> dict:
         framework = run.get("framework")
         if framework not in ("torch", "jax"):
             raise ValueError(f"{path}: not a benchmark JSON (framework={framework!r})")
-        out.setdefault(int(run["batch"]), {"torch": [], "jax": []})[framework].append(run)
+        if framework == "torch" and run.get("host_allocator", "system") != "system":
+            framework = "torch_preloaded"
+        groups = out.setdefault(int(run["batch"]), {"torch": [], "jax": [], "torch_preloaded": []})
+        groups[framework].append(run)
     return out
 
 
@@ -91,6 +100,24 @@ def table(batch: int, torch_runs, jax_runs) -> str:
     return "\n".join(lines)
 
 
+def preloaded_line(preloaded_runs, jax_runs) -> str:
+    """The reference's runs with a malloc preloaded, and our ratios against them."""
+    allocators = ", ".join(sorted({r["host_allocator"] for r in preloaded_runs}))
+    r = ratios(preloaded_runs, jax_runs)
+    return (
+        f"The reference with {allocators} preloaded ({len(preloaded_runs)} run(s)): step "
+        f"{_fmt(_median(preloaded_runs, 'train_step_s_median'))} s, MSFR "
+        f"{_fmt(_median(preloaded_runs, 'infer_ms_per_image_median'), 0)} ms, peak RSS "
+        f"{_fmt(_median(preloaded_runs, 'peak_rss_mb'), 0)} MB; cmaae_jax against it: "
+        f"training {_fmt(r['train'])}x, MSFR {_fmt(r['msfr'])}x, RSS {_fmt(r['rss'])}x"
+    )
+
+
 def report(paths) -> str:
-    groups = load(paths)
-    return "\n\n".join(table(b, g["torch"], g["jax"]) for b, g in sorted(groups.items()))
+    parts = []
+    for batch, g in sorted(load(paths).items()):
+        part = table(batch, g["torch"], g["jax"])
+        if g["torch_preloaded"]:
+            part += "\n" + preloaded_line(g["torch_preloaded"], g["jax"])
+        parts.append(part)
+    return "\n\n".join(parts)

@@ -232,10 +232,16 @@ def bench_infer(args, net, variables):
         first = time.perf_counter() - t0
         if amap.shape != (b, s, s) or not bool(jax.numpy.isfinite(amap).all()):
             raise SystemExit(f"MSFR map has shape {amap.shape} or non-finite values")
+        stats = {}
         t = timed(
-            lambda imgs=imgs: jax.block_until_ready(map_fn(variables, imgs)), args.infer_images
+            lambda imgs=imgs: jax.block_until_ready(map_fn(variables, imgs)),
+            args.infer_images,
+            stats,
         )
         ms = [1000.0 * x / b for x in t]
+        cpu_ms = 1000.0 * statistics.median(stats["cpu_s"]) / b
+        out[f"infer{label}_cpu_ms_per_image_median"] = cpu_ms
+        out[f"infer{label}_page_faults_median"] = statistics.median(stats["faults"])
         out[f"infer{label}_batch"] = b
         out[f"infer{label}_ms_per_image_median"] = statistics.median(ms)
         out[f"infer{label}_ms_all"] = [round(x, 1) for x in ms]

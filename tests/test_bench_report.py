@@ -69,3 +69,38 @@ def test_a_file_that_is_not_a_benchmark_is_named(tmp_path):
     path = _write(tmp_path, "other", loss=1.0)
     with pytest.raises(ValueError, match="other.json"):
         bench_report.load([path])
+
+
+def test_reference_runs_with_a_preloaded_malloc_get_their_own_line(tmp_path):
+    common = dict(batch=512, infer_ms_per_image_median=100.0, peak_rss_mb=1000.0)
+    paths = [
+        _write(tmp_path, "t", framework="torch", train_step_s_median=3.0, **common),
+        _write(
+            tmp_path,
+            "t_tc",
+            framework="torch",
+            host_allocator="libtcmalloc_minimal.so.4",
+            train_step_s_median=2.0,
+            **{**common, "infer_ms_per_image_median": 80.0},
+        ),
+        _write(
+            tmp_path,
+            "t_sys",
+            framework="torch",
+            host_allocator="system",
+            train_step_s_median=4.0,
+            **common,
+        ),
+        _write(tmp_path, "j", framework="jax", train_step_s_median=2.5, **common),
+    ]
+    groups = bench_report.load(paths)[512]
+    assert [r["train_step_s_median"] for r in groups["torch"]] == [3.0, 4.0]
+    assert [r["train_step_s_median"] for r in groups["torch_preloaded"]] == [2.0]
+    text = bench_report.report(paths)
+    # The table: torch's median step (3.0 + 4.0) / 2 = 3.5 s against 2.5 s: 1.40x.
+    assert "| 3.50 | 2.50 | 1.40x |" in text
+    line = [t for t in text.splitlines() if t.startswith("The reference with")][0]
+    # Against the preloaded run: 2.0 / 2.5 = 0.80x training, 100 / 80 = 1.25x MSFR.
+    assert "libtcmalloc_minimal.so.4 preloaded (1 run(s))" in line
+    assert "step 2.00 s, MSFR 80 ms" in line
+    assert "training 0.80x, MSFR 1.25x, RSS 1.00x" in line
