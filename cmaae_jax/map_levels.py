@@ -112,7 +112,7 @@ def cell_median(
     """Median over a `cells` x `cells` box of `cell`-px cells around each pixel: the map is
     mean-pooled in cells (H and W multiples of `cell`), the median taken per cell over its box
     (sides reflected), and the cell medians resized back to H x W bilinearly (half-pixel
-    centres, `scoring.resize_bilinear`'s convention)."""
+    centres, `msfr.resize_bilinear`'s convention)."""
     b, h, w = maps_BxHxW.shape
     if h % cell or w % cell or cells % 2 != 1:
         raise ValueError(f"map {h}x{w} must be whole {cell}-px cells; box {cells} must be odd")

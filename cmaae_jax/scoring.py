@@ -5,12 +5,8 @@ non-overlapping grid; 32/16/8 overlap) -> CMA-AE (eval mode) in one batch -> sti
 blended reconstruction [B,H,W,3] (`patches.from_windows`) -> map [B,H,W], by one of two
 methods (`score.method`):
 
-* `msfr`: encoder layers 1..max(scales) on the image and on its reconstruction (the encoder
-  is fully convolutional, so it runs on whole images); per scale s,
-  r_s = mean over channels of (F_s - F'_s)^2, resized bilinearly to H x W exactly as PyTorch's
-  `F.interpolate(mode="bilinear", align_corners=False)` does; the map is
-  sum_s a_s r_s / sum_s a_s with a_s = `score_options.RF_AREAS[s]`, the receptive-field
-  area of layer s.
+* `msfr`: the multi-scale feature residuals of the image against its reconstruction, over
+  encoder layers 1..max(scales) (`cmaae_jax.msfr`).
 * `pixel`: the plain residual baseline, mean over channels of |I - I'| (Table IV column D).
 * `segment`: the discriminative head (`model.segment_head`, segmenter.py) on the image and its
   blended reconstruction, once per whole image; the map is softplus(logit) = -log(1 - p).
@@ -29,16 +25,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cmaae_jax import map_levels, patches, pyramid, score_options, segmenter, window_features
+from cmaae_jax import map_levels, msfr, patches, pyramid, score_options, segmenter, window_features
 from cmaae_jax import model as model_lib
 from cmaae_jax import spread as spread_lib
 from cmaae_jax.model import PATCH
 
 Array = jax.Array
-
-# Input rows beyond a band that encoder layers 1..3 read (`spread_lib.split_rows`): the last
-# two rows of layer 3 (4 px apart) before a cut see its zero padding through layers 1-2.
-ROW_MARGIN = 8
 
 
 def reconstruct(
@@ -53,7 +45,7 @@ def reconstruct(
     blend. `stride` 64 is the non-overlapping grid stitched back (exactly the grid path);
     smaller strides blend overlapping windows (`patches.from_windows`). With a `mesh`
     the windows are split over its devices. `features`: the images' encoder layers 1..m
-    (`image_features`), from which the windows' layers 1..m are cut (`window_features`):
+    (`msfr.image_features`), from which the windows' layers 1..m are cut (`window_features`):
     the same reconstruction up to float rounding, with less work."""
     score_options.check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
@@ -67,7 +59,7 @@ def reconstruct(
     cut = min(len(features), window_features.CUT_LAYERS)
     if stride == PATCH:
         # A grid's windows cut at once: those a device takes lie in the band of rows whose
-        # features it computed (`image_features`). Overlapping windows cross the bands; each
+        # features it computed (`msfr.image_features`). Overlapping windows cross the bands; each
         # device cuts its own from the whole features (faster for them, measured both ways).
         cuts = window_features.cut_windows(features, cut, stride, 0, len(windows))
         fn = functools.partial(_from_cuts, model)
@@ -93,102 +85,6 @@ def _cut_and_reconstruct(
     n = windows_Nx64x64x3.shape[0]
     cuts = window_features.cut_windows(features, num_layers, stride, first, n)
     return _from_cuts(model, v, (windows_Nx64x64x3, *cuts))
-
-
-def resize_bilinear(maps_Bxhxw: Array, h: int, w: int) -> Array:
-    """Bilinear resize of [B,h,w] maps to [B,H,W], PyTorch `align_corners=False` semantics.
-
-    Half-pixel centres (source coordinate (i + 0.5) * in / out - 0.5), clamped at the border.
-    An integer upscale (H = f*h, W = g*w: the MSFR map's levels) is two passes of two taps
-    each (`_upsample_axis`); any other size goes through `jax.image.resize`, whose dense
-    interpolation matrices cost ~1 ms of matmul per 512x512 level (BENCHMARKS.md,
-    forty-first session). With `antialias=False` its triangle kernel is exactly linear
-    interpolation between the two nearest source samples, renormalised at the border, which
-    equals PyTorch's clamping (downsampling stays like PyTorch's too).
-    """
-    b, in_h, in_w = maps_Bxhxw.shape
-    if h % in_h == 0 and w % in_w == 0:
-        return _upsample_axis(_upsample_axis(maps_Bxhxw, h // in_h, 1), w // in_w, 2)
-    return jax.image.resize(maps_Bxhxw, (b, h, w), "bilinear", antialias=False)
-
-
-def _upsample_axis(x: Array, factor: int, axis: int) -> Array:
-    """`factor` times as many samples along `axis`: output f*i + r lies at input coordinate
-    i + d, d = (r + 0.5) / f - 0.5 in (-1/2, 1/2), between input i and its neighbour on
-    d's side, weights 1 - |d| and |d|; the edge sample repeated beyond the border."""
-    if factor == 1:
-        return x
-    n = x.shape[axis]
-    first, last = (jax.lax.slice_in_dim(x, i, i + 1, axis=axis) for i in (0, n - 1))
-    before = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis=axis)
-    after = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis=axis)
-    parts = []  # the edges by concatenation, not jnp.pad(mode="edge"): ONNX export takes it
-    for r in range(factor):
-        d = (r + 0.5) / factor - 0.5
-        parts.append((1.0 - abs(d)) * x + abs(d) * (after if d > 0 else before))
-    shape = list(x.shape)
-    shape[axis] = n * factor
-    return jnp.stack(parts, axis=axis + 1).reshape(shape)
-
-
-def _residual(f_BxhxwxC: Array, f_rec_BxhxwxC: Array) -> Array:
-    """mean_c (F - F')^2 in float32: [B,h,w]."""
-    diff = f_BxhxwxC.astype(jnp.float32) - f_rec_BxhxwxC.astype(jnp.float32)
-    return jnp.mean(jnp.square(diff), axis=-1)
-
-
-def image_features(model, variables, images_BxHxWx3: Array, num_layers: int, mesh=None):
-    """Encoder layers 1..num_layers of whole images (eval mode). With a `mesh`, each device
-    encodes a share of the images where they divide evenly (as it takes those images'
-    windows in `reconstruct`: nothing crosses devices), else a band of rows of each
-    (`spread_lib.split_rows`) where the rows split."""
-
-    def encode(v, x_BxHxWx3):
-        return model.apply(v, x_BxHxWx3, num_layers, method="features")
-
-    if mesh is None:
-        return encode(variables, images_BxHxWx3)
-    factor = window_features.strides(num_layers)[-1]
-    b, h = images_BxHxWx3.shape[:2]
-    if b % mesh.size and spread_lib.row_bands(h, mesh.size, ROW_MARGIN, factor):
-        return spread_lib.split_rows(mesh, encode, variables, images_BxHxWx3, ROW_MARGIN, factor)
-    return spread_lib.split_batch(mesh, encode, variables, images_BxHxWx3)
-
-
-def feature_residuals(
-    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, num_layers, mesh=None,
-    features=None,
-):  # fmt: skip
-    """Per-layer r_s = mean_c (F_s - F'_s)^2 at feature resolution, s = 1..num_layers
-    (`features`: the images' own, where already computed; `mesh`: see `image_features`)."""
-    if features is None:
-        features = image_features(model, variables, images_BxHxWx3, num_layers, mesh)
-    rec_features = image_features(model, variables, rec_BxHxWx3, num_layers, mesh)
-    return [_residual(*fs) for fs in zip(features[:num_layers], rec_features, strict=True)]
-
-
-def msfr_map(
-    model, variables, images_BxHxWx3: Array, rec_BxHxWx3: Array, scales=(1, 2, 3), mesh=None,
-    features=None,
-):  # fmt: skip
-    """Multi-scale feature residual map [B,H,W] (eq. 14) of images against reconstructions
-    (`mesh`, `features`: see `feature_residuals`)."""
-    scales = score_options.check_scales(scales)
-    b, h, w, _ = images_BxHxWx3.shape
-    chex.assert_shape([images_BxHxWx3, rec_BxHxWx3], (b, h, w, 3))
-    residuals = feature_residuals(
-        model, variables, images_BxHxWx3, rec_BxHxWx3, max(scales), mesh, features
-    )
-    total = float(sum(score_options.RF_AREAS[s] for s in scales))
-    by_size = {}  # the levels of one resolution summed before their one resize (it is linear)
-    for s in scales:
-        weighted = (score_options.RF_AREAS[s] / total) * residuals[s - 1]
-        size = weighted.shape[1:]
-        by_size[size] = by_size[size] + weighted if size in by_size else weighted
-    amap = jnp.zeros((b, h, w), jnp.float32)
-    for level_sum in by_size.values():
-        amap = amap + resize_bilinear(level_sum, h, w)
-    return amap
 
 
 def pixel_map(images_BxHxWx3: Array, rec_BxHxWx3: Array) -> Array:
@@ -241,19 +137,19 @@ def anomaly_maps(
         # overlapping windows' layers cost ~(64/stride)^2 times the images', so all that are
         # cut are computed for them
         cut = window_features.CUT_LAYERS if stride < PATCH else 0
-        features = image_features(net, variables, x_BxHxWx3, max(*scales, cut), mesh)
+        features = msfr.image_features(net, variables, x_BxHxWx3, max(*scales, cut), mesh)
         rec = reconstruct(net, variables, x_BxHxWx3, stride, mesh, features)
-        msfr = msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh, features)
+        msfr_BxHxW = msfr.msfr_map(net, variables, x_BxHxWx3, rec, scales, mesh, features)
         if method == "msfr_pixel":
             pixel = pixel_map(x_BxHxWx3, rec)
             if raw_parts:
-                return jnp.stack((msfr, pixel), -1), rec  # COMPONENTS' order
+                return jnp.stack((msfr_BxHxW, pixel), -1), rec  # COMPONENTS' order
             over_median = functools.partial(
                 map_levels.normalize_maps, normalize="median", median=median
             )
-            parts = (over_median(msfr), over_median(pixel))  # COMPONENTS' order
+            parts = (over_median(msfr_BxHxW), over_median(pixel))  # COMPONENTS' order
             return (jnp.stack(parts, -1) if components else 0.5 * (parts[0] + parts[1])), rec
-        return msfr, rec
+        return msfr_BxHxW, rec
 
     def maps_and_reconstructions(net, variables, images_BxHxWx3):
         level_fn = functools.partial(raw_map, net, variables)

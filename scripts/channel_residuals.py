@@ -95,9 +95,9 @@ def _feature_score(d, variant, stats):
 
 
 def _to_map(q_hxw, canvas, valid):
-    from cmaae_jax import scoring
+    from cmaae_jax import msfr
 
-    full = scoring.resize_bilinear(np.asarray(q_hxw, np.float32)[None], *canvas)[0]
+    full = msfr.resize_bilinear(np.asarray(q_hxw, np.float32)[None], *canvas)[0]
     return np.asarray(full[: valid[0], : valid[1]], np.float32)
 
 

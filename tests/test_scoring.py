@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import configlib, map_levels, model, patches, score_options, scoring, spread
+from cmaae_jax import configlib, map_levels, model, msfr, patches, score_options, scoring, spread
 
 H = W = 128
 
@@ -24,7 +24,7 @@ def setup():
 
 # Jitted entry points (eager flax dispatches op by op, which is slow on CPU).
 _reconstruct = jax.jit(scoring.reconstruct, static_argnums=0)
-_msfr = jax.jit(scoring.msfr_map, static_argnums=(0, 4))
+_msfr = jax.jit(msfr.msfr_map, static_argnums=(0, 4))
 _anomaly_maps = jax.jit(scoring.anomaly_maps, static_argnums=(0, 3, 4))
 _features = jax.jit(functools.partial(model.CMAAE.apply, method="features"), static_argnums=(0, 3))
 
@@ -71,7 +71,7 @@ def _torch_bilinear(x_Bxhxw, out_h, out_w):
 )
 def test_resize_matches_torch_align_corners_false(in_hw, out_hw):
     x = np.random.default_rng(0).normal(size=(2, *in_hw)).astype(np.float32)
-    got = scoring.resize_bilinear(jnp.asarray(x), *out_hw)
+    got = msfr.resize_bilinear(jnp.asarray(x), *out_hw)
     np.testing.assert_allclose(got, _torch_bilinear(x, *out_hw), atol=1e-5)
 
 

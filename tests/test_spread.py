@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from cmaae_jax import model, scoring, spread
+from cmaae_jax import model, msfr, spread
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,13 @@ def test_row_bands_by_hand():
     assert spread.row_bands(64, 3, 16, 8) is None  # 64 rows do not split in three
 
 
-def _residuals(m, variables, images, rec, mesh, margin=scoring.ROW_MARGIN):
-    fn = lambda v, a, b: scoring.feature_residuals(m, v, a, b, 3, mesh)  # noqa: E731
-    old, scoring.ROW_MARGIN = scoring.ROW_MARGIN, margin
+def _residuals(m, variables, images, rec, mesh, margin=msfr.ROW_MARGIN):
+    fn = lambda v, a, b: msfr.feature_residuals(m, v, a, b, 3, mesh)  # noqa: E731
+    old, msfr.ROW_MARGIN = msfr.ROW_MARGIN, margin
     try:  # compiled once: its values and its HLO
         compiled = jax.jit(fn).lower(variables, images, rec).compile()
     finally:
-        scoring.ROW_MARGIN = old
+        msfr.ROW_MARGIN = old
     return compiled(variables, images, rec), compiled.as_text()
 
 
@@ -57,7 +57,7 @@ def test_residuals_split_by_rows_equal_the_whole_image(net, h):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * float(jnp.max(w)))
     # each device's convolutions see one slab of rows (layer 1 at stride 2), never the image
-    length, _ = spread.row_bands(h, 4, scoring.ROW_MARGIN, 4)
+    length, _ = spread.row_bands(h, 4, msfr.ROW_MARGIN, 4)
     rows = {int(r) for r in re.findall(r"= f32\[1,(\d+),32,32\]\S* convolution\(", hlo)}
     assert rows == {length // 2}, rows
     # a margin too small for layer 3's reach (8 px) gives other values at the cuts

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmaae_jax import model, patches, scoring, spread, window_features
+from cmaae_jax import model, msfr, patches, scoring, spread, window_features
 
 H, W = 128, 192
 
@@ -83,7 +83,7 @@ def test_cuts_of_a_range_of_windows_are_those_windows_cuts(net):
 
 
 _reconstruct = jax.jit(scoring.reconstruct, static_argnums=(0, 3, 4))
-_image_features = jax.jit(scoring.image_features, static_argnums=(0, 3, 4))
+_image_features = jax.jit(msfr.image_features, static_argnums=(0, 3, 4))
 
 
 @pytest.mark.parametrize("n_images,stride", [(1, 64), (2, 32)])
@@ -103,7 +103,7 @@ def test_image_features_split_by_images_where_they_divide(net):
     assert mesh.size == 4
     for n_images, rows in ((4, H // 2), (1, None)):
         images = _images(n_images, seed=7)
-        fn = jax.jit(lambda v, x: scoring.image_features(m, v, x, 3, mesh))  # noqa: B023
+        fn = jax.jit(lambda v, x: msfr.image_features(m, v, x, 3, mesh))  # noqa: B023
         compiled = fn.lower(variables, images).compile()
         got = compiled(variables, images)
         want = _features(m, variables, images, 3)
