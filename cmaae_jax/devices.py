@@ -107,11 +107,33 @@ def cpu_compiler_options(scheduler: str, platform: str) -> dict | None:
     return {"xla_cpu_scheduler_type": value}
 
 
+# orbax synchronises processes (checkpoint manager set-up and saves, `replicas.compile_step`)
+# by default with a device collective, whose gloo set-up fails when one process arrives 30 s
+# after the others (seen in CI: one process still compiling on loaded cores); with this absl
+# flag it waits at the coordination service's barrier instead, up to orbax's 300 s.
+ORBAX_BARRIER_FLAG = "experimental_orbax_use_distributed_barrier"
+
+
 def maybe_initialize_distributed(coordinator: str, num_processes: int, process_id: int):
-    """`jax.distributed.initialize` for a multi-process launch (flags or JAX_* env)."""
+    """`jax.distributed.initialize` for a multi-process launch (flags or JAX_* env); orbax's
+    barriers then go through the coordination service (`ORBAX_BARRIER_FLAG`)."""
     import jax
 
     if coordinator or num_processes > 1:
         jax.distributed.initialize(coordinator, num_processes, process_id)
     elif os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()
+    else:
+        return
+    _orbax_barriers_through_coordinator()
+
+
+def _orbax_barriers_through_coordinator():
+    """Sets `ORBAX_BARRIER_FLAG` (orbax defines it on import); absl flags not parsed yet (a
+    launcher that parses its own arguments) are marked parsed first, as orbax reads them."""
+    import orbax.checkpoint  # noqa: F401
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    setattr(flags.FLAGS, ORBAX_BARRIER_FLAG, True)

@@ -35,6 +35,7 @@ def main():
     import jax
     import ml_collections
     import numpy as np
+    from absl import flags
 
     from cmaae_jax import train
 
@@ -48,6 +49,7 @@ def main():
         "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
         "step": int(state.step),
+        "orbax_coordinator_barriers": getattr(flags.FLAGS, devices.ORBAX_BARRIER_FLAG),
     }
     np.savez(args.out, __info__=json.dumps(info), **arrays)
     print(json.dumps(info), flush=True)

@@ -101,6 +101,8 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
     assert [info0["process_index"], info1["process_index"]] == [0, 1]
     assert info0["device_count"] == 4 and info0["local_device_count"] == 2
     assert info0["step"] == info1["step"] == STEPS
+    # orbax's barriers waited at the coordination service, not in a gloo collective
+    assert info0["orbax_coordinator_barriers"] and info1["orbax_coordinator_barriers"]
     assert p0.keys() == p1.keys()
     for k in p0:
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
