@@ -69,7 +69,7 @@ def _residual(f_BxhxwxC: Array, f_rec_BxhxwxC: Array) -> Array:
 def image_features(model, variables, images_BxHxWx3: Array, num_layers: int, mesh=None):
     """Encoder layers 1..num_layers of whole images (eval mode). With a `mesh`, each device
     encodes a share of the images where they divide evenly (as it takes those images'
-    windows in `reconstruct`: nothing crosses devices), else a band of rows of each
+    windows in `scoring.reconstruct`: nothing crosses devices), else a band of rows of each
     (`spread_lib.split_rows`) where the rows split."""
 
     def encode(v, x_BxHxWx3):

@@ -21,6 +21,9 @@ IMAGES=10
 mkdir -p "$OUT"
 cat /proc/loadavg
 TCMALLOC=$("$PY" -c 'import ctypes.util; print(ctypes.util.find_library("tcmalloc_minimal") or "")')
+# the launchers' tcmalloc settings, from their one owner (cmaae_jax/devices.py)
+read -r -a TCMALLOC_SETTINGS <<< "$("$PY" -c 'from cmaae_jax import devices
+print(" ".join(f"{k}={v}" for k, v in devices.ALLOCATOR_SETTINGS.items()))')"
 
 torch_run() {  # torch_run BATCH NAME [ENV...]
   local batch=$1 name=$2
@@ -35,7 +38,7 @@ for batch in 512 64; do
     --json "$OUT/jax_b${batch}.json" > "$OUT/jax_b${batch}.log" 2>&1
   torch_run "$batch" "torch_b${batch}_2"
   if [ -n "$TCMALLOC" ]; then
-    torch_run "$batch" "torch_b${batch}_tcmalloc" LD_PRELOAD="$TCMALLOC" TCMALLOC_RELEASE_RATE=10
+    torch_run "$batch" "torch_b${batch}_tcmalloc" LD_PRELOAD="$TCMALLOC" "${TCMALLOC_SETTINGS[@]}"
     # The reference's JSON does not say which malloc it ran on: recorded here for the report.
     "$PY" - "$OUT/torch_b${batch}_tcmalloc.json" "$TCMALLOC" <<'PYEOF'
 import json, sys
