@@ -15,6 +15,17 @@ def _space_to_depth(x_BxHxWxC):
     return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
+def shifted_sides(taps_per_side: int, c: int, cout: int) -> str:
+    """Which side(s) of the weight gradient's matmul `conv_weight_grad` shifts: "x" or "g"
+    (the thinner side, once per tap: taps * min + max columns copied) or "both" (x once per
+    column offset, g once per row offset: side * (c + cout) columns), whichever copies fewer
+    columns; "both" for the 3x3 layers of 32 channels (192 columns against 320)."""
+    taps = taps_per_side * taps_per_side
+    if taps_per_side * (c + cout) < taps * min(c, cout) + max(c, cout):
+        return "both"
+    return "x" if c < cout else "g"
+
+
 def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     """d/dW of <conv2d(x, W, stride, padding), g>, [k, k, cin, cout], as one matmul.
 
@@ -23,10 +34,12 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     (k/2)x(k/2) taps over 4*cin channels. With that input flattened over (b, row, column)
     into one matrix X, and g zero-padded onto the same grid and flattened (G), every tap is a
     shift by a constant number of rows: dW[tap] = X shifted up by `off(tap)` rows, ^T @ G.
-    The shifted copies of the side with fewer channels, side by side, make it one matmul:
-    [X_t0 | X_t1 | ...]^T @ G, or X^T @ [G_t0 | G_t1 | ...] with G shifted down instead, with
-    no im2col of the other side. Valid output positions never wrap into the next row or
-    image, and G is zero at the others.
+    Shifted copies side by side make it one matmul, with no im2col (`shifted_sides`): of the
+    thinner side per tap, [X_t0 | X_t1 | ...]^T @ G or X^T @ [G_t0 | G_t1 | ...] (G shifted
+    down instead), or of both sides, X by each column offset dx and G down by each row
+    offset dy: block (dx, dy) of [X_dx0 | X_dx1 | ...]^T @ [G_dy0 | G_dy1 | ...] is tap
+    (dy, dx). Valid output positions never wrap into the next row or image, and G is zero
+    at the others.
     """
     b, oh, ow, cout = g_BxhxwxO.shape
     _, h, w, cin = x_BxHxWxC.shape
@@ -41,8 +54,11 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     g = jnp.pad(g_BxhxwxO, ((0, 0), (0, hq - oh), (0, wq - ow), (0, 0))).reshape(-1, cout)
     rows, last = g.shape[0], (kk - 1) * wq + kk - 1
     x = jnp.pad(x.reshape(-1, c), ((0, last), (0, 0)))  # [rows + last, c]
+    sides = shifted_sides(kk, c, cout)
+    if sides == "both":
+        return _both_shifted(x, g, kk, wq, stride).reshape(k, k, cin, cout)
     offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
-    if c < cout:  # shift X: [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
+    if sides == "x":  # [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
         x_shifted = jnp.concatenate([x[o : o + rows] for o in offsets], axis=1)
         dw = jax.lax.dot_general(x_shifted, g, (((0,), (0,)), ((), ())))
         dw = dw.reshape(kk, kk, stride, stride, cin, cout).transpose(0, 2, 1, 3, 4, 5)
@@ -53,6 +69,23 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     # rows (sy, sx, cin), columns (dy, dx, cout); tap ky = stride*dy + sy, kx likewise.
     dw = dw.reshape(stride, stride, cin, kk, kk, cout).transpose(3, 0, 4, 1, 2, 5)
     return dw.reshape(k, k, cin, cout)
+
+
+def _both_shifted(x, g, kk: int, wq: int, stride: int):
+    """`conv_weight_grad`'s sum with both sides shifted: x [rows + last, c] by each column
+    offset dx, g [rows, cout] down by each row offset dy * wq, over the rows + (kk-1)*wq
+    rows where either is non-zero; returns [kk, stride, kk, stride, cin, cout]
+    (dy, sy, dx, sx: tap ky = stride*dy + sy)."""
+    rows, cout = g.shape
+    span = rows + (kk - 1) * wq
+    x_shifted = jnp.concatenate([x[dx : dx + span] for dx in range(kk)], axis=1)
+    g_pads = [((dy * wq, (kk - 1 - dy) * wq), (0, 0)) for dy in range(kk)]
+    g_shifted = jnp.concatenate([jnp.pad(g, pad) for pad in g_pads], axis=1)
+    dw = jax.lax.dot_general(x_shifted, g_shifted, (((0,), (0,)), ((), ())))
+    # rows (dx, sy, sx, cin), columns (dy, cout)
+    cin = x.shape[1] // (stride * stride)
+    dw = dw.reshape(kk, stride, stride, cin, kk, cout)
+    return dw.transpose(4, 1, 0, 2, 3, 5)
 
 
 # Inputs with at most this many channels are convolved by `im2col_conv`: XLA:CPU's own conv

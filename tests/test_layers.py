@@ -129,7 +129,12 @@ def test_module_init_matches_pytorch_default_bounds():
         ((3, 4, 4, 2), 4, 1, 0, 3),
         ((2, 8, 8, 1), 4, 2, 1, 8),  # 4 channels after space-to-depth < 8: X is shifted
         ((2, 7, 9, 2), 4, 2, 1, 9),  # the same with odd padded sides
-        ((2, 6, 10, 2), 3, 1, 1, 5),  # stride 1, X shifted
+        ((2, 6, 10, 1), 3, 1, 1, 8),  # stride 1, X shifted
+        ((2, 6, 10, 8), 3, 1, 1, 1),  # stride 1, G shifted
+        ((2, 6, 10, 2), 3, 1, 1, 5),  # stride 1, both sides shifted
+        ((2, 8, 8, 2), 4, 2, 1, 8),  # stride 2, both sides shifted
+        ((2, 7, 9, 3), 4, 2, 1, 12),  # the same with odd padded sides
+        ((2, 9, 7, 4), 5, 1, 2, 4),  # a 5x5 kernel, both sides shifted
     ],
 )
 def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
@@ -142,6 +147,17 @@ def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
     np.testing.assert_allclose(
         conv_chunks.conv_weight_grad(x, g, k, s, p), vjp(g)[0], rtol=1e-5, atol=1e-4
     )
+
+
+def test_shifted_sides_copy_the_fewest_columns():
+    # columns copied: the thinner side once per tap plus the other once (taps * min + max),
+    # or both sides once per offset along their axis (side * (c + cout))
+    assert conv_chunks.shifted_sides(3, 32, 32) == "both"  # 3 * 64 = 192 < 9 * 32 + 32 = 320
+    assert conv_chunks.shifted_sides(3, 1, 8) == "x"  # 27 > 9 + 8 = 17
+    assert conv_chunks.shifted_sides(3, 8, 1) == "g"
+    assert conv_chunks.shifted_sides(2, 12, 32) == "x"  # first layer: 88 > 4 * 12 + 32 = 80
+    assert conv_chunks.shifted_sides(2, 512, 256) == "g"  # 1536 = 4 * 256 + 512: a tie keeps one
+    assert conv_chunks.shifted_sides(2, 8, 8) == "both"  # 32 < 40
 
 
 @pytest.mark.parametrize("k,s,p", CASES + [(4, 2, 0)])
