@@ -53,18 +53,21 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     _, hq, wq, c = x.shape
     g = jnp.pad(g_BxhxwxO, ((0, 0), (0, hq - oh), (0, wq - ow), (0, 0))).reshape(-1, cout)
     rows, last = g.shape[0], (kk - 1) * wq + kk - 1
-    x = jnp.pad(x.reshape(-1, c), ((0, last), (0, 0)))  # [rows + last, c]
+    x = x.reshape(rows, c)
     sides = shifted_sides(kk, c, cout)
+    offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
+    if sides != "g":  # x shifted up: `last` zero rows below it
+        x = jnp.pad(x, ((0, last), (0, 0)))
     if sides == "both":
         return _both_shifted(x, g, kk, wq, stride).reshape(k, k, cin, cout)
-    offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
     if sides == "x":  # [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
         x_shifted = jnp.concatenate([x[o : o + rows] for o in offsets], axis=1)
         dw = jax.lax.dot_general(x_shifted, g, (((0,), (0,)), ((), ())))
         dw = dw.reshape(kk, kk, stride, stride, cin, cout).transpose(0, 2, 1, 3, 4, 5)
         return dw.reshape(k, k, cin, cout)
-    g = jnp.pad(g, ((last, last), (0, 0)))
-    g_shifted = jnp.concatenate([g[last - o : last - o + rows + last] for o in offsets], axis=1)
+    # G shifted down: the rows it moves past X's last one meet only X's zero padding
+    g = jnp.pad(g, ((last, 0), (0, 0)))
+    g_shifted = jnp.concatenate([g[last - o : last - o + rows] for o in offsets], axis=1)
     dw = jax.lax.dot_general(x, g_shifted, (((0,), (0,)), ((), ())))  # [c, taps * cout]
     # rows (sy, sx, cin), columns (dy, dx, cout); tap ky = stride*dy + sy, kx likewise.
     dw = dw.reshape(stride, stride, cin, kk, kk, cout).transpose(3, 0, 4, 1, 2, 5)
