@@ -56,11 +56,10 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     x = x.reshape(rows, c)
     sides = shifted_sides(kk, c, cout)
     offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
-    if sides != "g":  # x shifted up: `last` zero rows below it
-        x = jnp.pad(x, ((0, last), (0, 0)))
     if sides == "both":
         return _both_shifted(x, g, kk, wq, stride).reshape(k, k, cin, cout)
     if sides == "x":  # [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
+        x = jnp.pad(x, ((0, last), (0, 0)))  # x shifted up: `last` zero rows below it
         x_shifted = jnp.concatenate([x[o : o + rows] for o in offsets], axis=1)
         dw = jax.lax.dot_general(x_shifted, g, (((0,), (0,)), ((), ())))
         dw = dw.reshape(kk, kk, stride, stride, cin, cout).transpose(0, 2, 1, 3, 4, 5)
@@ -75,15 +74,16 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
 
 
 def _both_shifted(x, g, kk: int, wq: int, stride: int):
-    """`conv_weight_grad`'s sum with both sides shifted: x [rows + last, c] by each column
-    offset dx, g [rows, cout] down by each row offset dy * wq, over the rows + (kk-1)*wq
-    rows where either is non-zero; returns [kk, stride, kk, stride, cin, cout]
-    (dy, sy, dx, sx: tap ky = stride*dy + sy)."""
+    """`conv_weight_grad`'s sum with both sides shifted: x [rows, c] up by each column offset
+    dx, g [rows, cout] down by each row offset dy * wq, over the grid's rows (past them the
+    shifted x is zero); returns [kk, stride, kk, stride, cin, cout] (dy, sy, dx, sx: tap
+    ky = stride*dy + sy)."""
     rows, cout = g.shape
-    span = rows + (kk - 1) * wq
-    x_shifted = jnp.concatenate([x[dx : dx + span] for dx in range(kk)], axis=1)
-    g_pads = [((dy * wq, (kk - 1 - dy) * wq), (0, 0)) for dy in range(kk)]
-    g_shifted = jnp.concatenate([jnp.pad(g, pad) for pad in g_pads], axis=1)
+    x = jnp.pad(x, ((0, kk - 1), (0, 0)))
+    x_shifted = jnp.concatenate([x[dx : dx + rows] for dx in range(kk)], axis=1)
+    g_shifted = jnp.concatenate(
+        [jnp.pad(g[: rows - dy * wq], ((dy * wq, 0), (0, 0))) for dy in range(kk)], axis=1
+    )
     dw = jax.lax.dot_general(x_shifted, g_shifted, (((0,), (0,)), ((), ())))
     # rows (dx, sy, sx, cin), columns (dy, cout)
     cin = x.shape[1] // (stride * stride)
