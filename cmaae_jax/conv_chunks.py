@@ -127,6 +127,24 @@ def im2col_conv(x_BxHxWxC, kernel, stride: int, padding: int):
 # 4096 rather than 8192: 3.5% less time a step at batch 512 and 64 (BENCHMARKS.md,
 # forty-first session).
 CHUNK_ROWS = 4096
+# ... and at most this many elements of the two matrices it multiplies (x's and g's columns,
+# shifted copies included): 4096 rows of the 4x4 layers' 768-1536 columns were 12-25 MB, out
+# of cache; 512K elements take 8 images a chunk there, 7-10% faster alone (BENCHMARKS.md,
+# forty-fourth session).
+CHUNK_ELEMENTS = 2**19
+
+
+def weight_grad_chunk_rows(k: int, stride: int, cin: int, cout: int) -> int:
+    """Grid rows per chunk of `chunked_weight_grad`: CHUNK_ROWS, fewer where the columns of
+    `conv_weight_grad`'s two matrices (`shifted_sides`) would make a chunk more than
+    CHUNK_ELEMENTS."""
+    kk, c = k // stride, cin * stride * stride
+    columns = {
+        "both": kk * (c + cout),
+        "x": kk * kk * c + cout,
+        "g": c + kk * kk * cout,
+    }[shifted_sides(kk, c, cout)]
+    return min(CHUNK_ROWS, CHUNK_ELEMENTS // columns)
 
 
 def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int = CHUNK_ROWS) -> int:
@@ -141,15 +159,18 @@ def as_chunks(x_Bx___, chunk: int):
     return x_Bx___.reshape(x_Bx___.shape[0] // chunk, chunk, *x_Bx___.shape[1:])
 
 
-def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=CHUNK_ROWS):
-    """`conv_weight_grad` summed over chunks of the batch in a loop (`lax.scan`).
+def chunked_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding, chunk_rows=None):
+    """`conv_weight_grad` summed over chunks of the batch in a loop (`lax.scan`), of
+    `chunk_rows` grid rows (default `weight_grad_chunk_rows`).
 
     The same sum in another order of float additions. Over the whole batch the shifted
     copies are large fresh buffers, which XLA:CPU writes at a fraction of its copy speed (and
     page-faults); a chunk's fit in cache and are reused by the next chunk.
     """
-    b, h, w, _ = x_BxHxWxC.shape
+    b, h, w, cin = x_BxHxWxC.shape
     rows = (h + 2 * padding) * (w + 2 * padding) // (stride * stride)
+    if chunk_rows is None:
+        chunk_rows = weight_grad_chunk_rows(k, stride, cin, g_BxhxwxO.shape[-1])
     chunk = batch_chunk(b, rows, chunk_rows)
     if chunk == b:
         return conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k, stride, padding)

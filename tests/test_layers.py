@@ -180,6 +180,17 @@ def test_batch_chunk_is_the_largest_divisor_that_fits():
     assert conv_chunks.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
 
 
+def test_weight_grad_chunks_hold_at_most_chunk_elements():
+    assert conv_chunks.CHUNK_ELEMENTS == 2**19
+    # 4x4 stride 2, 128 -> 256: 512 channels after space-to-depth, g shifted: 512 + 4 * 256
+    # columns, 524288 // 1536 = 341 rows; 5x5 grid rows an image: 13 fit, 8 divides 64
+    assert conv_chunks.weight_grad_chunk_rows(4, 2, 128, 256) == 341
+    assert conv_chunks.batch_chunk(64, 25, 341) == 8
+    assert conv_chunks.weight_grad_chunk_rows(3, 1, 32, 32) == 2730  # both shifted: 3 * 64
+    assert conv_chunks.weight_grad_chunk_rows(4, 2, 64, 128) == 682  # 256 + 4 * 128
+    assert conv_chunks.weight_grad_chunk_rows(4, 2, 3, 32) == 4096  # x shifted: 80, CHUNK_ROWS
+
+
 @pytest.mark.parametrize(
     "shape,k,s,p,cout,chunk_rows",
     [
