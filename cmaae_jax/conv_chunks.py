@@ -128,9 +128,9 @@ def im2col_conv(x_BxHxWxC, kernel, stride: int, padding: int):
 # forty-first session).
 CHUNK_ROWS = 4096
 # ... and at most this many elements of the two matrices it multiplies (x's and g's columns,
-# shifted copies included): 4096 rows of the 4x4 layers' 768-1536 columns were 12-25 MB, out
-# of cache; 512K elements take 8 images a chunk there, 7-10% faster alone (BENCHMARKS.md,
-# forty-fourth session).
+# shifted copies included): the 4x4 layers' 768-1536 columns made chunks of up to 4096 rows
+# 12-25 MB, out of cache; 512K elements take 8 images a chunk there, ~10% faster alone
+# (BENCHMARKS.md, forty-fourth session).
 CHUNK_ELEMENTS = 2**19
 
 
