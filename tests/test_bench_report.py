@@ -104,3 +104,22 @@ def test_reference_runs_with_a_preloaded_malloc_get_their_own_line(tmp_path):
     assert "libtcmalloc_minimal.so.4 preloaded (1 run(s))" in line
     assert "step 2.00 s, MSFR 80 ms" in line
     assert "training 0.80x, MSFR 1.25x, RSS 1.00x" in line
+
+
+def test_a_ratio_next_to_its_bound_prints_the_digits_that_decide(tmp_path):
+    # the forty-fourth session's third sitting: 2.738 / 1.828 = 1.4978, which 2 decimals
+    # would print as "1.50x" beside "no"
+    t = dict(framework="torch", batch=512, infer_ms_per_image_median=125.0, peak_rss_mb=1738.0)
+    j = dict(framework="jax", batch=512, infer_ms_per_image_median=101.8, peak_rss_mb=1570.0)
+    paths = [
+        _write(tmp_path, "t", train_step_s_median=2.738, **t),
+        _write(tmp_path, "j", train_step_s_median=1.828, **j),
+    ]
+    row = {
+        line.split("|")[1].strip(): line
+        for line in bench_report.report(paths).splitlines()
+        if line.startswith("| ")
+    }
+    assert "| 2.74 | 1.83 | 1.498x | >= 1.5x | no |" in row["train step (s)"]
+    assert "| 125 | 102 | 0.81x | <= 0.8x | no |" in row["MSFR map 512x512 (ms)"]  # 0.8144
+    assert "| 1738 | 1570 | 0.90x | <= 1.1x | yes |" in row["peak RSS (MB)"]
