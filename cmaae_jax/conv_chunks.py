@@ -15,15 +15,20 @@ def _space_to_depth(x_BxHxWxC):
     return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
-def shifted_sides(taps_per_side: int, c: int, cout: int) -> str:
-    """Which side(s) of the weight gradient's matmul `conv_weight_grad` shifts: "x" or "g"
-    (the thinner side, once per tap: taps * min + max columns copied) or "both" (x once per
-    column offset, g once per row offset: side * (c + cout) columns), whichever copies fewer
-    columns; "both" for the 3x3 layers of 32 channels (192 columns against 320)."""
+def _columns(taps_per_side: int, c: int, cout: int) -> dict:
+    """Columns of `conv_weight_grad`'s two matrices, shifted copies included, by the side(s)
+    shifted: "x" or "g" once per tap, or "both" (x once per column offset, g once per row
+    offset)."""
     taps = taps_per_side * taps_per_side
-    if taps_per_side * (c + cout) < taps * min(c, cout) + max(c, cout):
-        return "both"
-    return "x" if c < cout else "g"
+    return {"x": taps * c + cout, "g": c + taps * cout, "both": taps_per_side * (c + cout)}
+
+
+def shifted_sides(taps_per_side: int, c: int, cout: int) -> str:
+    """Which side(s) of the weight gradient's matmul `conv_weight_grad` shifts: the thinner
+    one ("x" or "g"), or "both" where that copies fewer columns (`_columns`): the 3x3 layers
+    of 32 channels (192 columns against 320); a tie keeps one side."""
+    columns, thinner = _columns(taps_per_side, c, cout), "x" if c < cout else "g"
+    return "both" if columns["both"] < columns[thinner] else thinner
 
 
 def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
@@ -55,9 +60,9 @@ def conv_weight_grad(x_BxHxWxC, g_BxhxwxO, k: int, stride: int, padding: int):
     rows, last = g.shape[0], (kk - 1) * wq + kk - 1
     x = x.reshape(rows, c)
     sides = shifted_sides(kk, c, cout)
-    offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
     if sides == "both":
         return _both_shifted(x, g, kk, wq, stride).reshape(k, k, cin, cout)
+    offsets = [dy * wq + dx for dy in range(kk) for dx in range(kk)]
     if sides == "x":  # [rows, taps * c]^T @ G -> rows (dy, dx, sy, sx, cin)
         x = jnp.pad(x, ((0, last), (0, 0)))  # x shifted up: `last` zero rows below it
         x_shifted = jnp.concatenate([x[o : o + rows] for o in offsets], axis=1)
@@ -139,11 +144,7 @@ def weight_grad_chunk_rows(k: int, stride: int, cin: int, cout: int) -> int:
     `conv_weight_grad`'s two matrices (`shifted_sides`) would make a chunk more than
     CHUNK_ELEMENTS."""
     kk, c = k // stride, cin * stride * stride
-    columns = {
-        "both": kk * (c + cout),
-        "x": kk * kk * c + cout,
-        "g": c + kk * kk * cout,
-    }[shifted_sides(kk, c, cout)]
+    columns = _columns(kk, c, cout)[shifted_sides(kk, c, cout)]
     return min(CHUNK_ROWS, CHUNK_ELEMENTS // columns)
 
 
