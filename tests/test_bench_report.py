@@ -123,3 +123,49 @@ def test_a_ratio_next_to_its_bound_prints_the_digits_that_decide(tmp_path):
     assert "| 2.74 | 1.83 | 1.498x | >= 1.5x | no |" in row["train step (s)"]
     assert "| 125 | 102 | 0.81x | <= 0.8x | no |" in row["MSFR map 512x512 (ms)"]  # 0.8144
     assert "| 1738 | 1570 | 0.90x | <= 1.1x | yes |" in row["peak RSS (MB)"]
+
+
+def _sitting(folder, torch_step, jax_step, torch_ms=None, jax_ms=None, batch=512):
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = dict(batch=batch, peak_rss_mb=1000.0)
+    _write(folder, f"t{batch}", framework="torch", train_step_s_median=torch_step,
+           infer_ms_per_image_median=torch_ms, **extra)  # fmt: skip
+    _write(folder, f"j{batch}", framework="jax", train_step_s_median=jax_step,
+           infer_ms_per_image_median=jax_ms, **extra)  # fmt: skip
+    return str(folder)
+
+
+def test_sittings_give_each_ratio_its_range_and_the_count_that_met_it(tmp_path):
+    folders = [
+        _sitting(tmp_path / "s1", 3.0, 2.0, 110.0, 90.0),  # 1.50x (met, at the bound), 0.818x
+        _sitting(tmp_path / "s2", 2.8, 2.0, 120.0, 90.0),  # 1.40x, 0.75x (met)
+        _sitting(tmp_path / "s3", 3.2, 2.0, 100.0, 90.0),  # 1.60x (met), 0.90x
+    ]
+    _sitting(tmp_path / "s2", 0.3, 0.25, batch=64)  # one sitting also has batch 64
+    text = bench_report.across_sittings(folders)
+    rows = {
+        (line.split("|")[1].strip(), line.split("|")[2].strip()): line
+        for line in text.splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    }
+    train = rows[("512", bench_report.TARGETS["train"][0])]
+    assert "| 1.50x | 1.40x | 1.60x | 1.40-1.60x | >= 1.5x | 2 of 3 |" in train
+    msfr = rows[("512", bench_report.TARGETS["msfr"][0])]
+    # 90/110 = 0.818, 90/120 = 0.75, 90/100 = 0.90
+    assert "| 0.82x | 0.75x | 0.90x | 0.75-0.90x | <= 0.8x | 1 of 3 |" in msfr
+    assert (
+        "| 1.00x | 1.00x | 1.00x | 1.00-1.00x | <= 1.1x | 3 of 3 |"
+        in rows[("512", bench_report.TARGETS["rss"][0])]
+    )
+    # batch 64 was measured in one sitting only: the others' cells are "-", not invented;
+    # no MSFR was timed there, so that row is left out.
+    small = rows[("64", bench_report.TARGETS["train"][0])]
+    assert "| - | 1.20x | - | 1.20-1.20x | >= 1.5x | 0 of 1 |" in small
+    assert ("64", bench_report.TARGETS["msfr"][0]) not in rows
+    assert text.splitlines()[0] == "3 sitting(s): s1, s2, s3"
+
+
+def test_a_sitting_folder_without_json_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no benchmark JSON"):
+        bench_report.across_sittings([str(tmp_path / "empty")])
