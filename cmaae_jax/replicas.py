@@ -65,7 +65,7 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str
     platform = jax.local_devices()[0].platform
     options = devices.cpu_compiler_options(cpu_scheduler, platform) if single else None
     compiled = step_fn.lower(rstate, *args).compile(compiler_options=options)
-    state_lib.release_freed_host_memory()
+    devices.release_freed_host_memory()
     if single:
         return compiled
     ocp.multihost.sync_global_processes(f"cmaae_train_compiled_{tag}")

@@ -7,7 +7,6 @@ Adam state for the rest (a new objective; Alg. 1 restarts the optimisation).
 """
 
 import copy
-import ctypes
 import gc
 import hashlib
 import json
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from cmaae_jax import checkpoint, errors, model
+from cmaae_jax import checkpoint, devices, errors, model
 from cmaae_jax import workdir as workdir_lib
 
 # The config fields the trained parameters depend on, with the value a config that lacks the
@@ -122,23 +121,13 @@ def lr_factor(config, stage: int, step):
     return jnp.where(s < warmup, ramp, 0.5 * (1 + jnp.cos(jnp.pi * progress)))
 
 
-def release_freed_host_memory():
-    """Hands memory that compilation freed back to the OS (glibc `malloc_trim`), so that the
-    step's buffers do not come on top of it in the peak; a no-op without glibc. Measured on
-    CPU after compiling the training step: about 250 MB less resident memory."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def release_compiled_programs():
     """Frees the programs JAX keeps compiled in its caches (a finished stage's training step:
     about 165 MB of host memory at the benchmark's step on CPU, measured) and hands the
     memory back to the OS; whatever runs later compiles again."""
     jax.clear_caches()
     gc.collect()
-    release_freed_host_memory()
+    devices.release_freed_host_memory()
 
 
 def init_state(config, net) -> TrainState:
@@ -152,7 +141,7 @@ def init_state(config, net) -> TrainState:
         tx.init(params),
         fresh_ema(config, params),
     )
-    release_freed_host_memory()
+    devices.release_freed_host_memory()
     return state
 
 

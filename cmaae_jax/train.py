@@ -28,6 +28,7 @@ from cmaae_jax import (
     checkpoint,
     configlib,
     datasets,
+    devices,
     gaaga,
     images,
     losses,
@@ -241,7 +242,7 @@ class _Run:
                     fn, self.state, args, tag, scheduler
                 )
                 self.state = None
-                state_lib.release_freed_host_memory()  # the host copy's pages, before the peak
+                devices.release_freed_host_memory()  # the host copy's pages, before the peak
             else:
                 fn = replicas.compile_step(fn, self.rstate, args, tag, scheduler)
             fns[n] = fn
