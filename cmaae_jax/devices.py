@@ -26,10 +26,10 @@ ALLOCATOR_LIBRARY = "tcmalloc_minimal"
 # `system` keeps the process's own malloc (no restart); unset or `tcmalloc` preloads it.
 ALLOCATOR_ENV = "CMAAE_ALLOCATOR"
 # tcmalloc's settings, unless the environment sets them: its default pace of returning freed
-# memory to the kernel (a training step's buffers are reused, not re-faulted: the batch-512
-# step ~4% shorter than at rate 10, BENCHMARKS.md, forty-fifth session; what set-up freed is
-# handed back at once by `release_freed_host_memory`), and no "large alloc" report on stderr
-# for a dataset array over 1 GB.
+# memory to the kernel (a training step's buffers are reused, not faulted in again at every
+# call as at rate 10; BENCHMARKS.md, forty-fifth session; what set-up freed is handed back at
+# once by `release_freed_host_memory`), and no "large alloc" report on stderr for a dataset
+# array over 1 GB.
 ALLOCATOR_SETTINGS = {
     "TCMALLOC_RELEASE_RATE": "1",
     "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40),
@@ -66,8 +66,8 @@ def release_freed_host_memory():
     """Hands the memory this process has freed back to the OS, so that what comes next (a
     training step's buffers after its compilation and the replicas' set-up) does not come on
     top of it in the peak: tcmalloc's free pages where it is preloaded (it keeps them
-    otherwise, and a step's buffers did not always reuse them: peak RSS 1.44 or 1.85 GB at
-    batch 512 from run to run), and glibc's (`malloc_trim`); a no-op for what is not there."""
+    otherwise, and a step's buffers did not always reuse them: BENCHMARKS.md, forty-fifth
+    session), and glibc's (`malloc_trim`); a no-op for what is not there."""
     process = ctypes.CDLL(None)
     for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (0,))):
         release = getattr(process, name, None)
