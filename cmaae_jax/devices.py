@@ -68,7 +68,10 @@ def release_freed_host_memory():
     top of it in the peak: tcmalloc's free pages where it is preloaded (it keeps them
     otherwise, and a step's buffers did not always reuse them: BENCHMARKS.md, forty-fifth
     session), and glibc's (`malloc_trim`); a no-op for what is not there."""
-    process = ctypes.CDLL(None)
+    try:
+        process = ctypes.CDLL(None)
+    except (OSError, TypeError):  # no process handle to look symbols up in (not POSIX)
+        return
     for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (0,))):
         release = getattr(process, name, None)
         if release is not None:
