@@ -172,10 +172,9 @@ def across_sittings(folders) -> str:
         "|---:|---|" + "---:|" * len(names) + "---:|---:|---:|",
     ]
     for batch in batches:
-        per_sitting = []
-        for groups in by_sitting:
-            g = groups.get(batch)
-            per_sitting.append(ratios(g["torch"], g["jax"]) if g else {})
+        per_sitting = [
+            ratios(g[batch]["torch"], g[batch]["jax"]) if batch in g else {} for g in by_sitting
+        ]
         for target, (label, sense, bound) in TARGETS.items():
             values = [r.get(target) for r in per_sitting]
             known = [v for v in values if v is not None]

@@ -1,6 +1,6 @@
-"""Where the computation runs: virtual CPU devices and multi-process (multi-host) start-up.
-
-Both must run before the first JAX computation.
+"""Where the computation runs: virtual CPU devices and multi-process (multi-host) start-up,
+both before the first JAX computation; and the host's allocator: the launchers' restart with
+tcmalloc preloaded, and handing freed memory back to the OS.
 """
 
 import ctypes

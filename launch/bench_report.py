@@ -19,11 +19,11 @@ def main():
         "paths", nargs="+", metavar="PATH", help="one sitting's JSONs, or sittings' folders"
     )
     args = parser.parse_args()
-    folders = [os.path.isdir(p) for p in args.paths]
-    if any(folders) and not all(folders):
+    is_folder = [os.path.isdir(p) for p in args.paths]
+    if any(is_folder) and not all(is_folder):
         parser.error("give one sitting's JSON files or sittings' folders, not both")
     with _common.user_errors():
-        if all(folders):
+        if all(is_folder):
             print(bench_report.across_sittings(args.paths))
         else:
             print(bench_report.report(args.paths))
