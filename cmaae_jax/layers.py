@@ -26,9 +26,11 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
   - a conv whose window covers the whole input (the 4x4 -> 1x1 last encoder layer) and a
     transposed conv of a 1x1 input (the first decoder layer) are single matmuls;
   - a stride-1 transposed conv is the conv with the flipped kernel;
-  - weight gradients are row-shift matmuls, and every conv of the training step (forward,
-    input and weight gradients) runs over chunks of a few images in a loop, whose buffers
-    stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session); inference
+  - weight gradients are convolutions over the batch with their operands laid out for
+    YNNPACK (`conv_chunks.conv_weight_grad`; forty-sixth session; XLA's own derivative ran
+    ~15x slower inside a loop on the device, fortieth), and every conv of the training step
+    (forward, input and weight gradients) runs over chunks of a few images in a loop, whose
+    buffers stay in cache (`cmaae_jax.conv_chunks`; BENCHMARKS.md, fifteenth session); inference
     (not differentiated) runs a batch of up to 64 32x32 maps at once, a larger one by
     larger chunks (`conv_chunks.inference_chunks`; forty-second session);
   - a conv of a thin input (3 channels: the first encoder layer, the last decoder layer's
@@ -86,26 +88,15 @@ def conv2d(x_BxHxWxC, kernel, stride: int, padding: int, impl: str = "auto"):
     return _conv_fast_dw(x_BxHxWxC, kernel, stride, padding)
 
 
-def _weight_grad(x, g, k, stride, padding):
-    """`conv_chunks.chunked_weight_grad`, or for the kernels it does not take (odd with
-    stride 2) XLA's own weight gradient. Also for the 4x4 layers, where both are on par
-    alone: inside a loop on the device (`train.steps_per_call` > 1), XLA's own ran ~15x
-    slower (BENCHMARKS.md, fortieth session)."""
-    if stride == 1 or (stride == 2 and k % 2 == 0):
-        return conv_chunks.chunked_weight_grad(x, g, k, stride, padding)
-    cin, cout = x.shape[-1], g.shape[-1]
-    kernel = jnp.zeros((k, k, cin, cout), g.dtype)
-    _, kernel_vjp = jax.vjp(lambda w: _lax_conv(x, w, stride, padding), kernel)
-    return kernel_vjp(g)[0]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_fast_dw(x, kernel, stride, padding):
-    """`lax` conv forward and input gradient; weight gradient by `_weight_grad`.
+    """`lax` conv forward and input gradient; weight gradient by
+    `conv_chunks.chunked_weight_grad`.
 
-    XLA:CPU computes a conv's weight gradient as a convolution over the batch, at a fraction
-    of its matmul speed for large images (SPEC section 4). Not differentiated (inference),
-    by `conv_chunks.inference_chunks`: whole where the batch is small.
+    XLA:CPU computes a conv's own weight gradient as a convolution over the batch at a
+    fraction of its matmul speed for large images (SPEC section 4); laid out as an ordinary
+    NHWC convolution, the same sum goes to YNNPACK. Not differentiated (inference), by
+    `conv_chunks.inference_chunks`: whole where the batch is small.
     """
     conv = _thin_or_lax_conv(x, kernel, stride)
     return conv_chunks.inference_chunks(lambda xc: conv(xc, kernel, stride, padding), x)
@@ -143,7 +134,7 @@ def _conv_bwd(stride, padding, res, g):
     else:
         _, x_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)
         (dx,) = x_vjp(g)
-    dw = _weight_grad(x, g, kernel.shape[0], stride, padding)
+    dw = conv_chunks.chunked_weight_grad(x, g, kernel.shape[0], stride, padding)
     return dx, dw.astype(kernel.dtype)
 
 
@@ -216,7 +207,7 @@ def _convt_fwd(x, kernel):
 def _convt_bwd(res, g):
     x, kernel = res
     dx = _chunked_conv(g, _swap_io(kernel), 2, 1)  # the adjoint: conv2d(g, W^T, 2, 1)
-    dk_t = _weight_grad(g, x.astype(g.dtype), 4, 2, 1)  # [4, 4, cout, cin]
+    dk_t = conv_chunks.chunked_weight_grad(g, x.astype(g.dtype), 4, 2, 1)  # [4, 4, cout, cin]
     return dx.astype(x.dtype), _swap_io(dk_t).astype(kernel.dtype)
 
 

@@ -120,44 +120,39 @@ def test_module_init_matches_pytorch_default_bounds():
     assert np.abs(params["kernel"]).max() <= 1 / np.sqrt(7 * 4 * 4)
 
 
+def brute_weight_grad(x, g, k, s, p):
+    """d/dW of sum(conv2d(x, W) * g) by explicit loops: dW[ky, kx] = sum over the output
+    positions (i, j) of xpad[:, s*i + ky, s*j + kx]^T @ g[:, i, j]."""
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    oh, ow = g.shape[1:3]
+    dw = np.zeros((k, k, x.shape[-1], g.shape[-1]))
+    for ky in range(k):
+        for kx in range(k):
+            for i in range(oh):
+                for j in range(ow):
+                    dw[ky, kx] += xp[:, s * i + ky, s * j + kx].T @ g[:, i, j]
+    return dw
+
+
 @pytest.mark.parametrize(
     "shape,k,s,p,cout",
     [
         ((2, 8, 8, 3), 4, 2, 1, 5),
-        ((2, 7, 9, 4), 4, 2, 1, 3),  # odd padded sides: an extra zero row / column
+        ((2, 7, 9, 4), 4, 2, 1, 3),  # odd sides: the conv's output holds a row / column more
         ((2, 6, 10, 4), 3, 1, 1, 3),
-        ((3, 4, 4, 2), 4, 1, 0, 3),
-        ((2, 8, 8, 1), 4, 2, 1, 8),  # 4 channels after space-to-depth < 8: X is shifted
-        ((2, 7, 9, 2), 4, 2, 1, 9),  # the same with odd padded sides
-        ((2, 6, 10, 1), 3, 1, 1, 8),  # stride 1, X shifted
-        ((2, 6, 10, 8), 3, 1, 1, 1),  # stride 1, G shifted
-        ((2, 6, 10, 2), 3, 1, 1, 5),  # stride 1, both sides shifted
-        ((2, 8, 8, 2), 4, 2, 1, 8),  # stride 2, both sides shifted
-        ((2, 7, 9, 3), 4, 2, 1, 12),  # the same with odd padded sides
-        ((2, 9, 7, 4), 5, 1, 2, 4),  # a 5x5 kernel, both sides shifted
+        ((3, 4, 4, 2), 4, 1, 0, 3),  # a window as large as the input: one output position
+        ((2, 9, 7, 5), 3, 2, 1, 4),  # an odd kernel with stride 2
+        ((2, 9, 7, 4), 5, 1, 2, 4),  # a 5x5 kernel
+        ((1, 8, 8, 6), 4, 2, 1, 7),  # one image: the conv's channels are 1
     ],
 )
-def test_row_shift_weight_gradient_equals_lax(shape, k, s, p, cout):
-    kx, kw, kg = jax.random.split(jax.random.key(4), 3)
-    x = jax.random.normal(kx, shape)
-    w = jax.random.normal(kw, (k, k, shape[-1], cout))
-    conv = lambda w: layers.conv2d(x, w, s, p, impl="xla")
-    out, vjp = jax.vjp(conv, w)
-    g = jax.random.normal(kg, out.shape)
-    np.testing.assert_allclose(
-        conv_chunks.conv_weight_grad(x, g, k, s, p), vjp(g)[0], rtol=1e-5, atol=1e-4
-    )
-
-
-def test_shifted_sides_copy_the_fewest_columns():
-    # columns copied: the thinner side once per tap plus the other once (taps * min + max),
-    # or both sides once per offset along their axis (side * (c + cout))
-    assert conv_chunks.shifted_sides(3, 32, 32) == "both"  # 3 * 64 = 192 < 9 * 32 + 32 = 320
-    assert conv_chunks.shifted_sides(3, 1, 8) == "x"  # 27 > 9 + 8 = 17
-    assert conv_chunks.shifted_sides(3, 8, 1) == "g"
-    assert conv_chunks.shifted_sides(2, 12, 32) == "x"  # first layer: 88 > 4 * 12 + 32 = 80
-    assert conv_chunks.shifted_sides(2, 512, 256) == "g"  # 1536 = 4 * 256 + 512: a tie keeps one
-    assert conv_chunks.shifted_sides(2, 8, 8) == "both"  # 32 < 40
+def test_weight_gradient_equals_brute_force(shape, k, s, p, cout):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    oh, ow = ((n + 2 * p - k) // s + 1 for n in shape[1:3])
+    g = rng.standard_normal((shape[0], oh, ow, cout)).astype(np.float32)
+    got = conv_chunks.conv_weight_grad(jnp.asarray(x), jnp.asarray(g), k, s, p)
+    np.testing.assert_allclose(got, brute_weight_grad(x, g, k, s, p), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("k,s,p", CASES + [(4, 2, 0)])
@@ -180,33 +175,34 @@ def test_batch_chunk_is_the_largest_divisor_that_fits():
     assert conv_chunks.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
 
 
-def test_weight_grad_chunks_hold_at_most_chunk_elements():
-    assert conv_chunks.CHUNK_ELEMENTS == 2**19
-    # 4x4 stride 2, 128 -> 256: 512 channels after space-to-depth, g shifted: 512 + 4 * 256
-    # columns, 524288 // 1536 = 341 rows; 5x5 grid rows an image: 13 fit, 8 divides 64
-    assert conv_chunks.weight_grad_chunk_rows(4, 2, 128, 256) == 341
-    assert conv_chunks.batch_chunk(64, 25, 341) == 8
-    assert conv_chunks.weight_grad_chunk_rows(3, 1, 32, 32) == 2730  # both shifted: 3 * 64
-    assert conv_chunks.weight_grad_chunk_rows(4, 2, 64, 128) == 682  # 256 + 4 * 128
-    assert conv_chunks.weight_grad_chunk_rows(4, 2, 3, 32) == 4096  # x shifted: 80, CHUNK_ROWS
+def test_weight_grad_chunks_hold_at_most_weight_grad_elements_of_g():
+    assert conv_chunks.WEIGHT_GRAD_ELEMENTS == 2**17
+    # 131072 elements: 4 images of 32x32x32, 8 of 16x16x64, 32 of 4x4x256 (2^17 / 4096)
+    assert conv_chunks.weight_grad_chunk((256, 32, 32, 32)) == 4
+    assert conv_chunks.weight_grad_chunk((256, 16, 16, 64)) == 8
+    assert conv_chunks.weight_grad_chunk((256, 4, 4, 256)) == 32
+    assert conv_chunks.weight_grad_chunk((24, 4, 4, 256)) == 24  # the whole batch fits
+    assert conv_chunks.weight_grad_chunk((40, 4, 4, 256)) == 20  # 32 fit, 20 divides 40
+    assert conv_chunks.weight_grad_chunk((4, 64, 64, 64)) == 1  # one image is more
 
 
 @pytest.mark.parametrize(
-    "shape,k,s,p,cout,chunk_rows",
+    "shape,k,s,p,cout,chunk",
     [
-        ((6, 8, 8, 3), 3, 1, 1, 4, 250),  # 100 rows per image: chunks of 2 images
-        ((6, 8, 8, 3), 3, 1, 1, 4, 350),  # chunks of 3
-        ((4, 8, 8, 2), 4, 2, 1, 5, 60),  # 25 rows after space-to-depth: chunks of 2
-        ((5, 7, 9, 4), 4, 2, 1, 3, 30),  # odd sides, a prime batch: one image a chunk
+        ((6, 8, 8, 3), 3, 1, 1, 4, 2),  # three chunks of 2 images
+        ((6, 8, 8, 3), 3, 1, 1, 4, 3),
+        ((4, 8, 8, 2), 4, 2, 1, 5, 2),
+        ((5, 7, 9, 4), 4, 2, 1, 3, 1),  # odd sides, one image a chunk
+        ((6, 8, 8, 3), 3, 1, 1, 4, None),  # the default: the whole batch
     ],
 )
-def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk_rows):
+def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk):
     kx, kw, kg = jax.random.split(jax.random.key(5), 3)
     x = jax.random.normal(kx, shape)
     w = jax.random.normal(kw, (k, k, shape[-1], cout))
     out, vjp = jax.vjp(lambda w: layers.conv2d(x, w, s, p, impl="xla"), w)
     g = jax.random.normal(kg, out.shape)
-    got = jax.jit(lambda x, g: conv_chunks.chunked_weight_grad(x, g, k, s, p, chunk_rows))(x, g)
+    got = jax.jit(lambda x, g: conv_chunks.chunked_weight_grad(x, g, k, s, p, chunk))(x, g)
     np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
 
 
@@ -239,8 +235,7 @@ def test_chunked_layers_equal_lax_with_gradients(k, s, p, transpose):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
-# 16: outputs >= 8x8 take the row-shift weight gradient; (3, 32) as the model's first encoder
-# and last decoder layers, whose narrow side (3 channels) is the one shifted.
+# (3, 32) as the model's first encoder and last decoder layers.
 @pytest.mark.parametrize("hw,cin,cout", [(8, 6, 8), (16, 6, 8), (16, 3, 32)])
 def test_fast_conv_forward_and_gradients_equal_lax_at_training_sizes(hw, cin, cout):
     kx, kw, kg = jax.random.split(jax.random.key(5), 3)

@@ -126,7 +126,7 @@ def test_normalized_conv_equals_lax_forward_and_gradients_over_chunks(kind, slop
 
 def test_training_step_in_float64_equals_the_lax_layers():
     """The CPU formulation in training (each BatchNorm and activation inside the next conv's
-    chunks, conv1's bias in conv2's, weight gradients by row shifts, sub-pixel transposed
+    chunks, conv1's bias in conv2's, weight gradients as convs over the batch, sub-pixel transposed
     convs) run in float64 against the native lax layers: loss, reconstruction, BatchNorm
     statistics and every gradient. In float64 the two must agree to ~1e-12: in float32
     rounding reaches ~1e-2 of some gradients' scale at initialisation in every form, the lax
