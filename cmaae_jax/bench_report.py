@@ -19,7 +19,9 @@ ratios against them (like for like where our runs preloaded the same allocator).
 The reference's own step time moves by 5-10% between sittings on one machine (BENCHMARKS.md),
 so a ratio near its bound is decided by the sitting. `across_sittings` gives each ratio of
 each sitting (a folder of one sitting's JSONs), their range and in how many the target was
-met: a verdict over several sittings, not one.
+met: a verdict over several sittings, not one. Within a sitting, runs of one side whose times
+differ by more than SPREAD_LIMIT were disturbed (the median of two is their mean): the table
+says so, and `across_sittings` shows that ratio in parentheses, out of its range and count.
 """
 
 import glob
@@ -33,6 +35,14 @@ TARGETS = {
     "msfr": ("MSFR time per image, ours / torch", "<=", 0.8),
     "rss": ("peak RSS, ours / torch", "<=", 1.1),
 }
+
+
+# Runs of one side in one sitting whose step (or map) times differ by more than this share of
+# the shortest: one of them was disturbed (another process, a throttled core). A quiet
+# sitting's runs differ by a few percent; a disturbed one read 70% (BENCHMARKS.md,
+# forty-sixth session).
+SPREAD_LIMIT = 0.25
+_TIMES = {"train": "train_step_s_median", "msfr": "infer_ms_per_image_median"}
 
 
 def load(paths) -> dict:
@@ -68,6 +78,24 @@ def ratios(torch_runs, jax_runs) -> dict:
     t_rss, j_rss = _median(torch_runs, "peak_rss_mb"), _median(jax_runs, "peak_rss_mb")
     div = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
     return {"train": div(t_step, j_step), "msfr": div(j_ms, t_ms), "rss": div(j_rss, t_rss)}
+
+
+def spread(runs, key):
+    """(longest - shortest) / shortest of the runs' `key` (None with fewer than two)."""
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return (max(values) - min(values)) / min(values) if len(values) > 1 else None
+
+
+def disturbed(torch_runs, jax_runs) -> dict:
+    """{target: (side, spread)} for the timed targets (training, map) whose runs on a side
+    differ by more than SPREAD_LIMIT (`spread`)."""
+    out = {}
+    for target, key in _TIMES.items():
+        for side, runs in (("torch", torch_runs), ("cmaae_jax", jax_runs)):
+            value = spread(runs, key)
+            if value is not None and value > SPREAD_LIMIT:
+                out[target] = (side, value)
+    return out
 
 
 def _fmt(value, digits=2):
@@ -124,6 +152,11 @@ def table(batch: int, torch_runs, jax_runs) -> str:
         f"seconds per run: {', '.join(_fmt(o, 2) for o in others)} (near 0: a quiet machine); "
         f"host allocator (JAX runs): {', '.join(sorted(allocators)) or '-'}",
     ]
+    for target, (side, value) in disturbed(torch_runs, jax_runs).items():
+        lines.append(
+            f"disturbed: the {side} runs' {_TIMES[target]} differ by {value:.0%} (more than "
+            f"{SPREAD_LIMIT:.0%}): one run was disturbed; this ratio needs another sitting"
+        )
     return "\n".join(lines)
 
 
@@ -172,21 +205,34 @@ def across_sittings(folders) -> str:
         "|---:|---|" + "---:|" * len(names) + "---:|---:|---:|",
     ]
     for batch in batches:
-        per_sitting = [
-            ratios(g[batch]["torch"], g[batch]["jax"]) if batch in g else {} for g in by_sitting
-        ]
-        for target, (label, sense, bound) in TARGETS.items():
-            values = [r.get(target) for r in per_sitting]
-            known = [v for v in values if v is not None]
-            if not known:
-                continue
-            cells = ["-" if v is None else f"{_fmt_ratio(v, bound)}x" for v in values]
-            low, high = min(known), max(known)
-            span = f"{_fmt_ratio(low, bound)}-{_fmt_ratio(high, bound)}x"
-            count = sum(met(target, v) for v in known)
-            lines.append(
-                f"| {batch} | {label} | "
-                + " | ".join(cells)
-                + f" | {span} | {sense} {bound}x | {count} of {len(known)} |"
-            )
+        groups = [g.get(batch, {"torch": [], "jax": []}) for g in by_sitting]
+        per_sitting = [ratios(g["torch"], g["jax"]) for g in groups]
+        flagged = [disturbed(g["torch"], g["jax"]) for g in groups]
+        for target in TARGETS:
+            row = _sittings_row(batch, target, per_sitting, flagged)
+            if row:
+                lines.append(row)
     return "\n".join(lines)
+
+
+def _sittings_row(batch, target, per_sitting, flagged) -> str | None:
+    """One row of `across_sittings` (None where no sitting measured `target`): a disturbed
+    sitting's ratio in parentheses, out of the range and the count."""
+    label, sense, bound = TARGETS[target]
+    values = [r.get(target) for r in per_sitting]
+    if all(v is None for v in values):
+        return None
+    counted = [v for v, f in zip(values, flagged, strict=True) if v is not None and target not in f]
+    cells = []
+    for value, flags in zip(values, flagged, strict=True):
+        text = "-" if value is None else f"{_fmt_ratio(value, bound)}x"
+        cells.append(f"({text})" if value is not None and target in flags else text)
+    span = "-"
+    if counted:
+        span = f"{_fmt_ratio(min(counted), bound)}-{_fmt_ratio(max(counted), bound)}x"
+    count = f"{sum(met(target, v) for v in counted)} of {len(counted)}"
+    left_out = sum(v is not None for v in values) - len(counted)
+    if left_out:
+        count += f" ({left_out} disturbed)"
+    cells = " | ".join(cells)
+    return f"| {batch} | {label} | {cells} | {span} | {sense} {bound}x | {count} |"

@@ -169,3 +169,32 @@ def test_a_sitting_folder_without_json_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: no benchmark JSON"):
         bench_report.across_sittings([str(tmp_path / "empty")])
+
+
+def test_a_disturbed_run_is_named_and_left_out_of_the_range(tmp_path):
+    # sitting 1: the reference's second run took 0.44 s a step against 0.26 s in its first,
+    # (0.44 - 0.26) / 0.26 = 69% > 25%; its maps 122 and 130 ms differ by 6.6%: quiet
+    s1 = tmp_path / "s1"
+    s1.mkdir()
+    t = dict(framework="torch", batch=64, peak_rss_mb=650.0)
+    _write(s1, "t1", train_step_s_median=0.26, infer_ms_per_image_median=122.0, **t)
+    _write(s1, "t2", train_step_s_median=0.44, infer_ms_per_image_median=130.0, **t)
+    _write(s1, "j", framework="jax", batch=64, train_step_s_median=0.2,
+           infer_ms_per_image_median=90.0, peak_rss_mb=650.0)  # fmt: skip
+    text = bench_report.report(sorted(str(p) for p in s1.iterdir()))
+    flagged = [line for line in text.splitlines() if line.startswith("disturbed")]
+    assert len(flagged) == 1
+    assert "torch runs' train_step_s_median differ by 69%" in flagged[0]
+    folders = [str(s1), _sitting(tmp_path / "s2", 0.25, 0.2, 120.0, 90.0, batch=64)]
+    rows = {
+        line.split("|")[2].strip(): line
+        for line in bench_report.across_sittings(folders).splitlines()
+        if line.startswith("| 64 ")
+    }
+    # sitting 1's training ratio, median 0.35 / 0.2 = 1.75x, in parentheses and not counted;
+    # sitting 2's 0.25 / 0.2 = 1.25x alone makes the range and the count
+    train = rows[bench_report.TARGETS["train"][0]]
+    assert "| (1.75x) | 1.25x | 1.25-1.25x | >= 1.5x | 0 of 1 (1 disturbed) |" in train
+    # the maps were quiet in both sittings: 90 / 126 = 0.714, 90 / 120 = 0.75
+    msfr = rows[bench_report.TARGETS["msfr"][0]]
+    assert "| 0.71x | 0.75x | 0.71-0.75x | <= 0.8x | 2 of 2 |" in msfr
