@@ -191,13 +191,23 @@ def sitting_paths(folder: str) -> list:
     return paths
 
 
+def sitting_names(folders) -> list:
+    """Each folder's name, with its parent's where names repeat (runs/a/sitting1 and
+    runs/b/sitting1: a/sitting1, b/sitting1)."""
+    parts = [os.path.normpath(f).split(os.sep) for f in folders]
+    names = [p[-1] for p in parts]
+    if len(set(names)) < len(names):
+        names = ["/".join(p[-2:]) for p in parts]
+    return names
+
+
 def across_sittings(folders) -> str:
     """Markdown table of the target ratios of each sitting (one folder of JSONs each, the
     reference's plain runs against ours), per batch size: one column per sitting, then the
     range and the number of sittings that met the target."""
     by_sitting = [load(sitting_paths(f)) for f in folders]
     batches = sorted({b for groups in by_sitting for b in groups})
-    names = [os.path.basename(os.path.normpath(f)) for f in folders]
+    names = sitting_names(folders)
     lines = [
         f"{len(folders)} sitting(s): " + ", ".join(names),
         "",

@@ -198,3 +198,8 @@ def test_a_disturbed_run_is_named_and_left_out_of_the_range(tmp_path):
     # the maps were quiet in both sittings: 90 / 126 = 0.714, 90 / 120 = 0.75
     msfr = rows[bench_report.TARGETS["msfr"][0]]
     assert "| 0.71x | 0.75x | 0.71-0.75x | <= 0.8x | 2 of 2 |" in msfr
+
+
+def test_sittings_of_the_same_name_are_told_apart_by_their_parent():
+    assert bench_report.sitting_names(["runs/a/s1", "runs/a/s2"]) == ["s1", "s2"]
+    assert bench_report.sitting_names(["runs/a/s1/", "runs/b/s1"]) == ["a/s1", "b/s1"]
