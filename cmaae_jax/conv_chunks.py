@@ -47,9 +47,10 @@ def im2col_conv(x_BxHxWxC, kernel, stride: int, padding: int):
     return out.reshape(b, oh, ow, cout)
 
 
-# Pixels per chunk of `by_chunks` (a chunk's buffers stay in cache and are reused from chunk
-# to chunk); 4096 rather than 8192: 3.5% less time a step at batch 512 and 64 (BENCHMARKS.md,
-# forty-first session, when the weight gradients' chunks were counted in these rows too).
+# Pixels per chunk of the training step's convolution loops (`by_chunks`, the BatchNorm loops
+# of `norm_act.normalized_conv`): a chunk's buffers stay in cache and are reused from chunk to
+# chunk. 4096 rather than 8192: 3.5% less time a step at batch 512 and 64 (BENCHMARKS.md,
+# forty-first session); a tie with the convolved weight gradients (forty-sixth).
 CHUNK_ROWS = 4096
 
 
