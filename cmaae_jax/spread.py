@@ -6,8 +6,8 @@
 pmap would keep one device busy with a single image and leave the others idle; for latency
 (`make_map_fn(spread=True)`), under one jit, `split_batch` runs a function on each device's
 share of a batch (the windows of an image), and `split_rows` runs a fully convolutional
-function on overlapping row bands of whole images, each device keeping its own band's output
-rows, so that only small outputs cross between devices. Both are `jax.shard_map` over a
+function on overlapping row bands of whole images, each device cutting its slab from the
+whole (3-channel) input and keeping its own band's output rows. Both are `jax.shard_map` over a
 one-axis mesh of the local devices; with one device (`local_mesh()` is None) callers run the
 function itself.
 """
@@ -88,29 +88,33 @@ def split_rows(mesh: Mesh, fn, variables, x_BxHxWxC, margin: int, factor: int):
     (f_k dividing `factor`) computed band by band: device i reads rows
     starts[i]..starts[i]+length of `x` (`row_bands`) and keeps its band's output rows. Exact
     when no output row of a band depends on an input row more than `margin` rows outside it
-    (the reach of `fn`'s receptive field and zero padding); the caller checks `row_bands`."""
-    b, h = x_BxHxWxC.shape[:2]
+    (the reach of `fn`'s receptive field and zero padding); the caller checks `row_bands`.
+
+    `x` goes to every device whole (an image or a reconstruction: 3 channels, one gather at
+    most) and each cuts its slab itself: cut outside the devices, the slabs cost XLA two
+    exchanges of most of the rows and ~3 ms more a 512x512 map (BENCHMARKS.md,
+    forty-seventh session)."""
+    h = x_BxHxWxC.shape[1]
     d = mesh.size
     length, starts = row_bands(h, d, margin, factor)
     band = h // d
-    slabs = jnp.stack([x_BxHxWxC[:, s : s + length] for s in starts])
-    offsets = jnp.asarray([i * band - s for i, s in enumerate(starts)], jnp.int32)
+    starts_D = jnp.asarray(starts, jnp.int32)
+    offsets_D = jnp.asarray([i * band - s for i, s in enumerate(starts)], jnp.int32)
 
-    def per_device(v, slab_1xBxLxWxC):
+    def per_device(v, x_whole):
         i = jax.lax.axis_index(AXIS)
+        slab = jax.lax.dynamic_slice_in_dim(x_whole, starts_D[i], length, axis=1)
         kept = []
-        for o in fn(v, slab_1xBxLxWxC[0]):
+        for o in fn(v, slab):
             f = length // o.shape[1]
-            rows = jax.lax.dynamic_slice_in_dim(o, offsets[i] // f, band // f, axis=1)
-            kept.append(rows[None])
+            rows = jax.lax.dynamic_slice_in_dim(o, offsets_D[i] // f, band // f, axis=1)
+            kept.append(rows)
         return kept
 
-    split = PartitionSpec(AXIS)
-    out = jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), split), out_specs=split)(
-        variables, slabs
+    whole, split = PartitionSpec(), PartitionSpec(None, AXIS)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(whole, whole), out_specs=split)(
+        variables, x_BxHxWxC
     )
-    # [devices, B, band rows, W, ...] -> [B, all rows, W, ...]
-    return [jnp.moveaxis(o, 0, 1).reshape(b, d * o.shape[2], *o.shape[3:]) for o in out]
 
 
 def replicate(variables):
