@@ -203,3 +203,19 @@ def test_a_disturbed_run_is_named_and_left_out_of_the_range(tmp_path):
 def test_sittings_of_the_same_name_are_told_apart_by_their_parent():
     assert bench_report.sitting_names(["runs/a/s1", "runs/a/s2"]) == ["s1", "s2"]
     assert bench_report.sitting_names(["runs/a/s1/", "runs/b/s1"]) == ["a/s1", "b/s1"]
+
+
+def test_both_sides_disturbed_are_both_named(tmp_path):
+    # the reference's maps 100 and 140 ms: (140 - 100) / 100 = 40%; ours 90 and 120 ms:
+    # (120 - 90) / 90 = 33%; both over 25%, each side gets its own line; the steps are quiet
+    t = dict(framework="torch", batch=512, peak_rss_mb=1700.0, train_step_s_median=2.5)
+    _write(tmp_path, "t1", infer_ms_per_image_median=100.0, **t)
+    _write(tmp_path, "t2", infer_ms_per_image_median=140.0, **t)
+    j = dict(framework="jax", batch=512, peak_rss_mb=1400.0, train_step_s_median=1.5)
+    _write(tmp_path, "j1", infer_ms_per_image_median=90.0, **j)
+    _write(tmp_path, "j2", infer_ms_per_image_median=120.0, **j)
+    text = bench_report.report(sorted(str(p) for p in tmp_path.iterdir()))
+    flagged = [line for line in text.splitlines() if line.startswith("disturbed")]
+    assert len(flagged) == 2
+    assert "torch runs' infer_ms_per_image_median differ by 40%" in flagged[0]
+    assert "cmaae_jax runs' infer_ms_per_image_median differ by 33%" in flagged[1]
