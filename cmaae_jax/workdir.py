@@ -61,7 +61,13 @@ def log_path(workdir, process: int = 0) -> pathlib.Path:
 
 
 def save_config(workdir, config):
-    config_path(workdir).write_text(config.to_json_best_effort(indent=2))
+    """Writes the resolved config whole, by a rename: a reader (the other processes of a
+    multi-host run checking for a resume while the first writes it, or a resume after a
+    kill) sees the whole file or none, never a truncated one."""
+    path = config_path(workdir)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(config.to_json_best_effort(indent=2))
+    tmp.replace(path)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
@@ -71,7 +77,13 @@ def load_config(workdir) -> ml_collections.ConfigDict:
         raise WorkdirError(
             f"{path} not found: is {workdir} a training workdir (launch/train.py --workdir)?"
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise WorkdirError(
+            f"{path} is not a whole config ({e}): training writes it at its start; restore it "
+            f"or train in a new workdir"
+        ) from None
 
 
 def load_scoring_config(workdir) -> ml_collections.ConfigDict:

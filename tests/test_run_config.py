@@ -213,3 +213,36 @@ def test_evaluating_a_folder_that_is_no_run_names_its_missing_config(tmp_path):
         with pytest.raises(workdir_lib.WorkdirError) as e:
             call(None, str(empty))
         assert str(workdir_lib.config_path(empty)) in str(e.value) and "not found" in str(e.value)
+
+
+def test_config_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    # A write that fails halfway (a kill, a full disk) leaves the previous config.json as it
+    # was, and no reader ever sees a half-written one: the text goes to a side file first.
+    config = tiny_config(tmp_path / "data", model__latent_dim=16)
+    workdir_lib.save_config(tmp_path, config)
+    before = workdir_lib.config_path(tmp_path).read_text()
+    changed = copy.deepcopy(config)
+    changed.train.seed = config.train.seed + 1
+    real_write = type(tmp_path).write_text
+
+    def half_then_fail(path, text, *args, **kwargs):
+        real_write(path, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(tmp_path), "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        workdir_lib.save_config(tmp_path, changed)
+    monkeypatch.undo()
+    assert workdir_lib.config_path(tmp_path).read_text() == before
+    workdir_lib.save_config(tmp_path, changed)
+    assert workdir_lib.load_config(tmp_path).train.seed == config.train.seed + 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("config")] == ["config.json"]
+
+
+def test_a_truncated_config_is_one_line_naming_the_file(tmp_path):
+    path = workdir_lib.config_path(tmp_path)
+    path.write_text('{"train": {"seed": ')
+    with pytest.raises(workdir_lib.WorkdirError) as e:
+        workdir_lib.load_config(tmp_path)
+    assert str(path) in str(e.value) and "not a whole config" in str(e.value)
+    assert "\n" not in str(e.value)
