@@ -7,9 +7,9 @@ pmap would keep one device busy with a single image and leave the others idle; f
 (`make_map_fn(spread=True)`), under one jit, `split_batch` runs a function on each device's
 share of a batch (the windows of an image), and `split_rows` runs a fully convolutional
 function on overlapping row bands of whole images, each device cutting its slab from the
-whole (3-channel) input and keeping its own band's output rows. Both are `jax.shard_map` over a
-one-axis mesh of the local devices; with one device (`local_mesh()` is None) callers run the
-function itself.
+whole (3-channel) input and keeping its own band's output rows. Both are `jax.shard_map`
+over a one-axis mesh of the local devices; with one device (`local_mesh()` is None) callers
+run the function itself.
 """
 
 import jax
@@ -106,9 +106,8 @@ def split_rows(mesh: Mesh, fn, variables, x_BxHxWxC, margin: int, factor: int):
         slab = jax.lax.dynamic_slice_in_dim(x_whole, starts_D[i], length, axis=1)
         kept = []
         for o in fn(v, slab):
-            f = length // o.shape[1]
-            rows = jax.lax.dynamic_slice_in_dim(o, offsets_D[i] // f, band // f, axis=1)
-            kept.append(rows)
+            f = length // o.shape[1]  # input rows per output row
+            kept.append(jax.lax.dynamic_slice_in_dim(o, offsets_D[i] // f, band // f, axis=1))
         return kept
 
     whole, split = PartitionSpec(), PartitionSpec(None, AXIS)

@@ -82,7 +82,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     except json.JSONDecodeError as e:
         raise WorkdirError(
             f"{path} is not a whole config ({e}): training writes it at its start; restore it "
-            f"or train in a new workdir"
+            "or train in a new workdir"
         ) from None
 
 
