@@ -143,27 +143,35 @@ class Decoder(nn.Module):
     axis_name: str | None = None  # pmap axis over which BatchNorm statistics are averaged
 
     @nn.compact
-    def __call__(self, z_BxD, train: bool):
+    def __call__(self, z_BxD, train: bool, first: int = 0, last: int = len(DECODER)):
+        """Layers `first`..`last`-1 (0-based) of an input to layer `first` (the code z where
+        0, else the previous layer's normalised, activated output): the reconstruction where
+        `last` is the last layer, else layer `last`-1's activated output (eval mode only)."""
         fused = train and self.impl == "matmul"
-        h, norm = z_BxD[:, None, None, :], None
-        for i, (f, k, s, p) in enumerate(DECODER):
-            last = i == len(DECODER) - 1
+        if fused and last < len(DECODER):
+            raise ValueError("the decoder stops early only in eval mode")
+        h, norm = (z_BxD[:, None, None, :] if first == 0 else z_BxD), None
+        for i, (f, k, s, p) in enumerate(DECODER[:last]):
+            if i < first:
+                continue
+            last_layer = i == len(DECODER) - 1
             y, moments = layers.Conv(
                 f,
                 k,
                 s,
                 p,
-                use_bias=last,
+                use_bias=last_layer,
                 transpose=True,
                 impl=self.impl,
                 dtype=self.dtype,
                 name=f"deconv{i + 1}",
             )(h, norm, with_moments=True)
-            if last:
+            if last_layer:
                 return jnp.tanh(y)
             bn = f"bn{i + 1}"
             norm = _norm_after(y, moments, True, norm_act.RELU, train, self.axis_name, bn)
             h, norm = _chain(y, norm, fused)
+        return h
 
 
 class CMAAE(nn.Module):
@@ -209,8 +217,27 @@ class CMAAE(nn.Module):
         windows, e.g. taken from their images' feature maps (`window_features`)."""
         return self._from_code(self.encoder(h_Bxhxwxc, False, first=first)[-1], False)
 
-    def _from_code(self, z_Bx1x1xD, train: bool):
-        """Memory, repair and decoder from the last encoder layer's output (`__call__`)."""
+    def encoded_between(self, h_Bxhxwxc, first: int, last: int):
+        """Encoder layers first+1..last (1-based) in eval mode, from layer `first`'s output:
+        layer `last`'s (`scoring` runs the windows' layers in three parts, see
+        `decoder_input_from`)."""
+        return self.encoder(h_Bxhxwxc, False, last, first)[-1]
+
+    def decoder_input_from(self, h_Bxhxwxc, first: int, decoder_layers: int = 1):
+        """Eval mode from encoder layer `first`'s output to decoder layer `decoder_layers`'s
+        activated output: the rest of the encoder, memory, repair and the decoder's first
+        layers (`decoded_from` finishes it)."""
+        z_out, _ = self._repaired(self.encoder(h_Bxhxwxc, False, first=first)[-1])
+        return self.decoder(z_out, False, last=decoder_layers)
+
+    def decoded_from(self, h_Bxhxwxc, first: int):
+        """The reconstruction [B,64,64,3] in eval mode from decoder layer `first`'s activated
+        output (1-based)."""
+        wide = jnp.promote_types(self.dtype, jnp.float32)
+        return self.decoder(h_Bxhxwxc, False, first=first).astype(wide)
+
+    def _repaired(self, z_Bx1x1xD):
+        """(z_out, aux): memory and repair of the last encoder layer's output."""
         b = z_Bx1x1xD.shape[0]
         wide = jnp.promote_types(self.dtype, jnp.float32)
         z_BxD = z_Bx1x1xD.reshape(b, -1).astype(wide)
@@ -225,9 +252,14 @@ class CMAAE(nn.Module):
                 z_out = self.fusion(jnp.concatenate([z_BxD, z_mem], axis=-1))
             else:
                 z_out = self.repair(z_BxD, z_mem)
-        rec = self.decoder(z_out, train).astype(wide)
-        chex.assert_shape(rec, (b, PATCH, PATCH, 3))
-        return rec, {"z": z_BxD, "z_out": z_out, "w_hat": w_hat, "entropy": entropy_B}
+        return z_out, {"z": z_BxD, "z_out": z_out, "w_hat": w_hat, "entropy": entropy_B}
+
+    def _from_code(self, z_Bx1x1xD, train: bool):
+        """Memory, repair and decoder from the last encoder layer's output (`__call__`)."""
+        z_out, aux = self._repaired(z_Bx1x1xD)
+        rec = self.decoder(z_out, train).astype(jnp.promote_types(self.dtype, jnp.float32))
+        chex.assert_shape(rec, (z_Bx1x1xD.shape[0], PATCH, PATCH, 3))
+        return rec, aux
 
     def features(self, x_BxHxWx3, num_layers: int = 3):
         """Encoder layer 1..num_layers feature maps (eval mode), for MSFR on whole images."""

@@ -50,23 +50,25 @@ def reconstruct(
     score_options.check_stride(stride)
     b, h, w, _ = images_BxHxWx3.shape
     chex.assert_shape(images_BxHxWx3, (b, h, w, 3))
-    windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
-    if features is None:
-        fn = lambda v, x: model.apply(v, x, train=False)[0]  # noqa: E731
-        return patches.from_windows(
-            spread_lib.split_batch(mesh, fn, variables, windows), b, h, w, stride
-        )
-    cut = min(len(features), window_features.CUT_LAYERS)
+    cut = 0 if features is None else min(len(features), window_features.CUT_LAYERS)
     if stride == PATCH:
         # A grid's windows cut at once: those a device takes lie in the band of rows whose
-        # features it computed (`msfr.image_features`). Overlapping windows cross the bands; each
-        # device cuts its own from the whole features (faster for them, measured both ways).
-        cuts = window_features.cut_windows(features, cut, stride, 0, len(windows))
-        fn = functools.partial(_from_cuts, model)
-        rec_windows = spread_lib.split_batch(mesh, fn, variables, (windows, *cuts))
+        # features it computed (`msfr.image_features`).
+        windows = patches.to_windows(images_BxHxWx3, PATCH, stride)
+        if features is None:
+            fn = lambda v, x: model.apply(v, x, train=False)[0]  # noqa: E731
+            rec_windows = spread_lib.split_batch(mesh, fn, variables, windows)
+        else:
+            cuts = window_features.cut_windows(features, cut, stride, 0, len(windows))
+            fn = functools.partial(_from_cuts, model)
+            rec_windows = spread_lib.split_batch(mesh, fn, variables, (windows, *cuts))
     else:
+        # Overlapping windows cross the bands; each device cuts its own from the whole images
+        # (and features), a chunk of them at a time (faster for them, measured both ways).
+        ny, nx = patches.num_windows(h, w, PATCH, stride)
         fn = functools.partial(_cut_and_reconstruct, model, stride, cut)
-        rec_windows = spread_lib.split_batch(mesh, fn, variables, windows, features)
+        shared = (images_BxHxWx3, [] if features is None else features[:cut])
+        rec_windows = spread_lib.split_batch(mesh, fn, variables, jnp.arange(b * ny * nx), shared)
     return patches.from_windows(rec_windows, b, h, w, stride)
 
 
@@ -77,14 +79,60 @@ def _from_cuts(model, v, windows_and_cuts):
     return model.apply(v, h, len(cuts), method="reconstruct_from")[0]
 
 
-def _cut_and_reconstruct(
-    model, stride: int, num_layers: int, v, windows_Nx64x64x3, features, first
-):
-    """`reconstruct`'s windows first..first+N-1, their layers 1..num_layers cut from the
-    images' `features`."""
-    n = windows_Nx64x64x3.shape[0]
-    cuts = window_features.cut_windows(features, num_layers, stride, first, n)
-    return _from_cuts(model, v, (windows_Nx64x64x3, *cuts))
+# Overlapping windows (`score.stride` < 64) on the CPU formulation are reconstructed in three
+# parts: encoder layers 1-5 by chunks of ENCODE_CHUNK windows (cut, framed and encoded,
+# `lax.map`), the dense layers (encoder 6, memory, repair, decoder 1) on all the device's
+# windows at once (their weights read once), decoder layers 2-6 by chunks of DECODE_CHUNK: each
+# chunk's buffers stay in cache, where whole layers of hundreds of windows went by chunk loops
+# of their own (`conv_chunks.inference_chunks`) with their copies (BENCHMARKS.md,
+# forty-eighth session).
+ENCODE_CHUNK = 16
+DECODE_CHUNK = 16
+_DENSE_FROM = len(model_lib.ENCODER) - 1  # the encoder layer whose output the dense part takes
+
+
+def _by_chunks(fn, n: int, chunk: int, x_Nx___=None, first=0):
+    """fn over n rows by chunks of `chunk` (`lax.map`), rows concatenated: fn(start) of
+    row indices from `first` (x_Nx___ None), or fn(rows of x_Nx___, zero-padded)."""
+    count = -(-n // chunk)
+    if count == 1:
+        return fn(first) if x_Nx___ is None else fn(x_Nx___)
+    if x_Nx___ is None:
+        out = jax.lax.map(fn, first + chunk * jnp.arange(count))
+    else:
+        padded = jnp.pad(x_Nx___, [(0, count * chunk - n)] + [(0, 0)] * (x_Nx___.ndim - 1))
+        out = jax.lax.map(fn, padded.reshape(count, chunk, *x_Nx___.shape[1:]))
+    return out.reshape(count * chunk, *out.shape[2:])[:n]
+
+
+def _cut_and_reconstruct(model, stride: int, num_layers: int, v, index_N, shared, first):
+    """`reconstruct`'s windows first..first+N-1 (N: `index_N`'s length), cut from the
+    images and their layers 1..num_layers (`shared`: images, features; none where 0)."""
+    images, features = shared
+    n = index_N.shape[0]
+
+    def framed(start, count):
+        windows = window_features.cut_pixels(images, stride, start, count)
+        if not num_layers:  # no features: the windows' pixels
+            return windows.astype(model.dtype)
+        cuts = window_features.cut_windows(features, num_layers, stride, start, count)
+        return window_features.window_maps(v, windows, cuts, model.dtype)
+
+    if model.impl != "matmul":  # whole (accelerators)
+        return model.apply(v, framed(first, n), num_layers, method="reconstruct_from")[0]
+    chunk = min(n, ENCODE_CHUNK)
+
+    def encoded(start):
+        h = framed(start, chunk)
+        return model.apply(v, h, num_layers, _DENSE_FROM, method="encoded_between")
+
+    h = _by_chunks(encoded, n, chunk, first=first)
+    h = model.apply(v, h, _DENSE_FROM, method="decoder_input_from")
+
+    def decoded(h_chunk):
+        return model.apply(v, h_chunk, 1, method="decoded_from")
+
+    return _by_chunks(decoded, n, min(n, DECODE_CHUNK), h)
 
 
 def pixel_map(images_BxHxWx3: Array, rec_BxHxWx3: Array) -> Array:

@@ -42,6 +42,34 @@ def strides(num_layers: int) -> list[int]:
     return [math.prod(spec[2] for spec in model_lib.ENCODER[: i + 1]) for i in range(num_layers)]
 
 
+def window_origins(h: int, w: int, stride: int, first, count: int):
+    """(image, top, left): the pixel corners of windows first..first+count-1 of [B, h, w]
+    images (`patches.to_windows` order, windows every `stride` pixels; `first` may be
+    traced)."""
+    ny, nx = patches.num_windows(h, w, model_lib.PATCH, stride)
+    n = first + jnp.arange(count)
+    return n // (ny * nx), n // nx % ny * stride, n % nx * stride
+
+
+def _gather(x_BxHxWxC, image, top, left, side: int):
+    """[count, side, side, C]: the squares of x at the given corners (indices past x's end
+    give its last square)."""
+    size = (1, side, side, x_BxHxWxC.shape[-1])
+
+    def cut(i, y, x):
+        return jax.lax.dynamic_slice(x_BxHxWxC, (i, y, x, 0), size)[0]
+
+    return jax.vmap(cut)(image, top, left)
+
+
+def cut_pixels(images_BxHxWxC, stride: int, first, count: int):
+    """Windows first..first+count-1 of the images (as `patches.to_windows` cuts them, indices
+    past the last window give some window's): [count, 64, 64, C]."""
+    _, h, w, _ = images_BxHxWxC.shape
+    image, top, left = window_origins(h, w, stride, first, count)
+    return _gather(images_BxHxWxC, image, top, left, model_lib.PATCH)
+
+
 def cut_windows(features, num_layers: int, stride: int, first, count: int) -> list:
     """The interiors (`interiors`) of windows first..first+count-1 (`patches.to_windows`
     order, windows every `stride` pixels; `first` may be traced, indices past the last
@@ -52,23 +80,16 @@ def cut_windows(features, num_layers: int, stride: int, first, count: int) -> li
     ny, nx = patches.num_windows(h * f1, w * f1, model_lib.PATCH, stride)
     every = isinstance(first, int) and first == 0 and count == b * ny * nx
     static = every and stride == model_lib.PATCH  # a grid's windows all at once: slices
-    n = first + jnp.arange(count)
-    image, row, col = n // (ny * nx), n // nx % ny, n % nx
+    image, top, left = window_origins(h * f1, w * f1, stride, first, count)
     out, spans = [], interiors(num_layers)
     for f_BxhxwxC, f, (lo, hi) in zip(features, strides(num_layers), spans, strict=False):
         if stride % f:
             raise ValueError(f"score.stride={stride} is not a multiple of {f}")
-        step = stride // f
         if static:
-            windows = patches.to_windows(f_BxhxwxC, model_lib.PATCH // f, step)
+            windows = patches.to_windows(f_BxhxwxC, model_lib.PATCH // f, stride // f)
             out.append(windows[:, lo:hi, lo:hi])
             continue
-        size = (1, hi - lo, hi - lo, f_BxhxwxC.shape[-1])
-
-        def cut(i, y, x, f_BxhxwxC=f_BxhxwxC, size=size):
-            return jax.lax.dynamic_slice(f_BxhxwxC, (i, y, x, 0), size)[0]
-
-        out.append(jax.vmap(cut)(image, row * step + lo, col * step + lo))
+        out.append(_gather(f_BxhxwxC, image, top // f + lo, left // f + lo, hi - lo))
     return out
 
 

@@ -323,3 +323,26 @@ def test_init_gives_the_variables_of_the_cpu_formulation():
     assert jax.tree.structure(direct) == jax.tree.structure(via_init)
     for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(via_init), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_windows_three_parts_compose_to_the_model():
+    # scoring's chunked path: encoder layers 4-5, then encoder 6 + memory + repair + decoder 1,
+    # then decoder layers 2-6, equal the model from encoder layer 3's output
+    m = model.CMAAE(memory_size=16, impl="matmul")
+    variables = model.init(m, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (3, 64, 64, 3), minval=-1, maxval=1)
+    h3 = m.apply(variables, x, False, 3, method=lambda mod, *a: mod.encoder(*a)[-1])
+    want = m.apply(variables, h3, 3, method="reconstruct_from")[0]
+    h5 = m.apply(variables, h3, 3, 5, method="encoded_between")
+    assert h5.shape == (3, 4, 4, 256)
+    d1 = m.apply(variables, h5, 5, method="decoder_input_from")
+    assert d1.shape == (3, 4, 4, 256)
+    got = m.apply(variables, d1, 1, method="decoded_from")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    d2 = m.apply(variables, h5, 5, 2, method="decoder_input_from")  # one layer more
+    np.testing.assert_allclose(
+        m.apply(variables, d2, 2, method="decoded_from"), want, rtol=0, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="eval mode"):
+        z = jnp.zeros((3, 512))
+        m.apply(variables, z, True, 0, 2, method=lambda mod, *a: mod.decoder(*a))

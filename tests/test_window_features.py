@@ -97,6 +97,26 @@ def test_reconstruction_from_cut_layers_equals_the_model_on_each_window(net, n_i
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+def test_overlapping_windows_by_chunks_equal_the_model_on_each_window(net, monkeypatch):
+    # 30 windows (2 images, stride 32): on one device 10 encoder chunks of 3 and 6 decoder
+    # chunks of 5; on four devices 8 windows each (2 of them padding), 3 and 2 chunks, the
+    # last ones ragged; the windows' first layers cut from the images' features or not
+    m, variables = net
+    monkeypatch.setattr(scoring, "ENCODE_CHUNK", 3)
+    monkeypatch.setattr(scoring, "DECODE_CHUNK", 5)
+    images = _images(2, seed=5)
+    windows = patches.to_windows(images, 64, 32)
+    want = patches.from_windows(m.apply(variables, windows, train=False)[0], 2, H, W, 32)
+    for mesh in (None, spread.local_mesh()):
+        for features in (_image_features(m, variables, images, 3, mesh), None):
+            fn = jax.jit(lambda v, x, f, mesh=mesh: scoring.reconstruct(m, v, x, 32, mesh, f))
+            compiled = fn.lower(variables, images, features).compile()
+            np.testing.assert_allclose(compiled(variables, images, features), want, atol=1e-5)
+            text = compiled.as_text()  # encoder layer 4 of 3 windows, decoder layer 5 of 5
+            assert re.search(r"= f32\[3,8,8,128\]\S* convolution\(", text), "no encoder chunk"
+            assert re.search(r"= f32\[5,32,32,32\]\S* convolution\(", text), "no decoder chunk"
+
+
 def test_image_features_split_by_images_where_they_divide(net):
     m, variables = net
     mesh = spread.local_mesh()
