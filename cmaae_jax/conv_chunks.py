@@ -135,6 +135,8 @@ def by_chunks(fn, x_BxHxWxC):
 # by chunks of INFER_CHUNK_ROWS: whole, the hundreds of windows of an overlapping map
 # (score.stride=16) ran its last decoder layer ~2.5x and layer 4 ~1.5x slower
 # (BENCHMARKS.md, forty-second session); the windows of one 512x512 grid map stay whole.
+# Overlapping windows now go through the network by chunks of their own (`scoring`), within
+# these limits; large batches of grid windows (the pixel map of many images) still come here.
 INFER_WHOLE_ROWS = 65536
 INFER_CHUNK_ROWS = 16384
 
