@@ -3,6 +3,7 @@ threads.
 
     python scripts/profile_step.py --batch 512 [--steps-per-call 4] [--trace-dir DIR] [--top 70]
     python scripts/profile_step.py --map [--trace-dir DIR]     # the MSFR map of one 512x512 image
+    python scripts/profile_step.py --map --stride 16 --scales 1   # the map evaluation runs
 
 Builds the benchmark's stage-1 step (`benchmark.stage1_step`: 64x64 images, one crop each,
 the default config and the benchmark's options, 2 virtual CPU devices), compiles it as
@@ -50,9 +51,10 @@ def traced_step(batch: int, trace_dir: str, steps_per_call: int) -> str:
     return compiled.as_text()
 
 
-def traced_map(trace_dir: str) -> str:
-    """Traces TRACED_STEPS calls of the benchmark's MSFR map of one 512x512 image; returns the
-    compiled function's HLO."""
+def traced_map(trace_dir: str, stride: int = 64, scales=(1, 2, 3)) -> str:
+    """Traces TRACED_STEPS calls of the MSFR map of one 512x512 image (the benchmark's: the
+    grid, scales 1-3; evaluation's: `--stride 16 --scales 1`); returns the compiled function's
+    HLO."""
     import jax
     import numpy as np
 
@@ -62,7 +64,7 @@ def traced_map(trace_dir: str) -> str:
     config = default.get_config()
     net = model.from_config(config)
     variables = spread.put_variables(model.init(net, jax.random.key(0)))
-    map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True)
+    map_fn = scoring.make_map_fn(net, "msfr", scales, spread=True, stride=stride)
     rng = np.random.default_rng(1)
     image = jax.numpy.asarray(rng.uniform(-1, 1, (1, 512, 512, 3)).astype(np.float32))
     for _ in range(3):  # warm-up
@@ -123,11 +125,14 @@ def main():
     ap.add_argument("--top", type=int, default=70)
     ap.add_argument("--steps-per-call", type=int, default=4, help="train.steps_per_call")
     ap.add_argument("--map", action="store_true", help="the MSFR map instead of the step")
+    ap.add_argument("--stride", type=int, default=64, help="--map: score.stride")
+    ap.add_argument("--scales", default="123", help="--map: MSFR encoder layers, e.g. 1")
     args = ap.parse_args()
     if glob.glob(args.trace_dir + "/**/*.xplane.pb", recursive=True):
         sys.exit(f"{args.trace_dir} already holds a trace: give an empty --trace-dir")
     if args.map:
-        info, per = hlo_info(traced_map(args.trace_dir)), 1
+        scales = tuple(int(c) for c in args.scales)
+        info, per = hlo_info(traced_map(args.trace_dir, args.stride, scales)), 1
     else:
         info = hlo_info(traced_step(args.batch, args.trace_dir, args.steps_per_call))
         per = args.steps_per_call
