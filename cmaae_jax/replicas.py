@@ -19,10 +19,26 @@ AXIS = "batch"  # the pmap axis of the training step: one entry per local device
 def replicate(tree):
     """Copies `tree` onto every local device, in the layout the pmapped step returns.
 
-    `flax.jax_utils.replicate` places arrays on an equal but differently keyed device mesh, so
-    feeding its output and then the step's own output would compile the step twice.
+    Arrays placed as `flax.jax_utils.replicate` places them sit on an equal but differently
+    keyed device mesh, so feeding them and then the step's own output would compile the step
+    twice: the identity pmap puts them in the step's layout.
     """
-    return _same_layout(flax.jax_utils.replicate(tree))
+    return _same_layout(jax.tree.map(_on_every_device, tree))
+
+
+def _on_every_device(x):
+    """[D, ...]: x copied to each local device, placed as `flax.jax_utils.replicate` places
+    it, but without its stack of a device array (one small program compiled per leaf shape,
+    again after every `state.release_compiled_programs`: seconds a training stage)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
+        return flax.jax_utils.replicate(x)  # PRNG keys: no host copy of them
+    devices = jax.local_devices()
+    one = np.asarray(x)[None]
+    mesh = jax.sharding.Mesh(np.array(devices), ("_device_put_sharded",))
+    sharding = jax.NamedSharding(mesh, jax.P("_device_put_sharded"))
+    copies = [jax.device_put(one, d) for d in devices]
+    shape = (len(devices), *one.shape[1:])
+    return jax.make_array_from_single_device_arrays(shape, sharding, copies)
 
 
 # Donated: its output takes over the copies it is given instead of adding two more to the
