@@ -91,27 +91,27 @@ DECODE_CHUNK = 16
 _DENSE_FROM = len(model_lib.ENCODER) - 1  # the encoder layer whose output the dense part takes
 
 
-def _by_chunks(fn, n: int, chunk: int, x_Nx___=None, first=0):
-    """fn over n rows by chunks of `chunk` (`lax.map`), rows concatenated: fn(start) of
-    row indices from `first` (x_Nx___ None), or fn(rows of x_Nx___, zero-padded)."""
+def _by_chunks(fn, x_Nx___, chunk: int):
+    """fn over the rows of x by chunks of `chunk` (`lax.map`, the last one zero-padded), the
+    outputs' rows concatenated."""
+    n = x_Nx___.shape[0]
     count = -(-n // chunk)
     if count == 1:
-        return fn(first) if x_Nx___ is None else fn(x_Nx___)
-    if x_Nx___ is None:
-        out = jax.lax.map(fn, first + chunk * jnp.arange(count))
-    else:
-        padded = jnp.pad(x_Nx___, [(0, count * chunk - n)] + [(0, 0)] * (x_Nx___.ndim - 1))
-        out = jax.lax.map(fn, padded.reshape(count, chunk, *x_Nx___.shape[1:]))
+        return fn(x_Nx___)
+    padded = jnp.pad(x_Nx___, [(0, count * chunk - n)] + [(0, 0)] * (x_Nx___.ndim - 1))
+    out = jax.lax.map(fn, padded.reshape(count, chunk, *x_Nx___.shape[1:]))
     return out.reshape(count * chunk, *out.shape[2:])[:n]
 
 
 def _cut_and_reconstruct(model, stride: int, num_layers: int, v, index_N, shared, first):
-    """`reconstruct`'s windows first..first+N-1 (N: `index_N`'s length), cut from the
-    images and their layers 1..num_layers (`shared`: images, features; none where 0)."""
+    """`reconstruct`'s windows index_N (consecutive: first..first+N-1, then any padding), cut
+    from the images and their layers 1..num_layers (`shared`: images, features; none where
+    0). A chunk's windows follow its first index."""
+    del first  # index_N[0]
     images, features = shared
-    n = index_N.shape[0]
 
-    def framed(start, count):
+    def framed(index_C):
+        start, count = index_C[0], index_C.shape[0]
         windows = window_features.cut_pixels(images, stride, start, count)
         if not num_layers:  # no features: the windows' pixels
             return windows.astype(model.dtype)
@@ -119,20 +119,18 @@ def _cut_and_reconstruct(model, stride: int, num_layers: int, v, index_N, shared
         return window_features.window_maps(v, windows, cuts, model.dtype)
 
     if model.impl != "matmul":  # whole (accelerators)
-        return model.apply(v, framed(first, n), num_layers, method="reconstruct_from")[0]
-    chunk = min(n, ENCODE_CHUNK)
+        return model.apply(v, framed(index_N), num_layers, method="reconstruct_from")[0]
 
-    def encoded(start):
-        h = framed(start, chunk)
-        return model.apply(v, h, num_layers, _DENSE_FROM, method="encoded_between")
+    def encoded(index_C):
+        return model.apply(v, framed(index_C), num_layers, _DENSE_FROM, method="encoded_between")
 
-    h = _by_chunks(encoded, n, chunk, first=first)
+    h = _by_chunks(encoded, index_N, ENCODE_CHUNK)
     h = model.apply(v, h, _DENSE_FROM, method="decoder_input_from")
 
     def decoded(h_chunk):
         return model.apply(v, h_chunk, 1, method="decoded_from")
 
-    return _by_chunks(decoded, n, min(n, DECODE_CHUNK), h)
+    return _by_chunks(decoded, h, DECODE_CHUNK)
 
 
 def pixel_map(images_BxHxWx3: Array, rec_BxHxWx3: Array) -> Array:
