@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from cmaae_jax import devices, gaaga, model, replicas, scoring, spread, train
+from cmaae_jax import devices, gaaga, model, replicas, scoring, sharded_state, spread, train
 from cmaae_jax import state as state_lib
 
 
@@ -160,10 +160,10 @@ def stage1_step(args, base_config):
     else:
         step_fn = train.make_train_step(config, net, 1, tx)
     t0 = time.perf_counter()
-    shapes = replicas.replica_shapes(state_shapes)
+    shapes = sharded_state.shapes(state_shapes)
     step_fn = replicas.compile_step(step_fn, shapes, (images, bank, key), "", args.cpu_scheduler)
     compile_s = time.perf_counter() - t0
-    rstate = replicas.replicate(state_lib.init_state(config, net))  # no host copy kept
+    rstate = sharded_state.place(state_lib.init_state(config, net))  # no host copy kept
     state_lib.release_compiled_programs()  # init's and replication's, as training frees them
     return net, step_fn, compile_s, rstate, (images, bank, key)
 
@@ -193,8 +193,8 @@ def bench_train(args, base_config):
     if not np.isfinite(loss):
         raise SystemExit(f"training loss is not finite: {loss}")
     median = statistics.median(steps)
-    host = replicas.unreplicate_to_host(holder["state"])
-    variables = {"params": host.params, "batch_stats": host.batch_stats}
+    s = holder["state"]
+    variables = replicas.unreplicate_to_host({"params": s.params, "batch_stats": s.batch_stats})
     return (
         net,
         variables,

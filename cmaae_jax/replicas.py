@@ -23,27 +23,32 @@ def replicate(tree):
     keyed device mesh, so feeding them and then the step's own output would compile the step
     twice: the identity pmap puts them in the step's layout.
     """
-    return _same_layout(jax.tree.map(_on_every_device, tree))
+    return in_step_layout(jax.tree.map(_on_every_device, tree))
 
 
 def _on_every_device(x):
-    """[D, ...]: x copied to each local device, placed as `flax.jax_utils.replicate` places
-    it, but without its stack of a device array (one small program compiled per leaf shape,
-    again after every `state.release_compiled_programs`: seconds a training stage)."""
+    """[D, ...]: x copied to each local device, without `flax.jax_utils.replicate`'s stack of
+    a device array (one small program compiled per leaf shape, again after every
+    `state.release_compiled_programs`: seconds a training stage)."""
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended):
         return flax.jax_utils.replicate(x)  # PRNG keys: no host copy of them
+    return per_device([np.asarray(x)] * jax.local_device_count())
+
+
+def per_device(rows):
+    """[D, ...]: host array rows[j] on local device j, placed as `flax.jax_utils.replicate`
+    places its copies (`in_step_layout` then gives them the step's layout)."""
     devices = jax.local_devices()
-    one = np.asarray(x)[None]
     mesh = jax.sharding.Mesh(np.array(devices), ("_device_put_sharded",))
     sharding = jax.NamedSharding(mesh, jax.P("_device_put_sharded"))
-    copies = [jax.device_put(one, d) for d in devices]
-    shape = (len(devices), *one.shape[1:])
+    copies = [jax.device_put(np.asarray(r)[None], d) for r, d in zip(rows, devices, strict=True)]
+    shape = (len(devices), *np.shape(rows[0]))
     return jax.make_array_from_single_device_arrays(shape, sharding, copies)
 
 
 # Donated: its output takes over the copies it is given instead of adding two more to the
 # peak host memory (BENCHMARKS.md, thirty-sixth session).
-_same_layout = jax.pmap(lambda x: x, axis_name=AXIS, donate_argnums=0)
+in_step_layout = jax.pmap(lambda x: x, axis_name=AXIS, donate_argnums=0)
 
 
 def replica_shapes(tree):
@@ -88,7 +93,9 @@ def compile_step(step_fn, rstate, args: tuple, tag: str = "", cpu_scheduler: str
     return step_fn
 
 
-def compiled_with_replicas(step_fn, state, args: tuple, tag: str, cpu_scheduler: str):
+def compiled_with_replicas(
+    step_fn, state, args: tuple, tag: str, cpu_scheduler: str, place=None, shapes=None
+):
     """(`compile_step`'s step, `replicate(state)`). With one process the step compiles from
     the replicas' shapes before they exist; several compile with the replicas themselves
     (pmap reads abstract shapes there as global ones).
@@ -97,12 +104,15 @@ def compiled_with_replicas(step_fn, state, args: tuple, tag: str, cpu_scheduler:
     replication) are freed first, and with one process also those the replication compiles
     (JAX's caches held them for the rest of the run: ~90 MB of host memory at the
     benchmark's batch 64; BENCHMARKS.md, thirty-eighth session). The step survives that:
-    with one process it is the compiled executable; several keep their cache entry."""
+    with one process it is the compiled executable; several keep their cache entry.
+    `place` / `shapes`: how the state goes onto the devices and the shapes it has there
+    (default `replicate` / `replica_shapes`; the training state's: `sharded_state`)."""
+    place, shapes = place or replicate, shapes or replica_shapes
     state_lib.release_compiled_programs()
     if jax.process_count() > 1:
-        rstate = replicate(state)
+        rstate = place(state)
         return compile_step(step_fn, rstate, args, tag, cpu_scheduler), rstate
-    compiled = compile_step(step_fn, replica_shapes(state), args, tag, cpu_scheduler)
-    rstate = replicate(state)
+    compiled = compile_step(step_fn, shapes(state), args, tag, cpu_scheduler)
+    rstate = place(state)
     state_lib.release_compiled_programs()
     return compiled, rstate

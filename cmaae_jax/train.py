@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from cmaae_jax import (
@@ -36,6 +35,7 @@ from cmaae_jax import (
     natural_images,
     pyramid,
     replicas,
+    sharded_state,
     train_log,
 )
 from cmaae_jax import sampler as sampler_lib
@@ -165,11 +165,8 @@ def device_step(config, net, stage: int, tx):
             return jax.value_and_grad(loss_fn, has_aux=True)(params, net)
 
         (loss, (parts, batch_stats)), grads = model.per_platform(net, value_and_grad, state.params)
-        grads = jax.lax.pmean(grads, replicas.AXIS)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
         factor = state_lib.lr_factor(config, stage, state.step)
-        updates = jax.tree.map(lambda u: u * factor, updates)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = sharded_state.update(tx, grads, state.opt_state, state.params, factor)
         metrics = jax.lax.pmean({"loss": loss, **parts}, replicas.AXIS)
         ema = state_lib.update_ema(config, state.ema, params)
         new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state, ema)
@@ -239,7 +236,7 @@ class _Run:
             scheduler = self.config.train.get("cpu_scheduler", "default")
             if self.state is not None:  # the stage's first call: the replicas made here
                 fn, self.rstate = replicas.compiled_with_replicas(
-                    fn, self.state, args, tag, scheduler
+                    fn, self.state, args, tag, scheduler, sharded_state.place, sharded_state.shapes
                 )
                 self.state = None
                 devices.release_freed_host_memory()  # the host copy's pages, before the peak
@@ -268,8 +265,8 @@ class _Run:
                 self.log.write(done, stage, values)
             if done % t.checkpoint_every == 0 or done == hi:
                 meta = state_lib.checkpoint_meta(self.config, stage)
-                checkpoint.save(self.mgr, done, replicas.unreplicate_to_host(self.rstate), meta)
-        self.state = replicas.unreplicate_to_host(self.rstate)
+                checkpoint.save(self.mgr, done, sharded_state.to_host(self.rstate, tx), meta)
+        self.state = sharded_state.to_host(self.rstate, tx)
         self.rstate = None
         del fns
         state_lib.release_compiled_programs()  # the next stage and evaluation need room

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import tiny_config
 
-from cmaae_jax import export, model, replicas, scoring, train
+from cmaae_jax import export, model, replicas, scoring, sharded_state, train
 from cmaae_jax import state as state_lib
 
 
@@ -38,7 +38,7 @@ def _step_text(config, impl: str, platform: str) -> str:
     images = jnp.zeros((2, 2, 64, 64, 3), jnp.uint8)
     bank = stack(jnp.zeros((2, 64, 64, 3)))
     keys = jax.random.split(jax.random.key(0), 2)
-    traced = step.trace(stack(state), images, bank, keys)
+    traced = step.trace(sharded_state.shapes(state, 2), images, bank, keys)
     return traced.lower(lowering_platforms=(platform,)).as_text()
 
 

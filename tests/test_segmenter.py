@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import calibration, configlib, losses, model, replicas, scoring, segmenter, train
+from cmaae_jax import (
+    calibration,
+    configlib,
+    losses,
+    model,
+    replicas,
+    scoring,
+    segmenter,
+    sharded_state,
+    train,
+)
 from cmaae_jax import state as state_lib
 
 
@@ -78,7 +88,7 @@ def _stage2_steps(config, state, keys):
     step = train.make_train_step(config, net, 2, tx)
     images = np.full((4, 2, 64, 64, 3), 150, np.uint8)
     bank = replicas.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
-    rstate, metrics = replicas.replicate(state), []
+    rstate, metrics = sharded_state.place(state), []
     for k in keys:
         rstate, m = step(rstate, images, bank, replicas.replicate(jax.random.key(k)))
         metrics.append({k: float(v[0]) for k, v in m.items()})

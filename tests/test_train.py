@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from cmaae_jax import checkpoint, configlib, devices, inference, model, replicas, train
+from cmaae_jax import (
+    checkpoint,
+    configlib,
+    devices,
+    inference,
+    model,
+    replicas,
+    sharded_state,
+    train,
+)
 from cmaae_jax import state as state_lib
 
 
@@ -33,7 +42,7 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
     bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
     tx1 = state_lib.make_optimizer(config, state.params, 1)
     step1 = train.make_train_step(config, net, 1, tx1)
-    rstate = replicas.replicate(state)
+    rstate = sharded_state.place(state)
     losses = []
     for i in range(8):
         rstate, m = step1(rstate, images, bank, replicas.replicate(jax.random.key(i)))
@@ -55,7 +64,7 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
     tx2 = state_lib.make_optimizer(config, state2.params, 2)
     step2 = train.make_train_step(config, net, 2, tx2)
     rbank = replicas.replicate(jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), minval=-1))
-    rstate = replicas.replicate(state2)
+    rstate = sharded_state.place(state2)
     for i in range(3):
         rstate, m = step2(rstate, images, rbank, replicas.replicate(jax.random.key(10 + i)))
         assert np.isfinite(float(m["loss"][0]))
@@ -202,7 +211,7 @@ def test_stage2_passes_its_crop_share_thinnest_stroke_and_opacity(data_root, mon
             config, net, stage, state_lib.make_optimizer(config, s.params, stage)
         )
         jax.eval_shape(
-            step, replicas.replicate(s), images, bank, replicas.replicate(jax.random.key(0))
+            step, sharded_state.place(s), images, bank, replicas.replicate(jax.random.key(0))
         )
     assert seen == [None, ((1, 64, 64), jnp.bool_, 2)]
     assert placements == ["cover", "cover"]
@@ -239,7 +248,7 @@ def _first_step(config, seed: int, key: int):
     step = train.make_train_step(config, net, 1, state_lib.make_optimizer(config, state.params, 1))
     images = np.random.default_rng(seed).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
     bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
-    new, m = step(replicas.replicate(state), images, bank, replicas.replicate(jax.random.key(key)))
+    new, m = step(sharded_state.place(state), images, bank, replicas.replicate(jax.random.key(key)))
     return float(m["loss"][0]), _flat(state.params), _flat(replicas.unreplicate_to_host(new).params)
 
 
@@ -256,7 +265,7 @@ def test_feature_term_adds_its_weighted_residual_to_the_steps_loss(data_root):
         images = np.random.default_rng(2).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
         bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
         new, m = step(
-            replicas.replicate(state), images, bank, replicas.replicate(jax.random.key(3))
+            sharded_state.place(state), images, bank, replicas.replicate(jax.random.key(3))
         )
         out[w_feat] = ({k: float(v[0]) for k, v in m.items()}, _flat(new.params))
     plain, (with_feat, params_feat) = out[0.0][0], out[2.5]
@@ -287,18 +296,20 @@ def test_compile_step_gives_the_steps_results_on_inputs_it_was_not_compiled_with
         earlier = jax.jit(lambda x: 2 * x)  # a program compiled before, as the state's init
         earlier(1.0)
         assert earlier._cache_size() == 1
-        compiled, copies = replicas.compiled_with_replicas(step, state, args, "", "default")
+        compiled, copies = replicas.compiled_with_replicas(
+            step, state, args, "", "default", sharded_state.place, sharded_state.shapes
+        )
         assert earlier._cache_size() == 0  # freed; the compiled step still runs, below
-        shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(replicas.replica_shapes(state))]
+        shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(sharded_state.shapes(state))]
         assert shapes == [(x.shape, x.dtype) for x in jax.tree.leaves(copies)]
         assert shapes[0][0][0] == jax.local_device_count() > 1
     else:
-        compiled = replicas.compile_step(step, replicas.replicate(state), args)
+        compiled = replicas.compile_step(step, sharded_state.place(state), args)
     assert isinstance(compiled, jax.stages.Compiled)  # one process: the executable itself
     images = np.random.default_rng(3).integers(0, 256, (4, 2, 64, 64, 3), np.uint8)
     key = replicas.replicate(jax.random.key(7))
-    ahead, m_ahead = compiled(replicas.replicate(state), images, bank, key)
-    called, m_called = step(replicas.replicate(state), images, bank, key)
+    ahead, m_ahead = compiled(sharded_state.place(state), images, bank, key)
+    called, m_called = step(sharded_state.place(state), images, bank, key)
     assert float(m_ahead["loss"][0]) == float(m_called["loss"][0])
     for a, b in zip(jax.tree.leaves(ahead), jax.tree.leaves(called), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -336,9 +347,9 @@ def test_memory_scheduler_keeps_the_step_and_holds_fewer_temporary_bytes(data_ro
     )
     out, temp = {}, {}
     for scheduler in ("default", "memory"):
-        compiled = replicas.compile_step(step, replicas.replicate(state), args, "", scheduler)
+        compiled = replicas.compile_step(step, sharded_state.place(state), args, "", scheduler)
         temp[scheduler] = compiled.memory_analysis().temp_size_in_bytes
-        new, m = compiled(replicas.replicate(state), *args)
+        new, m = compiled(sharded_state.place(state), *args)
         out[scheduler] = (float(m["loss"][0]), _flat(replicas.unreplicate_to_host(new).params))
     assert temp["memory"] < temp["default"], temp
     assert out["memory"][0] == out["default"][0]  # the same arithmetic, in another order
@@ -404,7 +415,7 @@ def test_crop_scales_crop_each_share_of_the_images_at_its_scale(data_root, monke
             config, net, stage, state_lib.make_optimizer(config, s.params, stage)
         )
         key = replicas.replicate(jax.random.key(0))
-        out = jax.eval_shape(step, replicas.replicate(s), images, bank, key)
+        out = jax.eval_shape(step, sharded_state.place(s), images, bank, key)
         assert out[1]["loss"].shape == (devices,)
     assert canvases == [(1, 64, 64)] * 4  # one image per scale per stage
 
