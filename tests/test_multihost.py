@@ -107,8 +107,9 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
     for k in p0:
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
     # The one-process run saw the same images and crops: the same losses, step by step. The
-    # all-reduce differs (gloo across processes), and Adam turns the rounding of near-zero
-    # gradients into steps of up to lr, so the parameters agree to a few percent of the update.
+    # gradients are summed in another order (gloo across processes), and Adam turns the
+    # rounding of near-zero gradients into steps of up to lr, so the parameters agree to a
+    # few percent of the update.
     multi_loss = [r["loss"] for r in train_log.read(workdir / "metrics.jsonl")]
     single_loss = [r["loss"] for r in train_log.read(tmp_path / "single" / "metrics.jsonl")]
     np.testing.assert_allclose(multi_loss, single_loss, rtol=1e-3)
@@ -139,3 +140,21 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
     assert step == STEPS
     for path, v in jax.tree_util.tree_leaves_with_path(state.params):
         np.testing.assert_array_equal(p0[jax.tree_util.keystr(path)], v)
+    # Adam's moments: each process held only its devices' shares (sharded_state); the
+    # checkpoint gathered them whole, in order: as close to the one-process run's checkpoint
+    # as the parameters (a share out of place would differ by the moments' own size).
+    mgr = checkpoint.manager(tmp_path / "single", async_save=False)
+    try:
+        _, single_state, _ = state_lib.restore_state(config, model.from_config(config), mgr)
+    finally:
+        mgr.close()
+    multi, one = jax.tree.leaves(state.opt_state), jax.tree.leaves(single_state.opt_state)
+    assert [np.shape(a) for a in multi] == [np.shape(b) for b in one]
+    pairs = [
+        (np.asarray(a, np.float64), np.asarray(b))
+        for a, b in zip(multi, one, strict=True)
+        if np.ndim(b)
+    ]
+    num = sum(float(np.sum(np.square(a - b))) for a, b in pairs)
+    den = sum(float(np.sum(np.square(b))) for _, b in pairs)
+    assert np.sqrt(num / den) < 0.05, np.sqrt(num / den)
