@@ -55,6 +55,11 @@ def _whole(chunk, like, axis: str):
 def update(tx, grads, opt_state, params, factor, axis: str = replicas.AXIS):
     """(new params, new split optimizer state) after one step of `tx` on the devices' mean
     of `grads`, its updates scaled by `factor` (the learning-rate schedule's)."""
+    if any(len(x.shape) > 1 for x in jax.tree.leaves(opt_state)):
+        raise ValueError(
+            "the optimizer state has whole leaves on the devices: put the training state "
+            "there with sharded_state.place (replicas.replicate copies it whole)"
+        )
     g = jax.tree.map(lambda x: _mean_chunk(x, axis), grads)
     p = jax.tree.map(lambda x: own_chunk(x, axis), params)
     updates, opt_state = tx.update(g, opt_state, p)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from cmaae_jax import replicas, sharded_state
 from cmaae_jax import state as state_lib
@@ -105,3 +106,17 @@ def test_place_gives_each_device_its_chunk_and_to_host_joins_them_back():
     jax.tree.map(
         lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, state
     )
+
+
+def test_a_step_given_whole_moments_says_how_to_place_the_state():
+    params = {"w": np.ones((4, 3), np.float32)}
+    tx = optax.adam(1e-3)
+    state = state_lib.TrainState(jnp.int32(0), params, {}, tx.init(params))
+
+    def step(s):
+        return sharded_state.update(tx, s.params, s.opt_state, s.params, 1.0)
+
+    with pytest.raises(ValueError, match="sharded_state.place"):
+        jax.pmap(step, axis_name=replicas.AXIS)(replicas.replicate(state))
+    new_params, _ = jax.pmap(step, axis_name=replicas.AXIS)(sharded_state.place(state))
+    assert new_params["w"].shape == (D, 4, 3)
