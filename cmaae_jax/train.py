@@ -52,8 +52,9 @@ REMAT_POLICIES = {
 
 def make_train_step(config, net, stage: int, tx):
     """Pmapped step: (state, images_u8 [D,n,S,S,3], bank [D,K,S,S,3], key[, sizes [D,n,2]])
-    -> (state, metrics). `sizes` (keep_aspect canvases) bounds the crops to each image's valid
-    region; without it the step is the square-mode one."""
+    -> (state, metrics), the state as `sharded_state.place` puts it on the devices. `sizes`
+    (keep_aspect canvases) bounds the crops to each image's valid region; without it the step
+    is the square-mode one."""
     step = device_step(config, net, stage, tx)
     return jax.pmap(step, axis_name=replicas.AXIS, donate_argnums=(0,))
 
