@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.ndimage
 
 from cmaae_jax import image_score as image_score_lib
 from cmaae_jax.score_keys import ScoreBins, unique_inverse
@@ -148,6 +147,8 @@ class PixelAccumulator:
             self._update_group(maps[start : start + step], masks[start : start + step] != 0)
 
     def _update_group(self, maps: np.ndarray, masks: np.ndarray) -> None:
+        import scipy.ndimage  # here: a training process never needs it (~15 MB of host memory)
+
         weights = np.zeros(maps.shape, np.float64)
         for i, mask in enumerate(masks):
             regions, count = scipy.ndimage.label(mask, structure=_EIGHT_CONNECTED)

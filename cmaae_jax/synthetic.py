@@ -14,7 +14,6 @@ import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 
 from cmaae_jax import textures
 from cmaae_jax.textures import FAMILIES, texture
@@ -114,6 +113,8 @@ def _paint(img, kind, rng):
     if kind == "spot":
         radius = rng.uniform(0.05, 0.08) * size
         alpha = textures.blob(rng, size, centre, radius)
+        from scipy import ndimage  # here: only these spots need it (~15 MB of host memory)
+
         alpha = rng.uniform(0.7, 0.9) * ndimage.gaussian_filter(alpha, radius / 5)
         colour = rng.uniform(0, 255, 3)
         while np.abs(colour - mean).max() < 100:  # a clearly different colour
