@@ -67,13 +67,16 @@ def update(tx, grads, opt_state, params, factor, axis: str = replicas.AXIS):
     return jax.tree.map(lambda c, x: _whole(c, x, axis), p, params), opt_state
 
 
+_axis_index_of_each_device = jax.pmap(
+    lambda _: jax.lax.axis_index(replicas.AXIS), axis_name=replicas.AXIS
+)
+
+
 def _axis_indices() -> list[int]:
     """The pmap axis index of each local device, in `jax.local_devices()` order."""
     if jax.process_count() == 1:
         return list(range(jax.local_device_count()))
-    out = jax.pmap(lambda _: jax.lax.axis_index(replicas.AXIS), axis_name=replicas.AXIS)(
-        np.zeros(jax.local_device_count())
-    )
+    out = _axis_index_of_each_device(np.zeros(jax.local_device_count()))
     index = {s.device: int(np.asarray(s.data).reshape(-1)[0]) for s in out.addressable_shards}
     return [index[device] for device in jax.local_devices()]
 
@@ -112,9 +115,13 @@ def shapes(state, axis_size: int | None = None):
     return out.replace(opt_state=jax.tree.map(split, state.opt_state))
 
 
-def _gathered(tree):
-    """Inside pmap: every split leaf as all devices' chunks [D, C], on every device."""
-    return jax.tree.map(lambda x: jax.lax.all_gather(x, replicas.AXIS) if x.ndim else x, tree)
+# Every split leaf as all devices' chunks [D, C], on every device (one program per tree).
+_gathered = jax.pmap(
+    lambda tree: jax.tree.map(
+        lambda x: jax.lax.all_gather(x, replicas.AXIS) if x.ndim else x, tree
+    ),
+    axis_name=replicas.AXIS,
+)
 
 
 def to_host(rstate, tx):
@@ -125,7 +132,7 @@ def to_host(rstate, tx):
     full = jax.eval_shape(tx.init, params)
     opt, read = rstate.opt_state, np.asarray  # [D, C]: a chunk per device
     if jax.process_count() > 1:
-        opt = jax.pmap(_gathered, axis_name=replicas.AXIS)(opt)
+        opt = _gathered(opt)
         read = replicas.first_replica
     opt = jax.tree.map(
         lambda x, like: (

@@ -266,8 +266,9 @@ class _Run:
                 self.log.write(done, stage, values)
             if done % t.checkpoint_every == 0 or done == hi:
                 meta = state_lib.checkpoint_meta(self.config, stage)
-                checkpoint.save(self.mgr, done, sharded_state.to_host(self.rstate, tx), meta)
-        self.state = sharded_state.to_host(self.rstate, tx)
+                saved = sharded_state.to_host(self.rstate, tx)
+                checkpoint.save(self.mgr, done, saved, meta)
+        self.state = saved  # the stage's last step is always saved: its host copy
         self.rstate = None
         del fns
         state_lib.release_compiled_programs()  # the next stage and evaluation need room
