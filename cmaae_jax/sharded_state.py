@@ -1,16 +1,19 @@
-"""The training state on the devices of the step's pmap axis, with the optimizer state split
-over them (as ZeRO's first stage): each device keeps and updates 1/D of Adam's moments.
+"""The training state on the devices of the step's pmap axis, with the optimizer state and
+the moving average split over them (as ZeRO's first stage): each device keeps and updates
+1/D of Adam's moments and of the average of the parameters.
 
-The parameters, BatchNorm statistics and moving average stay whole on every device (the
-forward and backward passes need them). Every non-scalar leaf of the optimizer state is,
-on device i, chunk i of the flattened leaf zero-padded to D chunks of equal size; scalars
-(Adam's count) stay whole. The step takes the mean gradient's chunk (a reduce-scatter
-instead of the all-reduce), updates its chunk of the parameters with its chunk of the
-moments and gathers the chunks back (`update`): the same numbers as every device updating
-everything, for an optimizer that works element by element (Adam, and `set_to_zero` for the
-frozen memory), with half the moments' host memory and optimizer work per device on two
-devices. On the host (checkpoints, the switch to stage 2, evaluation) the state has its full
-shapes: `place` splits it onto the devices, `to_host` joins it back.
+The parameters and BatchNorm statistics stay whole on every device (the forward and
+backward passes need them). Every non-scalar leaf of the optimizer state and every leaf of
+the moving average (`train.ema_decay` > 0) is, on device i, chunk i of the flattened leaf
+zero-padded to D chunks of equal size; scalars (Adam's count) stay whole. The step takes
+the mean gradient's chunk (a reduce-scatter instead of the all-reduce), updates its chunk
+of the parameters with its chunk of the moments, its chunk of the average from its new
+parameter chunk, and gathers the parameter chunks back (`update`): the same numbers as
+every device updating everything, for an optimizer that works element by element (Adam,
+and `set_to_zero` for the frozen memory), with half the moments' and the average's host
+memory and work per device on two devices. On the host (checkpoints, the switch to stage 2,
+evaluation) the state has its full shapes: `place` splits it onto the devices, `to_host`
+joins it back.
 """
 
 import math
@@ -52,19 +55,29 @@ def _whole(chunk, like, axis: str):
     return jax.lax.all_gather(chunk, axis, tiled=True)[: like.size].reshape(like.shape)
 
 
-def update(tx, grads, opt_state, params, factor, axis: str = replicas.AXIS):
-    """(new params, new split optimizer state) after one step of `tx` on the devices' mean
-    of `grads`, its updates scaled by `factor` (the learning-rate schedule's)."""
+_WHOLE_ON_DEVICES = (
+    "the {} has whole leaves on the devices: put the training state there with "
+    "sharded_state.place (replicas.replicate copies it whole)"
+)
+
+
+def update(tx, grads, opt_state, params, factor, ema=None, average=None, axis=replicas.AXIS):
+    """(new params, new split optimizer state, new split average) after one step of `tx` on
+    the devices' mean of `grads`, its updates scaled by `factor` (the learning-rate
+    schedule's); `average(ema_chunks, new_param_chunks)` renews the moving average's chunks
+    (`ema` None: none is kept, None is returned)."""
     if any(len(x.shape) > 1 for x in jax.tree.leaves(opt_state)):
-        raise ValueError(
-            "the optimizer state has whole leaves on the devices: put the training state "
-            "there with sharded_state.place (replicas.replicate copies it whole)"
-        )
+        raise ValueError(_WHOLE_ON_DEVICES.format("optimizer state"))
     g = jax.tree.map(lambda x: _mean_chunk(x, axis), grads)
     p = jax.tree.map(lambda x: own_chunk(x, axis), params)
     updates, opt_state = tx.update(g, opt_state, p)
     p = optax.apply_updates(p, jax.tree.map(lambda u: u * factor, updates))
-    return jax.tree.map(lambda c, x: _whole(c, x, axis), p, params), opt_state
+    if ema is not None:
+        pairs = zip(jax.tree.leaves(ema), jax.tree.leaves(p), strict=True)
+        if any(e.shape != c.shape for e, c in pairs):
+            raise ValueError(_WHOLE_ON_DEVICES.format("moving average"))
+        ema = average(ema, p)
+    return jax.tree.map(lambda c, x: _whole(c, x, axis), p, params), opt_state, ema
 
 
 _axis_index_of_each_device = jax.pmap(
@@ -96,7 +109,9 @@ def place(state):
         return replicas.per_device([rows[i] for i in order])
 
     opt_state = replicas.in_step_layout(jax.tree.map(leaf, state.opt_state))
-    return replicas.replicate(state.replace(opt_state=None)).replace(opt_state=opt_state)
+    ema = None if state.ema is None else replicas.in_step_layout(jax.tree.map(leaf, state.ema))
+    whole = replicas.replicate(state.replace(opt_state=None, ema=None))
+    return whole.replace(opt_state=opt_state, ema=ema)
 
 
 def shapes(state, axis_size: int | None = None):
@@ -112,7 +127,9 @@ def shapes(state, axis_size: int | None = None):
         n = (_chunk_size(math.prod(x.shape), d),) if _is_split(x) else ()
         return jax.ShapeDtypeStruct((local, *n), x.dtype)
 
-    return out.replace(opt_state=jax.tree.map(split, state.opt_state))
+    return out.replace(
+        opt_state=jax.tree.map(split, state.opt_state), ema=jax.tree.map(split, state.ema)
+    )
 
 
 # Every split leaf as all devices' chunks [D, C], on every device (one program per tree).
@@ -129,19 +146,23 @@ def to_host(rstate, tx):
     the optimizer state's full shapes). With one process every chunk is read where it lies;
     with several, the other processes' chunks are gathered onto each device first."""
     params = replicas.unreplicate_to_host(rstate.params)
-    full = jax.eval_shape(tx.init, params)
-    opt, read = rstate.opt_state, np.asarray  # [D, C]: a chunk per device
+    split = {"opt_state": rstate.opt_state, "ema": rstate.ema}  # [D, C]: a chunk per device
+    full = {
+        "opt_state": jax.eval_shape(tx.init, params),
+        "ema": None if rstate.ema is None else params,
+    }
+    read = np.asarray
     if jax.process_count() > 1:
-        opt = _gathered(opt)
+        split = _gathered(split)
         read = replicas.first_replica
-    opt = jax.tree.map(
+    joined = jax.tree.map(
         lambda x, like: (
             read(x).reshape(-1)[: like.size].reshape(like.shape)
             if _is_split(like)
             else replicas.first_replica(x)
         ),
-        opt,
+        split,
         full,
     )
-    rest = replicas.unreplicate_to_host(rstate.replace(params=None, opt_state=None))
-    return rest.replace(params=params, opt_state=opt)
+    rest = replicas.unreplicate_to_host(rstate.replace(params=None, opt_state=None, ema=None))
+    return rest.replace(params=params, **joined)

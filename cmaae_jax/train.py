@@ -140,6 +140,7 @@ def device_step(config, net, stage: int, tx):
     over the axis `replicas.AXIS`: what `make_train_step` pmaps."""
     t = config.train
     net = net.clone(axis_name=replicas.AXIS)
+    average = functools.partial(state_lib.update_ema, config)
 
     def step(state, images_u8, bank, key, sizes_nx2=None):
         key = jax.random.fold_in(key, jax.lax.axis_index(replicas.AXIS))
@@ -167,9 +168,10 @@ def device_step(config, net, stage: int, tx):
 
         (loss, (parts, batch_stats)), grads = model.per_platform(net, value_and_grad, state.params)
         factor = state_lib.lr_factor(config, stage, state.step)
-        params, opt_state = sharded_state.update(tx, grads, state.opt_state, state.params, factor)
+        params, opt_state, ema = sharded_state.update(
+            tx, grads, state.opt_state, state.params, factor, state.ema, average
+        )
         metrics = jax.lax.pmean({"loss": loss, **parts}, replicas.AXIS)
-        ema = state_lib.update_ema(config, state.ema, params)
         new = state_lib.TrainState(state.step + 1, params, batch_stats, opt_state, ema)
         return new, metrics
 

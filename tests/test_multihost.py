@@ -75,6 +75,7 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
         train__steps_per_call=per_call,
         train__log_every=per_call,
         train__checkpoint_every=2 if per_call == 1 else STEPS,
+        train__ema_decay=0.5,  # split over the devices like Adam's moments
     )
     datasets.load_splits(config)  # writes the synthetic tree once, before the workers read it
     config_file = tmp_path / "config.json"
@@ -158,3 +159,11 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
     num = sum(float(np.sum(np.square(a - b))) for a, b in pairs)
     den = sum(float(np.sum(np.square(b))) for _, b in pairs)
     assert np.sqrt(num / den) < 0.05, np.sqrt(num / den)
+    # The moving average, gathered likewise: as close to the one-process run's as the
+    # parameters, measured against its distance from the initial parameters.
+    num = den = 0.0
+    for path, v in jax.tree_util.tree_leaves_with_path(single_state.ema):
+        v, v0 = np.asarray(v, np.float64), np.asarray(_get(init, path))
+        num += float(np.sum(np.square(np.asarray(_get(state.ema, path)) - v)))
+        den += float(np.sum(np.square(v - v0)))
+    assert den > 0 and np.sqrt(num / den) < 0.05, np.sqrt(num / den)
