@@ -20,7 +20,17 @@ import time
 import jax
 import numpy as np
 
-from cmaae_jax import devices, gaaga, model, replicas, scoring, sharded_state, spread, train
+from cmaae_jax import (
+    conv_chunks,
+    devices,
+    gaaga,
+    model,
+    replicas,
+    scoring,
+    sharded_state,
+    spread,
+    train,
+)
 from cmaae_jax import state as state_lib
 
 
@@ -296,6 +306,9 @@ def _header(args) -> dict:
         "jax_version": jax.__version__,
         # compile_s reads a persistent cache's hits where one is set (README, "Compiles")
         "compilation_cache": jax.config.jax_compilation_cache_dir or "",
+        # the training step's chunk size, from this core's L2 cache (conv_chunks.CHUNK_ROWS)
+        "chunk_rows": conv_chunks.CHUNK_ROWS,
+        "l2_cache_bytes": conv_chunks.l2_cache_bytes(),
         "python": platform.python_version(),
         "device_kind": dev.device_kind,
         "platform": dev.platform,

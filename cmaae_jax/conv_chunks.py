@@ -5,6 +5,8 @@ buffers stay in cache (`batch_chunk`, `chunked_weight_grad`, `by_chunks`).
 `cmaae_jax.layers` builds its CPU convolutions from them; tests/test_layers.py proves them
 equal to brute-force loops and to `lax`'s."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 
@@ -47,17 +49,44 @@ def im2col_conv(x_BxHxWxC, kernel, stride: int, padding: int):
     return out.reshape(b, oh, ow, cout)
 
 
+def l2_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The first core's level-2 (data or unified) cache in bytes, from Linux's sysfs; None
+    where it does not say (another OS, a container without it)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    for index in sorted(pathlib.Path(sysfs).glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data") and size:
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    return None
+
+
+def chunk_rows_for(l2_bytes: int | None) -> int:
+    """Pixels per chunk of the training step's convolution loops for a core with `l2_bytes`
+    of level-2 cache: a 32-channel layer's input and output chunks (256 bytes a pixel) fill
+    it, in powers of two from 1024 to 16384; 4096 where the size is unknown."""
+    if not l2_bytes:
+        return 4096
+    rows = 1024
+    while rows < 16384 and rows * 2 * 256 <= l2_bytes:
+        rows *= 2
+    return rows
+
+
 # Pixels per chunk of the training step's convolution loops (`by_chunks`, the BatchNorm loops
-# of `norm_act.normalized_conv`): a chunk's buffers stay in cache and are reused from chunk to
-# chunk. 4096 rather than 8192: 3.5% less time a step at batch 512 and 64 (BENCHMARKS.md,
-# forty-first session); a tie with the convolved weight gradients (forty-sixth).
-CHUNK_ROWS = 4096
+# of `norm_act.normalized_conv`): a chunk's buffers stay in this core's level-2 cache and are
+# reused from chunk to chunk. 4096 on the AMD EPYCs with 1 MB of L2 a core (3.5% less time a
+# step at batch 512 and 64 than 8192: BENCHMARKS.md, forty-first session), 2048 on those with
+# 512 KB (6-9% less than 4096, fiftieth session).
+CHUNK_ROWS = chunk_rows_for(l2_cache_bytes())
 
 
-def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int = CHUNK_ROWS) -> int:
+def batch_chunk(batch: int, rows_per_image: int, chunk_rows: int | None = None) -> int:
     """The largest divisor of `batch` whose images hold at most `chunk_rows` rows (pixels,
-    elements) in all (1 at least): how many images a chunk takes."""
-    fits = max(1, chunk_rows // max(1, rows_per_image))
+    elements; default CHUNK_ROWS) in all (1 at least): how many images a chunk takes."""
+    fits = max(1, (chunk_rows or CHUNK_ROWS) // max(1, rows_per_image))
     return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
 
 

@@ -165,14 +165,44 @@ def test_im2col_conv_matches_brute_force(k, s, p, hw):
     np.testing.assert_allclose(got, brute_conv(x, w, s, p), rtol=1e-5, atol=1e-4)
 
 
-def test_batch_chunk_is_the_largest_divisor_that_fits():
-    assert conv_chunks.CHUNK_ROWS == 4096
+def test_batch_chunk_is_the_largest_divisor_that_fits(monkeypatch):
+    monkeypatch.setattr(conv_chunks, "CHUNK_ROWS", 4096)  # the default, read at each call
     assert conv_chunks.batch_chunk(256, 1156) == 2  # 3x3 layer, 34x34 padded grid: 3 fit, 2 divides
     assert conv_chunks.batch_chunk(256, 25) == 128  # 5x5 grid: 163 fit, 128 the largest divisor
     assert conv_chunks.batch_chunk(256, 16) == 256  # 4x4 grid: the whole batch fits
+    assert conv_chunks.batch_chunk(256, 1156, chunk_rows=2048) == 1  # 1 fits
     assert conv_chunks.batch_chunk(6, 100, chunk_rows=450) == 3  # 4 fit; 3 is the divisor
     assert conv_chunks.batch_chunk(7, 100, chunk_rows=450) == 1  # prime batch: one image a chunk
     assert conv_chunks.batch_chunk(4, 10_000, chunk_rows=450) == 1  # an image larger than a chunk
+
+
+def _fake_sysfs(root, caches):
+    for i, (level, kind, size) in enumerate(caches):
+        d = root / f"index{i}"
+        d.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(f"{text}\n")
+    return str(root)
+
+
+def test_chunk_rows_fill_the_level_2_cache(tmp_path):
+    # Linux's sysfs: L1 data and instruction caches, then L2, then the shared L3
+    amd = [("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "512K")]
+    amd.append(("3", "Unified", "32768K"))
+    assert conv_chunks.l2_cache_bytes(_fake_sysfs(tmp_path / "a", amd)) == 512 * 1024
+    intel = [("1", "Data", "48K"), ("2", "Unified", "2M")]
+    assert conv_chunks.l2_cache_bytes(_fake_sysfs(tmp_path / "b", intel)) == 2 * 1024 * 1024
+    assert conv_chunks.l2_cache_bytes(str(tmp_path / "missing")) is None
+    # 256 bytes a pixel (a 32-channel layer's input and output, float32) fill it:
+    # 512 KB -> 2048, 1 MB -> 4096, 2 MB -> 8192; powers of two within [1024, 16384]
+    assert conv_chunks.chunk_rows_for(512 * 1024) == 2048
+    assert conv_chunks.chunk_rows_for(1024 * 1024) == 4096
+    assert conv_chunks.chunk_rows_for(1024 * 1024 + 5) == 4096
+    assert conv_chunks.chunk_rows_for(2 * 1024 * 1024) == 8192
+    assert conv_chunks.chunk_rows_for(1280 * 1024) == 4096  # 5120 rows would fit: not a power
+    assert conv_chunks.chunk_rows_for(64 * 1024) == 1024
+    assert conv_chunks.chunk_rows_for(64 * 1024 * 1024) == 16384
+    assert conv_chunks.chunk_rows_for(None) == 4096
 
 
 def test_weight_grad_chunks_hold_at_most_weight_grad_elements_of_g():
@@ -206,8 +236,9 @@ def test_chunked_weight_gradient_equals_lax(shape, k, s, p, cout, chunk):
     np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-5, atol=1e-4)
 
 
-def test_chunked_forward_conv_equals_lax():
-    # 6 images of 32x32 px: 1024 input pixels each, 4 fit in CHUNK_ROWS: two chunks of 3
+def test_chunked_forward_conv_equals_lax(monkeypatch):
+    # 6 images of 32x32 px: 1024 input pixels each, 4 fit in 4096 rows: two chunks of 3
+    monkeypatch.setattr(conv_chunks, "CHUNK_ROWS", 4096)
     assert conv_chunks.batch_chunk(6, 32 * 32) == 3
     kx, kw = jax.random.split(jax.random.key(6))
     x = jax.random.normal(kx, (6, 32, 32, 3))
