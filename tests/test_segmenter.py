@@ -98,10 +98,12 @@ def _stage2_steps(config, state, keys):
 def test_stage2_trains_the_head_without_touching_the_auto_encoders_updates(data_root):
     plain_cfg = tiny_config(data_root)
     head_cfg = tiny_config(data_root, model__segment_head=True)
+    # The head learns visibly within a few steps at 1e-3; at 3e-3 its loss spiked after four
+    # steps on one machine and not on another (Adam's early steps on a tiny batch).
     with head_cfg.unlocked():
-        head_cfg.train.learning_rate = 3e-3  # the head learns visibly within a few steps
+        head_cfg.train.learning_rate = 1e-3
     with plain_cfg.unlocked():
-        plain_cfg.train.learning_rate = 3e-3
+        plain_cfg.train.learning_rate = 1e-3
     head_state = state_lib.to_stage2(
         head_cfg, state_lib.init_state(head_cfg, model.from_config(head_cfg))
     )
@@ -115,7 +117,7 @@ def test_stage2_trains_the_head_without_touching_the_auto_encoders_updates(data_
             state_lib.make_optimizer(plain_cfg, plain_params, 1).init(plain_params),
         ),
     )
-    keys = [10, 11, 12, 13, 14, 15, 16, 17, 10]  # the last step sees the first's batch again
+    keys = [10] * 8  # one batch (pastes and crops) at every step
     plain_after, plain_m = _stage2_steps(plain_cfg, plain_state, keys)
     head_after, head_m = _stage2_steps(head_cfg, head_state, keys)
     got, expected = _flat(head_after.params), _flat(plain_after.params)
@@ -125,8 +127,10 @@ def test_stage2_trains_the_head_without_touching_the_auto_encoders_updates(data_
     assert all(not np.array_equal(got[k], before[k]) for k in got if "segmenter" in k)
     for p, h in zip(plain_m, head_m, strict=True):
         assert h["loss"] == pytest.approx(p["loss"] + h["seg_bce"], rel=1e-5)
-    # The metrics are computed before each update: on the same batch, the trained head errs less.
-    assert head_m[-1]["seg_bce"] < 0.8 * head_m[0]["seg_bce"], [m["seg_bce"] for m in head_m]
+    # The metrics are computed before each update: on the same batch, the head errs less after
+    # every step.
+    seg = [m["seg_bce"] for m in head_m]
+    assert all(seg[i + 1] < seg[i] for i in range(len(seg) - 1)) and seg[-1] < 0.8 * seg[0], seg
 
 
 def test_segment_maps_are_the_heads_scores_of_the_blended_reconstruction(data_root):
