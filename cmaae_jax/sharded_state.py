@@ -108,8 +108,7 @@ def place(state):
         rows = flat.reshape(d, -1)
         return replicas.per_device([rows[i] for i in order])
 
-    opt_state = replicas.in_step_layout(jax.tree.map(leaf, state.opt_state))
-    ema = None if state.ema is None else replicas.in_step_layout(jax.tree.map(leaf, state.ema))
+    opt_state, ema = replicas.in_step_layout(jax.tree.map(leaf, (state.opt_state, state.ema)))
     whole = replicas.replicate(state.replace(opt_state=None, ema=None))
     return whole.replace(opt_state=opt_state, ema=ema)
 
