@@ -63,18 +63,18 @@ def _load(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("per_call", [1, STEPS])
-def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_call):
-    # Stage 1 only: the real training step, compiled once per process; with per_call=STEPS
-    # the steps run as one call (`train.steps_per_call`), logged and saved once.
+def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, monkeypatch):
+    # Stage 1 only: the real training step, compiled once per process, in both its forms:
+    # with `train.steps_per_call` 2 the first call runs steps 1-2 as one call (logged and
+    # saved after it), the third step is a call of its own (the stage ends after it).
     config = tiny_config(
         tmp_path / "data",
         model__latent_dim=16,
         train__stage1_steps=STEPS,
         train__stage2_steps=0,
-        train__steps_per_call=per_call,
-        train__log_every=per_call,
-        train__checkpoint_every=2 if per_call == 1 else STEPS,
+        train__steps_per_call=2,
+        train__log_every=2,
+        train__checkpoint_every=2,
         train__ema_decay=0.5,  # split over the devices like Adam's moments
     )
     datasets.load_splits(config)  # writes the synthetic tree once, before the workers read it
@@ -87,7 +87,12 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
     ]
     try:
         # Meanwhile, the same code in this one process on 4 devices.
+        made, make = [], train.make_multi_step
+        monkeypatch.setattr(
+            train, "make_multi_step", lambda *a, **k: made.append(k) or make(*a, **k)
+        )
         single = train.train(config, str(tmp_path / "single"))
+        assert made == [{"steps": 2}]
         codes = _wait_all(procs, timeout=600)
     finally:
         for p in procs:
@@ -125,12 +130,11 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, per_
 
     # Only process 0 wrote: one log record per step, array data from process 0 alone, and
     # the progress bar on process 0 only.
-    logged = list(range(per_call, STEPS + 1, per_call))  # [1, 2, 3] or [3]
+    logged = [2, STEPS]
     assert [r["step"] for r in train_log.read(workdir / "metrics.jsonl")] == logged
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == len(logged)
     ckpts = workdir / "checkpoints"
-    saved = [2, 3] if per_call == 1 else [STEPS]
-    assert sorted(int(p.name) for p in ckpts.iterdir()) == saved
+    assert sorted(int(p.name) for p in ckpts.iterdir()) == logged
     assert not list(ckpts.rglob("*process_1*"))
     assert "step/s" in texts[0] and "step/s" not in texts[1]
     mgr = checkpoint.manager(workdir, async_save=False)

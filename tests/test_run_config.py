@@ -7,7 +7,7 @@ import logging
 
 import jax
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, untrained_workdir
 
 from cmaae_jax import checkpoint, evaluate, model, state, train
 from cmaae_jax import workdir as workdir_lib
@@ -15,11 +15,12 @@ from cmaae_jax import workdir as workdir_lib
 
 @pytest.fixture(scope="module")
 def sigmoid_run(tmp_path_factory):
+    """A run's workdir (its config.json and a checkpoint of initial weights: what binds a
+    config is the workdir, not training)."""
     root = tmp_path_factory.mktemp("run_config")
-    config = tiny_config(root / "data", model__gate="sigmoid", model__latent_dim=16)
-    work = root / "work"
-    train.train(config, str(work))
-    return root, config, work
+    work = untrained_workdir(root / "work", model__gate="sigmoid", model__latent_dim=16)
+    config = tiny_config(work / "data", model__gate="sigmoid", model__latent_dim=16)
+    return work, config, work
 
 
 def test_evaluate_without_config_uses_the_trained_model(sigmoid_run):

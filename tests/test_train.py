@@ -77,24 +77,7 @@ def test_steps_on_four_devices_keep_replicas_identical_and_freeze_memory(data_ro
         assert changed and all(changed), part
 
 
-def test_resumed_run_ends_with_the_same_parameters(data_root, tmp_path):
-    full = train.train(tiny_config(data_root), str(tmp_path / "full"))
-    # Interrupted twice: after stage 1 and in the middle of stage 2; the same command resumes.
-    part = tmp_path / "part"
-    after_stage1 = train.train(tiny_config(data_root, train__stage2_steps=0), str(part))
-    assert int(after_stage1.step) == 4  # a stage with no step left keeps the state
-    train.train(tiny_config(data_root, train__stage2_steps=2), str(part))
-    resumed = train.train(tiny_config(data_root), str(part))
-    assert int(resumed.step) == int(full.step) == 8
-    a, b = _flat(full.params), _flat(resumed.params)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    log = (part / "metrics.jsonl").read_text().splitlines()
-    assert len(log) >= 8 and (part / "loss.png").exists() and (part / "config.json").exists()
-
-
-def test_moving_average_follows_each_stages_parameters_and_resumes_exactly(data_root, tmp_path):
+def test_moving_average_follows_each_stages_parameters(data_root, tmp_path):
     d = 0.75
     steps = dict(train__stage1_steps=2, train__stage2_steps=3, train__ema_decay=d)
     config = tiny_config(data_root, train__checkpoint_every=1, train__keep_checkpoints=9, **steps)
@@ -125,11 +108,6 @@ def test_moving_average_follows_each_stages_parameters_and_resumes_exactly(data_
     last = _flat(full.params)
     for k, v in _flat(variables["params"]).items():
         np.testing.assert_array_equal(v, last[k], err_msg=k)
-    part = tmp_path / "part"  # interrupted in stage 2, resumed: the same average, bit for bit
-    train.train(tiny_config(data_root, **{**steps, "train__stage2_steps": 1}), str(part))
-    resumed = _flat(train.train(tiny_config(data_root, **steps), str(part)).ema)
-    for k in ema:
-        np.testing.assert_array_equal(resumed[k], ema[k], err_msg=k)
 
 
 def test_batch_not_divisible_by_devices_is_rejected_before_compiling(data_root):
@@ -431,40 +409,50 @@ def test_call_length_stops_before_each_log_line_checkpoint_and_stage_end(data_ro
     assert [train.call_length(s, 13, config) for s in (0, 3, 12)] == [1, 1, 1]
 
 
-def test_steps_run_several_per_call_end_where_one_per_call_ends(data_root, tmp_path, monkeypatch):
+def test_several_steps_per_call_and_resumed_runs_end_where_one_uninterrupted_run_ends(
+    data_root, tmp_path, monkeypatch
+):
     """`train.steps_per_call=2`: each call loops over two steps on the device (their images
-    and keys drawn per step as before); the run ends with the parameters of one step per
-    call, up to float rounding (the loop is compiled apart), and its log has every line."""
+    and keys drawn per step as before); the run ends with the parameters and moving average
+    of one step per call, up to float rounding (the loop is compiled apart), and its log has
+    every line. Interrupted after stage 1 and in the middle of stage 2, the same command
+    resumes it, and it ends bit for bit where it ends uninterrupted."""
     made = []
     make = train.make_multi_step
     monkeypatch.setattr(train, "make_multi_step", lambda *a, **k: made.append(k) or make(*a, **k))
+    fields = dict(train__log_every=3, train__ema_decay=0.75, train__steps_per_call=2)
     runs = {}
     for per_call in (1, 2):
         # log lines after steps 3, 4 (stage 1's end), 6, 8; checkpoints every 2 steps: with
         # 2 per call, calls of 2 steps at 0, 4, 6, and single steps at 2, 3 (compiled apart)
-        config = tiny_config(data_root, train__steps_per_call=per_call, train__log_every=3)
+        config = tiny_config(data_root, **{**fields, "train__steps_per_call": per_call})
         runs[per_call] = train.train(config, str(tmp_path / str(per_call)))
     assert int(runs[2].step) == int(runs[1].step) == 8
     assert made == [{"steps": 2}, {"steps": 2}]  # once per stage, only where asked
-    a, b = _flat(runs[1].params), _flat(runs[2].params)
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    moved = [
-        np.abs(b[k] - v).max()
-        for k, v in _flat(
-            state_lib.init_state(
-                tiny_config(data_root), model.from_config(tiny_config(data_root))
-            ).params
-        ).items()
-    ]
+    for part in ("params", "ema"):
+        a, b = _flat(getattr(runs[1], part)), _flat(getattr(runs[2], part))
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    initial = state_lib.init_state(
+        tiny_config(data_root), model.from_config(tiny_config(data_root))
+    )
+    trained = _flat(runs[2].params)
+    moved = [np.abs(trained[k] - v).max() for k, v in _flat(initial.params).items()]
     assert max(moved) > 1e-3
     log = [json.loads(line) for line in (tmp_path / "2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3, 4, 6, 8]
-    # interrupted after stage 1 and resumed, by the same calls: bit for bit
-    part = str(tmp_path / "part")
-    config = tiny_config(data_root, train__steps_per_call=2, train__log_every=3)
-    train.train(tiny_config(data_root, train__steps_per_call=2, train__log_every=3,
-                            train__stage2_steps=0), part)  # fmt: skip
-    resumed = _flat(train.train(config, part).params)
-    for k in b:
-        np.testing.assert_array_equal(resumed[k], b[k], err_msg=k)
+
+    part = tmp_path / "part"
+    after_stage1 = train.train(tiny_config(data_root, **fields, train__stage2_steps=0), str(part))
+    assert int(after_stage1.step) == 4  # a stage with no step left keeps the state
+    train.train(tiny_config(data_root, **fields, train__stage2_steps=2), str(part))
+    resumed = train.train(tiny_config(data_root, **fields), str(part))
+    assert int(resumed.step) == 8
+    for part_name in ("params", "batch_stats", "opt_state", "ema"):
+        a, b = _flat(getattr(runs[2], part_name)), _flat(getattr(resumed, part_name))
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(b[k], a[k], err_msg=f"{part_name}{k}")
+    log = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 4, 6, 8]
+    assert (part / "loss.png").exists() and (part / "config.json").exists()
