@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from conftest import tiny_config, xla_flags
+from conftest import IN_PROCESS_LEVEL, tiny_config, xla_flags
 
 from cmaae_jax import calibration, console, reference, train_log
 
@@ -112,7 +112,8 @@ def test_a_tiny_training_run_prints_one_screen_ending_with_the_summary(tmp_path)
     work = tmp_path / "work"
     leftover = work / "checkpoints" / "2.orbax-checkpoint-tmp-1"
     leftover.mkdir(parents=True)  # an interrupted save: training warns and removes it
-    env = dict(os.environ, XLA_FLAGS=xla_flags(4))
+    # the in-process tests' level: the tiny run's programs are theirs, from the test cache
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4, IN_PROCESS_LEVEL))
     config_file = _write_config(config, tmp_path / "tiny.py")
     proc = subprocess.run(
         [sys.executable, "launch/train.py", f"--config={config_file}", f"--workdir={work}"],

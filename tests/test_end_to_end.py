@@ -56,9 +56,11 @@ def _overrides(data):
         "--config.anomaly.paste_shape=rect",  # a smaller step to compile (suite time)
         "--config.train.batch_size=32",
         "--config.train.crops_per_image=8",
+        # calls of 4 steps (`train.steps_per_call`) from every boundary to the next: one
+        # training program a stage to compile (single steps are tested in test_train.py)
         "--config.train.stage1_steps=40",
-        "--config.train.stage2_steps=10",
-        "--config.train.checkpoint_every=25",
+        "--config.train.stage2_steps=12",
+        "--config.train.checkpoint_every=20",
         "--config.eval.val_fraction=0.25",
     ]
 
@@ -76,12 +78,12 @@ def trained(tmp_path_factory):
 def test_train_evaluate_predict(trained):
     tmp, work, args = trained
     steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [25, 40, 50]  # every 25 steps and at the end of each stage
+    assert steps == [20, 40, 52]  # every 20 steps and at the end of each stage
     proc = _run("launch/evaluate.py", *args)
     m = json.loads((work / "eval" / "metrics.json").read_text())
     for key in metrics.HEADLINE_KEYS + ("threshold", "num_images", "checkpoint_step"):
         assert key in m, key
-    assert m["checkpoint_step"] == 50 and m["num_images"] == 12
+    assert m["checkpoint_step"] == 52 and m["num_images"] == 12
     # the default rule, `auto`: geomean for z-scored maps, else the pastes' threshold at the
     # assumed defect share (no floor)
     assert set(m["threshold_candidates"]) == {"quantile", "pastes", "geomean"}
