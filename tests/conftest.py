@@ -4,11 +4,13 @@ import os
 
 # LLVM's optimisation level. The tests in this process compile many tiny programs and run
 # each a few times: at 0 compiling is fastest (a cold tiny training run: 36 s at the default
-# level, 25 s at 0, measured). The launch scripts that tests run as subprocesses train and
-# score for tens of steps, where 1 is faster in all (the end-to-end test's training: 45 s at
-# 0, 31 s at 1, 34 s at 2; its evaluation 9.3 s and 8.1 s; cold caches, measured). Results
-# are unchanged in kind; subprocesses whose results are compared with this process's bit for
-# bit (tests/test_reliability.py, tests/test_multihost.py) are built at IN_PROCESS_LEVEL.
+# level, 25 s at 0, measured). The end-to-end test's launch scripts train and score for tens
+# of steps, where 1 is faster in all (its training: 45 s at 0, 31 s at 1, 34 s at 2; its
+# evaluation 9.3 s and 8.1 s; cold caches, measured). Results are unchanged in kind;
+# subprocesses whose results are compared with this process's bit for bit
+# (tests/test_reliability.py, tests/test_multihost.py) or that run the tiny config's few
+# steps (tests/test_console.py: its programs are then this process's, from the cache) are
+# built at IN_PROCESS_LEVEL.
 IN_PROCESS_LEVEL, SUBPROCESS_LEVEL = 0, 1
 
 
