@@ -128,7 +128,7 @@ def test_two_processes_train_together_and_only_the_primary_writes(tmp_path, monk
     print(f"multi-process vs one process: relative update difference {np.sqrt(num / den):.4f}")
     assert np.sqrt(num / den) < 0.05
 
-    # Only process 0 wrote: one log record per step, array data from process 0 alone, and
+    # Only process 0 wrote: one log record per log line, array data from process 0 alone, and
     # the progress bar on process 0 only.
     logged = [2, STEPS]
     assert [r["step"] for r in train_log.read(workdir / "metrics.jsonl")] == logged

@@ -20,7 +20,7 @@ def sigmoid_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run_config")
     work = untrained_workdir(root / "work", model__gate="sigmoid", model__latent_dim=16)
     config = tiny_config(work / "data", model__gate="sigmoid", model__latent_dim=16)
-    return work, config, work
+    return work, config, work  # the data's parent is the workdir itself
 
 
 def test_evaluate_without_config_uses_the_trained_model(sigmoid_run):

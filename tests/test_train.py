@@ -429,13 +429,11 @@ def test_several_steps_per_call_and_resumed_runs_end_where_one_uninterrupted_run
         runs[per_call] = train.train(config, str(tmp_path / str(per_call)))
     assert int(runs[2].step) == int(runs[1].step) == 8
     assert made == [{"steps": 2}, {"steps": 2}]  # once per stage, only where asked
-    for part in ("params", "ema"):
-        a, b = _flat(getattr(runs[1], part)), _flat(getattr(runs[2], part))
+    for part_name in ("params", "ema"):
+        a, b = _flat(getattr(runs[1], part_name)), _flat(getattr(runs[2], part_name))
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    initial = state_lib.init_state(
-        tiny_config(data_root), model.from_config(tiny_config(data_root))
-    )
+    initial = state_lib.init_state(config, model.from_config(config))
     trained = _flat(runs[2].params)
     moved = [np.abs(trained[k] - v).max() for k, v in _flat(initial.params).items()]
     assert max(moved) > 1e-3
