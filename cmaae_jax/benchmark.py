@@ -228,7 +228,9 @@ def bench_train(args, base_config):
 
 def bench_infer(args, net, variables):
     s = args.image_size
-    # As the Scorer maps a few images: each call's work split over the local devices.
+    # As the Scorer maps a few images: each call's work split over the local devices, the
+    # convolutions those devices' (`model.for_local_devices`).
+    net = model.for_local_devices(net)
     map_fn = scoring.make_map_fn(net, "msfr", (1, 2, 3), spread=True, stride=args.infer_stride)
     variables = spread.put_variables(variables)
     rng = np.random.default_rng(1)

@@ -49,7 +49,7 @@ class Scorer:
         is each map of `score.normalize=median` (without `score.flip`, which averages maps
         already divided). `with_raw_msfr` (with `components`): [..., H, W, 3], the raw MSFR
         map first (score.method=msfr's), for a decision on it from the same pass."""
-        self.net = model.from_config(config)
+        self.net = model.for_local_devices(model.from_config(config))  # scores only here
         self.devices = jax.local_device_count()
         self.chunk = config.score.batch_images * self.devices
         pmapped = self.devices > 1

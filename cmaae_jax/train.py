@@ -55,7 +55,7 @@ def make_train_step(config, net, stage: int, tx):
     -> (state, metrics), the state as `sharded_state.place` puts it on the devices. `sizes`
     (keep_aspect canvases) bounds the crops to each image's valid region; without it the step
     is the square-mode one."""
-    step = device_step(config, net, stage, tx)
+    step = device_step(config, model.for_local_devices(net), stage, tx)
     return jax.pmap(step, axis_name=replicas.AXIS, donate_argnums=(0,))
 
 
@@ -64,7 +64,7 @@ def make_multi_step(config, net, stage: int, tx, steps: int):
     bank, keys [D,k][, sizes [D,k,n,2]]) -> (state, the last step's metrics), the same steps
     as `steps` calls of `make_train_step`'s. The call's temporary buffers serve all of its
     steps: on CPU, fewer fresh pages per step (BENCHMARKS.md, fortieth session)."""
-    step = device_step(config, net, stage, tx)
+    step = device_step(config, model.for_local_devices(net), stage, tx)
 
     def loop(state, images_u8, bank, keys, sizes_nx2=None):
         per_step = (images_u8, keys) if sizes_nx2 is None else (images_u8, keys, sizes_nx2)

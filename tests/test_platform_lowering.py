@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import tiny_config
 
-from cmaae_jax import export, model, replicas, scoring, sharded_state, train
+from cmaae_jax import export, inference, model, replicas, scoring, sharded_state, train
 from cmaae_jax import state as state_lib
 
 
@@ -100,3 +100,28 @@ def test_cuda_and_cpu_export_made_here_runs_on_cpu_like_the_library(tmp_path):
     images = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3), minval=-1.0, maxval=1.0)
     expected = scoring.make_map_fn(net, "msfr", (1, 2, 3), stride=32)(variables, images)
     np.testing.assert_allclose(np.asarray(both.call(images)), np.asarray(expected), rtol=1e-5)
+
+
+def test_steps_and_scorers_built_for_this_machines_devices_trace_only_its_formulation(tmp_path):
+    # `per_platform` traces every platform's branch of the default (`auto`) model; the pmapped
+    # training step and the in-process scorer run only on this process's CPU devices, so they
+    # take the CPU formulation directly: no platform branch in their programs.
+    config = tiny_config(tmp_path)
+    net = model.from_config(config)
+    assert net.impl == "auto"
+    assert model.for_local_devices(net).impl == "matmul"
+    assert model.for_local_devices(net.clone(impl="xla")).impl == "xla"  # a choice stays
+    state = state_lib.to_stage2(config, state_lib.init_state(config, net))
+    tx = state_lib.make_optimizer(config, state.params, 2)
+    d = jax.local_device_count()
+    images = jnp.zeros((d, 2, 64, 64, 3), jnp.uint8)
+    bank = replicas.replicate(jnp.zeros((2, 64, 64, 3)))
+    args = (sharded_state.shapes(state), images, bank, replicas.replicate(jax.random.key(0)))
+    pmapped = jax.make_jaxpr(train.make_train_step(config, net, 2, tx))(*args)
+    mapped = jax.vmap(train.device_step(config, net, 2, tx), axis_name=replicas.AXIS)
+    assert "platform_index" in str(jax.make_jaxpr(mapped)(*args))  # what is left out
+    assert "platform_index" not in str(pmapped)
+    scorer = inference.Scorer(config, jax.device_get(model.init(net, jax.random.key(0))))
+    picture = jnp.zeros((1, 64, 64, 3), jnp.float32)
+    scored = jax.make_jaxpr(scorer.spread_fn)(scorer.spread_variables, picture)
+    assert "platform_index" not in str(scored)
