@@ -14,8 +14,9 @@ against `lax.conv_general_dilated`, `lax.conv_transpose` and brute-force loops):
   function lowered or exported for CUDA (e.g. `jax.export` with `platforms=("cuda", "cpu")`
   on a CPU machine) therefore runs native cuDNN convolutions on a GPU and the CPU formulation
   on a CPU; lowered for one platform, only that platform's branch is compiled. The training
-  step and the map function choose once for the whole computation (`model.per_platform`);
-  the per-layer choice here serves layers used on their own.
+  step and the map function choose once for the whole computation (`model.per_platform`),
+  or before tracing where they run only on this process's devices
+  (`model.for_local_devices`); the per-layer choice here serves layers used on their own.
 * `impl="matmul"`: the CPU formulation. XLA:CPU computes the weight gradient of a strided
   `lax.conv_transpose` about 100x slower than a forward conv (SPEC section 4), so:
   - a stride-2 transposed conv is computed "sub-pixel" (each of the four output parities is
@@ -62,13 +63,18 @@ def _lax_conv(x, kernel, stride, padding):
 IMPLS = ("auto", "matmul", "xla")
 
 
+def impl_on(platform: str) -> str:
+    """The convolutions `impl="auto"` runs on `platform`: `matmul` on CPU, `xla` elsewhere."""
+    return "matmul" if platform == "cpu" else "xla"
+
+
 def _per_platform(op, x, kernel, stride, padding):
     """`op` with impl `matmul` on CPU and `xla` on any other platform (see the module doc)."""
     return jax.lax.platform_dependent(
         x,
         kernel,
-        cpu=lambda x, k: op(x, k, stride, padding, impl="matmul"),
-        default=lambda x, k: op(x, k, stride, padding, impl="xla"),
+        cpu=lambda x, k: op(x, k, stride, padding, impl=impl_on("cpu")),
+        default=lambda x, k: op(x, k, stride, padding, impl=impl_on("default")),
     )
 
 

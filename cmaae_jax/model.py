@@ -39,25 +39,20 @@ DECODER = (
 )
 
 
-def impl_on(platform: str) -> str:
-    """The convolutions `impl="auto"` runs on `platform`: `matmul` on CPU, `xla` elsewhere."""
-    return "matmul" if platform == "cpu" else "xla"
-
-
 def for_local_devices(net):
     """`net` with `auto` resolved for this process's devices, for what runs only here (the
     pmapped training step, the in-process map functions): traced with one formulation, not
-    with every platform's branch of `per_platform` (~0.5 s less tracing a training stage on
-    a 2-core CPU). Whatever may be lowered for another platform (exports) keeps `auto`."""
+    with every platform's branch of `per_platform` (BENCHMARKS.md, fifty-second session).
+    Whatever may be lowered for another platform (exports) keeps `auto`."""
     if net.impl != "auto":
         return net
-    return net.clone(impl=impl_on(jax.local_devices()[0].platform))
+    return net.clone(impl=layers.impl_on(jax.local_devices()[0].platform))
 
 
 def per_platform(net, fn, *args):
     """`fn(net, *args)` with `net`'s convolutions chosen per platform when `net.impl` is
     `auto`: the whole computation (forward and, when `fn` differentiates, backward) runs with
-    the `matmul` model on CPU and the `xla` model elsewhere (`impl_on`), as one
+    the `matmul` model on CPU and the `xla` model elsewhere (`layers.impl_on`), as one
     `platform_dependent` branch each, so no per-layer branch boundary stands between a layer
     and its gradient. Lowered for one platform, only its branch is compiled; every branch is
     traced (`for_local_devices` spares that where the platform is known)."""
@@ -65,8 +60,8 @@ def per_platform(net, fn, *args):
         return fn(net, *args)
     return jax.lax.platform_dependent(
         *args,
-        cpu=lambda *a: fn(net.clone(impl=impl_on("cpu")), *a),
-        default=lambda *a: fn(net.clone(impl=impl_on("default")), *a),
+        cpu=lambda *a: fn(net.clone(impl=layers.impl_on("cpu")), *a),
+        default=lambda *a: fn(net.clone(impl=layers.impl_on("default")), *a),
     )
 
 
